@@ -1,0 +1,170 @@
+"""The backend contract: what an implementation provides so the suite can check and time it.
+
+A backend is a small class (as einops' backends are). Required: `name`, `capabilities`,
+`from_numpy`, `to_numpy` and `forward`. Optional: `availability` (why it cannot run here),
+`synchronize` (for asynchronous devices), `prepare` (convert the weights once, outside the
+timed call) and any of the twelve steps under the spec's names (`spec.steps.STEPS`), so the
+suite can say which step is wrong. Frameworks are imported lazily, inside methods, never at
+module import time: a missing library is a skip, not a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spec.config import FLOAT_DTYPES, AttentionConfig
+from spec.params import Params
+from spec.steps import STEPS
+
+DROPOUT_MODES = ("none", "replay", "rng")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend declares it supports; the suite checks exactly that and no more.
+
+    dtypes: float dtype names it computes in (`spec.FLOAT_DTYPES`). device: where it runs
+    ("cpu", "cuda", ...). causal / non_causal: the two masking modes. key_padding_mask:
+    accepts a boolean [B, T] mask, True = may attend. qkv_bias: accepts biases on Q, K, V.
+    dropout: "none"; "replay" (accepts an explicit keep mask, so its dropout is replayed
+    exactly); or "rng" (only its own random stream, checked statistically).
+    d_in_equals_d_out: only configurations with d_in == d_out (as `nn.MultiheadAttention`).
+    max_tokens: the largest T it accepts, if limited. deterministic: same inputs, same bits.
+    """
+
+    dtypes: tuple[str, ...] = ("float64", "float32")
+    device: str = "cpu"
+    causal: bool = True
+    non_causal: bool = True
+    key_padding_mask: bool = False
+    qkv_bias: bool = True
+    dropout: str = "none"
+    d_in_equals_d_out: bool = False
+    max_tokens: int | None = None
+    deterministic: bool = True
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.dtypes if d not in FLOAT_DTYPES]
+        if bad or not self.dtypes:
+            raise ValueError(f"Capabilities.dtypes has {bad or 'nothing'}; valid: {', '.join(FLOAT_DTYPES)}")
+        if self.dropout not in DROPOUT_MODES:
+            raise ValueError(f"Capabilities.dropout={self.dropout!r}; valid: {', '.join(DROPOUT_MODES)}")
+        if not (self.causal or self.non_causal):
+            raise ValueError("Capabilities must support causal or non_causal attention (or both)")
+
+    def unsupported(self, config: AttentionConfig, T: int | None = None,
+                    key_padding_mask: bool = False, dropout: bool = False) -> str | None:
+        """Why this configuration is outside the declared capabilities, or None if it is inside."""
+        if config.causal and not self.causal:
+            return "causal attention is not supported"
+        if not config.causal and not self.non_causal:
+            return "non-causal attention is not supported"
+        if config.qkv_bias and not self.qkv_bias:
+            return "qkv_bias is not supported"
+        if key_padding_mask and not self.key_padding_mask:
+            return "key padding masks are not supported"
+        if dropout and self.dropout == "none":
+            return "dropout is not supported"
+        if self.d_in_equals_d_out and config.d_in != config.d_out:
+            return f"requires d_in == d_out, got d_in={config.d_in}, d_out={config.d_out}"
+        if T is not None and self.max_tokens is not None and T > self.max_tokens:
+            return f"T={T} exceeds max_tokens={self.max_tokens}"
+        return None
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+class Backend:
+    """Base class with the optional parts filled in; subclass it and override what you have.
+
+    The suite calls, in this order: `availability()`; `prepare(params, dtype)` and
+    `from_numpy` on inputs (untimed); `forward(...)` then `synchronize()` (timed);
+    `to_numpy` on the result (untimed). Step methods, when defined, take and return native
+    arrays exactly as the spec's functions of the same name do with NumPy arrays.
+    """
+
+    name: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    def availability(self) -> str | None:
+        """None if this backend can run on this machine; otherwise the reason it cannot."""
+        return None
+
+    def from_numpy(self, a: np.ndarray, dtype: str | None = None) -> Any:
+        """Convert a NumPy array to the native type; `dtype` names the float dtype (None: keep)."""
+        raise NotImplementedError
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """Convert a native array back to NumPy (bfloat16 may come back as float32)."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued device work to finish; a no-op on synchronous backends."""
+
+    def prepare(self, params: Params, dtype: str) -> Any:
+        """Convert float64 NumPy parameters to whatever `forward` and the steps take."""
+        return params.map(lambda a: self.from_numpy(a, dtype))
+
+    def forward(self, x: Any, weights: Any, config: AttentionConfig, *,
+                key_padding_mask: Any = None, dropout_mask: Any = None,
+                training: bool = False) -> Any:
+        """Steps 1-12: x [B, T, d_in] -> [B, T, d_out], in x's dtype.
+
+        key_padding_mask [B, T] bool, True = may attend. dropout_mask [B, H, T, T] bool,
+        True = kept (only for dropout="replay"). training=True without a mask asks for the
+        backend's own random dropout at config.dropout_p (dropout="rng" or "replay").
+        """
+        raise NotImplementedError
+
+
+REQUIRED = ("name", "capabilities", "from_numpy", "to_numpy", "forward")
+OPTIONAL_METHODS = ("availability", "synchronize", "prepare")
+
+
+def _defined(obj: object, attr: str) -> bool:
+    """True when obj has `attr` and it is not the base class's unimplemented placeholder."""
+    value = getattr(type(obj), attr, None) if not isinstance(obj, type) else getattr(obj, attr, None)
+    if value is None:
+        value = getattr(obj, attr, None)
+    if value is None:
+        return False
+    base = getattr(Backend, attr, None)
+    return not (base is not None and value is base and attr in ("from_numpy", "to_numpy", "forward"))
+
+
+def missing_parts(obj: object) -> list[str]:
+    """The parts of the contract that `obj` lacks, by name (empty when it is complete)."""
+    missing = [attr for attr in REQUIRED if not _defined(obj, attr)]
+    if "name" not in missing and not (isinstance(obj.name, str) and obj.name):
+        missing.append("name (a non-empty string)")
+    caps = getattr(obj, "capabilities", None)
+    if "capabilities" not in missing and not isinstance(caps, Capabilities):
+        missing.append(f"capabilities (an impls.Capabilities, got {type(caps).__name__})")
+    return missing
+
+
+def exposed_steps(backend: object) -> tuple[int, ...]:
+    """The step numbers whose functions the backend defines, in order."""
+    return tuple(n for n, fn in STEPS.items() if n >= 3 and callable(getattr(backend, fn, None)))
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(FLOAT_DTYPES)}")
+    return dtype
+
+
+@dataclass
+class BackendInfo:
+    """A resolved backend and where it came from, for reports."""
+
+    backend: Any
+    spec: str
+    source: str  # "builtin", "module:attr" or "entry point"
+    skip_reason: str | None = None
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,118 @@
+"""Selecting backends: built-in names, `module.path:attr`, and installed entry points.
+
+Unknown names are errors that list what is available; an import error shows its cause; an
+object missing part of the contract is refused with the parts named. A backend whose library
+or device is absent resolves fine and reports `availability()`: the suite skips it with that
+reason. All errors are `BackendSpecError`, one line each, for the CLI to print without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from importlib import metadata
+
+from impls.base import BackendInfo, missing_parts
+
+ENTRY_POINT_GROUP = "mha_conformance.backends"
+
+#: Built-in backends: name -> "module:attr" inside this checkout.
+BUILTINS: dict[str, str] = {
+    "numpy": "impls.numpy_backend:NumpyBackend",
+    "torch": "impls.torch_backend:TorchBackend",
+    "torch-cuda": "impls.torch_backend:TorchCudaBackend",
+    "torch-sdpa": "impls.torch_sdpa:TorchSdpaBackend",
+    "torch-sdpa-cuda": "impls.torch_sdpa:TorchSdpaCudaBackend",
+    "torch-mha": "impls.torch_mha:TorchMhaBackend",
+    "cupy": "impls.cupy_backend:CupyBackend",
+}
+
+#: What `--backend all` (the default) runs: every built-in; those that cannot run here skip.
+DEFAULT_BACKENDS = tuple(BUILTINS)
+
+_MODULE_ATTR = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class BackendSpecError(ValueError):
+    """A backend specification that cannot be resolved; the message is one line for users."""
+
+
+def entry_points() -> dict[str, metadata.EntryPoint]:
+    """Installed backends advertised under the `mha_conformance.backends` entry-point group."""
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_names() -> list[str]:
+    return sorted(set(BUILTINS) | set(entry_points()))
+
+
+def _instantiate(obj: object, spec: str) -> object:
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as e:  # the constructor is third-party code
+            raise BackendSpecError(f"backend {spec!r}: constructing {obj.__name__}() failed: "
+                                   f"{type(e).__name__}: {e}") from None
+    missing = missing_parts(obj)
+    if missing:
+        raise BackendSpecError(f"backend {spec!r} does not satisfy the backend contract; "
+                               f"missing: {', '.join(missing)} (see docs/plugging-in-a-backend.md)")
+    return obj
+
+
+def _load_module_attr(spec: str) -> object:
+    if not _MODULE_ATTR.match(spec):
+        raise BackendSpecError(f"malformed backend {spec!r}: expected a built-in name "
+                               f"({', '.join(available_names())}) or 'module.path:attr'")
+    module_name, attr = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or anything the module raises while importing
+        raise BackendSpecError(f"backend {spec!r}: cannot import module {module_name!r}: "
+                               f"{type(e).__name__}: {e}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise BackendSpecError(f"backend {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve(spec: str) -> BackendInfo:
+    """Resolve one backend specification to a backend object and its skip reason (if any)."""
+    spec = spec.strip()
+    if spec in BUILTINS:
+        obj, source = _load_module_attr(BUILTINS[spec]), "builtin"
+    elif ":" in spec:
+        obj, source = _load_module_attr(spec), "module:attr"
+    else:
+        eps = entry_points()
+        if spec not in eps:
+            raise BackendSpecError(f"unknown backend {spec!r}; available: {', '.join(available_names())}, "
+                                   f"or 'module.path:attr'")
+        try:
+            obj = eps[spec].load()
+        except Exception as e:
+            raise BackendSpecError(f"backend {spec!r}: loading entry point {eps[spec].value!r} failed: "
+                                   f"{type(e).__name__}: {e}") from None
+        source = "entry point"
+    backend = _instantiate(obj, spec)
+    try:
+        reason = backend.availability() if hasattr(backend, "availability") else None
+    except Exception as e:  # availability() itself is third-party code
+        reason = f"availability() raised {type(e).__name__}: {e}"
+    return BackendInfo(backend=backend, spec=spec, source=source, skip_reason=reason)
+
+
+def resolve_all(specs: list[str] | tuple[str, ...]) -> list[BackendInfo]:
+    """Resolve several specifications; duplicate backend names are an error."""
+    infos, seen = [], {}
+    for spec in specs:
+        info = resolve(spec)
+        name = info.backend.name
+        if name in seen:
+            raise BackendSpecError(f"backends {seen[name]!r} and {spec!r} share the name {name!r}; names must be unique")
+        seen[name] = spec
+        infos.append(info)
+    return infos

@@ -1,0 +1,80 @@
+"""Sessions of mha-conformance. Each runs from the repo root; nothing of ours is installed.
+
+`nox -s conformance` checks every backend this machine can run, `nox -s tests` runs the
+project's own tests. Dependencies come from pyproject.toml; torch is pinned there, because
+an unpinned torch resolves to a ~3 GB CUDA build on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["conformance"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+DEPENDENCIES: list[str] = PYPROJECT["project"]["dependencies"]
+TORCH: list[str] = nox.project.dependency_groups(PYPROJECT, "torch")
+CUPY: list[str] = nox.project.dependency_groups(PYPROJECT, "cupy")
+
+
+def install(session: nox.Session, *, torch: bool = True, cupy: bool = False) -> None:
+    """Install the declared dependencies; torch (pinned) by default, CuPy only on request."""
+    packages = list(DEPENDENCIES)
+    if torch:
+        packages += TORCH
+    if cupy or os.environ.get("MHA_WITH_CUPY") == "1":
+        packages += CUPY
+    session.install("--disable-pip-version-check", "-q", *packages)
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    """Check every available backend against the spec; writes reports/latest/results.json."""
+    install(session)
+    session.run("python", "-m", "conformance", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the project's own tests (spec, backends, suite, mutants, speed harness, reports)."""
+    install(session)
+    session.run("python", "-m", "pytest", "-n", "auto", *session.posargs)
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Run the suite on every deliberately broken backend and print which checks kill each."""
+    install(session)
+    session.run("python", "-m", "conformance.mutants", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Time every available, conforming backend side by side; writes the speed section."""
+    install(session)
+    session.run("python", "-m", "conformance.speed", *session.posargs)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Render results.json (one or several run directories) as report.md and index.html."""
+    install(session, torch=False)
+    session.run("python", "-m", "reports", *session.posargs)
+
+
+@nox.session
+def screenshot(session: nox.Session) -> None:
+    """Render reports/latest/index.html in headless Chromium and save a PNG (needs chromium)."""
+    install(session, torch=False)
+    session.run("python", "-m", "reports.screenshot", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """On a GPU machine: conformance and speed of cupy, torch-cuda and torch-sdpa-cuda."""
+    install(session, cupy=True)
+    session.run("python", "-m", "conformance.gpu_check", *session.posargs)

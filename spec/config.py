@@ -1,0 +1,118 @@
+"""The configuration of one multi-head self-attention block, and input validation.
+
+Steps 1 and 2 of the source document fix the sizes: the input is `[B, T, d_in]`, and
+`d_out` is split into `n_heads` heads of `head_dim = d_out // n_heads`. Every invalid value is
+a `ValueError` that names the value and says what would be valid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Float dtypes the spec knows, by name. bfloat16 comes from ml_dtypes in NumPy.
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Sizes and options of one multi-head self-attention block.
+
+    d_in: input features per token (step 1). d_out: total output features, split into
+    n_heads heads (step 2). causal: query i attends to keys j <= i (the source document's
+    mask); False is the encoder mode. qkv_bias: biases on W_q, W_k, W_v (the output
+    projection always has one, as `nn.Linear(d_out, d_out)` in step 12). dropout_p: dropout
+    probability on the attention weights, in [0, 1).
+    """
+
+    d_in: int
+    d_out: int
+    n_heads: int
+    causal: bool = True
+    qkv_bias: bool = False
+    dropout_p: float = 0.0
+    head_dim: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        _positive_int("d_in", self.d_in)
+        _positive_int("d_out", self.d_out)
+        _positive_int("n_heads", self.n_heads)
+        if self.d_out % self.n_heads != 0:
+            divisors = [h for h in range(1, self.d_out + 1) if self.d_out % h == 0]
+            raise ValueError(
+                f"d_out={self.d_out} is not divisible by n_heads={self.n_heads}; "
+                f"n_heads must divide d_out (valid: {divisors})"
+            )
+        for name in ("causal", "qkv_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        p = self.dropout_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p < 1.0) or math.isnan(p):
+            raise ValueError(f"dropout_p must be a number in [0, 1), got {p!r}")
+        object.__setattr__(self, "head_dim", self.d_out // self.n_heads)
+
+    def to_dict(self) -> dict:
+        return {
+            "d_in": self.d_in,
+            "d_out": self.d_out,
+            "n_heads": self.n_heads,
+            "causal": self.causal,
+            "qkv_bias": self.qkv_bias,
+            "dropout_p": self.dropout_p,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AttentionConfig":
+        return cls(**{k: d[k] for k in ("d_in", "d_out", "n_heads", "causal", "qkv_bias", "dropout_p")})
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype for a float dtype name; bfloat16 through ml_dtypes."""
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(FLOAT_DTYPES)}")
+    if name == "bfloat16":
+        import ml_dtypes  # lazily: only bfloat16 needs it
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def dtype_name(dtype: object) -> str:
+    """The spec's name for a NumPy dtype (or anything whose str() is a dtype name)."""
+    name = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
+    return name
+
+
+def validate_input(x: np.ndarray, config: AttentionConfig) -> None:
+    """Step 1's contract: x is a float array of shape [B, T, d_in] with B, T >= 1."""
+    if getattr(x, "ndim", None) != 3:
+        raise ValueError(
+            f"x must have rank 3 [B, T, d_in], got shape {getattr(x, 'shape', None)}"
+        )
+    if dtype_name(x.dtype) not in FLOAT_DTYPES:
+        raise ValueError(f"x must be a float array ({', '.join(FLOAT_DTYPES)}), got dtype {x.dtype}")
+    B, T, d_in = x.shape
+    if B < 1 or T < 1:
+        raise ValueError(f"x must have B >= 1 and T >= 1, got shape {x.shape}")
+    if d_in != config.d_in:
+        raise ValueError(f"x has d_in={d_in} features but the config says d_in={config.d_in}")
+
+
+def validate_key_padding_mask(mask: np.ndarray | None, B: int, T: int) -> None:
+    """The key padding mask is boolean [B, T]; True marks a key that may be attended to."""
+    if mask is None:
+        return
+    if getattr(mask, "dtype", None) != np.bool_:
+        raise ValueError(f"key_padding_mask must be boolean (True = may attend), got dtype {getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.shape != (B, T):
+        raise ValueError(f"key_padding_mask must have shape (B, T) = {(B, T)}, got {mask.shape}")

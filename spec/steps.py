@@ -1,0 +1,159 @@
+"""The twelve steps of multi-head self-attention, one reference function each.
+
+Read beside `seed/multihead-attention-steps.md`. Symbols: B batch, T tokens (Tq queries and Tk
+keys where they may differ, as in KV-cache decoding), d_in input features, d_out output
+features, H heads, head_dim = d_out // H. Every function is plain NumPy and keeps its input's
+dtype, so the same code is the float64 golden and the "plain reference in dtype D" that the
+tolerance model compares against. Backends expose the same steps under the same names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spec.config import AttentionConfig, validate_input, validate_key_padding_mask
+from spec.params import Params
+from spec.params import init_params as _init_params
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # matmul in the inputs' dtype: ml_dtypes' bfloat16 matmul would otherwise return float32
+    return np.matmul(a, b).astype(a.dtype, copy=False)
+
+
+def input_matrix(x: np.ndarray, config: AttentionConfig) -> np.ndarray:
+    """Step 1. The input matrix: x [B, T, d_in], one row per token.
+
+    Contract: rank 3, a float dtype, B, T >= 1, last axis d_in; else ValueError.
+    """
+    validate_input(x, config)
+    return x
+
+
+def head_dim(d_out: int, n_heads: int) -> int:
+    """Step 2. Decide d_out and n_heads: head_dim = d_out // n_heads.
+
+    Contract: n_heads divides d_out, both positive; else ValueError naming them.
+    """
+    return AttentionConfig(d_in=1, d_out=d_out, n_heads=n_heads).head_dim
+
+
+def init_params(config: AttentionConfig, seed: int = 0) -> Params:
+    """Step 3. Initialise W_q, W_k, W_v [d_out, d_in] (and W_o [d_out, d_out], b_o [d_out]).
+
+    As `nn.Linear`: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+    """
+    return _init_params(config, seed)
+
+
+def project_qkv(x: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 4. Q = W_q(x), K = W_k(x), V = W_v(x): [B, T, d_in] -> 3 x [B, T, d_out].
+
+    `nn.Linear` layout: y = x @ W.T (+ b when qkv_bias).
+    """
+    Q = _mm(x, params.W_q.T)  # (B, T, d_out)
+    K = _mm(x, params.W_k.T)  # (B, T, d_out)
+    V = _mm(x, params.W_v.T)  # (B, T, d_out)
+    if params.b_q is not None:
+        Q, K, V = Q + params.b_q, K + params.b_k, V + params.b_v
+    return Q, K, V
+
+
+def split_heads(Q: np.ndarray, n_heads: int) -> np.ndarray:
+    """Step 5. Unroll the last dim into heads: [B, T, d_out] -> [B, T, H, head_dim].
+
+    Head h owns features h*head_dim .. (h+1)*head_dim - 1 of each token.
+    """
+    B, T, d_out = Q.shape
+    return Q.reshape(B, T, n_heads, d_out // n_heads)  # (B, T, H, head_dim)
+
+
+def group_by_heads(Q: np.ndarray) -> np.ndarray:
+    """Step 6. Group by heads: [B, T, H, head_dim] -> [B, H, T, head_dim]."""
+    return Q.transpose(0, 2, 1, 3)  # (B, H, T, head_dim)
+
+
+def attn_scores(Q: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Step 7. attn_scores = Q @ K^T per head: [B, H, Tq, hd], [B, H, Tk, hd] -> [B, H, Tq, Tk]."""
+    return _mm(Q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
+
+
+def causal_mask(Tq: int, Tk: int) -> np.ndarray:
+    """True where query i must NOT see key j: j > i + (Tk - Tq).
+
+    Aligned bottom-right, so with Tq < Tk (KV-cache decoding) the queries are the last
+    positions; with Tq == Tk this is the source document's `triu(ones, diagonal=1)`.
+    """
+    return np.triu(np.ones((Tq, Tk), dtype=bool), k=1 + Tk - Tq)  # (Tq, Tk)
+
+
+def attn_weights(
+    attn_scores: np.ndarray,
+    config: AttentionConfig,
+    key_padding_mask: np.ndarray | None = None,
+    dropout_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Step 8. Mask, scale, softmax (and dropout): [B, H, Tq, Tk] -> [B, H, Tq, Tk].
+
+    Masked positions (causal: j > i; padding: key_padding_mask[b, j] False) get weight
+    exactly 0. Scale is 1/sqrt(head_dim). The row maximum is subtracted before exp, so
+    finite scores give finite weights. A row with no attendable key is all zeros (as SDPA
+    and FlashAttention decide; the naive -inf softmax gives NaN). dropout_mask [B, H, Tq, Tk],
+    True = kept, applies inverted dropout: kept weights are scaled by 1/(1 - dropout_p).
+    """
+    B, H, Tq, Tk = attn_scores.shape
+    masked = np.zeros((B, 1, Tq, Tk), dtype=bool)  # (B, 1, Tq, Tk), broadcast over heads
+    if config.causal:
+        masked = masked | causal_mask(Tq, Tk)
+    if key_padding_mask is not None:
+        validate_key_padding_mask(key_padding_mask, B, Tk)
+        masked = masked | ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
+    attn_scores = np.where(masked, -np.inf, attn_scores)
+    attn_scores = attn_scores / attn_scores.dtype.type(np.sqrt(config.head_dim))
+    row_max = attn_scores.max(axis=-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0)  # fully masked rows: avoid -inf - -inf
+    e = np.exp(attn_scores - row_max)  # masked entries are exp(-inf) = 0 exactly
+    total = e.sum(axis=-1, keepdims=True)
+    attn_weights = e / np.where(total > 0, total, 1)  # fully masked rows stay 0
+    if dropout_mask is not None:
+        keep = attn_weights.dtype.type(1.0 / (1.0 - config.dropout_p))
+        attn_weights = np.where(dropout_mask, attn_weights * keep, 0).astype(attn_weights.dtype)
+    return attn_weights.astype(attn_scores.dtype, copy=False)
+
+
+def context(attn_weights: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Step 9. context = attn_weights @ V: [B, H, Tq, Tk], [B, H, Tk, hd] -> [B, H, Tq, hd]."""
+    return _mm(attn_weights, V)  # (B, H, Tq, head_dim)
+
+
+def permute_back(context: np.ndarray) -> np.ndarray:
+    """Step 10. Tokens back in front: [B, H, T, head_dim] -> [B, T, H, head_dim]."""
+    return context.transpose(0, 2, 1, 3)  # (B, T, H, head_dim)
+
+
+def concat_heads(context: np.ndarray) -> np.ndarray:
+    """Step 11. Concatenate heads: [B, T, H, head_dim] -> [B, T, d_out]."""
+    B, T, H, hd = context.shape
+    return np.ascontiguousarray(context).reshape(B, T, H * hd)  # (B, T, d_out)
+
+
+def out_proj(context: np.ndarray, params: Params) -> np.ndarray:
+    """Step 12. Output projection: [B, T, d_out] -> [B, T, d_out], y = context @ W_o.T + b_o."""
+    return _mm(context, params.W_o.T) + params.b_o  # (B, T, d_out)
+
+
+#: Step number -> name of its function, here and on every backend that exposes it.
+STEPS: dict[int, str] = {
+    1: "input_matrix",
+    2: "head_dim",
+    3: "init_params",
+    4: "project_qkv",
+    5: "split_heads",
+    6: "group_by_heads",
+    7: "attn_scores",
+    8: "attn_weights",
+    9: "context",
+    10: "permute_back",
+    11: "concat_heads",
+    12: "out_proj",
+}
