@@ -5,7 +5,7 @@ Read `spec/steps.py` beside the source document; `spec/forward.py` composes the 
 """
 
 from spec.config import FLOAT_DTYPES, AttentionConfig, numpy_dtype, validate_input
-from spec.forward import forward, intermediates, sample_dropout_mask
+from spec.block import forward, intermediates, sample_dropout_mask
 from spec.params import Params, init_params
 from spec.shapes import SHAPES, expected_shape, expected_shapes
 from spec.steps import STEPS

@@ -99,7 +99,7 @@ def validate_input(x: np.ndarray, config: AttentionConfig) -> None:
         raise ValueError(
             f"x must have rank 3 [B, T, d_in], got shape {getattr(x, 'shape', None)}"
         )
-    if dtype_name(x.dtype) not in FLOAT_DTYPES:
+    if dtype_name(x.dtype) not in FLOAT_DTYPES and np.dtype(x.dtype).kind != "f":  # kind f: long double too
         raise ValueError(f"x must be a float array ({', '.join(FLOAT_DTYPES)}), got dtype {x.dtype}")
     B, T, d_in = x.shape
     if B < 1 or T < 1:

@@ -1,0 +1,90 @@
+"""The catalogue of conformance checks: every property, named, with its step and one line.
+
+A check is a function `(run: Runner, case: Case) -> None` that raises `CheckFailure` when the
+backend breaks the property, plus the strategy that draws its cases and the capabilities it
+needs. `CHECKS` keeps them in a fixed order: the end-to-end comparison first (it kills most
+bugs), then each step from 3 to 12, then the other end-to-end properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from hypothesis import strategies as st
+
+from impls.base import exposed_steps
+from spec.steps import STEPS
+
+
+class CheckFailure(AssertionError):
+    """A property does not hold; the message says which, by how much, and where."""
+
+    def __init__(self, message: str, max_error: float | None = None, tolerance: float | None = None):
+        super().__init__(message)
+        self.max_error = max_error
+        self.tolerance = tolerance
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    step: int | None  # None: end to end
+    doc: str
+    fn: Callable
+    strategy: Callable  # (capabilities, dtype) -> SearchStrategy[Case]
+    needs_step: bool  # the backend must expose `step`
+    requires: Callable  # (backend) -> reason it is unsupported, or None
+
+    def unsupported(self, backend: object, dtype: str) -> str | None:
+        caps = backend.capabilities
+        if dtype not in caps.dtypes:
+            return f"dtype {dtype} not declared (declares {', '.join(caps.dtypes)})"
+        if self.needs_step and self.step not in exposed_steps(backend):
+            return f"step {self.step} ({STEPS[self.step]}) not exposed"
+        return self.requires(backend)
+
+    def cases(self, backend: object, dtype: str) -> st.SearchStrategy:
+        return self.strategy(backend.capabilities, dtype)
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def _no_requirement(backend: object) -> None:
+    return None
+
+
+def check(step: int | None, strategy: Callable, needs_step: bool = True,
+          requires: Callable = _no_requirement):
+    """Register `fn` as a check; its name is the function name, its doc the docstring's line."""
+
+    def register(fn: Callable) -> Callable:
+        doc = (fn.__doc__ or "").strip().splitlines()[0]
+        if not doc:
+            raise ValueError(f"check {fn.__name__} needs a one-line docstring")
+        CHECKS[fn.__name__] = Check(fn.__name__, step, doc, fn, strategy,
+                                    needs_step and step is not None, requires)
+        return fn
+
+    return register
+
+
+def catalogue() -> list[Check]:
+    """Every check, in running order (importing the modules that define them)."""
+    from conformance.checks import dropout, end_to_end, steps  # noqa: F401  (registration)
+
+    index = {name: i for i, name in enumerate(CHECKS)}
+
+    def order(c: Check) -> tuple:
+        # matches_spec first: it kills most bugs at once; then steps in order; then the rest
+        return (0 if c.name == "matches_spec" else 1 if c.step is not None else 2, c.step or 0, index[c.name])
+
+    return sorted(CHECKS.values(), key=order)
+
+
+def get(name: str) -> Check:
+    checks = {c.name: c for c in catalogue()}
+    if name not in checks:
+        raise KeyError(f"unknown check {name!r}; valid: {', '.join(checks)}")
+    return checks[name]

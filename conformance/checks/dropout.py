@@ -1,0 +1,115 @@
+"""Dropout on the attention weights: exact replay where a backend takes a mask, else statistics.
+
+RNG streams differ between backends, so a backend that accepts a keep mask is replayed against
+the spec exactly; one that has only its own stream is checked statistically through an
+identity construction that makes forward's output equal the dropped attention weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from hypothesis import strategies as st
+from scipy import stats
+
+from conformance import strategies as cs
+from conformance.checks import CheckFailure, check
+from conformance.reference import forward_golden_and_plain, golden_and_plain, step_inputs
+from spec import steps as S
+from spec.config import AttentionConfig
+from spec.block import sample_dropout_mask
+from spec.params import Params
+from spec.shapes import expected_shape
+
+P_VALUES = (0.1, 0.5, 0.9)
+
+
+def _requires_replay(backend):
+    mode = backend.capabilities.dropout
+    return None if mode == "replay" else f"dropout={mode!r}: no explicit keep mask to replay"
+
+
+def _requires_dropout(backend):
+    mode = backend.capabilities.dropout
+    return None if mode != "none" else "dropout is not supported"
+
+
+@st.composite
+def _dropout_cases(draw, caps, dtype):
+    case = draw(cs.cases(caps, dtype))
+    p = draw(st.sampled_from(P_VALUES))
+    config = replace(case.config, dropout_p=p)
+    H, T = config.n_heads, case.T
+    mask = sample_dropout_mask((case.B, H, T, T), p, seed=case.seed)
+    return case.with_(config=config, dropout_mask=mask)
+
+
+@check(step=None, strategy=_dropout_cases, requires=_requires_replay)
+def dropout_replay_matches_spec(run, case):
+    """With an explicit keep mask, forward equals the spec's inverted dropout (kept weights / (1 - p))."""
+    got = run.forward(case, dropout_mask=case.dropout_mask, training=True)
+    golden, plain = forward_golden_and_plain(case)
+    run.assert_close(f"forward with dropout_p={case.config.dropout_p} and a given keep mask", got, golden, plain)
+
+
+@check(step=8, strategy=_dropout_cases, requires=_requires_replay)
+def dropout_replay_weights(run, case):
+    """attn_weights with a keep mask zeroes the dropped weights and scales the kept by 1/(1 - p)."""
+    scores = step_inputs(case.with_(dropout_mask=None))[7]
+    kw = {"dropout_mask": case.dropout_mask}
+    if case.key_padding_mask is not None:
+        kw["key_padding_mask"] = case.key_padding_mask
+    got = run.step("attn_weights", scores, case.config, shapes=(expected_shape(8, case.config, case.B, case.T),), **kw)
+    golden, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask,
+                                     case.dropout_mask)
+    run.assert_close("step 8 attn_weights with dropout", got, golden, plain)
+
+
+@check(step=None, strategy=_dropout_cases, requires=_requires_dropout)
+def dropout_off_in_eval(run, case):
+    """With dropout_p > 0 but training=False, forward is the deterministic no-dropout block."""
+    got = run.forward(case)  # training defaults to False
+    golden, plain = forward_golden_and_plain(case.with_(dropout_mask=None))
+    run.assert_close(f"forward in eval mode with dropout_p={case.config.dropout_p}", got, golden, plain)
+
+
+@st.composite
+def _identity_cases(draw, caps, dtype):
+    T = draw(st.integers(8, 32))
+    causal = draw(st.sampled_from([m for m, ok in ((True, caps.causal), (False, caps.non_causal)) if ok]))
+    p = draw(st.sampled_from(P_VALUES))
+    config = AttentionConfig(d_in=T, d_out=T, n_heads=1, causal=causal, dropout_p=p)
+    eye = np.eye(T)
+    # x = I, W_q = 0 (uniform weights), W_v = W_o = I, b_o = 0: output row i = weights row i
+    params = Params(W_q=np.zeros((T, T)), W_k=eye.copy(), W_v=eye.copy(), W_o=eye.copy(), b_o=np.zeros(T))
+    from conformance.case import Case
+
+    return Case(config=config, dtype=dtype, x=np.broadcast_to(eye, (4, T, T)).copy(), params=params,
+                seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@check(step=None, strategy=_identity_cases, requires=_requires_dropout)
+def dropout_statistics(run, case):
+    """Own-RNG dropout: each weight is 0 or w/(1-p), and the dropped fraction is near p (binomial test)."""
+    p, T = case.config.dropout_p, case.T
+    got = run.forward(case, training=True)  # (B, T, T): the dropped weights themselves
+    ok = np.tril(np.ones((T, T), dtype=bool)) if case.config.causal else np.ones((T, T), dtype=bool)
+    w = 1.0 / ok.sum(-1, keepdims=True)  # uniform weights per row
+    kept = w / (1 - p)
+    tol = 4 * 2.0 ** {"float64": -52, "float32": -23, "float16": -10, "bfloat16": -7}[case.dtype]
+    is_zero = np.abs(got) <= tol * kept
+    is_kept = np.abs(got - kept) <= tol * kept * 4
+    stray = ok & ~is_zero & ~is_kept
+    if stray.any():
+        b, i, j = (int(v) for v in np.argwhere(stray)[0])
+        raise CheckFailure(f"weight [{b}, {i}, {j}] = {got[b, i, j]:.6g} is neither 0 nor w/(1-p) = {kept[i, 0]:.6g}")
+    if (np.abs(got) * ~ok).max(initial=0.0) > 0:
+        raise CheckFailure("dropout made a masked (future) position non-zero")
+    n = int(np.broadcast_to(ok, got.shape).sum())
+    dropped = int((is_zero & ok).sum())
+    # two-sided binomial test at 1e-6: runs often, so a correct backend must essentially never fail
+    pv = stats.binomtest(dropped, n, p).pvalue
+    if pv < 1e-6:
+        raise CheckFailure(f"dropped {dropped} of {n} weights ({dropped / n:.3f}), expected p = {p} "
+                           f"(binomial test p-value {pv:.2g})", max_error=abs(dropped / n - p))

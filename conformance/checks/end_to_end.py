@@ -1,0 +1,262 @@
+"""End-to-end properties of the whole block, run on every backend through `forward` alone."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from hypothesis import strategies as st
+
+from conformance import strategies as cs
+from conformance.case import round_to
+from conformance.checks import CheckFailure, check
+from conformance.reference import forward_golden_and_plain
+from spec import invariants as inv
+from spec.config import AttentionConfig
+
+
+def _cases(caps, dtype):
+    return cs.cases(caps, dtype)
+
+
+def _requires_causal(backend):
+    return None if backend.capabilities.causal else "causal attention is not supported"
+
+
+def _requires_non_causal(backend):
+    return None if backend.capabilities.non_causal else "non-causal attention is not supported"
+
+
+def _requires_padding(backend):
+    return None if backend.capabilities.key_padding_mask else "key padding masks are not supported"
+
+
+def _requires_deterministic(backend):
+    return None if backend.capabilities.deterministic else "declared non-deterministic"
+
+
+@check(step=None, strategy=_cases)
+def matches_spec(run, case):
+    """The whole block matches the float64 spec within the tolerance model."""
+    got = run.forward(case)
+    golden, plain = forward_golden_and_plain(case)
+    run.assert_close("forward", got, golden, plain)
+
+
+@check(step=None, strategy=_cases)
+def output_dtype_and_shape(run, case):
+    """forward returns an array of shape [B, T, d_out] in the input's dtype, with no NaN or inf."""
+    got = run.forward(case)  # shape and dtype are checked on the way back
+    run.assert_exact("forward output finite", inv.all_finite(got))
+
+
+@st.composite
+def _split_cases(draw, caps, dtype, causal=None, min_batch=1, padding=True):
+    case = draw(cs.cases(caps, dtype, causal=causal, min_tokens=2, padding=padding))
+    if case.B < min_batch:
+        extra_rows = np.random.default_rng(case.seed + 7).standard_normal(
+            (min_batch - case.B, case.T, case.config.d_in)) * case.x_scale
+        x = np.concatenate([case.x, round_to(extra_rows, dtype)])
+        kpm = case.key_padding_mask
+        if kpm is not None:
+            kpm = np.concatenate([kpm, np.ones((min_batch - case.B, case.T), dtype=bool)])
+        case = case.with_(x=x, key_padding_mask=kpm)
+    t = draw(st.integers(0, case.T - 2))
+    return case.with_(extra={**case.extra, "t": t, "perturb_seed": draw(st.integers(0, 2**31 - 1))})
+
+
+def _perturbed(case, where):
+    """x with the entries selected by `where` (an index tuple) replaced by new, larger values."""
+    x = case.x.copy()
+    rng = np.random.default_rng(case.extra["perturb_seed"])
+    x[where] = round_to(rng.standard_normal(x[where].shape) * case.x_scale * 4, case.dtype)
+    return x
+
+
+@check(step=None, strategy=lambda caps, dtype: _split_cases(caps, dtype, causal=True),
+       requires=_requires_causal)
+def causality(run, case):
+    """Changing tokens after position t leaves every output up to t unchanged."""
+    t = case.extra["t"]
+    x2 = _perturbed(case, np.s_[:, t + 1:])
+    y1, y2 = run.forward(case), run.forward(case, x=x2)
+    golden, plain = forward_golden_and_plain(case)
+    run.assert_close(f"outputs 0..{t} after changing tokens {t + 1}..", y2[:, : t + 1],
+                     golden[:, : t + 1], plain[:, : t + 1])
+    run.assert_close(f"outputs 0..{t} before the change", y1[:, : t + 1], golden[:, : t + 1], plain[:, : t + 1])
+
+
+@check(step=None, strategy=lambda caps, dtype: _split_cases(caps, dtype, causal=True),
+       requires=_requires_causal)
+def prefix_consistency(run, case):
+    """Running on the first t tokens gives the first t outputs of the full run."""
+    t = case.extra["t"] + 1
+    kpm = None if case.key_padding_mask is None else case.key_padding_mask[:, :t]
+    y_full = run.forward(case)
+    y_pre = run.forward(case, x=case.x[:, :t], key_padding_mask=kpm)
+    golden, plain = forward_golden_and_plain(case)
+    run.assert_close(f"forward(x[:, :{t}])", y_pre, golden[:, :t], plain[:, :t])
+    run.assert_close(f"forward(x)[:, :{t}]", y_full[:, :t], golden[:, :t], plain[:, :t])
+
+
+@check(step=None, strategy=lambda caps, dtype: _split_cases(caps, dtype, min_batch=2))
+def batch_independence(run, case):
+    """Changing batch elements 1.. leaves the output of batch element 0 unchanged."""
+    x2 = _perturbed(case, np.s_[1:])
+    y2 = run.forward(case, x=x2)
+    golden, plain = forward_golden_and_plain(case)
+    run.assert_close("output of batch element 0 after changing the others", y2[:1], golden[:1], plain[:1])
+
+
+@st.composite
+def _perm_cases(draw, caps, dtype):
+    case = draw(cs.cases(caps, dtype, causal=False))
+    perm = draw(st.permutations(range(case.T)))
+    return case.with_(extra={**case.extra, "perm": list(perm)})
+
+
+@check(step=None, strategy=_perm_cases, requires=_requires_non_causal)
+def permutation_equivariance(run, case):
+    """Without the causal mask, permuting the tokens (and the padding mask) permutes the outputs."""
+    perm = np.array(case.extra["perm"], dtype=int)
+    kpm = None if case.key_padding_mask is None else case.key_padding_mask[:, perm]
+    y_perm = run.forward(case, x=case.x[:, perm], key_padding_mask=kpm)
+    golden, plain = forward_golden_and_plain(case)
+    run.assert_close("forward(x[:, perm]) vs forward(x)[:, perm]", y_perm, golden[:, perm], plain[:, perm])
+
+
+@st.composite
+def _head_perm_cases(draw, caps, dtype):
+    case = draw(cs.cases(caps, dtype).filter(lambda c: c.config.n_heads > 1))
+    perm = draw(st.permutations(range(case.config.n_heads)).filter(lambda p: list(p) != sorted(p)))
+    return case.with_(extra={**case.extra, "head_perm": list(perm)})
+
+
+@check(step=None, strategy=_head_perm_cases)
+def head_permutation_invariance(run, case):
+    """Permuting heads consistently in W_q, W_k, W_v (rows) and W_o (columns) changes nothing."""
+    hd = case.config.head_dim
+    idx = np.concatenate([np.arange(h * hd, (h + 1) * hd) for h in case.extra["head_perm"]])
+    p = case.params
+    rows = {k: getattr(p, k)[idx] for k in ("W_q", "W_k", "W_v", "b_q", "b_k", "b_v") if getattr(p, k) is not None}
+    permuted = replace(p, W_o=p.W_o[:, idx], **rows)  # W_o's columns are the concatenated heads
+    got = run.forward(case, params=permuted)
+    golden, plain = forward_golden_and_plain(case)
+    run.assert_close(f"forward with heads permuted {case.extra['head_perm']}", got, golden, plain)
+
+
+@check(step=None, strategy=_cases)
+def zero_wq_uniform_attention(run, case):
+    """With W_q = 0 every score is 0: causal output is the running mean of V, projected."""
+    p = replace(case.params, W_q=np.zeros_like(case.params.W_q),
+                b_q=None if case.params.b_q is None else np.zeros_like(case.params.b_q))
+    got = run.forward(case, params=p)
+    # closed form in float64: uniform weights over the attendable keys of each query
+    V = case.x @ p.W_v.T + (0 if p.b_v is None else p.b_v)  # (B, T, d_out)
+    ok = inv.attendable(case.config, case.B, case.T, case.T, case.key_padding_mask)[:, 0]  # (B, T, T)
+    counts = ok.sum(-1, keepdims=True)
+    mean_v = (ok / np.maximum(counts, 1)) @ V  # (B, T, d_out); zero rows where nothing is attendable
+    oracle = mean_v @ p.W_o.T + p.b_o
+    _, plain = forward_golden_and_plain(case, params=p)
+    run.assert_close("forward with W_q = 0 vs the running-mean oracle", got, oracle, plain)
+
+
+@check(step=None, strategy=_cases, requires=_requires_deterministic)
+def deterministic_on_repeat(run, case):
+    """The same inputs twice give bit-identical outputs."""
+    y1, y2 = run.forward(case), run.forward(case)
+    diff = float(np.max(np.abs(y1 - y2), initial=0.0)) if np.isfinite(y1).all() and np.isfinite(y2).all() \
+        else (0.0 if np.array_equal(y1, y2, equal_nan=True) else float("inf"))
+    run.assert_exact("second call vs first call", diff)
+
+
+@st.composite
+def _two_cases(draw, caps, dtype):
+    a = draw(cs.cases(caps, dtype))
+    b = draw(cs.cases(caps, dtype, padding=False))
+    other = {"config": b.config.to_dict(), "B": b.B, "T": b.T, "seed": b.seed, "x_scale": b.x_scale}
+    return a.with_(extra={**a.extra, "other": other})
+
+
+@check(step=None, strategy=_two_cases, requires=_requires_deterministic)
+def independent_of_previous_calls(run, case):
+    """A call's result does not depend on earlier calls with other shapes or configs."""
+    o = case.extra["other"]
+    other = cs.case_from(AttentionConfig.from_dict(o["config"]), o["B"], o["T"], case.dtype, o["seed"], o["x_scale"])
+    y1 = run.forward(case)
+    run.forward(other)
+    y2 = run.forward(case)
+    same = np.array_equal(y1, y2, equal_nan=True)
+    run.assert_exact(f"call after a call with B={other.B}, T={other.T}, {other.config}",
+                     0.0 if same else float(np.nanmax(np.abs(y1 - y2), initial=np.inf)))
+
+
+def _leaves(obj):
+    """Arrays inside a prepared-weights object (Params, dict, tuple, list), by path."""
+    if hasattr(obj, "arrays") and callable(obj.arrays):
+        yield from obj.arrays().items()
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from ((f"{k}.{p}" if p else str(k), a) for p, a in _leaves(v)) if isinstance(v, (dict, list, tuple)) else [(str(k), v)]
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from ((f"{i}.{p}", a) for p, a in _leaves(v))
+    else:
+        yield "", obj
+
+
+@check(step=None, strategy=_cases)
+def inputs_not_mutated(run, case):
+    """forward leaves its input arrays (x, weights, padding mask) unchanged."""
+    x = run.native(case.x)
+    kpm = run.native(case.key_padding_mask)
+    w = run.weights(case.params)
+    snap = {}
+    for name, obj in [("x", x), ("key_padding_mask", kpm)] + [(f"weights {p}", a) for p, a in _leaves(w)]:
+        if obj is None:
+            continue
+        try:
+            snap[name] = (obj, np.array(run.backend.to_numpy(obj), copy=True))
+        except Exception:  # not an array of this backend (a scalar, a config): nothing to watch
+            continue
+    kwargs = {} if kpm is None else {"key_padding_mask": kpm}
+    run._call("forward", run.backend.forward, x, w, case.config, **kwargs)
+    run._call("synchronize", run.backend.synchronize)
+    for name, (obj, before) in snap.items():
+        after = np.asarray(run.backend.to_numpy(obj))
+        if not np.array_equal(before, after, equal_nan=before.dtype.kind == "f"):
+            changed = int(np.sum(before != after))
+            raise CheckFailure(f"forward modified its input {name} in place ({changed} of {before.size} elements changed)")
+
+
+@st.composite
+def _large_cases(draw, caps, dtype):
+    return draw(cs.large_logit_cases(caps, dtype))
+
+
+@check(step=None, strategy=_large_cases)
+def finite_for_large_logits(run, case):
+    """Scores far past exp's overflow still give finite outputs that match the spec."""
+    got = run.forward(case)
+    run.assert_exact("forward finite at large logits", inv.all_finite(got))
+    golden, plain = forward_golden_and_plain(case)
+    run.assert_close("forward at large logits", got, golden, plain)
+
+
+@st.composite
+def _padded_cases(draw, caps, dtype):
+    case = draw(cs.cases(caps, dtype))
+    kpm = np.ones((case.B, case.T), dtype=bool)
+    kpm[:, : max(1, case.T // 2)] = False  # left padding: early causal queries see nothing
+    return case.with_(key_padding_mask=kpm)
+
+
+@check(step=None, strategy=_padded_cases, requires=_requires_padding)
+def fully_masked_queries_give_bias(run, case):
+    """A query with no attendable key gets a zero context, so its output is exactly b_o (not NaN)."""
+    got = run.forward(case)
+    golden, plain = forward_golden_and_plain(case)
+    empty = ~inv.attendable(case.config, case.B, case.T, case.T, case.key_padding_mask)[:, 0].any(-1)  # (B, T)
+    run.assert_exact("forward finite with fully masked queries", inv.all_finite(got))
+    run.assert_close("outputs of fully masked queries", got[empty], golden[empty], plain[empty])
+    run.assert_close("forward with padding", got, golden, plain)

@@ -1,0 +1,287 @@
+"""Properties of the individual steps 3 to 12, run on backends that expose the step.
+
+Each step check feeds the backend's step the exact (dtype-rounded) output of the spec's
+previous step, so a failure points at that step alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from scipy import stats
+
+from conformance import strategies as cs
+from conformance.case import round_to
+from conformance.checks import CheckFailure, check
+from conformance.reference import golden_and_plain, step_inputs
+from impls.base import exposed_steps
+from spec import invariants as inv
+from spec import steps as S
+from spec.shapes import expected_shape, expected_shapes
+
+
+def _cases(caps, dtype):
+    return cs.cases(caps, dtype)
+
+
+def _causal_cases(caps, dtype):
+    return cs.cases(caps, dtype, causal=True, padding=False)
+
+
+def _requires_causal(backend):
+    return None if backend.capabilities.causal else "causal attention is not supported"
+
+
+def _ok_mask(case):
+    T = case.T
+    return inv.attendable(case.config, case.B, T, T, case.key_padding_mask)
+
+
+# -- step 3 ---------------------------------------------------------------------------------
+@st.composite
+def _init_cases(draw, caps, dtype):
+    case = draw(cs.cases(caps, dtype, padding=False, max_batch=1))
+    return case.with_(extra={"init_seed": draw(st.integers(0, 2**31 - 1))})
+
+
+@check(step=3, strategy=_init_cases)
+def init_follows_nn_linear(run, case):
+    """init_params draws weights and biases from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) in nn.Linear's layout."""
+    cfg = case.config
+    p = run._call("init_params", run.backend.init_params, cfg, case.extra["init_seed"])
+    try:
+        p.check(cfg)
+    except (ValueError, AttributeError) as e:
+        raise CheckFailure(f"init_params returned the wrong layout: {e}") from None
+    for name, a in p.arrays().items():
+        fan_in = cfg.d_out if name in ("W_o", "b_o") else cfg.d_in
+        bound = 1.0 / np.sqrt(fan_in)
+        a = np.asarray(a, dtype=np.float64)
+        worst = float(np.max(np.abs(a), initial=0.0))
+        if worst > bound * (1 + 1e-6):
+            raise CheckFailure(f"{name}: |value| {worst:.4g} exceeds nn.Linear's bound 1/sqrt({fan_in}) = {bound:.4g}",
+                               max_error=worst, tolerance=bound)
+        if a.size >= 64:
+            # 1e-6: this runs thousands of times; a correct init must essentially never fail
+            p_value = stats.kstest(a.ravel() / bound, "uniform", args=(-1, 2)).pvalue
+            if p_value < 1e-6:
+                raise CheckFailure(f"{name}: not uniform on (-{bound:.4g}, {bound:.4g}): "
+                                   f"Kolmogorov-Smirnov p = {p_value:.2g} over {a.size} values")
+
+
+# -- step 4 ---------------------------------------------------------------------------------
+@check(step=4, strategy=_cases)
+def qkv_projection_matches_spec(run, case):
+    """Q, K, V = x @ W.T (+ b): the projections match the spec in nn.Linear's layout."""
+    shapes = expected_shapes(4, case.config, case.B, case.T)
+    got = run.step("project_qkv", case.x, run.weights(case.params), shapes=shapes)
+    golden, plain = golden_and_plain(S.project_qkv, case.dtype, case.x, case.params)
+    for name, a, g, p in zip("QKV", got, golden, plain):
+        run.assert_close(f"step 4 {name}", a, g, p)
+
+
+@st.composite
+def _pair_cases(draw, caps, dtype):
+    case = draw(cs.cases(caps, dtype, padding=False))
+    return case.with_(extra={"x2_seed": draw(st.integers(0, 2**31 - 1))})
+
+
+@check(step=4, strategy=_pair_cases)
+def projection_is_linear(run, case):
+    """project_qkv(a + b) == project_qkv(a) + project_qkv(b) - bias: the projection is affine."""
+    shapes = expected_shapes(4, case.config, case.B, case.T)
+    rng = np.random.default_rng(case.extra["x2_seed"])
+    a = case.x
+    b = round_to(rng.standard_normal(a.shape) * case.x_scale, case.dtype)
+    w = run.weights(case.params)
+    fa, fb = (run.step("project_qkv", v, w, shapes=shapes) for v in (a, b))
+    _, pa = golden_and_plain(S.project_qkv, case.dtype, a, case.params)
+    _, pb = golden_and_plain(S.project_qkv, case.dtype, b, case.params)
+    golden = S.project_qkv(a + b, case.params)  # exact a + b, in float64
+    for i, name in enumerate("QKV"):
+        bias = getattr(case.params, f"b_{name.lower()}")
+        bias = 0.0 if bias is None else bias
+        # f(a) + f(b) - bias carries three roundings in D, hence the wider floor
+        run.assert_close(f"step 4 {name}: f(a) + f(b) - bias vs f(a + b)", fa[i] + fb[i] - bias,
+                         golden[i], pa[i] + pb[i] - bias, floor_scale=3.0)
+
+
+# -- steps 5, 6, 10, 11: pure index bookkeeping, exact in every dtype ------------------------
+@check(step=5, strategy=_cases)
+def split_heads_matches_index(run, case):
+    """split_heads(Q)[b, t, h, d] == Q[b, t, h*head_dim + d] exactly."""
+    Q = step_inputs(case)[4][0]
+    got = run.step("split_heads", Q, case.config.n_heads, shapes=(expected_shape(5, case.config, case.B, case.T),))
+    run.assert_exact("step 5 split_heads", inv.split_matches_index(Q, got, case.config.n_heads))
+
+
+@check(step=6, strategy=_cases)
+def group_by_heads_is_permutation(run, case):
+    """group_by_heads(s)[b, h, t, d] == s[b, t, h, d] exactly: heads grouped, nothing computed."""
+    s = step_inputs(case)[5][0]
+    got = run.step("group_by_heads", s, shapes=(expected_shape(6, case.config, case.B, case.T),))
+    run.assert_exact("step 6 group_by_heads", inv.grouped_matches_index(s, got))
+
+
+@check(step=10, strategy=_cases)
+def permute_back_restores_order(run, case):
+    """permute_back(c)[b, t, h, d] == c[b, h, t, d] exactly: token order restored."""
+    c = step_inputs(case)[9]
+    got = run.step("permute_back", c, shapes=(expected_shape(10, case.config, case.B, case.T),))
+    run.assert_exact("step 10 permute_back", inv.permute_back_restores_order(c, got))
+
+
+@check(step=11, strategy=_cases)
+def concat_heads_matches_index(run, case):
+    """concat_heads(c)[b, t, h*head_dim + d] == c[b, t, h, d] exactly."""
+    c = step_inputs(case)[10]
+    got = run.step("concat_heads", c, shapes=(expected_shape(11, case.config, case.B, case.T),))
+    run.assert_exact("step 11 concat_heads", inv.split_matches_index(got, c, case.config.n_heads))
+
+
+def _requires_layout_steps(backend):
+    missing = [n for n in (5, 6, 10, 11) if n not in exposed_steps(backend)]
+    return f"steps {missing} not exposed" if missing else None
+
+
+@check(step=11, strategy=_cases, requires=_requires_layout_steps)
+def split_merge_round_trip(run, case):
+    """concat_heads(permute_back(group_by_heads(split_heads(x)))) == x: split and merge are inverse."""
+    x = step_inputs(case)[4][0]
+    B, T, cfg = case.B, case.T, case.config
+    s = run.step("split_heads", x, cfg.n_heads, shapes=(expected_shape(5, cfg, B, T),))
+    g = run.step("group_by_heads", s, shapes=(expected_shape(6, cfg, B, T),))
+    p = run.step("permute_back", g, shapes=(expected_shape(10, cfg, B, T),))
+    m = run.step("concat_heads", p, shapes=(expected_shape(11, cfg, B, T),))
+    run.assert_exact("steps 5-6-10-11 round trip", inv.merge_inverts_split(x, m))
+
+
+# -- step 7 ---------------------------------------------------------------------------------
+@check(step=7, strategy=_cases)
+def scores_are_dot_products(run, case):
+    """attn_scores[b, h, i, j] == Q[b, h, i] . K[b, h, j]: per-head dot products, unscaled."""
+    Q, K, _ = step_inputs(case)[6]
+    got = run.step("attn_scores", Q, K, shapes=(expected_shape(7, case.config, case.B, case.T),))
+    golden, plain = golden_and_plain(S.attn_scores, case.dtype, Q, K)
+    run.assert_close("step 7 attn_scores", got, golden, plain)
+
+
+# -- step 8 ---------------------------------------------------------------------------------
+def _weights(run, case, scores):
+    shape = expected_shape(8, case.config, case.B, case.T)
+    kw = {} if case.key_padding_mask is None else {"key_padding_mask": case.key_padding_mask}
+    return run.step("attn_weights", scores, case.config, shapes=(shape,), **kw)
+
+
+@check(step=8, strategy=_cases)
+def weights_match_spec(run, case):
+    """attn_weights == softmax(mask(scores) / sqrt(head_dim)) along the key axis."""
+    scores = step_inputs(case)[7]
+    got = _weights(run, case, scores)
+    golden, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask)
+    run.assert_close("step 8 attn_weights", got, golden, plain)
+
+
+@check(step=8, strategy=_cases)
+def masked_weights_are_zero(run, case):
+    """Future keys (causal) and padded keys get weight exactly 0, and every weight is >= 0."""
+    got = _weights(run, case, step_inputs(case)[7])
+    ok = _ok_mask(case)
+    bad = np.argwhere((got != 0) & ~ok)
+    detail = "" if not len(bad) else f"; first at [b, h, i, j] = {tuple(int(v) for v in bad[0])}"
+    run.assert_exact("step 8 masked weights", inv.masked_weights_are_zero(got, ok), detail)
+    run.assert_exact("step 8 weights >= 0", inv.weights_nonnegative(got))
+
+
+@check(step=8, strategy=_cases)
+def rows_sum_to_one(run, case):
+    """Each query row with an attendable key sums to 1; a row with none sums to 0."""
+    scores = step_inputs(case)[7]
+    got = _weights(run, case, scores)
+    target = np.broadcast_to(_ok_mask(case).any(-1).astype(np.float64), got.shape[:-1])
+    _, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask)
+    run.assert_close("step 8 row sums", got.sum(-1), target, plain.sum(-1), floor_scale=2.0)
+
+
+@st.composite
+def _shift_cases(draw, caps, dtype):
+    case = draw(cs.cases(caps, dtype))
+    return case.with_(extra={"shift": draw(st.sampled_from((100.0, -100.0, 1000.0, 20000.0)))})
+
+
+@check(step=8, strategy=_shift_cases)
+def softmax_shift_invariant(run, case):
+    """Adding a constant to every score leaves the weights unchanged (needs max-subtraction)."""
+    scores = step_inputs(case)[7]
+    shifted = round_to(scores + case.extra["shift"], case.dtype)
+    got = _weights(run, case, shifted)
+    golden, plain = golden_and_plain(S.attn_weights, case.dtype, shifted, case.config, case.key_padding_mask)
+    unshifted = S.attn_weights(shifted - case.extra["shift"], case.config, case.key_padding_mask)
+    run.assert_exact("step 8 finite after shift", inv.all_finite(got))
+    run.assert_close("step 8 weights(s + c) vs weights(s)", got, unshifted, plain)
+    del golden
+
+
+@st.composite
+def _large_score_cases(draw, caps, dtype):
+    case = draw(cs.cases(caps, dtype))
+    return case.with_(extra={"score_magnitude": cs.large_logit_target(dtype)})
+
+
+@check(step=8, strategy=_large_score_cases)
+def softmax_finite_for_large_logits(run, case):
+    """Scores far past exp's overflow (1e11; 2e4 in float16) still give finite rows summing to 1."""
+    rng = np.random.default_rng(case.seed)
+    B, H, T = case.B, case.config.n_heads, case.T
+    scores = round_to(rng.uniform(-1, 1, (B, H, T, T)) * case.extra["score_magnitude"], case.dtype)
+    got = _weights(run, case, scores)
+    run.assert_exact("step 8 finite weights", inv.all_finite(got))
+    target = np.broadcast_to(_ok_mask(case).any(-1).astype(np.float64), got.shape[:-1])
+    golden, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask)
+    run.assert_close("step 8 row sums at large logits", got.sum(-1), target, plain.sum(-1), floor_scale=2.0)
+    run.assert_close("step 8 weights at large logits", got, golden, plain)
+
+
+# -- step 9 ---------------------------------------------------------------------------------
+@check(step=9, strategy=_cases)
+def context_matches_spec(run, case):
+    """context = attn_weights @ V, per head."""
+    w, (_, _, V) = step_inputs(case)[8], step_inputs(case)[6]
+    got = run.step("context", w, V, shapes=(expected_shape(9, case.config, case.B, case.T),))
+    golden, plain = golden_and_plain(S.context, case.dtype, w, V)
+    run.assert_close("step 9 context", got, golden, plain)
+
+
+@check(step=9, strategy=_cases)
+def context_in_convex_hull(run, case):
+    """Each context vector lies in the convex hull of the value rows it may attend to."""
+    inputs = step_inputs(case)
+    w, V = inputs[8], inputs[6][2]
+    got = run.step("context", w, V, shapes=(expected_shape(9, case.config, case.B, case.T),))
+    _, plain = golden_and_plain(S.context, case.dtype, w, V)
+    slack_golden = np.zeros(1)
+    excursion = inv.context_in_convex_hull(got, V, _ok_mask(case))
+    allowed = inv.context_in_convex_hull(plain, V, _ok_mask(case))
+    scale = max(float(np.max(np.abs(V), initial=0.0)), 1.0)
+    run.assert_close("step 9 excursion outside the value rows' range", np.array([excursion / scale]),
+                     slack_golden, np.array([allowed / scale]), floor_scale=2.0)
+
+
+@check(step=9, strategy=_causal_cases, requires=_requires_causal)
+def first_causal_row_equals_first_value(run, case):
+    """With the causal mask, query 0 sees only key 0: context[:, :, 0] == V[:, :, 0]."""
+    inputs = step_inputs(case)
+    w, V = inputs[8], inputs[6][2]
+    got = run.step("context", w, V, shapes=(expected_shape(9, case.config, case.B, case.T),))
+    run.assert_close("step 9 first causal row", got[:, :, 0], V[:, :, 0], V[:, :, 0])
+
+
+# -- step 12 --------------------------------------------------------------------------------
+@check(step=12, strategy=_cases)
+def out_proj_matches_spec(run, case):
+    """output = context @ W_o.T + b_o, with the output bias."""
+    c = step_inputs(case)[11]
+    got = run.step("out_proj", c, run.weights(case.params),
+                   shapes=(expected_shape(12, case.config, case.B, case.T),))
+    golden, plain = golden_and_plain(S.out_proj, case.dtype, c, case.params)
+    run.assert_close("step 12 out_proj", got, golden, plain)

@@ -1,0 +1,94 @@
+"""Running one check on one backend at one dtype, with Hypothesis, to a `Result`.
+
+Used by the pytest suite (`conformance/test_conformance.py`), by `nox -s mutants` and by
+`python -m conformance.repro`, so all three judge a backend the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import errors as hyp_errors
+from hypothesis import given
+from hypothesis import seed as hyp_seed
+
+from conformance.case import Case
+from conformance.checks import Check, CheckFailure
+from conformance.profiles import EXAMPLE_TIMEOUT_S
+from conformance.runner import Runner
+from conformance.watchdog import BackendHang, time_limit
+
+
+@dataclass
+class Result:
+    outcome: str  # passed | failed | unsupported | skipped
+    reason: str = ""
+    max_error: float | None = None
+    tolerance: float | None = None
+    case: Case | None = None  # the (shrunk) failing example
+    examples: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def counterexample(self) -> str | None:
+        return None if self.case is None else self.case.describe()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def run_once(check: Check, backend: Any, case: Case) -> Result:
+    """Run the check on one given case (no Hypothesis): what repro commands do."""
+    t0 = time.perf_counter()
+    try:
+        with time_limit(EXAMPLE_TIMEOUT_S["first"], f"{check.name} on {backend.name}"):
+            check.fn(Runner(backend, case.dtype), case)
+    except CheckFailure as e:
+        return Result("failed", str(e), e.max_error, e.tolerance, case, 1, time.perf_counter() - t0)
+    except BackendHang as e:
+        return Result("failed", f"hang: {e}", case=case, examples=1, duration_s=time.perf_counter() - t0)
+    return Result("passed", "", examples=1, duration_s=time.perf_counter() - t0)
+
+
+def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
+              timeouts: dict[str, float] | None = None) -> Result:
+    """Hypothesis-driven run of `check`; the current settings profile decides how many examples."""
+    t0 = time.perf_counter()
+    reason = check.unsupported(backend, dtype)
+    if reason:
+        return Result("unsupported", reason)
+    limits = timeouts or EXAMPLE_TIMEOUT_S
+    runner = Runner(backend, dtype)
+    state: dict[str, Any] = {"n": 0, "case": None}
+
+    def body(case: Case) -> None:
+        state["n"] += 1
+        limit = limits["first"] if state["n"] == 1 else limits["later"]
+        state["case"] = case  # the last case run: after a failure, the shrunk example
+        with time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
+            check.fn(runner, case)
+
+    test = given(check.cases(backend, dtype))(body)
+    # one example-database entry per (check, backend, dtype), not one shared by all
+    test.hypothesis.inner_test._hypothesis_internal_add_digest = f"{check.name}|{backend.name}|{dtype}".encode()
+    if seed is not None:
+        test = hyp_seed(seed)(test)
+    try:
+        test()
+    except CheckFailure as e:
+        return Result("failed", str(e), e.max_error, e.tolerance, state["case"], state["n"],
+                      time.perf_counter() - t0)
+    except BackendHang as e:
+        return Result("failed", f"hang: {e}", case=state["case"], examples=state["n"],
+                      duration_s=time.perf_counter() - t0)
+    except (hyp_errors.FailedHealthCheck, hyp_errors.Unsatisfiable) as e:
+        return Result("failed", f"suite error (please report): Hypothesis could not generate cases: {_first_line(e)}",
+                      examples=state["n"], duration_s=time.perf_counter() - t0)
+    except Exception as e:  # an error in the check itself, not in the backend (Runner wraps those)
+        return Result("failed", f"suite error (please report): {_first_line(e)}", case=state["case"],
+                      examples=state["n"], duration_s=time.perf_counter() - t0)
+    return Result("passed", f"{state['n']} examples", examples=state["n"], duration_s=time.perf_counter() - t0)

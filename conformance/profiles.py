@@ -1,0 +1,43 @@
+"""Hypothesis settings profiles, selected at run time (`--profile`), never hard-coded in checks.
+
+- quick: a smoke run while developing (a few examples per check).
+- default: `nox -s conformance` and CI; sized so all CPU backends finish in under 3 minutes
+  on a 2-core machine.
+- thorough: many more examples, for release checks and new backends.
+- reproducible: derandomised and without the example database, so a published report is the
+  same on every run of the same code (the seed is fixed by the profile).
+- mutants: default's examples without the shrink phase: `nox -s mutants` only needs to know
+  whether and where a mutant dies, not its minimal example.
+
+Hypothesis's own deadline is off in every profile: a GPU's first call (warm-up, compilation)
+can take seconds. Hangs are caught by the suite's own per-example limit instead
+(`conformance.watchdog`), which aborts the check without shrinking.
+"""
+
+from __future__ import annotations
+
+from hypothesis import Phase, settings
+
+PROFILES: dict[str, dict] = {
+    "quick": {"max_examples": 5},
+    "default": {"max_examples": 20},
+    "thorough": {"max_examples": 200},
+    "reproducible": {"max_examples": 20, "derandomize": True, "database": None},
+    "mutants": {"max_examples": 20, "phases": (Phase.explicit, Phase.reuse, Phase.generate)},
+}
+
+#: Per-example time limits in seconds: the first example of a check may warm a device up.
+EXAMPLE_TIMEOUT_S = {"first": 120.0, "later": 30.0}
+
+
+def register() -> None:
+    for name, kw in PROFILES.items():
+        settings.register_profile(name, deadline=None, report_multiple_bugs=False, print_blob=True, **kw)
+
+
+def load(name: str) -> None:
+    """Register all profiles and make `name` current; ValueError names the valid ones."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    register()
+    settings.load_profile(name)

@@ -1,0 +1,113 @@
+"""The golden (float64 spec) and the plain reference (the same spec code in dtype D)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from conformance.case import Case, round_to
+from conformance.tolerance import eps
+from spec import block as spec_forward
+from spec.config import numpy_dtype
+from spec.params import Params
+
+
+def cast(a: Any, dtype: str) -> Any:
+    """Arrays (also inside tuples and Params) in dtype D; bool arrays and others untouched."""
+    if isinstance(a, Params):
+        return a.map(lambda v: v.astype(numpy_dtype(dtype)))
+    if isinstance(a, tuple):
+        return tuple(cast(v, dtype) for v in a)
+    if isinstance(a, np.ndarray) and a.dtype != np.bool_:
+        return a.astype(numpy_dtype(dtype))
+    return a
+
+
+def to_f64(a: Any) -> Any:
+    if isinstance(a, tuple):
+        return tuple(to_f64(v) for v in a)
+    return np.asarray(a, dtype=np.float64)
+
+
+def _golden_cast(a: Any, dtype: str) -> Any:
+    # float64 under test: the golden needs more precision than the plain reference, or the
+    # plain reference's error is 0 and only the floor is left; x86's long double has 64 bits
+    if dtype != "float64":
+        return a
+    if isinstance(a, Params):
+        return a.map(lambda v: v.astype(np.longdouble))
+    if isinstance(a, tuple):
+        return tuple(_golden_cast(v, dtype) for v in a)
+    if isinstance(a, np.ndarray) and a.dtype == np.float64:
+        return a.astype(np.longdouble)
+    return a
+
+
+def _perturb(a: Any, dtype: str, rng: np.random.Generator) -> Any:
+    """Inputs moved by about one unit in the last place of dtype (bool masks untouched)."""
+    if isinstance(a, Params):
+        return a.map(lambda v: _perturb(v, dtype, rng))
+    if isinstance(a, tuple):
+        return tuple(_perturb(v, dtype, rng) for v in a)
+    if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+        return a * (1 + eps(dtype) * rng.uniform(-1, 1, a.shape))
+    return a
+
+
+def golden_and_plain(fn: Callable, dtype: str, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """fn on the exact arguments (golden) and a plain reference of fn in dtype D.
+
+    The golden is computed in float64, or in long double when float64 itself is under test.
+    The plain reference is the spec's own code in D, run twice: on the inputs, and on the
+    inputs moved by one ulp of D; the run further from the golden is returned. The second run
+    measures the problem's conditioning, so a backend is allowed what any backward-stable
+    implementation in D may do (its summation order, where it applies the scale), not only
+    what the spec's particular order happens to achieve.
+    """
+    golden = to_f64(fn(*(_golden_cast(a, dtype) for a in args),
+                       **{k: _golden_cast(v, dtype) for k, v in kwargs.items()}))
+    plain = to_f64(fn(*(cast(a, dtype) for a in args), **{k: cast(v, dtype) for k, v in kwargs.items()}))
+    rng = np.random.default_rng(0)
+    moved = to_f64(fn(*(cast(_perturb(a, dtype, rng), dtype) for a in args),
+                      **{k: cast(_perturb(v, dtype, rng), dtype) for k, v in kwargs.items()}))
+    return golden, _further(golden, plain, moved)
+
+
+def _further(golden: Any, a: Any, b: Any) -> Any:
+    if isinstance(golden, tuple):
+        return tuple(_further(g, x, y) for g, x, y in zip(golden, a, b))
+    with np.errstate(invalid="ignore"):
+        ea = np.nanmax(np.abs(a - golden), initial=0.0)
+        eb = np.nanmax(np.abs(b - golden), initial=0.0)
+    return b if eb > ea else a
+
+
+def step_inputs(case: Case) -> dict[int, Any]:
+    """Every step's output on the case, in float64, rounded to the dtype under test.
+
+    The input of step n is `step_inputs(case)[n - 1]`: a backend's step n then sees the
+    numbers an exact implementation of the earlier steps would hand it in dtype D.
+    """
+    out = spec_forward.intermediates(case.x, case.params, case.config, case.key_padding_mask,
+                                     case.dropout_mask)
+    return {n: _round(v, case.dtype) for n, v in out.items()}
+
+
+def _round(v: Any, dtype: str) -> Any:
+    if isinstance(v, tuple):
+        return tuple(_round(a, dtype) for a in v)
+    if isinstance(v, np.ndarray):
+        return round_to(v, dtype)
+    return v
+
+
+def forward_golden_and_plain(case: Case, **overrides: Any) -> tuple[np.ndarray, np.ndarray]:
+    """spec.forward on the case (or overrides) in float64 and in the case's dtype."""
+    x = overrides.get("x", case.x)
+    params = overrides.get("params", case.params)
+    config = overrides.get("config", case.config)
+    kpm = overrides.get("key_padding_mask", case.key_padding_mask)
+    dmask = overrides.get("dropout_mask", case.dropout_mask)
+    return golden_and_plain(lambda x_, p_: spec_forward.forward(x_, p_, config, kpm, dmask),
+                            case.dtype, x, params)

@@ -1,0 +1,121 @@
+"""Calling a backend from a check: conversion at the edges, and every misbehaviour named.
+
+`Runner` converts the case's float64 arrays to the dtype under test, calls the backend, and
+converts back, turning an exception, a non-array, a wrong shape or a wrong dtype into a
+`CheckFailure` that says which call did it. Values are returned as float64 NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from conformance.case import Case
+from conformance.checks import CheckFailure
+from conformance.tolerance import compare
+from spec.config import numpy_dtype
+from spec.params import Params
+
+
+class Runner:
+    """One backend at one dtype, as seen by the checks."""
+
+    def __init__(self, backend: Any, dtype: str):
+        self.backend = backend
+        self.dtype = dtype
+        self.np_dtype = numpy_dtype(dtype)
+
+    # -- edges ---------------------------------------------------------------------------
+    def native(self, a: np.ndarray | None) -> Any:
+        """float64 or bool NumPy array -> the backend's array in the dtype under test."""
+        if a is None:
+            return None
+        if a.dtype == np.bool_:
+            return self._call("from_numpy", self.backend.from_numpy, a.copy(), None)
+        return self._call("from_numpy", self.backend.from_numpy, a.astype(self.np_dtype), self.dtype)
+
+    def weights(self, params: Params) -> Any:
+        return self._call("prepare", self.backend.prepare, params, self.dtype)
+
+    def to_float64(self, what: str, out: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """Backend output -> float64 NumPy, after checking it is an array of `shape` in the dtype."""
+        try:
+            a = self.backend.to_numpy(out)
+        except Exception as e:
+            raise CheckFailure(f"{what}: to_numpy() of the result raised {type(e).__name__}: {e}; "
+                               f"the backend returned {type(out).__name__}") from None
+        if not isinstance(a, np.ndarray):
+            raise CheckFailure(f"{what}: returned {type(out).__name__}, which to_numpy() turned into "
+                               f"{type(a).__name__}, not an array")
+        if a.shape != tuple(shape):
+            raise CheckFailure(f"{what}: returned shape {a.shape}, expected {tuple(shape)}")
+        self._check_dtype(what, a)
+        return a.astype(np.float64)
+
+    def _check_dtype(self, what: str, a: np.ndarray) -> None:
+        if a.dtype == self.np_dtype:
+            return
+        # to_numpy may widen bfloat16 (NumPy has none): accept only bfloat16-exact values
+        if self.dtype == "bfloat16" and a.dtype == np.float32:
+            if np.array_equal(a.astype(self.np_dtype).astype(np.float32), a, equal_nan=True):
+                return
+            raise CheckFailure(f"{what}: returned float32 values that are not bfloat16 values; "
+                               f"the output must be computed in bfloat16")
+        raise CheckFailure(f"{what}: returned dtype {a.dtype}, expected {self.dtype} (output dtype must equal input dtype)")
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CheckFailure:
+            raise
+        except Exception as e:
+            msg = str(e).splitlines()[0][:300] if str(e) else ""
+            raise CheckFailure(f"{what} raised {type(e).__name__}: {msg}") from None
+
+    # -- calls -------------------------------------------------------------------------
+    def forward(self, case: Case, *, x: np.ndarray | None = None, params: Params | None = None,
+                key_padding_mask: Any = "case", dropout_mask: np.ndarray | None = None,
+                training: bool = False, config: Any = None) -> np.ndarray:
+        """The backend's full forward on the case (or on overrides), as float64 NumPy."""
+        x = case.x if x is None else x
+        params = case.params if params is None else params
+        config = case.config if config is None else config
+        kpm = case.key_padding_mask if isinstance(key_padding_mask, str) else key_padding_mask
+        kwargs: dict[str, Any] = {}
+        if kpm is not None:
+            kwargs["key_padding_mask"] = self.native(kpm)
+        if dropout_mask is not None:
+            kwargs["dropout_mask"] = self.native(dropout_mask)
+        if training:
+            kwargs["training"] = True
+        out = self._call("forward", self.backend.forward, self.native(x), self.weights(params), config, **kwargs)
+        self._call("synchronize", self.backend.synchronize)
+        B, T, _ = x.shape
+        return self.to_float64("forward", out, (B, T, config.d_out))
+
+    def step(self, name: str, *args: Any, shapes: tuple[tuple[int, ...], ...], **kwargs: Any):
+        """Call the backend's step method `name`; NumPy arrays in args are converted first."""
+        conv = [self.native(a) if isinstance(a, np.ndarray) else a for a in args]
+        kw = {k: (self.native(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+        out = self._call(name, getattr(self.backend, name), *conv, **kw)
+        self._call("synchronize", self.backend.synchronize)
+        if len(shapes) == 1:
+            return self.to_float64(name, out, shapes[0])
+        if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
+            raise CheckFailure(f"{name}: expected a tuple of {len(shapes)} arrays, got {type(out).__name__}")
+        return tuple(self.to_float64(f"{name}[{i}]", o, s) for i, (o, s) in enumerate(zip(out, shapes)))
+
+    # -- assertions ----------------------------------------------------------------------
+    def assert_close(self, what: str, actual: np.ndarray, golden: np.ndarray, plain: np.ndarray,
+                     floor_scale: float = 1.0) -> None:
+        """Tolerance model: err(actual) <= K * err(plain in D) + floor(D), relative to |golden|."""
+        c = compare(actual, golden, plain, self.dtype, floor_scale)
+        if not c.ok:
+            raise CheckFailure(f"{what}: {c.summary()}", max_error=c.err, tolerance=c.allowed)
+
+    def assert_exact(self, what: str, measure: float, detail: str = "") -> None:
+        """An invariant that must hold exactly (index bookkeeping, masked zeros)."""
+        if measure != 0.0:
+            raise CheckFailure(f"{what}: violated by {measure:.6g} (must be exactly 0){detail}",
+                               max_error=float(measure), tolerance=0.0)

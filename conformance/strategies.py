@@ -1,0 +1,122 @@
+"""Hypothesis strategies: shapes first, then values drawn from a seed.
+
+Shapes and options are drawn as small integers and flags, so shrinking goes towards small,
+readable examples (B=1, T=1, one head); values come from a NumPy generator seeded by a drawn
+integer, because drawing thousands of floats one by one is slow and shrinks to unreadable
+arrays. Token counts include 1, primes, and sizes just past common block sizes (65, 129).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from conformance.case import Case, round_to
+from impls.base import Capabilities
+from spec.config import AttentionConfig, numpy_dtype
+from spec.params import init_params
+
+#: Token counts past the small range: primes and block-size edges (64/128 +- 1).
+EDGE_TOKENS = (17, 31, 33, 63, 64, 65, 127, 128, 129)
+#: Multipliers on the nn.Linear init of the weights; 2 makes softmax far from uniform.
+PARAM_SCALES = (2.0, 0.5, 6.0)
+X_SCALES = (1.0, 0.01, 10.0)
+PADDING_KINDS = ("none", "random", "left", "one-row-empty")
+
+
+def tokens(max_tokens: int | None = None) -> st.SearchStrategy[int]:
+    """T: mostly small, sometimes a prime or a block-size edge."""
+    s = st.one_of(st.integers(1, 12), st.sampled_from(EDGE_TOKENS))
+    return s if max_tokens is None else s.filter(lambda t: t <= max_tokens)
+
+
+@st.composite
+def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: float = 0.0,
+            max_d: int = 24) -> AttentionConfig:
+    """An AttentionConfig inside the backend's declared capabilities; n_heads divides d_out."""
+    H = draw(st.integers(1, 4))
+    head_dim = draw(st.integers(1, 8))
+    d_out = H * head_dim
+    d_in = d_out if caps.d_in_equals_d_out else draw(st.integers(1, max_d))
+    if causal is None:
+        modes = [m for m, ok in ((True, caps.causal), (False, caps.non_causal)) if ok]
+        causal = draw(st.sampled_from(modes))
+    qkv_bias = draw(st.booleans()) if caps.qkv_bias else False
+    return AttentionConfig(d_in=d_in, d_out=d_out, n_heads=H, causal=causal, qkv_bias=qkv_bias,
+                           dropout_p=dropout_p)
+
+
+def padding_mask(kind: str, B: int, T: int, rng: np.random.Generator) -> np.ndarray | None:
+    """A key padding mask (True = may attend) of one of PADDING_KINDS.
+
+    "left" pads the first keys, so early causal queries see no key at all (zero rows);
+    "one-row-empty" masks every key of the first batch element.
+    """
+    if kind == "none":
+        return None
+    mask = rng.random((B, T)) > 0.3
+    if kind == "left":
+        mask[:, : max(1, T // 3)] = False
+    elif kind == "one-row-empty":
+        mask[0] = False
+    return mask
+
+
+def _values(config: AttentionConfig, B: int, T: int, dtype: str, seed: int, x_scale: float,
+            param_scale: float):
+    rng = np.random.default_rng(seed)
+    x = round_to(rng.standard_normal((B, T, config.d_in)) * x_scale, dtype)
+    params = init_params(config, seed=seed + 1).map(lambda a: round_to(a * param_scale, dtype))
+    return rng, x, params
+
+
+def case_from(config: AttentionConfig, B: int, T: int, dtype: str, seed: int, x_scale: float = 1.0,
+              param_scale: float = 1.0) -> Case:
+    """The case that `cases` builds from these draws (no padding): for saved, replayable extras."""
+    _, x, params = _values(config, B, T, dtype, seed, x_scale, param_scale)
+    return Case(config=config, dtype=dtype, x=x, params=params, seed=seed, x_scale=x_scale)
+
+
+@st.composite
+def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
+          padding: bool = True, min_tokens: int = 1, max_batch: int = 3) -> Case:
+    """A Case with moderate values: the everyday input of the equality properties."""
+    config = draw(configs(caps, causal=causal))
+    B = draw(st.integers(1, max_batch))
+    T = draw(tokens(caps.max_tokens).filter(lambda t: t >= min_tokens))
+    kind = draw(st.sampled_from(PADDING_KINDS)) if padding and caps.key_padding_mask else "none"
+    seed = draw(st.integers(0, 2**32 - 1))
+    x_scale = draw(st.sampled_from(X_SCALES))
+    param_scale = draw(st.sampled_from(PARAM_SCALES))
+    rng, x, params = _values(config, B, T, dtype, seed, x_scale, param_scale)
+    return Case(config=config, dtype=dtype, x=x, params=params,
+                key_padding_mask=padding_mask(kind, B, T, rng), seed=seed, x_scale=x_scale,
+                extra={"param_scale": param_scale} if param_scale != 1 else {})
+
+
+def large_logit_target(dtype: str) -> float:
+    """Largest |score| to aim for: past where a naive exp overflows, short of dtype overflow.
+
+    float16 stops at 2e4 (its max is 65504, and Q @ K^T must stay finite in the plain
+    reference too); wider dtypes reach 1e11, beyond a finite -1e9 "minus infinity" sentinel.
+    """
+    return 2e4 if dtype == "float16" else 1e11
+
+
+@st.composite
+def large_logit_cases(draw, caps: Capabilities, dtype: str) -> Case:
+    """A Case whose scores reach large_logit_target(dtype): naive softmax overflows to NaN."""
+    case = draw(cases(caps, dtype, padding=False))
+    from spec import steps  # the golden scores decide how far to scale x
+
+    Q, K, _ = steps.project_qkv(case.x, case.params)
+    peak = float(np.max(np.abs(Q[:, :, None, :] * K[:, None, :, :]).sum(-1), initial=0.0))
+    if peak == 0.0:
+        return case
+    factor = np.sqrt(large_logit_target(dtype) / peak)  # scores are quadratic in x
+    x = round_to(case.x * factor, dtype)
+    return case.with_(x=x, x_scale=case.x_scale * float(factor))
+
+
+def dtype_info(dtype: str) -> np.finfo:
+    return np.finfo(numpy_dtype(dtype)) if dtype != "bfloat16" else np.finfo(numpy_dtype("bfloat16"))

@@ -1,0 +1,97 @@
+"""The tolerance model: how close is close enough, per dtype, with its reasons.
+
+Three results are compared on the same (dtype-rounded) inputs: the float64 spec (golden),
+the backend in dtype D, and a plain reference, the same spec code run in D. The backend
+passes when
+
+    err(backend) <= K * err(plain reference in D) + FLOOR[D]
+
+where err is the largest absolute difference from the golden, divided by the golden's
+largest magnitude (so one tolerance fits inputs of any scale). This is the method of
+FlashAttention's tests: an implementation may be somewhat less accurate than the obvious one
+in the same precision, never much less. A plain reference that happens to be exact (tiny
+shapes) leaves only the floor, so the floor must still be tight enough to catch real bugs:
+`nox -s mutants` counts mutants per dtype to show it is.
+
+Why these numbers (measured with `python -m conformance.tolerance`, which prints, per dtype,
+the worst err(backend) / err(plain) ratio of the correct backends over random cases):
+- K = 4: the correct backends' worst ratio measured below 3 (torch in bfloat16 rounds
+  intermediates differently from the plain reference; float16 via float32 accumulation is
+  more accurate than the plain reference, ratio < 1). FlashAttention uses 2 with its own
+  reference; 4 keeps a margin for orders of summation we do not control.
+- FLOOR: a few units of the dtype's epsilon, the error of rounding the output alone.
+  float64 64 eps (1.4e-14): BLAS summation order differs between libraries.
+  float32 16 eps (1.9e-6), float16 4 eps (3.9e-3), bfloat16 4 eps (3.1e-2): rounding of the
+  output plus one intermediate rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+K = 4.0
+_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+_FLOOR_EPS = {"float64": 64, "float32": 16, "float16": 4, "bfloat16": 4}
+FLOOR = {d: _EPS[d] * _FLOOR_EPS[d] for d in _EPS}
+
+
+def eps(dtype: str) -> float:
+    return _EPS[dtype]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Errors of one comparison, relative to the golden's scale."""
+
+    err: float  # backend vs golden
+    plain_err: float  # plain reference in D vs golden
+    allowed: float  # K * plain_err + FLOOR[D]
+    scale: float  # max |golden|, the normaliser
+    worst_index: tuple[int, ...] | None  # where the backend is furthest off
+    actual: float | None  # backend value there
+    expected: float | None  # golden value there
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.err <= self.allowed)
+
+    def summary(self) -> str:
+        where = "" if self.worst_index is None else (
+            f" at index {self.worst_index} (got {self.actual:.6g}, expected {self.expected:.6g})")
+        return (f"max relative error {self.err:.3g} > allowed {self.allowed:.3g} "
+                f"(= {K:g} x plain-reference error {self.plain_err:.3g} + floor {self.allowed - K * self.plain_err:.3g})"
+                f"{where}")
+
+
+def _scale(golden: np.ndarray) -> float:
+    finite = golden[np.isfinite(golden)]
+    m = float(np.max(np.abs(finite), initial=0.0))
+    return m if m > 0 else 1.0
+
+
+def compare(actual: np.ndarray, golden: np.ndarray, plain: np.ndarray, dtype: str,
+            floor_scale: float = 1.0) -> Comparison:
+    """Compare backend output with the golden, allowing K times the plain reference's error.
+
+    NaN or inf in `actual` where the golden is finite is an infinite error. `floor_scale`
+    widens only the floor, for properties comparing two backend runs (each carries rounding).
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    golden = np.asarray(golden, dtype=np.float64)
+    plain = np.asarray(plain, dtype=np.float64)
+    if actual.shape != golden.shape:
+        return Comparison(float("inf"), 0.0, 0.0, 1.0, None, None, None)
+    scale = _scale(golden)
+    diff = np.abs(actual - golden)
+    diff = np.where(np.isnan(diff) | np.isinf(diff), np.inf, diff)
+    diff = np.where(np.isnan(golden) & np.isnan(actual), 0.0, diff)  # both NaN: not this check's business
+    err = float(np.max(diff, initial=0.0)) / scale
+    pdiff = np.abs(plain - golden)
+    plain_err = float(np.max(np.where(np.isfinite(pdiff), pdiff, 0.0), initial=0.0)) / scale
+    allowed = K * plain_err + FLOOR[dtype] * floor_scale
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
+    return Comparison(err, plain_err, allowed, scale, idx,
+                      float(actual[idx]) if idx is not None else None,
+                      float(golden[idx]) if idx is not None else None)
