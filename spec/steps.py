@@ -112,7 +112,8 @@ def attn_weights(
     attn_scores = attn_scores / attn_scores.dtype.type(np.sqrt(config.head_dim))
     row_max = attn_scores.max(axis=-1, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, 0)  # fully masked rows: avoid -inf - -inf
-    e = np.exp(attn_scores - row_max)  # masked entries are exp(-inf) = 0 exactly
+    with np.errstate(over="ignore"):  # s - max may round to -inf in float16; exp gives 0, as it should
+        e = np.exp(attn_scores - row_max)  # masked entries are exp(-inf) = 0 exactly
     total = e.sum(axis=-1, keepdims=True)
     attn_weights = e / np.where(total > 0, total, 1)  # fully masked rows stay 0
     if dropout_mask is not None:

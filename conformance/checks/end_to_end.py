@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from conformance import strategies as cs
 from conformance.case import round_to
 from conformance.checks import CheckFailure, check
+from conformance.checks.localize import first_wrong_step
 from conformance.reference import forward_golden_and_plain
 from spec import invariants as inv
 from spec.config import AttentionConfig
@@ -40,7 +41,13 @@ def matches_spec(run, case):
     """The whole block matches the float64 spec within the tolerance model."""
     got = run.forward(case)
     golden, plain = forward_golden_and_plain(case)
-    run.assert_close("forward", got, golden, plain)
+    try:
+        run.assert_close("forward", got, golden, plain)
+    except CheckFailure as e:
+        diagnosis = first_wrong_step(run, case)
+        if diagnosis is None:
+            raise
+        raise CheckFailure(f"{e}; {diagnosis}", e.max_error, e.tolerance) from None
 
 
 @check(step=None, strategy=_cases)
