@@ -1,0 +1,222 @@
+"""report.md: the report as GitHub-flavoured Markdown, rendered from reports.model.
+
+Strings from results files are untrusted: identifiers go in code spans, free text is escaped
+(HTML too, since Markdown viewers render inline HTML), and counterexamples and repro commands
+go verbatim into fenced blocks whose fence is longer than any backtick run inside them, so a
+reader can copy them exactly.
+"""
+
+from __future__ import annotations
+
+import re
+
+from reports.model import VERDICT, Report, SpeedRow, SpeedTable, sig, step_title
+
+_SPECIAL = re.compile(r"([\\`*_\[\]])")
+
+
+def text(s: object) -> str:
+    """Free text for a table cell or a paragraph: one line, no markup, no HTML."""
+    s = " ".join(str(s).split())
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _SPECIAL.sub(r"\\\1", s).replace("|", "\\|")
+
+
+def code(s: object) -> str:
+    """An identifier as a code span (shown exactly), safe inside a table row."""
+    s = " ".join(str(s).split())
+    longest = max((len(m) for m in re.findall(r"`+", s)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") or not s else ""
+    return f"{fence}{pad}{s}{pad}{fence}".replace("|", "\\|")
+
+
+def fenced(body: str, lang: str = "") -> str:
+    """A fenced block holding `body` verbatim, whatever backticks it contains."""
+    longest = max((len(m) for m in re.findall(r"`+", body)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{body.rstrip(chr(10))}\n{fence}"
+
+
+def legend() -> str:
+    return " · ".join(f"{VERDICT[k][0]} {VERDICT[k][1]}" for k in ("pass", "fail", "unsupported", "skipped", "none"))
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return [_row(head), _row(["---"] * len(head)), *(_row(r) for r in rows)]
+
+
+def generated_from(report: Report) -> str:
+    parts = []
+    for h in report.headers:
+        dirty = {True: "DIRTY", False: "clean", None: "dirty unknown"}[h.dirty]
+        bits = [f"commit {code(h.commit or 'unknown')}, {dirty}"]
+        if h.conformance:
+            c = h.conformance
+            bits.append(f"conformance {c['status']}, profile {code(c['profile'])}, seed {c['seed']}")
+        else:
+            bits.append("conformance not run")
+        bits.append(f"speed {h.speed['status']}" if h.speed else "speed not run")
+        parts.append(f"**{text(h.machine)}** ({'; '.join(bits)})")
+    return "Generated from " + (", ".join(parts) if parts else "no runs") + "."
+
+
+def _environment(report: Report) -> list[str]:
+    out = ["## Environment", ""]
+    if not report.environments:
+        return out + ["No runs.", ""]
+    keys = list(dict.fromkeys(k for _, rows in report.environments for k, _ in rows))
+    values = [dict(rows) for _, rows in report.environments]
+    head = [""] + [text(m) for m, _ in report.environments]
+    body = [[f"**{k}**"] + [text(v.get(k, "—")) for v in values] for k in keys]
+    return out + _table(head, body) + [""]
+
+
+def _matrix(report: Report) -> list[str]:
+    out = ["## Conformance", ""]
+    m = report.matrix
+    if m is None:
+        return out + ["Conformance: not run (no run in this document has a conformance section).", ""]
+    for h in report.headers:
+        if h.conformance:
+            out.append(f"- {text(h.machine)}: {code(h.conformance['command'])}")
+    out += ["", "Legend: " + legend() +
+            " (failed dtypes in brackets; unsupported = outside the backend's declared capabilities, "
+            "skipped = this machine lacks something).", ""]
+    head = ["Check"] + [code(c.label) for c in m.columns]
+    rows = []
+    for title, checks in m.groups:
+        rows.append([f"**{text(title)}**"] + [""] * len(m.columns))
+        for row in checks:
+            doc = f" — {text(row.doc)}" if row.doc else ""
+            rows.append([code(row.name) + doc] + [text(m.cell(row.name, i).text) for i in range(len(m.columns))])
+    rows.append(["**totals (records)**"] + [
+        f"{t['passed']} passed, {t['failed']} failed, {t['unsupported']} unsupported, {t['skipped']} skipped"
+        for t in m.totals])
+    out += _table(head, rows) + [""]
+    if report.skipped_backends:
+        out += ["Skipped backends:", ""]
+        out += [f"- {code(c.label)}: {text(c.skip_reason)}" for c in report.skipped_backends]
+        out.append("")
+    return out
+
+
+def _failures(report: Report) -> list[str]:
+    out = ["## Failures", ""]
+    if report.matrix is None:
+        return out + ["Conformance: not run.", ""]
+    if not report.failures:
+        return out + ["No check failed.", ""]
+    for n, f in enumerate(report.failures, 1):
+        out += [f"### {n}. {code(f.label)}: {code(f.check)} ({text(step_title(f.step))}, {text(f.dtype)})", ""]
+        if f.doc:
+            out.append(f"- Check: {text(f.doc)}")
+        ratio = (f" ({f.max_error / f.tolerance:.3g}× the tolerance)"
+                 if f.max_error is not None and f.tolerance else "")
+        out.append(f"- Max error: {sig(f.max_error)} vs tolerance {sig(f.tolerance)}{ratio}")
+        out.append(f"- Reason: {text(f.reason)}")
+        if f.inputs:
+            out.append(f"- Saved inputs: {code(f.inputs)}")
+        out.append("")
+        out += ["Counterexample:", "", fenced(f.counterexample or "(none recorded)", "text"), ""]
+        out += ["Reproduce:", "", fenced(f.repro or "(none recorded)", "sh"), ""]
+    return out
+
+
+def time_unit(t: SpeedTable) -> tuple[str, float]:
+    """ms, or µs when most calls take under 0.1 ms (GPU tables), so numbers stay readable."""
+    meds = sorted(r.median_ms for r in t.rows if r.median_ms is not None)
+    return ("µs", 1e3) if meds and meds[len(meds) // 2] < 0.1 else ("ms", 1.0)
+
+
+def range_time(r: SpeedRow, scale: float) -> str:
+    if r.median_ms is None:
+        return "—"
+    spread = (f" ({sig(r.p25_ms * scale)}–{sig(r.p75_ms * scale)})"
+              if r.p25_ms is not None and r.p75_ms is not None else "")
+    return sig(r.median_ms * scale) + spread
+
+
+def ratio_text(r: SpeedRow) -> str:
+    if not r.headline:
+        return "—"
+    return "n/a" if r.time_ratio is None else f"{r.time_ratio:.2f}×"
+
+
+def peak_line(t: SpeedTable) -> str:
+    """Plain text (escaped by the caller): the peak, its source, the baseline and the clock."""
+    if t.peak_gflops is None:
+        out = "Matmul peak: not measured for this device and dtype (no % of peak)."
+    else:
+        out = f"Measured matmul peak: {sig(t.peak_gflops)} GFLOP/s" + (f" ({t.peak_source})" if t.peak_source else "") + "."
+    out += (f" Time vs torch: against {t.baseline} at the same shape." if t.baseline
+            else " No torch eager backend here: time vs torch n/a.")
+    out += f" Timer: {', '.join(t.timers)}." if t.timers else ""
+    return out + (f" Peak memory of one call by: {'; '.join(t.memory_methods)}." if t.memory_methods else "")
+
+
+def table_title(t: SpeedTable) -> str:
+    return f"{t.machine}: {t.device}, {t.dtype}"
+
+
+def speed_head(t: SpeedTable) -> list[str]:
+    unit = time_unit(t)[0]
+    return ["Shape", "Backend", f"Median {unit} (p25–p75)", "GFLOP/s", "% of peak", "Time vs torch",
+            f"First call {unit}", "Memory MiB", "Samples", "Notes"]
+
+
+NUMERIC = {2, 3, 4, 5, 6, 7, 8}  # columns right-aligned in HTML
+
+
+def speed_cells(r: SpeedRow, t: SpeedTable) -> list[str]:
+    """One speed row as plain strings (escaped by the caller), shared by md and html."""
+    scale = time_unit(t)[1]
+    pct = "—" if r.peak_pct is None else f"{r.peak_pct:.1f}%"
+    first = "—" if r.first_ms is None else sig(r.first_ms * scale)
+    mem = "—" if r.memory_mib is None else sig(r.memory_mib)
+    return [r.shape, r.backend, range_time(r, scale), "—" if r.gflops is None else sig(r.gflops), pct,
+            ratio_text(r), first, mem, str(r.samples), "; ".join(r.notes)]
+
+
+SPEED_INTRO = ("Time of the attention call only: median over warm calls (p25–p75 in brackets), the first "
+               "call apart. Then useful GFLOP/s and the fraction of the matmul peak measured in the same "
+               "run. Time vs torch = this median / torch eager's median at the same shape, device and "
+               "dtype (< 1 is faster; n/a: no torch eager cell). Non-conforming backends get no headline figure.")
+
+
+def _speed(report: Report) -> list[str]:
+    out = ["## Speed", ""]
+    if report.speed is None:
+        return out + ["Speed: not run (no run in this document has a speed section).", ""]
+    for h in report.headers:
+        if h.speed:
+            out.append(f"- {text(h.machine)}: {code(h.speed['command'])} (status {text(h.speed['status'])})")
+    for machine, notes in report.speed.notes:
+        out += [f"- {text(machine)}: {text(n)}" for n in notes]
+    out += ["", SPEED_INTRO, ""]
+    if not report.speed.tables:
+        out += ["No speed cells were recorded.", ""]
+    for t in report.speed.tables:
+        out += [f"### {text(table_title(t))}", "", text(peak_line(t)), ""]
+        body = [[code(c) if i == 1 else text(c) for i, c in enumerate(speed_cells(r, t))] for r in t.rows]
+        out += _table(speed_head(t), body) + [""]
+    return out
+
+
+def render(report: Report) -> str:
+    out = [f"# {text(report.title)}", ""]
+    for w in report.warnings:
+        out.append(f"> **⚠ WARNING: {text(w)}**")
+    if report.warnings:
+        out.append("")
+    out += [generated_from(report), ""]
+    if report.matrix is not None:
+        n = len(report.failures)
+        backends = len({(f.machine, f.backend) for f in report.failures})
+        out += [f"**Conformance: {n} failed record{'s' if n != 1 else ''}** across {backends} backend(s).", ""]
+    out += _environment(report) + _matrix(report) + _failures(report) + _speed(report)
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,499 @@
+"""A results document turned into the tables a report shows, shared by Markdown and HTML.
+
+Both renderers read only this module's objects, so report.md and index.html can never
+disagree on a verdict, a count or a number. Every string here is raw (unescaped): escaping is
+each renderer's job, because Markdown and HTML escape differently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Human titles of the twelve steps (the source document's headings, shortened).
+STEP_TITLES: dict[int, str] = {
+    1: "input matrix", 2: "d_out and n_heads", 3: "Q/K/V weights (init)", 4: "projection",
+    5: "split into heads", 6: "permute (group by heads)", 7: "attention scores",
+    8: "mask + scale + softmax (+ dropout)", 9: "context vectors", 10: "permute back",
+    11: "concatenate heads", 12: "output projection",
+}
+END_TO_END = "end to end"
+
+#: Symbol and word of each verdict: the word always travels with the symbol (colour-blind and
+#: plain-text readers), and "status" names a CSS class in HTML.
+VERDICT = {"fail": ("❌", "FAIL"), "pass": ("✅", "pass"), "unsupported": ("—", "unsupported"),
+           "skipped": ("⏭", "skipped"), "none": ("○", "not run")}
+OUTCOME_RANK = {"failed": 0, "passed": 1, "unsupported": 2, "skipped": 3}
+
+
+def sig(v: float | None, n: int = 3) -> str:
+    """A number with n significant digits, without an exponent in the usual range."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if v == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(v)))
+    if mag >= 6 or mag < -4:
+        return f"{v:.{n - 1}e}"
+    return f"{v:.{max(0, n - 1 - mag)}f}"
+
+
+def one_line(text: Any) -> str:
+    """The first line of a docstring or message (tables hold one line)."""
+    s = "" if text is None else str(text)
+    for line in s.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def step_title(step: int | None) -> str:
+    if step is None:
+        return END_TO_END
+    return f"step {step}: {STEP_TITLES.get(step, '?')}"
+
+
+@dataclass
+class Column:
+    """One backend on one machine: a column of the conformance matrix."""
+    machine: str
+    backend: str
+    label: str
+    source: str = ""
+    skip_reason: str | None = None
+
+
+@dataclass
+class CheckRow:
+    name: str
+    step: int | None
+    doc: str
+
+
+@dataclass
+class MatrixCell:
+    status: str  # a key of VERDICT
+    text: str    # symbol + word (+ dtypes), what the cell shows
+    detail: str  # per dtype outcome, for a tooltip or a note
+
+    @property
+    def word(self) -> str:
+        return VERDICT[self.status][1]
+
+
+@dataclass
+class Matrix:
+    columns: list[Column]
+    groups: list[tuple[str, list[CheckRow]]]  # (step title, rows), step 1..12 then end to end
+    cells: dict[tuple[str, int], MatrixCell]  # (check name, column index)
+    totals: list[dict[str, int]]              # per column: outcome -> record count
+
+    def cell(self, check: str, col: int) -> MatrixCell:
+        return self.cells.get((check, col), MatrixCell("none", _verdict_text("none"), ""))
+
+
+@dataclass
+class Failure:
+    machine: str
+    label: str
+    backend: str
+    check: str
+    doc: str
+    step: int | None
+    dtype: str
+    max_error: float | None
+    tolerance: float | None
+    reason: str
+    counterexample: str | None
+    repro: str | None
+    inputs: str | None
+
+
+@dataclass
+class RunHeader:
+    machine: str
+    commit: str | None
+    dirty: bool | None
+    conformance: dict[str, Any] | None  # status, profile, seed, command, started, duration_s
+    speed: dict[str, Any] | None
+
+
+@dataclass
+class Report:
+    title: str
+    machines: list[str]
+    headers: list[RunHeader]
+    warnings: list[str]                    # partial runs etc., shown loudly at the top
+    environments: list[tuple[str, list[tuple[str, str]]]]
+    matrix: Matrix | None                  # None: no run has a conformance section
+    skipped_backends: list[Column]
+    failures: list[Failure]
+    speed: SpeedSection | None             # None: no run has a speed section
+    multi_machine: bool = field(default=False)
+
+
+def _verdict_text(status: str, dtypes: list[str] | None = None) -> str:
+    symbol, word = VERDICT[status]
+    dtypes = [d for d in dtypes or [] if d]  # a dtype-free check (step 2) records an empty dtype
+    return f"{symbol} {word}" + (f" ({', '.join(dtypes)})" if dtypes else "")
+
+
+def summarise_cell(records: list[dict[str, Any]]) -> MatrixCell:
+    """One verdict for all dtypes of a (backend, check): any failure wins, then any pass."""
+    if not records:
+        return MatrixCell("none", _verdict_text("none"), "")
+    per_dtype: dict[str, str] = {}
+    for r in records:  # a dtype checked several times keeps its worst outcome
+        old = per_dtype.get(r["dtype"])
+        if old is None or OUTCOME_RANK[r["outcome"]] < OUTCOME_RANK[old]:
+            per_dtype[r["dtype"]] = r["outcome"]
+    by_outcome: dict[str, list[str]] = {}
+    for dtype, outcome in per_dtype.items():
+        by_outcome.setdefault(outcome, []).append(dtype)
+    detail = "; ".join(f"{d}: {o}" for d, o in per_dtype.items())
+    if "failed" in by_outcome:
+        return MatrixCell("fail", _verdict_text("fail", by_outcome["failed"]), detail)
+    status = ("pass" if "passed" in by_outcome else
+              "unsupported" if "unsupported" in by_outcome else "skipped")
+    text = _verdict_text(status)
+    # a pass that skipped some dtypes says which, so "pass" never hides an untested dtype
+    extras = [f"{o}: {', '.join(by_outcome[o])}" for o in ("unsupported", "skipped")
+              if o in by_outcome and VERDICT[status][1] != o]
+    if extras:
+        text += " (" + "; ".join(extras) + ")"
+    return MatrixCell(status, text, detail)
+
+
+def _columns(runs: list[dict[str, Any]], multi: bool) -> list[Column]:
+    cols: list[Column] = []
+    for run in runs:
+        conf = run.get("conformance") or {}
+        names = [b["name"] for b in conf.get("backends", [])]
+        # a backend that produced records without being declared still gets its column
+        names += [n for n in dict.fromkeys(r["backend"] for r in conf.get("records", [])) if n not in names]
+        declared = {b["name"]: b for b in conf.get("backends", [])}
+        for name in names:
+            b = declared.get(name, {})
+            label = f"{name} @ {run['machine']}" if multi else name
+            cols.append(Column(run["machine"], name, label, b.get("source", ""), b.get("skip_reason")))
+    return cols
+
+
+def _check_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[CheckRow]]]:
+    rows: dict[str, CheckRow] = {}
+    for run in runs:
+        conf = run.get("conformance") or {}
+        for c in conf.get("checks", []):
+            rows.setdefault(c["name"], CheckRow(c["name"], c.get("step"), one_line(c.get("doc"))))
+        for r in conf.get("records", []):  # undeclared checks are still shown
+            rows.setdefault(r["check"], CheckRow(r["check"], r.get("step"), ""))
+    steps = sorted({r.step for r in rows.values() if r.step is not None})
+    groups = [(step_title(s), [r for r in rows.values() if r.step == s]) for s in steps]
+    e2e = [r for r in rows.values() if r.step is None]
+    if e2e:
+        groups.append((step_title(None), e2e))
+    return groups
+
+
+def build_matrix(runs: list[dict[str, Any]], multi: bool) -> Matrix:
+    columns = _columns(runs, multi)
+    groups = _check_rows(runs)
+    index = {(c.machine, c.backend): i for i, c in enumerate(columns)}
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    totals = [{o: 0 for o in OUTCOME_RANK} for _ in columns]
+    for run in runs:
+        for r in (run.get("conformance") or {}).get("records", []):
+            col = index[(run["machine"], r["backend"])]
+            grouped.setdefault((r["check"], col), []).append(r)
+            totals[col][r["outcome"]] += 1
+    cells = {key: summarise_cell(recs) for key, recs in grouped.items()}
+    return Matrix(columns, groups, cells, totals)
+
+
+def build_failures(runs: list[dict[str, Any]], matrix: Matrix) -> list[Failure]:
+    docs = {row.name: row for _, rows in matrix.groups for row in rows}
+    labels = {(c.machine, c.backend): c.label for c in matrix.columns}
+    order = {(c.machine, c.backend): i for i, c in enumerate(matrix.columns)}
+    out = []
+    for run in runs:
+        for r in (run.get("conformance") or {}).get("records", []):
+            if r["outcome"] != "failed":
+                continue
+            row = docs.get(r["check"])
+            step = row.step if row is not None else r.get("step")
+            out.append(Failure(
+                run["machine"], labels[(run["machine"], r["backend"])], r["backend"], r["check"],
+                row.doc if row is not None else "", step, r["dtype"], r.get("max_error"),
+                r.get("tolerance"), r.get("reason", ""), r.get("counterexample"), r.get("repro"),
+                r.get("inputs")))
+    out.sort(key=lambda f: (order[(f.machine, f.backend)], 99 if f.step is None else f.step))
+    return out
+
+
+def _short_commit(commit: str | None) -> str | None:
+    return commit[:12] if commit else commit
+
+
+def environment_rows(env: dict[str, Any]) -> list[tuple[str, str]]:
+    """The environment block as (what, value) lines a reader compares across machines."""
+    rows = [("OS", str(env.get("os", "?"))),
+            ("CPU", str(env.get("cpu", "?")) + (f" ({env['cpu_count']} logical cores)"
+                                               if env.get("cpu_count") else ""))]
+    gpu = env.get("gpu")
+    if gpu:
+        parts = [str(gpu.get("name", "?"))]
+        if gpu.get("memory_bytes"):
+            parts.append(f"{gpu['memory_bytes'] / 2**30:.0f} GiB")
+        for key, word in (("driver", "driver"), ("cuda_runtime", "CUDA"), ("capability", "sm")):
+            if gpu.get(key):
+                parts.append(f"{word} {gpu[key]}")
+        rows.append(("GPU", ", ".join(parts)))
+    else:
+        rows.append(("GPU", "none"))
+    rows.append(("Python", str(env.get("python", "?"))))
+    libs = env.get("libraries") or {}
+    if libs:
+        rows.append(("Libraries", ", ".join(f"{k} {v}" for k, v in libs.items() if v)))
+    blas = [", ".join(str(b[k]) for k in ("internal_api", "version", "threading_layer") if b.get(k))
+            + (f" ({b['num_threads']} threads)" if b.get("num_threads") is not None else "")
+            for b in env.get("blas") or []]
+    if blas:
+        rows.append(("BLAS", "; ".join(blas)))
+    threads = env.get("threads") or {}
+    simple = [f"{k}={v}" for k, v in threads.items() if v is not None and not isinstance(v, (list, dict))]
+    if simple:
+        rows.append(("Threads", ", ".join(simple)))
+    commit = env.get("commit")
+    dirty = env.get("dirty")
+    rows.append(("Commit", (_short_commit(commit) or "unknown")
+                 + (" (dirty: uncommitted changes)" if dirty else "" if dirty is False else " (dirty: unknown)")))
+    return rows
+
+
+def _section_header(sec: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return None if sec is None else {k: sec.get(k) for k in keys}
+
+
+def _warnings(runs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    if not runs:
+        out.append("the results document holds no runs at all")
+    for run in runs:
+        for name in ("conformance", "speed"):
+            sec = run.get(name)
+            if sec and sec.get("status") != "complete":
+                why = ("still running or killed before it finished" if sec.get("status") == "running"
+                       else "stopped before it finished")
+                out.append(f"{name} on {run['machine']} is PARTIAL (status {sec.get('status')}: "
+                           f"{why}); missing results are not passes")
+        env = run.get("environment") or {}
+        if env.get("dirty"):
+            out.append(f"{run['machine']} ran from a checkout with uncommitted changes "
+                       f"(commit {_short_commit(env.get('commit'))}, dirty)")
+    return out
+
+
+def build(doc: dict[str, Any], title: str | None = None) -> Report:
+    """The report of a validated (possibly merged) results document."""
+    runs = doc["runs"]
+    machines = [r["machine"] for r in runs]
+    multi = len(machines) > 1
+    has_conf = any(r.get("conformance") for r in runs)
+    matrix = build_matrix(runs, multi) if has_conf else None
+    headers = [RunHeader(
+        r["machine"], _short_commit(r["environment"].get("commit")), r["environment"].get("dirty"),
+        _section_header(r.get("conformance"), ("status", "profile", "seed", "command", "started", "duration_s")),
+        _section_header(r.get("speed"), ("status", "command", "started", "duration_s"))) for r in runs]
+    speed = build_speed(runs) if any(r.get("speed") for r in runs) else None
+    return Report(
+        title=title or "Multi-head attention: conformance and speed",
+        machines=machines, headers=headers, warnings=_warnings(runs),
+        environments=[(r["machine"], environment_rows(r["environment"])) for r in runs],
+        matrix=matrix,
+        skipped_backends=[c for c in (matrix.columns if matrix else []) if c.skip_reason],
+        failures=build_failures(runs, matrix) if matrix else [],
+        speed=speed, multi_machine=multi)
+
+
+# ---- speed ---------------------------------------------------------------------------------
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def table_peak(peak: dict[str, Any], cells: list[dict[str, Any]], device: str, dtype: str) -> tuple[float | None, str]:
+    """(GFLOP/s, how it was measured) of the matmul peak that a (device, dtype) table divides by.
+
+    The cells' own `peak_gflops` is the denominator the harness used; else the section's
+    `by_device_dtype["cpu/float32"]`; else a headline `gflops` of the same device and dtype;
+    else the peak implied by gflops / peak_fraction. Another dtype's peak is never borrowed.
+    """
+    base = device.split(":")[0]
+    value = next((_number(c.get("peak_gflops")) for c in cells if _number(c.get("peak_gflops"))), None)
+    if value is None:
+        value = _number((peak.get("by_device_dtype") or {}).get(f"{base}/{dtype}"))
+    if value is None and peak.get("dtype") == dtype and (peak.get("device") or base).split(":")[0] == base:
+        value = _number(peak.get("gflops"))
+    source = ""
+    if value is not None:
+        ms = [m for m in peak.get("measurements") or [] if isinstance(m, dict) and _number(m.get("gflops"))
+              and str(m.get("device", "")).split(":")[0] == base and m.get("dtype") == dtype]
+        ms.sort(key=lambda m: -m["gflops"])
+        if ms:
+            m = ms[0]
+            shape = "×".join(str(n) for n in m.get("shape") or [])
+            source = (f"{m.get('library', '?')} matmul {shape}".strip()
+                      + (f", best of {m['reps']}" if m.get("reps") else "")
+                      + "".join(f"; {o.get('library', '?')} reached {sig(o['gflops'])}" for o in ms[1:]))
+        elif peak.get("library"):
+            source = f"{peak['library']} matmul"
+        elif isinstance(peak.get("source"), str):
+            source = peak["source"]
+        return value, source
+    derived = [c["gflops"] / c["peak_fraction"] for c in cells if c.get("gflops") and c.get("peak_fraction")]
+    return (derived[0], "implied by the cells' peak_fraction") if derived else (None, "")
+
+
+@dataclass
+class SpeedRow:
+    shape: str
+    key: tuple  # (B, d_in, d_out, n_heads, causal, T): sort order and plot grouping
+    backend: str
+    median_ms: float | None
+    p25_ms: float | None
+    p75_ms: float | None
+    first_ms: float | None
+    gflops: float | None
+    gflops_lo: float | None  # at the p75 time
+    gflops_hi: float | None  # at the p25 time
+    peak_pct: float | None
+    time_ratio: float | None  # this median / torch eager's median at the same cell: < 1 is faster
+    memory_mib: float | None
+    headline: bool            # conforming (or not known to fail) and measured without error
+    notes: list[str]
+    samples: int
+
+
+@dataclass
+class SpeedTable:
+    machine: str
+    device: str
+    dtype: str
+    peak_gflops: float | None
+    peak_source: str
+    baseline: str | None  # the torch eager backend the ratios are against
+    timers: list[str]
+    memory_methods: list[str]  # "method (backends)": how peak memory was measured
+    rows: list[SpeedRow]
+
+
+@dataclass
+class SpeedSection:
+    tables: list[SpeedTable]
+    notes: list[tuple[str, list[str]]]  # per machine: threads, budget, load, backends not timed
+
+
+def shape_text(c: dict[str, Any]) -> str:
+    d = f"d={c['d_in']}" if c["d_in"] == c["d_out"] else f"d_in={c['d_in']} d_out={c['d_out']}"
+    return f"B={c['B']} T={c['T']} {d} H={c['n_heads']} {'causal' if c['causal'] else 'full'}"
+
+
+def _baseline(device: str, backends: set[str]) -> str | None:
+    names = ("torch",) if device.startswith("cpu") else ("torch-cuda", "torch")
+    return next((n for n in names if n in backends), None)
+
+
+def _row(c: dict[str, Any], base: dict[str, Any] | None, peak: float | None) -> SpeedRow:
+    notes, med = [], c.get("median_s")
+    conforming = c.get("conforming")
+    headline = conforming is not False and not c.get("error") and med is not None and med > 0
+    if c.get("error"):
+        notes.append(f"error: {one_line(c['error'])}")
+    if conforming is False:
+        notes.append("NOT CONFORMING: no headline figure")
+    elif conforming is None:
+        notes.append("? conformance unverified")
+    spread = _number(c.get("spread"))
+    if c.get("noisy") or c.get("flagged"):
+        notes.append("⚠ noisy" + (f": spread {spread * 100:.0f}%" if spread is not None else ""))
+    gflops = c.get("gflops")
+    if gflops is None and headline:
+        gflops = c["flops"] / med / 1e9
+    frac = c.get("peak_fraction")
+    if frac is None and gflops is not None and peak:
+        frac = gflops / peak
+    bmed = base.get("median_s") if base and not base.get("error") else None
+    p25, p75 = c.get("p25_s"), c.get("p75_s")
+    mem = c.get("peak_memory_bytes")
+
+    def ms(v: float | None) -> float | None:
+        return v * 1e3 if headline and v is not None else None
+    return SpeedRow(
+        shape_text(c), (c["B"], c["d_in"], c["d_out"], c["n_heads"], c["causal"], c["T"]), c["backend"],
+        ms(med), ms(p25), ms(p75), ms(c.get("first_call_s")), gflops if headline else None,
+        c["flops"] / p75 / 1e9 if headline and p75 else None, c["flops"] / p25 / 1e9 if headline and p25 else None,
+        frac * 100 if headline and frac is not None else None, med / bmed if headline and bmed else None,
+        mem / 2**20 if headline and mem is not None else None, headline, notes, len(c.get("samples_s") or []))
+
+
+def _speed_notes(sp: dict[str, Any], env: dict[str, Any]) -> list[str]:
+    """The conditions of a speed run a reader needs to trust (or distrust) its figures."""
+    out = []
+    th = sp.get("threads") or {}
+    if th:
+        blas = ", ".join(f"{b.get('internal_api', '?')}={b.get('num_threads')}" for b in th.get("blas") or [])
+        fixed = [f"torch={th['torch']}"] if th.get("torch") is not None else []
+        fixed += [f"OMP_NUM_THREADS={th['omp_num_threads_env']}"] if th.get("omp_num_threads_env") else []
+        fixed += [f"BLAS {blas}"] if blas else []
+        out.append(f"threads: requested {th.get('requested') or 'none (left as is)'}; in force " + ", ".join(fixed))
+    if sp.get("budget_s") is not None:
+        out.append(f"budget {sp['budget_s']} s per cell per backend, at least {sp.get('min_samples', '?')} warm calls")
+    load = sp.get("load_average") or {}
+    if load.get("start") is not None:
+        busy = env.get("cpu_count") and max(load["start"], load.get("now") or 0) > 0.5 * env["cpu_count"]
+        out.append(f"1-minute load average {load['start']:.2f} at start, {load.get('now') or 0:.2f} at the end"
+                   + (" (BUSY: other processes competed for the cores; figures are slow and noisy)" if busy else ""))
+    for b in sp.get("backends") or []:
+        if b.get("conforming") is not True:
+            verdict = "NOT CONFORMING" if b.get("conforming") is False else "conformance unverified"
+            out.append(f"{b.get('name')} ({b.get('device')}): {verdict}"
+                       + (f": {one_line(b['conformance_note'])}" if b.get("conformance_note") else ""))
+    reasons: dict[tuple[str, str], int] = {}
+    for s in sp.get("skipped") or []:  # per-cell skips repeat one reason: count them
+        key = (str(s.get("backend")), one_line(s.get("reason")))
+        reasons[key] = reasons.get(key, 0) + 1
+    out += [f"not timed: {b}: {r}" + (f" ({n} cells)" if n > 1 else "") for (b, r), n in reasons.items()]
+    return out
+
+
+def build_speed(runs: list[dict[str, Any]]) -> SpeedSection:
+    tables, notes = [], []
+    for run in runs:
+        sp = run.get("speed")
+        if not sp:
+            continue
+        notes.append((run["machine"], _speed_notes(sp, run.get("environment") or {})))
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for c in sp["cells"]:
+            groups.setdefault((c["device"], c["dtype"]), []).append(c)
+        for (device, dtype), cells in groups.items():
+            peak, source = table_peak(sp.get("peak") or {}, cells, device, dtype)
+            base_name = _baseline(device, {c["backend"] for c in cells})
+
+            def at(c: dict[str, Any]) -> tuple:
+                return c["B"], c["T"], c["d_in"], c["d_out"], c["n_heads"], c["causal"]
+            base = {at(c): c for c in cells if c["backend"] == base_name}
+            rows = [_row(c, base.get(at(c)), peak) for c in cells]
+            order = list(dict.fromkeys(c["backend"] for c in cells))
+            # by shape with T growing (B last: the default sweep shrinks B as T grows), backends in run order
+            rows.sort(key=lambda r: (r.key[1:], r.key[0], order.index(r.backend)))
+            timers = sorted({str(c["timer"]) for c in cells if c.get("timer")})
+            memory: dict[str, list[str]] = {}
+            for c in cells:
+                if c.get("memory_method") and c["backend"] not in memory.setdefault(c["memory_method"], []):
+                    memory[c["memory_method"]].append(c["backend"])
+            tables.append(SpeedTable(run["machine"], device, dtype, peak, source, base_name, timers,
+                                     [f"{m} ({', '.join(bs)})" for m, bs in memory.items()], rows))
+    return SpeedSection(tables, notes)
