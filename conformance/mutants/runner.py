@@ -1,0 +1,173 @@
+"""Running the suite on the mutants: which check kills each mutant, per dtype.
+
+For each (mutant, dtype) the checks run in catalogue order through `engine.run_check`, the
+same judge as `python -m conformance`, and stop at the first failure: "killed by <check>".
+A mutant that passes every check survived, which means the suite has a hole (or the tolerance
+is too loose in that dtype). A fresh backend object per (mutant, dtype), a fixed Hypothesis
+seed and no example database make the table the same on every run of the same code.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+from conformance import profiles
+from conformance.checks import catalogue
+from conformance.mutants.catalogue import MUTANTS, by_name
+from conformance.mutants.base import PlainBackend
+
+DTYPES = ("float32", "float16")
+DEFAULT_SEED = 0
+
+
+@dataclass
+class Verdict:
+    """One mutant at one dtype."""
+
+    mutant: str
+    dtype: str
+    outcome: str  # killed | survived | n/a | error
+    check: str | None = None  # the killing check
+    step: int | None = None
+    reason: str = ""  # the check's failure message, or why n/a, or the suite error
+    checks_run: int = 0
+    duration_s: float = 0.0
+
+    def label(self) -> str:
+        if self.outcome == "killed":
+            return f"killed by {self.check} ({'end to end' if self.step is None else f'step {self.step}'})"
+        if self.outcome == "n/a":
+            return f"n/a ({self.reason})"
+        if self.outcome == "error":
+            return f"ERROR in {self.check}"
+        return "SURVIVED"
+
+
+@dataclass
+class Report:
+    profile: str
+    seed: int
+    dtypes: list[str]
+    verdicts: list[Verdict] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def survivors(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.outcome in ("survived", "error")]
+
+    def to_dict(self) -> dict:
+        rows = []
+        for m in dict.fromkeys(v.mutant for v in self.verdicts):
+            cls = by_name().get(m)
+            rows.append({"name": m, "bug": bug(cls) if cls else "",
+                         "results": {v.dtype: asdict(v) for v in self.verdicts if v.mutant == m}})
+        return {"profile": self.profile, "seed": self.seed, "dtypes": self.dtypes,
+                "duration_s": round(self.duration_s, 2), "mutants": rows}
+
+
+def bug(cls: type) -> str:
+    """The first line of a mutant's docstring: its bug."""
+    return (cls.__doc__ or "").strip().splitlines()[0]
+
+
+def load_profile(name: str) -> None:
+    """Make Hypothesis profile `name` current, without the example database (reruns stay equal)."""
+    from hypothesis import settings
+
+    profiles.load(name)
+    settings.register_profile(f"{name}-no-database", parent=settings.get_profile(name), database=None)
+    settings.load_profile(f"{name}-no-database")
+
+
+def run_backend(backend: object, dtype: str, seed: int, stop_at_first: bool = True) -> list[tuple]:
+    """(check, Result) for each check in catalogue order, stopping at the first failure if asked.
+
+    The Hypothesis profile must already be loaded (`load_profile`).
+    """
+    from hypothesis.errors import HypothesisWarning
+    from hypothesis.reporting import with_reporter
+
+    from conformance.engine import run_check
+
+    out = []
+    # quiet: no "Falsifying example" prints or repr-size warnings between the table's rows
+    with with_reporter(lambda text: None), warnings.catch_warnings():
+        warnings.simplefilter("ignore", HypothesisWarning)
+        for check in catalogue():
+            result = run_check(check, backend, dtype, seed=seed)
+            out.append((check, result))
+            if stop_at_first and result.outcome == "failed":
+                break
+    return out
+
+
+def run_mutant(cls: type[PlainBackend], dtype: str, seed: int = DEFAULT_SEED) -> Verdict:
+    """Run the checks on a fresh `cls()` at `dtype` until one kills it."""
+    t0 = time.perf_counter()
+    if dtype == "float16" and cls.float16_na:
+        return Verdict(cls.name, dtype, "n/a", reason=cls.float16_na)
+    results = run_backend(cls(), dtype, seed)
+    check, last = results[-1]
+    v = Verdict(cls.name, dtype, "survived", checks_run=len(results))
+    if last.outcome == "failed":
+        v.check, v.step, v.reason = check.name, check.step, last.reason
+        v.outcome = "error" if last.reason.startswith("suite error") else "killed"
+    v.duration_s = round(time.perf_counter() - t0, 3)
+    return v
+
+
+def _init_worker(profile: str) -> None:
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # one BLAS thread per worker: the workers are the parallelism
+    except ImportError:
+        pass
+    load_profile(profile)
+
+
+def _job(args: tuple[str, str, int]) -> Verdict:
+    name, dtype, seed = args
+    return run_mutant(by_name()[name], dtype, seed)
+
+
+def run(mutants: Iterable[type[PlainBackend]] = MUTANTS, dtypes: Iterable[str] = DTYPES,
+        profile: str = "mutants", seed: int = DEFAULT_SEED, processes: int = 2) -> Report:
+    """Every mutant at every dtype; `processes` > 1 runs the jobs in worker processes."""
+    t0 = time.perf_counter()
+    dtypes = list(dtypes)
+    jobs = [(m.name, d, seed) for m in mutants for d in dtypes]
+    if processes > 1 and len(jobs) > 1:
+        ctx = multiprocessing.get_context("spawn")  # no forked BLAS or Hypothesis state
+        with ctx.Pool(min(processes, len(jobs)), initializer=_init_worker, initargs=(profile,)) as pool:
+            verdicts = pool.map(_job, jobs, chunksize=1)
+    else:
+        load_profile(profile)
+        verdicts = [_job(j) for j in jobs]
+    return Report(profile, seed, dtypes, verdicts, time.perf_counter() - t0)
+
+
+def table(report: Report) -> str:
+    """The printed table: mutant | bug | one column per dtype; then the totals."""
+    names = list(dict.fromkeys(v.mutant for v in report.verdicts))
+    cell = {(v.mutant, v.dtype): v.label() for v in report.verdicts}
+    rows = [["mutant", "bug"] + report.dtypes]
+    rows += [[n, bug(by_name()[n])] + [cell[(n, d)] for d in report.dtypes] for n in names]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    for d in report.dtypes:
+        vs = [v for v in report.verdicts if v.dtype == d]
+        counted = [v for v in vs if v.outcome != "n/a"]
+        killed = sum(v.outcome == "killed" for v in counted)
+        na = len(vs) - len(counted)
+        lines.append(f"{d}: {killed}/{len(counted)} killed" + (f" ({na} n/a)" if na else "")
+                     + (f", SURVIVED: {', '.join(v.mutant for v in counted if v.outcome != 'killed')}"
+                        if killed < len(counted) else ""))
+    lines.append(f"profile {report.profile}, seed {report.seed}, {len(report.verdicts)} runs "
+                 f"in {report.duration_s:.1f} s on {os.cpu_count()} CPUs")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""The conformance gate: only conforming backends get a headline speed figure.
+
+Conformance is read from the run directory's results.json, this machine's run, its
+"conformance" section: any record with outcome "failed" for a backend makes it
+nonconforming (False); records without a failure make it conforming (True); no records, or
+no conformance section, leave it unknown (None, "conformance not run"). A nonconforming
+backend is timed only when the user asks for it (--include-nonconforming), and is marked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _conformance_section(results: Path, machine: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(Path(results).read_text())
+    except (OSError, ValueError):
+        return None  # no file or a broken one: conformance unknown, as when it never ran
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    for run in runs if isinstance(runs, list) else []:
+        if isinstance(run, dict) and run.get("machine") == machine:
+            section = run.get("conformance")
+            return section if isinstance(section, dict) else None
+    return None
+
+
+def conformance_status(results: Path, machine: str, names: list[str]) -> dict[str, tuple[bool | None, str]]:
+    """name -> (conforming, note): True/False/None and a short reason for the table."""
+    section = _conformance_section(results, machine)
+    records = section.get("records", []) if section else []
+    out: dict[str, tuple[bool | None, str]] = {}
+    for name in names:
+        mine = [r for r in records if isinstance(r, dict) and r.get("backend") == name]
+        failed = [r for r in mine if r.get("outcome") == "failed"]
+        if failed:
+            checks = sorted({f"{r.get('check')} ({r.get('dtype')})" for r in failed})
+            more = f" and {len(checks) - 3} more" if len(checks) > 3 else ""
+            out[name] = (False, f"failed {len(failed)} conformance record(s): {', '.join(checks[:3])}{more}")
+        elif mine:
+            partial = section.get("status") != "complete"
+            note = f"{len(mine)} conformance records, none failed"
+            out[name] = (True, note + (" (run incomplete)" if partial else ""))
+        else:
+            out[name] = (None, "conformance not run for this backend on this machine")
+    return out
