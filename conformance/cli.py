@@ -24,6 +24,7 @@ from impls.registry import DEFAULT_BACKENDS, BackendSpecError, available_names, 
 from spec.config import FLOAT_DTYPES
 
 HERE = Path(__file__).resolve().parent
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class UsageError(ValueError):
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     pytest_args = [str(HERE / "test_conformance.py"), "-q", "--no-header", "-p", "no:cacheprovider",
                    f"--rootdir={HERE.parent}", f"--hypothesis-profile={args.profile}",
+                   "-W", "ignore::pytest.PytestAssertRewriteWarning",
                    f"--hypothesis-seed={seed}", f"--mha-out={out}"]
     pytest_args += ["-n", args.workers] if args.workers != "0" else ["-p", "no:xdist"]
     pytest_args += [f"--mha-backend={i.spec}" for i in infos]
@@ -150,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         pytest_args.append("-v")
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # one thread per worker: xdist already runs a worker per core, and BLAS or OpenMP pools
+    # on top oversubscribe the cores (torch bfloat16 ran 7x slower that way)
+    for var in THREAD_VARS:
+        os.environ.setdefault(var, "1")
     code = pytest.main(pytest_args, plugins=[recorder])
     interrupted = code in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
     recorder.finish(interrupted=interrupted)

@@ -9,6 +9,7 @@ worker. Each test is one (backend, dtype, check); its record travels to the cont
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     profiles.register()
+    if os.environ.get("OMP_NUM_THREADS") == "1":
+        # the CLI asks for one thread per worker; BLAS pools already loaded need telling too
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
 
 
 def _info(spec: str):

@@ -20,10 +20,10 @@ from hypothesis import Phase, settings
 
 PROFILES: dict[str, dict] = {
     "quick": {"max_examples": 5},
-    "default": {"max_examples": 20},
+    "default": {"max_examples": 30},
     "thorough": {"max_examples": 200},
-    "reproducible": {"max_examples": 20, "derandomize": True, "database": None},
-    "mutants": {"max_examples": 20, "phases": (Phase.explicit, Phase.reuse, Phase.generate)},
+    "reproducible": {"max_examples": 30, "derandomize": True, "database": None},
+    "mutants": {"max_examples": 30, "phases": (Phase.explicit, Phase.reuse, Phase.generate)},
 }
 
 #: Per-example time limits in seconds: the first example of a check may warm a device up.

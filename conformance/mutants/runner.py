@@ -16,6 +16,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+import numpy as np
+
 from conformance import profiles
 from conformance.checks import catalogue
 from conformance.mutants.catalogue import MUTANTS, by_name
@@ -95,7 +97,7 @@ def run_backend(backend: object, dtype: str, seed: int, stop_at_first: bool = Tr
 
     out = []
     # quiet: no "Falsifying example" prints or repr-size warnings between the table's rows
-    with with_reporter(lambda text: None), warnings.catch_warnings():
+    with with_reporter(lambda text: None), warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", HypothesisWarning)
         for check in catalogue():
             result = run_check(check, backend, dtype, seed=seed)
