@@ -68,7 +68,7 @@ class Case:
         parts += [f"{k}={v}" for k, v in sorted(self.extra.items())]
         text = ", ".join(parts)
         if self.x.size <= 24:
-            text += f"; x={np.array2string(self.x.ravel(), precision=4, separator=',')}"
+            text += f"; x={np.array2string(self.x.ravel(), precision=4, separator=',', max_line_width=10**6)}"
         return text
 
     def save(self, path: Path, meta: dict[str, Any]) -> Path:
