@@ -7,9 +7,18 @@ each renderer's job, because Markdown and HTML escape differently.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from reports.fmt import one_line, sig
+from reports.speed_model import (
+    SpeedRow,
+    SpeedSection,
+    SpeedTable,
+    build_speed,
+    table_peak,
+)
+
 
 #: Human titles of the twelve steps (the source document's headings, shortened).
 STEP_TITLES: dict[int, str] = {
@@ -25,27 +34,6 @@ END_TO_END = "end to end"
 VERDICT = {"fail": ("❌", "FAIL"), "pass": ("✅", "pass"), "unsupported": ("—", "unsupported"),
            "skipped": ("⏭", "skipped"), "none": ("○", "not run")}
 OUTCOME_RANK = {"failed": 0, "passed": 1, "unsupported": 2, "skipped": 3}
-
-
-def sig(v: float | None, n: int = 3) -> str:
-    """A number with n significant digits, without an exponent in the usual range."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    if v == 0:
-        return "0"
-    mag = math.floor(math.log10(abs(v)))
-    if mag >= 6 or mag < -4:
-        return f"{v:.{n - 1}e}"
-    return f"{v:.{max(0, n - 1 - mag)}f}"
-
-
-def one_line(text: Any) -> str:
-    """The first line of a docstring or message (tables hold one line)."""
-    s = "" if text is None else str(text)
-    for line in s.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 def step_title(step: int | None) -> str:
@@ -314,186 +302,3 @@ def build(doc: dict[str, Any], title: str | None = None) -> Report:
         skipped_backends=[c for c in (matrix.columns if matrix else []) if c.skip_reason],
         failures=build_failures(runs, matrix) if matrix else [],
         speed=speed, multi_machine=multi)
-
-
-# ---- speed ---------------------------------------------------------------------------------
-
-
-def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def table_peak(peak: dict[str, Any], cells: list[dict[str, Any]], device: str, dtype: str) -> tuple[float | None, str]:
-    """(GFLOP/s, how it was measured) of the matmul peak that a (device, dtype) table divides by.
-
-    The cells' own `peak_gflops` is the denominator the harness used; else the section's
-    `by_device_dtype["cpu/float32"]`; else a headline `gflops` of the same device and dtype;
-    else the peak implied by gflops / peak_fraction. Another dtype's peak is never borrowed.
-    """
-    base = device.split(":")[0]
-    value = next((_number(c.get("peak_gflops")) for c in cells if _number(c.get("peak_gflops"))), None)
-    if value is None:
-        value = _number((peak.get("by_device_dtype") or {}).get(f"{base}/{dtype}"))
-    if value is None and peak.get("dtype") == dtype and (peak.get("device") or base).split(":")[0] == base:
-        value = _number(peak.get("gflops"))
-    source = ""
-    if value is not None:
-        ms = [m for m in peak.get("measurements") or [] if isinstance(m, dict) and _number(m.get("gflops"))
-              and str(m.get("device", "")).split(":")[0] == base and m.get("dtype") == dtype]
-        ms.sort(key=lambda m: -m["gflops"])
-        if ms:
-            m = ms[0]
-            shape = "×".join(str(n) for n in m.get("shape") or [])
-            source = (f"{m.get('library', '?')} matmul {shape}".strip()
-                      + (f", best of {m['reps']}" if m.get("reps") else "")
-                      + "".join(f"; {o.get('library', '?')} reached {sig(o['gflops'])}" for o in ms[1:]))
-        elif peak.get("library"):
-            source = f"{peak['library']} matmul"
-        elif isinstance(peak.get("source"), str):
-            source = peak["source"]
-        return value, source
-    derived = [c["gflops"] / c["peak_fraction"] for c in cells if c.get("gflops") and c.get("peak_fraction")]
-    return (derived[0], "implied by the cells' peak_fraction") if derived else (None, "")
-
-
-@dataclass
-class SpeedRow:
-    shape: str
-    key: tuple  # (B, d_in, d_out, n_heads, causal, T): sort order and plot grouping
-    backend: str
-    median_ms: float | None
-    p25_ms: float | None
-    p75_ms: float | None
-    first_ms: float | None
-    gflops: float | None
-    gflops_lo: float | None  # at the p75 time
-    gflops_hi: float | None  # at the p25 time
-    peak_pct: float | None
-    time_ratio: float | None  # this median / torch eager's median at the same cell: < 1 is faster
-    memory_mib: float | None
-    headline: bool            # conforming (or not known to fail) and measured without error
-    notes: list[str]
-    samples: int
-
-
-@dataclass
-class SpeedTable:
-    machine: str
-    device: str
-    dtype: str
-    peak_gflops: float | None
-    peak_source: str
-    baseline: str | None  # the torch eager backend the ratios are against
-    timers: list[str]
-    memory_methods: list[str]  # "method (backends)": how peak memory was measured
-    rows: list[SpeedRow]
-
-
-@dataclass
-class SpeedSection:
-    tables: list[SpeedTable]
-    notes: list[tuple[str, list[str]]]  # per machine: threads, budget, load, backends not timed
-
-
-def shape_text(c: dict[str, Any]) -> str:
-    d = f"d={c['d_in']}" if c["d_in"] == c["d_out"] else f"d_in={c['d_in']} d_out={c['d_out']}"
-    return f"B={c['B']} T={c['T']} {d} H={c['n_heads']} {'causal' if c['causal'] else 'full'}"
-
-
-def _baseline(device: str, backends: set[str]) -> str | None:
-    names = ("torch",) if device.startswith("cpu") else ("torch-cuda", "torch")
-    return next((n for n in names if n in backends), None)
-
-
-def _row(c: dict[str, Any], base: dict[str, Any] | None, peak: float | None) -> SpeedRow:
-    notes, med = [], c.get("median_s")
-    conforming = c.get("conforming")
-    headline = conforming is not False and not c.get("error") and med is not None and med > 0
-    if c.get("error"):
-        notes.append(f"error: {one_line(c['error'])}")
-    if conforming is False:
-        notes.append("NOT CONFORMING: no headline figure")
-    elif conforming is None:
-        notes.append("? conformance unverified")
-    spread = _number(c.get("spread"))
-    if c.get("noisy") or c.get("flagged"):
-        notes.append("⚠ noisy" + (f": spread {spread * 100:.0f}%" if spread is not None else ""))
-    gflops = c.get("gflops")
-    if gflops is None and headline:
-        gflops = c["flops"] / med / 1e9
-    frac = c.get("peak_fraction")
-    if frac is None and gflops is not None and peak:
-        frac = gflops / peak
-    bmed = base.get("median_s") if base and not base.get("error") else None
-    p25, p75 = c.get("p25_s"), c.get("p75_s")
-    mem = c.get("peak_memory_bytes")
-
-    def ms(v: float | None) -> float | None:
-        return v * 1e3 if headline and v is not None else None
-    return SpeedRow(
-        shape_text(c), (c["B"], c["d_in"], c["d_out"], c["n_heads"], c["causal"], c["T"]), c["backend"],
-        ms(med), ms(p25), ms(p75), ms(c.get("first_call_s")), gflops if headline else None,
-        c["flops"] / p75 / 1e9 if headline and p75 else None, c["flops"] / p25 / 1e9 if headline and p25 else None,
-        frac * 100 if headline and frac is not None else None, med / bmed if headline and bmed else None,
-        mem / 2**20 if headline and mem is not None else None, headline, notes, len(c.get("samples_s") or []))
-
-
-def _speed_notes(sp: dict[str, Any], env: dict[str, Any]) -> list[str]:
-    """The conditions of a speed run a reader needs to trust (or distrust) its figures."""
-    out = []
-    th = sp.get("threads") or {}
-    if th:
-        blas = ", ".join(f"{b.get('internal_api', '?')}={b.get('num_threads')}" for b in th.get("blas") or [])
-        fixed = [f"torch={th['torch']}"] if th.get("torch") is not None else []
-        fixed += [f"OMP_NUM_THREADS={th['omp_num_threads_env']}"] if th.get("omp_num_threads_env") else []
-        fixed += [f"BLAS {blas}"] if blas else []
-        out.append(f"threads: requested {th.get('requested') or 'none (left as is)'}; in force " + ", ".join(fixed))
-    if sp.get("budget_s") is not None:
-        out.append(f"budget {sp['budget_s']} s per cell per backend, at least {sp.get('min_samples', '?')} warm calls")
-    load = sp.get("load_average") or {}
-    if load.get("start") is not None:
-        busy = env.get("cpu_count") and max(load["start"], load.get("now") or 0) > 0.5 * env["cpu_count"]
-        out.append(f"1-minute load average {load['start']:.2f} at start, {load.get('now') or 0:.2f} at the end"
-                   + (" (BUSY: other processes competed for the cores; figures are slow and noisy)" if busy else ""))
-    for b in sp.get("backends") or []:
-        if b.get("conforming") is not True:
-            verdict = "NOT CONFORMING" if b.get("conforming") is False else "conformance unverified"
-            out.append(f"{b.get('name')} ({b.get('device')}): {verdict}"
-                       + (f": {one_line(b['conformance_note'])}" if b.get("conformance_note") else ""))
-    reasons: dict[tuple[str, str], int] = {}
-    for s in sp.get("skipped") or []:  # per-cell skips repeat one reason: count them
-        key = (str(s.get("backend")), one_line(s.get("reason")))
-        reasons[key] = reasons.get(key, 0) + 1
-    out += [f"not timed: {b}: {r}" + (f" ({n} cells)" if n > 1 else "") for (b, r), n in reasons.items()]
-    return out
-
-
-def build_speed(runs: list[dict[str, Any]]) -> SpeedSection:
-    tables, notes = [], []
-    for run in runs:
-        sp = run.get("speed")
-        if not sp:
-            continue
-        notes.append((run["machine"], _speed_notes(sp, run.get("environment") or {})))
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for c in sp["cells"]:
-            groups.setdefault((c["device"], c["dtype"]), []).append(c)
-        for (device, dtype), cells in groups.items():
-            peak, source = table_peak(sp.get("peak") or {}, cells, device, dtype)
-            base_name = _baseline(device, {c["backend"] for c in cells})
-
-            def at(c: dict[str, Any]) -> tuple:
-                return c["B"], c["T"], c["d_in"], c["d_out"], c["n_heads"], c["causal"]
-            base = {at(c): c for c in cells if c["backend"] == base_name}
-            rows = [_row(c, base.get(at(c)), peak) for c in cells]
-            order = list(dict.fromkeys(c["backend"] for c in cells))
-            # by shape with T growing (B last: the default sweep shrinks B as T grows), backends in run order
-            rows.sort(key=lambda r: (r.key[1:], r.key[0], order.index(r.backend)))
-            timers = sorted({str(c["timer"]) for c in cells if c.get("timer")})
-            memory: dict[str, list[str]] = {}
-            for c in cells:
-                if c.get("memory_method") and c["backend"] not in memory.setdefault(c["memory_method"], []):
-                    memory[c["memory_method"]].append(c["backend"])
-            tables.append(SpeedTable(run["machine"], device, dtype, peak, source, base_name, timers,
-                                     [f"{m} ({', '.join(bs)})" for m, bs in memory.items()], rows))
-    return SpeedSection(tables, notes)
