@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from reports.model import VERDICT, Report, SpeedRow, SpeedTable, sig, step_title
+from reports.model import VERDICT, Report, sig, step_title
+from reports.speed_model import SpeedRow, SpeedTable
 
 _SPECIAL = re.compile(r"([\\`*_\[\]])")
 

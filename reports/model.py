@@ -10,15 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from reports.fmt import one_line, sig
-from reports.speed_model import (
-    SpeedRow,
-    SpeedSection,
-    SpeedTable,
-    build_speed,
-    table_peak,
-)
-
+from reports.fmt import one_line, sig  # noqa: F401  (sig: renderers format numbers through model)
+from reports.speed_model import SpeedSection, build_speed
 
 #: Human titles of the twelve steps (the source document's headings, shortened).
 STEP_TITLES: dict[int, str] = {

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 
-from reports.model import SpeedSection, sig
+from reports.fmt import sig
+from reports.speed_model import SpeedSection
 
 # Okabe-Ito: distinguishable for the common colour-vision deficiencies
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports import cli, markdown, model, results_io
+from reports import cli, markdown, model, results_io, speed_model
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = "<script>alert(1)</script>"
@@ -407,11 +407,11 @@ def test_summarise_cell():
 
 def test_table_peak():
     pk = peak_section({"cpu/float32": 100.0}, "numpy", 64)
-    assert model.table_peak(pk, [], "cpu", "float32")[0] == 100.0
-    assert model.table_peak(pk, [], "cpu", "float16") == (None, "")  # another dtype's peak is not borrowed
-    assert model.table_peak(pk, [{"peak_gflops": 90.0}], "cpu", "float32")[0] == 90.0  # the cells' denominator wins
-    assert model.table_peak({}, [{"gflops": 5.0, "peak_fraction": 0.5}], "cuda:0", "float16")[0] == 10.0
-    assert model.table_peak({"gflops": 7, "dtype": "float32", "device": "cpu"}, [], "cpu", "float32")[0] == 7.0
+    assert speed_model.table_peak(pk, [], "cpu", "float32")[0] == 100.0
+    assert speed_model.table_peak(pk, [], "cpu", "float16") == (None, "")  # another dtype's peak is not borrowed
+    assert speed_model.table_peak(pk, [{"peak_gflops": 90.0}], "cpu", "float32")[0] == 90.0  # the cells' denominator wins
+    assert speed_model.table_peak({}, [{"gflops": 5.0, "peak_fraction": 0.5}], "cuda:0", "float16")[0] == 10.0
+    assert speed_model.table_peak({"gflops": 7, "dtype": "float32", "device": "cpu"}, [], "cpu", "float32")[0] == 7.0
 
 
 def test_same_machine_twice_is_kept_apart(tmp_path):
