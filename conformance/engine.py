@@ -85,6 +85,15 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
     except BackendHang as e:
         return Result("failed", f"hang: {e}", case=state["case"], examples=state["n"],
                       duration_s=time.perf_counter() - t0)
+    except hyp_errors.Flaky as e:
+        # the check failed, then passed when Hypothesis replayed the same example: the backend
+        # (or something it depends on) is not deterministic; still a failure of this check
+        inner = next((x for x in getattr(e, "exceptions", ()) if isinstance(x, CheckFailure)), None)
+        if inner is None:
+            return Result("failed", f"flaky: {_first_line(e)}", case=state["case"], examples=state["n"],
+                          duration_s=time.perf_counter() - t0)
+        return Result("failed", f"{inner} (flaky: passed when the same example was run again)",
+                      inner.max_error, inner.tolerance, state["case"], state["n"], time.perf_counter() - t0)
     except (hyp_errors.FailedHealthCheck, hyp_errors.Unsatisfiable) as e:
         return Result("failed", f"suite error (please report): Hypothesis could not generate cases: {_first_line(e)}",
                       examples=state["n"], duration_s=time.perf_counter() - t0)

@@ -1,8 +1,9 @@
 """Writing results.json while the suite runs (a pytest plugin living in the controller).
 
 Every record is appended to `records.jsonl` at once and results.json is rewritten atomically
-at most twice a second and at the end, so a run killed halfway leaves a readable file whose
-status says "running" (read as partial). A test with no record of its own (its xdist worker
+at most twice a second (a timer writes held-back records within half a second, so a long
+next test does not hide them) and at the end, so a run killed halfway leaves a readable file
+whose status says "running" (read as partial). A test with no record of its own (its xdist worker
 crashed, or the suite itself errored) is recorded as failed against its backend and check,
 parsed from the test id, and a crash marks the backend so the other workers skip it.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +51,8 @@ class Recorder:
                         "duration_s": None, "records": []}
         self.t0 = time.monotonic()
         self.last_write = 0.0
+        self.lock = threading.Lock()  # the flush timer writes from its own thread
+        self.timer: threading.Timer | None = None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for stale in (self.out_dir / ".crashed").glob("*"):
             stale.unlink()
@@ -61,15 +65,26 @@ class Recorder:
         return self.section["records"]
 
     def write(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self.last_write < 0.5:
-            return
-        self.section["duration_s"] = round(time.monotonic() - self.t0, 2)
-        update_section(self.out_dir / "results.json", self.machine, self.environment, "conformance", self.section)
-        self.last_write = time.monotonic()
+        with self.lock:
+            wait = 0.5 - (time.monotonic() - self.last_write)
+            if not force and wait > 0:
+                if self.timer is None:  # write the held-back records when the half second is over,
+                    # not only at the next record: the next test may hang or be killed
+                    self.timer = threading.Timer(wait, self.write, kwargs={"force": True})
+                    self.timer.daemon = True
+                    self.timer.start()
+                return
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.section["duration_s"] = round(time.monotonic() - self.t0, 2)
+            update_section(self.out_dir / "results.json", self.machine, self.environment, "conformance", self.section)
+            self.last_write = time.monotonic()
 
     def add(self, rec: dict[str, Any]) -> None:
         rec = {"step": None, "reason": "", **rec}
-        self.records.append(rec)
+        with self.lock:
+            self.records.append(rec)
         with self.jsonl.open("a") as f:
             f.write(json.dumps(rec, default=str) + "\n")
         self.write()

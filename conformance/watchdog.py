@@ -25,6 +25,20 @@ def _can_alarm() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
 
+def _real_stderr():
+    """sys.stderr if it has a file descriptor (faulthandler needs one), else the process's own.
+
+    Under pytest's capsys or in a notebook sys.stderr is an in-memory stream without one.
+    """
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            stream.fileno()
+            return stream
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+            continue
+    return None
+
+
 @contextmanager
 def time_limit(seconds: float, what: str = "example") -> Iterator[None]:
     """Raise BackendHang if the body runs longer than `seconds`; end the process at twice that."""
@@ -37,10 +51,13 @@ def time_limit(seconds: float, what: str = "example") -> Iterator[None]:
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
-    faulthandler.dump_traceback_later(2 * seconds, exit=True, file=sys.stderr)
+    stream = _real_stderr()
+    if stream is not None:  # no hard limit where no stream has a file descriptor
+        faulthandler.dump_traceback_later(2 * seconds, exit=True, file=stream)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        faulthandler.cancel_dump_traceback_later()
+        if stream is not None:
+            faulthandler.cancel_dump_traceback_later()
         signal.signal(signal.SIGALRM, previous)

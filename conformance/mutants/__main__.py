@@ -1,7 +1,8 @@
 """`python -m conformance.mutants`: which check kills each mutant, per dtype (`nox -s mutants`).
 
-Exit status: 0 every mutant killed (or n/a in a dtype, with the reason), 1 some mutant survived,
-2 bad command line.
+The control, PlainBackend (correct), runs first and must pass every check. Exit status: 0 every
+mutant killed (or n/a in a dtype, with the reason) and the control passed; 1 some mutant
+survived or the control failed; 2 bad command line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from conformance import profiles
+from conformance.mutants.base import PlainBackend
 from conformance.mutants.catalogue import MUTANTS, by_name
 from conformance.mutants.runner import DEFAULT_SEED, DTYPES, run, table
 from spec.config import FLOAT_DTYPES
@@ -27,6 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"dtypes (default {' '.join(DTYPES)})")
     p.add_argument("--out", default=None, help="also write <out>/mutants.json")
     p.add_argument("-j", "--processes", type=int, default=2, help="worker processes (default 2; 1: in process)")
+    p.add_argument("--no-control", action="store_true", help="skip the control run of the correct PlainBackend")
     p.add_argument("--list", action="store_true", help="print the mutants and exit")
     return p.parse_args(argv)
 
@@ -44,21 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     errors += [f"unknown mutant {m!r}; see --list" for m in args.mutant if m not in known]
     errors += [f"unknown dtype {d!r}; valid: {', '.join(FLOAT_DTYPES)}" for d in args.dtype if d not in FLOAT_DTYPES]
     errors += [f"dtype {d!r}: the mutants compute in float64, float32, float16 only"
-               for d in args.dtype if d in FLOAT_DTYPES and d not in known[MUTANTS[0].name].capabilities.dtypes]
+               for d in args.dtype if d in FLOAT_DTYPES and d not in PlainBackend.capabilities.dtypes]
     if args.processes < 1:
         errors.append(f"--processes must be at least 1, got {args.processes}")
     if errors:
         print(f"error: {errors[0]}", file=sys.stderr)
         return 2
     mutants = [known[m] for m in dict.fromkeys(args.mutant)] or MUTANTS
-    report = run(mutants, list(dict.fromkeys(args.dtype)) or DTYPES, args.profile, args.seed, args.processes)
+    report = run(mutants, list(dict.fromkeys(args.dtype)) or DTYPES, args.profile, args.seed, args.processes,
+                 control=not args.no_control)
     print(table(report))
     if args.out:
         path = Path(args.out) / "mutants.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
         print(f"written: {path}")
-    return 1 if report.survivors() else 0
+    return 1 if report.survivors() or report.control_failures() else 0
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ class PlainBackend(Backend):
     def attn_weights(self, attn_scores: np.ndarray, config: AttentionConfig,
                      key_padding_mask: np.ndarray | None = None,
                      dropout_mask: np.ndarray | None = None) -> np.ndarray:
-        B, H, Tq, Tk = attn_scores.shape
+        B, _, Tq, Tk = attn_scores.shape
         dt = attn_scores.dtype
         s = attn_scores.astype(work_dtype(dt))
         s = s * s.dtype.type(self.scale(config))

@@ -3,7 +3,9 @@
 For each (mutant, dtype) the checks run in catalogue order through `engine.run_check`, the
 same judge as `python -m conformance`, and stop at the first failure: "killed by <check>".
 A mutant that passes every check survived, which means the suite has a hole (or the tolerance
-is too loose in that dtype). A fresh backend object per (mutant, dtype), a fixed Hypothesis
+is too loose in that dtype). The control, the correct `PlainBackend` every mutant derives
+from, runs first and must pass every check: a check that fails it is a suite bug, and would
+make its kills meaningless. A fresh backend object per (mutant, dtype), a fixed Hypothesis
 seed and no example database make the table the same on every run of the same code.
 """
 
@@ -13,15 +15,15 @@ import multiprocessing
 import os
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
 
 import numpy as np
 
 from conformance import profiles
 from conformance.checks import catalogue
-from conformance.mutants.catalogue import MUTANTS, by_name
 from conformance.mutants.base import PlainBackend
+from conformance.mutants.catalogue import MUTANTS, by_name
 
 DTYPES = ("float32", "float16")
 DEFAULT_SEED = 0
@@ -38,9 +40,14 @@ class Verdict:
     step: int | None = None
     reason: str = ""  # the check's failure message, or why n/a, or the suite error
     checks_run: int = 0
+    passed: int = 0  # checks passed (the others run were unsupported, or the last one failed)
     duration_s: float = 0.0
 
     def label(self) -> str:
+        if self.mutant == PlainBackend.name:  # the control: a correct backend must pass everything
+            if self.outcome == "survived":
+                return f"passes all {self.passed} checks (control)"
+            return f"FAILS {self.check}: the suite rejects a correct backend"
         if self.outcome == "killed":
             return f"killed by {self.check} ({'end to end' if self.step is None else f'step {self.step}'})"
         if self.outcome == "n/a":
@@ -59,16 +66,26 @@ class Report:
     duration_s: float = 0.0
 
     def survivors(self) -> list[Verdict]:
-        return [v for v in self.verdicts if v.outcome in ("survived", "error")]
+        """Mutants that no check killed (or whose killing check erred): holes in the suite."""
+        return [v for v in self.verdicts if v.mutant != PlainBackend.name and v.outcome in ("survived", "error")]
+
+    def control_failures(self) -> list[Verdict]:
+        """Checks that failed the correct PlainBackend: suite bugs, which make every kill suspect."""
+        return [v for v in self.verdicts if v.mutant == PlainBackend.name and v.outcome != "survived"]
 
     def to_dict(self) -> dict:
         rows = []
         for m in dict.fromkeys(v.mutant for v in self.verdicts):
-            cls = by_name().get(m)
+            cls = backends().get(m)
             rows.append({"name": m, "bug": bug(cls) if cls else "",
                          "results": {v.dtype: asdict(v) for v in self.verdicts if v.mutant == m}})
         return {"profile": self.profile, "seed": self.seed, "dtypes": self.dtypes,
                 "duration_s": round(self.duration_s, 2), "mutants": rows}
+
+
+def backends() -> dict[str, type[PlainBackend]]:
+    """The control and every mutant, by name."""
+    return {PlainBackend.name: PlainBackend, **by_name()}
 
 
 def bug(cls: type) -> str:
@@ -114,7 +131,8 @@ def run_mutant(cls: type[PlainBackend], dtype: str, seed: int = DEFAULT_SEED) ->
         return Verdict(cls.name, dtype, "n/a", reason=cls.float16_na)
     results = run_backend(cls(), dtype, seed)
     check, last = results[-1]
-    v = Verdict(cls.name, dtype, "survived", checks_run=len(results))
+    v = Verdict(cls.name, dtype, "survived", checks_run=len(results),
+                passed=sum(r.outcome == "passed" for _, r in results))
     if last.outcome == "failed":
         v.check, v.step, v.reason = check.name, check.step, last.reason
         v.outcome = "error" if last.reason.startswith("suite error") else "killed"
@@ -134,15 +152,20 @@ def _init_worker(profile: str) -> None:
 
 def _job(args: tuple[str, str, int]) -> Verdict:
     name, dtype, seed = args
-    return run_mutant(by_name()[name], dtype, seed)
+    return run_mutant(backends()[name], dtype, seed)
 
 
 def run(mutants: Iterable[type[PlainBackend]] = MUTANTS, dtypes: Iterable[str] = DTYPES,
-        profile: str = "mutants", seed: int = DEFAULT_SEED, processes: int = 2) -> Report:
-    """Every mutant at every dtype; `processes` > 1 runs the jobs in worker processes."""
+        profile: str = "mutants", seed: int = DEFAULT_SEED, processes: int = 2,
+        control: bool = True) -> Report:
+    """Every mutant at every dtype, after the control (PlainBackend, which must pass every check).
+
+    `processes` > 1 runs the jobs in worker processes; the longest (the control) go first.
+    """
     t0 = time.perf_counter()
     dtypes = list(dtypes)
-    jobs = [(m.name, d, seed) for m in mutants for d in dtypes]
+    todo = ([PlainBackend] if control else []) + [m for m in mutants if m is not PlainBackend]
+    jobs = [(m.name, d, seed) for m in todo for d in dtypes]
     if processes > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")  # no forked BLAS or Hypothesis state
         with ctx.Pool(min(processes, len(jobs)), initializer=_init_worker, initargs=(profile,)) as pool:
@@ -158,18 +181,20 @@ def table(report: Report) -> str:
     names = list(dict.fromkeys(v.mutant for v in report.verdicts))
     cell = {(v.mutant, v.dtype): v.label() for v in report.verdicts}
     rows = [["mutant", "bug"] + report.dtypes]
-    rows += [[n, bug(by_name()[n])] + [cell[(n, d)] for d in report.dtypes] for n in names]
+    rows += [[n, bug(backends()[n])] + [cell[(n, d)] for d in report.dtypes] for n in names]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     for d in report.dtypes:
-        vs = [v for v in report.verdicts if v.dtype == d]
+        vs = [v for v in report.verdicts if v.dtype == d and v.mutant != PlainBackend.name]
         counted = [v for v in vs if v.outcome != "n/a"]
         killed = sum(v.outcome == "killed" for v in counted)
         na = len(vs) - len(counted)
         lines.append(f"{d}: {killed}/{len(counted)} killed" + (f" ({na} n/a)" if na else "")
                      + (f", SURVIVED: {', '.join(v.mutant for v in counted if v.outcome != 'killed')}"
                         if killed < len(counted) else ""))
+    for v in report.control_failures():
+        lines.append(f"CONTROL FAILED at {v.dtype}: {v.check}: {v.reason}")
     lines.append(f"profile {report.profile}, seed {report.seed}, {len(report.verdicts)} runs "
                  f"in {report.duration_s:.1f} s on {os.cpu_count()} CPUs")
     return "\n".join(lines)

@@ -9,8 +9,8 @@ excluded, the output included), by the best method the backend's framework offer
 - "tracemalloc": NumPy reports its buffers to tracemalloc; tracing slows allocation, which is
   why this never runs while timing;
 - "rss-peak": the process's peak resident set (Linux VmHWM, reset through
-  /proc/self/clear_refs) minus the resident set before the call; for CPU frameworks whose
-  allocations tracemalloc cannot see (torch);
+  /proc/self/clear_refs) minus the resident set before the call, freed heap memory handed
+  back to the OS first; for CPU frameworks whose allocations tracemalloc cannot see (torch);
 - "rss-delta": resident set after minus before (psutil), where the peak cannot be reset; an
   under-estimate, since temporaries freed before the end are missed.
 """
@@ -36,6 +36,18 @@ def _status_kb(field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc malloc_trim), so the resident set before
+    the call is live memory only and the call's own growth shows in the peak; without it a
+    call that reuses memory freed by an earlier call would read as needing none."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure is a lower bound then
+        pass
 
 
 def _reset_rss_peak() -> bool:
@@ -106,6 +118,7 @@ def _tracemalloc(call, sync) -> tuple[int, str]:
 
 
 def _rss(call, sync) -> tuple[int | None, str | None]:
+    _trim_heap()
     before = _status_kb("VmRSS")
     if before is not None and _reset_rss_peak():
         out = call()

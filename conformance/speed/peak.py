@@ -104,22 +104,26 @@ def _safe(fn, device: str, library: str, dtype: str, n: int, reps: int) -> dict[
         return _record(device, library, dtype, n, [], error=f"{type(e).__name__}: {e}"[:200])
 
 
-def measure(targets: set[tuple[str, str]], cpu_n: int = CPU_N, cuda_n: int = CUDA_N, reps: int = 3) -> dict[str, Any]:
+def measure(targets: set[tuple[str, str]], cpu_n: int = CPU_N, cuda_n: int = CUDA_N, reps: int = 5,
+            when: str = "start", earlier: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Measure the peak for every (device, dtype) in `targets`; returns the "peak" section.
 
     "by_device_dtype" maps "cpu/float32" etc. to the best GFLOP/s; "gflops", "dtype",
-    "device" and "shape" give the headline figure (CPU float32 when measured).
+    "device" and "shape" give the headline figure (CPU float32 when measured). `earlier`
+    measurements (the run's start, when this is its end) count too: a peak is a best case,
+    and a background process during one measurement must not lower it.
     """
     has_torch = importlib.util.find_spec("torch") is not None
-    ms: list[dict[str, Any]] = []
+    ms: list[dict[str, Any]] = list(earlier or [])
     for device, dtype in sorted(targets):
         if device == "cpu":
             if dtype in _NUMPY_DTYPES:
-                ms.append(_safe(numpy_peak, "cpu", "numpy", dtype, cpu_n, reps))
+                ms.append(dict(_safe(numpy_peak, "cpu", "numpy", dtype, cpu_n, reps), when=when))
             if has_torch:
-                ms.append(_safe(torch_cpu_peak, "cpu", "torch", dtype, cpu_n, reps))
+                ms.append(dict(_safe(torch_cpu_peak, "cpu", "torch", dtype, cpu_n, reps), when=when))
         elif device.split(":")[0] == "cuda":
-            ms.append(_safe(cuda_peak, "cuda", "torch" if has_torch else "cupy", dtype, cuda_n, reps))
+            lib = "torch" if has_torch else "cupy"
+            ms.append(dict(_safe(cuda_peak, "cuda", lib, dtype, cuda_n, reps), when=when))
     best: dict[str, dict[str, Any]] = {}
     for m in ms:
         key = f"{m['device']}/{m['dtype']}"

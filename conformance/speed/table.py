@@ -73,8 +73,12 @@ def summary(cells: list[dict[str, Any]], peak: dict[str, Any]) -> str:
     """Grids per (dtype, causal): rows are backends, columns are shapes (B x T)."""
     lines: list[str] = []
     if peak.get("gflops"):
-        parts = [f"{m['library']} {m['device']}/{m['dtype']} {m['gflops']:.1f}" for m in peak.get("measurements", [])
-                 if m.get("gflops")]
+        best: dict[str, float] = {}
+        for m in peak.get("measurements", []):
+            key = f"{m['library']} {m['device']}/{m['dtype']}"
+            if m.get("gflops"):
+                best[key] = max(best.get(key, 0.0), m["gflops"])
+        parts = [f"{k} {v:.1f}" for k, v in best.items()]
         lines.append(f"matmul peak ({'x'.join(map(str, peak['shape']))}): " + ", ".join(parts) + " GFLOP/s")
     groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     for c in cells:
@@ -93,23 +97,26 @@ def summary(cells: list[dict[str, Any]], peak: dict[str, Any]) -> str:
         at = {(c["backend"], _column(c, vary)): c for c in cs}
         dims = "" if vary else f", d_in={cs[0]['d_in']} d_out={cs[0]['d_out']} H={cs[0]['n_heads']}"
         title = f"{dtype}{dims}, {'causal' if causal else 'non-causal'}"
-        w = max(9, *(len(col) + 1 for col in cols))
         for what, fmt in (("median ms", lambda c: ms(c["median_s"])),
                           ("GFLOP/s", lambda c: _num(c.get("gflops"), ".1f")),
                           ("% of peak", lambda c: _pct(c.get("peak_fraction"))),
                           ("time / torch", lambda c: _num(c.get("time_vs_torch"), ".2f"))):
+            grid = {(b, col): _entry(at.get((b, col)), fmt) for b in backends for col in cols}
+            w = 2 + max(len(v) for v in [*cols, *grid.values()])
             lines.append("")
             lines.append(f"{title}: {what}")
             lines.append("  " + "backend".ljust(16) + "".join(col.rjust(w) for col in cols))
             for b in backends:
-                row = []
-                for col in cols:
-                    c = at.get((b, col))
-                    row.append(("-" if c is None else (fmt(c) if not c.get("error") else "E") + _short(c)).rjust(w))
-                lines.append("  " + b.ljust(16) + "".join(row))
+                lines.append("  " + b.ljust(16) + "".join(grid[(b, col)].rjust(w) for col in cols))
     lines.append("")
     lines.append(LEGEND)
     return "\n".join(lines)
+
+
+def _entry(cell: dict[str, Any] | None, fmt) -> str:
+    if cell is None:
+        return "-"
+    return ("E" if cell.get("error") else fmt(cell)) + _short(cell)
 
 
 def _pct(frac: float | None) -> str:

@@ -1,0 +1,88 @@
+"""The suite's own test: every mutant is killed, the correct PlainBackend passes everything.
+
+One run of `conformance.mutants.runner.run` (two worker processes, fixed seed, the mutants
+profile, early stop at the first failing check) serves every test here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.checks import catalogue
+from conformance.mutants import runner
+from conformance.mutants.__main__ import main
+from conformance.mutants.base import PlainBackend
+from conformance.mutants.catalogue import MUTANTS
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def report() -> runner.Report:
+    return runner.run(MUTANTS, runner.DTYPES, profile="mutants", seed=SEED, processes=2, control=True)
+
+
+def _verdict(report: runner.Report, name: str, dtype: str) -> runner.Verdict:
+    return next(v for v in report.verdicts if v.mutant == name and v.dtype == dtype)
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
+def test_mutant_is_killed(report, mutant):
+    for dtype in runner.DTYPES:
+        v = _verdict(report, mutant.name, dtype)
+        if dtype == "float16" and mutant.float16_na:
+            assert v.outcome == "n/a" and v.reason == mutant.float16_na
+            continue
+        assert v.outcome == "killed", f"{mutant.name} at {dtype}: {v.label()} {v.reason}"
+        assert v.check and v.reason, v
+
+
+@pytest.mark.parametrize("dtype", runner.DTYPES)
+def test_plain_backend_passes_every_check(report, dtype):
+    v = _verdict(report, PlainBackend.name, dtype)
+    assert v.outcome == "survived", f"PlainBackend fails {v.check} at {dtype}: {v.reason}"
+    assert v.passed == len(catalogue()), f"only {v.passed} of {len(catalogue())} checks passed (others unsupported?)"
+    assert not report.control_failures() and not report.survivors()
+
+
+def test_table_lists_each_mutant(report):
+    text = runner.table(report)
+    lines = text.splitlines()
+    assert [c.strip() for c in lines[0].split(" | ")][:2] == ["mutant", "bug"] and "float32" in lines[0] and "float16" in lines[0]
+    for m in MUTANTS + [PlainBackend]:
+        row = next((ln for ln in lines if ln.startswith(m.name + " ")), None)
+        assert row is not None, f"{m.name} missing from the table"
+        assert runner.bug(m) in row
+        assert ("SURVIVED" not in row) and ("killed by" in row or m is PlainBackend)
+    assert f"float32: {len(MUTANTS)}/{len(MUTANTS)} killed" in text
+    na = sum(bool(m.float16_na) for m in MUTANTS)
+    assert f"float16: {len(MUTANTS) - na}/{len(MUTANTS) - na} killed ({na} n/a)" in text
+    assert report.to_dict()["mutants"][0]["name"] == PlainBackend.name
+
+
+def test_catalogue_is_well_formed():
+    names = [m.name for m in MUTANTS]
+    assert len(names) == len(set(names)) >= 15
+    for m in MUTANTS:
+        assert issubclass(m, PlainBackend) and m.name.startswith("mutant-")
+        assert runner.bug(m), f"{m.__name__} needs a docstring naming its bug"
+        assert m.float16_na is None or (isinstance(m.float16_na, str) and m.float16_na)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mutant", "mutant-nope"], "unknown mutant 'mutant-nope'"),
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--dtype", "float8"], "unknown dtype 'float8'"),
+    (["--dtype", "bfloat16"], "float64, float32, float16 only"),
+])
+def test_cli_usage_errors(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_cli_runs_one_mutant_in_process(tmp_path, capsys):
+    assert main(["--mutant", "mutant-no-output-bias", "--dtype", "float32", "--no-control", "-j", "1",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mutant-no-output-bias" in out and "killed by" in out and (tmp_path / "mutants.json").exists()
