@@ -1,0 +1,203 @@
+"""CuPy backend: the NumPy backend's algorithm on a CUDA GPU, every step exposed.
+
+Mirrors `impls.numpy_backend` line for line where it can (CuPy follows NumPy's API): fused
+QKV projection, masked softmax with fully masked rows giving a zero context, inverted
+dropout that replays an explicit keep mask. On the GPU the whole (B, H, T, T) score tensor
+is computed at once: the causal block skipping that pays on a CPU would only add kernel
+launches here. float16 is computed in float32 and rounded back, as NumPy does, so the
+softmax and the long sums never accumulate in half precision.
+
+cupy is imported inside methods only: importing this module needs NumPy alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from impls.base import Backend, Capabilities
+from spec.config import AttentionConfig, dtype_name, numpy_dtype
+from spec.params import Params
+
+if TYPE_CHECKING:  # annotations only: cupy stays optional
+    import cupy
+
+
+def cupy_missing() -> str | None:
+    """Why CuPy cannot run here, or None when it imports and sees a usable GPU."""
+    try:
+        import cupy
+    except ImportError as e:
+        return f"cupy is not installed (pip install cupy-cuda12x): {e}"
+    try:
+        ok = cupy.is_available()
+    except Exception as e:  # noqa: BLE001 - a broken CUDA install raises instead of answering
+        return f"cupy.is_available() raised {type(e).__name__}: {e}"
+    if not ok:
+        return "cupy.is_available() is False: no usable CUDA device/driver"
+    return None
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+    capabilities = Capabilities(
+        dtypes=("float64", "float32", "float16"),
+        device="cuda",
+        key_padding_mask=True,
+        qkv_bias=True,
+        dropout="replay",
+        notes="float16 inputs are computed in float32 and rounded back, as the NumPy backend.",
+    )
+
+    def availability(self) -> str | None:
+        return cupy_missing()
+
+    # -- edges -------------------------------------------------------------------------
+    def from_numpy(self, a: np.ndarray, dtype: str | None = None) -> cupy.ndarray:
+        import cupy
+
+        a = np.asarray(a)
+        if dtype is None:
+            if dtype_name(a.dtype) == "bfloat16":
+                raise ValueError(f"backend {self.name!r} has no bfloat16; valid: "
+                                 f"{', '.join(self.capabilities.dtypes)}")
+            return cupy.array(a)  # copies to the device; bool masks stay bool
+        if dtype not in self.capabilities.dtypes:
+            raise ValueError(f"backend {self.name!r} does not compute in {dtype!r}; "
+                             f"valid: {', '.join(self.capabilities.dtypes)}")
+        return cupy.asarray(a.astype(numpy_dtype(dtype)))
+
+    def to_numpy(self, a: cupy.ndarray) -> np.ndarray:
+        import cupy
+
+        return cupy.asnumpy(a)
+
+    def synchronize(self) -> None:
+        import cupy
+
+        cupy.cuda.Device().synchronize()
+
+    def prepare(self, params: Params, dtype: str) -> dict[str, Any]:
+        import cupy
+
+        dt = numpy_dtype(dtype)
+        if dtype not in self.capabilities.dtypes:
+            raise ValueError(f"backend {self.name!r} does not compute in {dtype!r}; "
+                             f"valid: {', '.join(self.capabilities.dtypes)}")
+        work = np.dtype(np.float32) if dt == np.float16 else dt  # accumulate float16 in float32
+        W_qkv = np.concatenate([params.W_q, params.W_k, params.W_v], axis=0)  # (3*d_out, d_in)
+        b_qkv = np.concatenate([params.b_q, params.b_k, params.b_v]) if params.b_q is not None else None
+
+        def dev(a: np.ndarray) -> cupy.ndarray:
+            return cupy.asarray(np.ascontiguousarray(a.astype(work)))
+
+        return {
+            "dtype": dt, "work": work,
+            "W_qkv_T": dev(W_qkv.T),  # (d_in, 3*d_out)
+            "b_qkv": None if b_qkv is None else dev(b_qkv),
+            "W_o_T": dev(params.W_o.T),  # (d_out, d_out)
+            "b_o": dev(params.b_o),
+            "params": params.map(lambda a: cupy.asarray(a.astype(dt))),  # for the step methods
+        }
+
+    # -- the whole block -----------------------------------------------------------------
+    def forward(self, x, weights, config: AttentionConfig, *, key_padding_mask=None,
+                dropout_mask=None, training: bool = False) -> cupy.ndarray:
+        import cupy
+
+        B, T, d_in = x.shape
+        H, hd, d_out = config.n_heads, config.head_dim, config.d_out
+        work = weights["work"]
+        qkv = x.astype(work, copy=False).reshape(B * T, d_in) @ weights["W_qkv_T"]  # (B*T, 3*d_out)
+        if weights["b_qkv"] is not None:
+            qkv += weights["b_qkv"]
+        qkv = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+        q = qkv[0] * work.type(1.0 / np.sqrt(hd))  # scale q once instead of every score
+        k, v = qkv[1], qkv[2]  # (B, H, T, hd) each
+        s = q @ k.swapaxes(-1, -2)  # (B, H, T, T)
+        if config.causal:  # (T, T) additive mask: 0 or -inf
+            s += cupy.triu(cupy.full((T, T), -cupy.inf, dtype=work), 1)
+        if key_padding_mask is not None:
+            s += cupy.where(key_padding_mask, 0, -cupy.inf).astype(work)[:, None, None, :]  # (B, 1, 1, T)
+        m = s.max(axis=-1, keepdims=True)  # (B, H, T, 1)
+        if key_padding_mask is not None:
+            m[m == -cupy.inf] = 0  # fully masked rows: exp(-inf - 0) = 0, not NaN
+        s -= m
+        cupy.exp(s, out=s)
+        total = s.sum(axis=-1, keepdims=True)  # (B, H, T, 1)
+        if key_padding_mask is not None:
+            total[total == 0] = 1  # fully masked rows give a zero context
+        if training and dropout_mask is None and config.dropout_p > 0:
+            dropout_mask = cupy.random.random(s.shape, dtype=np.float32) >= config.dropout_p  # own RNG
+        if dropout_mask is not None:  # inverted dropout on the (not yet normalised) weights
+            s *= dropout_mask
+            total *= 1.0 - config.dropout_p
+        ctx = (s @ v) / total  # (B, H, T, hd)
+        ctx = ctx.transpose(0, 2, 1, 3).reshape(B * T, d_out)  # (B*T, d_out)
+        out = ctx @ weights["W_o_T"]  # (B*T, d_out)
+        out += weights["b_o"]
+        return out.reshape(B, T, d_out).astype(weights["dtype"], copy=False)  # (B, T, d_out)
+
+    # -- the twelve steps (3..12), same names and shapes as spec.steps ---------------------
+    def init_params(self, config: AttentionConfig, seed: int = 0) -> Params:
+        from spec.params import (
+            init_params,  # the nn.Linear recipe, drawn with NumPy's RNG
+        )
+
+        return init_params(config, seed)
+
+    def project_qkv(self, x, weights):
+        p = weights["params"]
+        Q, K, V = x @ p.W_q.T, x @ p.W_k.T, x @ p.W_v.T  # (B, T, d_out) each
+        if p.b_q is not None:
+            Q, K, V = Q + p.b_q, K + p.b_k, V + p.b_v
+        return Q, K, V
+
+    def split_heads(self, Q, n_heads: int):
+        B, T, d_out = Q.shape
+        return Q.reshape(B, T, n_heads, d_out // n_heads)  # (B, T, H, hd)
+
+    def group_by_heads(self, Q):
+        return Q.transpose(0, 2, 1, 3)  # (B, H, T, hd)
+
+    def attn_scores(self, Q, K):
+        return Q @ K.swapaxes(-1, -2)  # (B, H, Tq, Tk)
+
+    def attn_weights(self, attn_scores, config: AttentionConfig, key_padding_mask=None, dropout_mask=None):
+        import cupy
+
+        B, _, Tq, Tk = attn_scores.shape
+        dt = attn_scores.dtype
+        s = attn_scores.astype(np.float32 if dt == np.float16 else dt)
+        masked = cupy.zeros((B, 1, Tq, Tk), dtype=bool)  # (B, 1, Tq, Tk)
+        if config.causal:  # bottom-right aligned, as spec.steps.causal_mask
+            masked |= cupy.triu(cupy.ones((Tq, Tk), dtype=bool), 1 + Tk - Tq)
+        if key_padding_mask is not None:
+            masked |= ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
+        s = cupy.where(masked, -cupy.inf, s) / s.dtype.type(np.sqrt(config.head_dim))
+        m = s.max(axis=-1, keepdims=True)
+        e = cupy.exp(s - cupy.where(cupy.isfinite(m), m, 0))
+        total = e.sum(axis=-1, keepdims=True)
+        w = e / cupy.where(total > 0, total, 1)
+        if dropout_mask is not None:
+            w = cupy.where(dropout_mask, w / (1.0 - config.dropout_p), 0)
+        return w.astype(dt)
+
+    def context(self, attn_weights, V):
+        if attn_weights.dtype == np.float16:  # accumulate the sum over keys in float32
+            return (attn_weights.astype(np.float32) @ V.astype(np.float32)).astype(np.float16)
+        return attn_weights @ V  # (B, H, Tq, hd)
+
+    def permute_back(self, context):
+        return context.transpose(0, 2, 1, 3)  # (B, T, H, hd)
+
+    def concat_heads(self, context):
+        import cupy
+
+        B, T, H, hd = context.shape
+        return cupy.ascontiguousarray(context).reshape(B, T, H * hd)  # (B, T, d_out)
+
+    def out_proj(self, context, weights):
+        p = weights["params"]
+        return context @ p.W_o.T + p.b_o  # (B, T, d_out)

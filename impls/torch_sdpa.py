@@ -1,0 +1,90 @@
+"""PyTorch `scaled_dot_product_attention` as a backend: a real peer, not code written here.
+
+The projections and head reshapes are the document's lines (shared with the eager torch
+backend); steps 7-9 are one fused SDPA call, so those steps are not exposed. SDPA's boolean
+`attn_mask` has the spec's polarity (True = may attend) and its default scale is
+1/sqrt(head_dim), the spec's.
+
+Fully masked query rows: in torch 2.13 on the CPU, SDPA already returns a zero context for a
+row with no attendable key (measured, float64/float32/bfloat16). Which kernel runs is chosen
+at run time (and differs on CUDA), and older releases returned NaN there, so the backend
+zeroes those rows itself after the call instead of relying on it.
+
+Dropout: SDPA's `dropout_p` draws from torch's own RNG and cannot take a keep mask, so this
+backend declares dropout "rng" (checked statistically) and refuses an explicit mask.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from impls.base import Capabilities
+from impls.torch_backend import (
+    CPU_DTYPES,
+    CUDA_DTYPES,
+    TorchEdges,
+    TorchLinearSteps,
+    query_has_key,
+)
+from spec.config import AttentionConfig
+from spec.params import Params
+
+if TYPE_CHECKING:  # annotations only: torch stays optional
+    import torch
+
+
+class TorchSdpaBackend(TorchEdges, TorchLinearSteps):
+    name = "torch-sdpa"
+    device = "cpu"
+    capabilities = Capabilities(
+        dtypes=CPU_DTYPES,
+        device="cpu",
+        key_padding_mask=True,
+        qkv_bias=True,
+        dropout="rng",
+        notes="torch.nn.functional.scaled_dot_product_attention for steps 7-9; fully masked "
+              "rows zeroed after the call; dropout only with SDPA's own RNG.",
+    )
+
+    def forward(self, x: torch.Tensor, weights: Params, config: AttentionConfig, *,
+                key_padding_mask: Any = None, dropout_mask: Any = None,
+                training: bool = False) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        if dropout_mask is not None:
+            raise ValueError(f"backend {self.name!r} cannot replay a dropout mask (SDPA draws its own; "
+                             f"dropout='rng'); pass dropout_mask=None and training=True")
+        H = config.n_heads
+        Q, K, V = self.project_qkv(x, weights)  # (B, T, d_out) each
+        Q, K, V = (self.group_by_heads(self.split_heads(a, H)) for a in (Q, K, V))  # (B, H, T, hd)
+        Tq, Tk = Q.shape[2], K.shape[2]
+        dropout_p = config.dropout_p if training else 0.0
+        if key_padding_mask is None:
+            # is_causal aligns top-left; the same as the spec's bottom-right for Tq == Tk
+            context = F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout_p,
+                                                     is_causal=config.causal)  # (B, H, T, hd)
+        else:
+            allowed = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk): True = may attend
+            if config.causal:  # (Tq, Tk), bottom-right aligned as the spec
+                allowed = allowed & torch.ones(Tq, Tk, dtype=torch.bool, device=Q.device).tril(Tk - Tq)
+            context = F.scaled_dot_product_attention(Q, K, V, attn_mask=allowed,
+                                                     dropout_p=dropout_p)  # (B, H, T, hd)
+            empty = ~query_has_key(config, key_padding_mask, Tq)[:, None, :, None]  # (B, 1, Tq, 1)
+            context = context.masked_fill(empty, 0.0)  # spec: no attendable key -> zero context
+        context = self.concat_heads(self.permute_back(context))  # (B, T, d_out)
+        return self.out_proj(context, weights)  # (B, T, d_out)
+
+
+class TorchSdpaCudaBackend(TorchSdpaBackend):
+    name = "torch-sdpa-cuda"
+    device = "cuda"
+    capabilities = Capabilities(
+        dtypes=CUDA_DTYPES,
+        device="cuda",
+        key_padding_mask=True,
+        qkv_bias=True,
+        dropout="rng",
+        notes="SDPA on CUDA (flash / memory-efficient / math kernel chosen by torch); fully "
+              "masked rows zeroed after the call; dropout only with SDPA's own RNG.",
+    )

@@ -1,0 +1,110 @@
+"""docs/plugging-in-a-backend.md stays true: its example runs, and its tables match the code."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+
+import spec
+from impls.base import Capabilities
+from impls.registry import BUILTINS, ENTRY_POINT_GROUP, resolve
+from spec.steps import STEPS
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "plugging-in-a-backend.md"
+EXAMPLE_HEADING = "## A complete example: `mypkg/attn.py`"
+
+
+def section(heading: str) -> str:
+    text = DOC.read_text()
+    assert heading in text, f"{DOC.name} lost the heading {heading!r}"
+    body = text.split(heading, 1)[1]
+    return re.split(r"^## ", body, maxsplit=1, flags=re.MULTILINE)[0]
+
+
+def first_block(text: str, lang: str) -> str:
+    m = re.search(rf"^```{lang}\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    assert m, f"no ```{lang} block found"
+    return m.group(1)
+
+
+@pytest.fixture
+def mypkg(tmp_path, monkeypatch):
+    """The doc's example written out as tmp_path/mypkg/attn.py, importable."""
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "attn.py").write_text(first_block(section(EXAMPLE_HEADING), "python"))
+    for mod in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def check_against_spec(backend) -> None:
+    for causal in (True, False):
+        config = spec.AttentionConfig(d_in=12, d_out=16, n_heads=4, causal=causal, qkv_bias=causal)
+        params = spec.init_params(config, seed=3)
+        x = np.random.default_rng(4).standard_normal((2, 9, 12))
+        golden = spec.forward(x, params, config)
+        for dtype, tol in (("float64", 1e-12), ("float32", 1e-5)):
+            assert dtype in backend.capabilities.dtypes
+            out = backend.forward(backend.from_numpy(x, dtype), backend.prepare(params, dtype), config)
+            got = backend.to_numpy(out)
+            assert got.dtype == np.dtype(dtype), f"{dtype} in, {got.dtype} out"
+            np.testing.assert_allclose(got, golden, rtol=0, atol=tol)
+
+
+def test_example_is_about_thirty_lines():
+    code = first_block(section(EXAMPLE_HEADING), "python")
+    n = len([line for line in code.splitlines() if line.strip()])
+    assert 20 <= n <= 40, f"the example has {n} non-blank lines"
+
+
+def test_example_resolves_as_module_attr_and_matches_spec(mypkg):
+    info = resolve("mypkg.attn:Backend")
+    assert info.source == "module:attr" and info.skip_reason is None
+    assert info.backend.name == "mypkg-numpy"
+    check_against_spec(info.backend)
+
+
+def test_example_resolves_through_an_entry_point(mypkg):
+    toml = tomllib.loads(first_block(DOC.read_text().split("**Entry point.**", 1)[1], "toml"))
+    entries = toml["project"]["entry-points"][ENTRY_POINT_GROUP]
+    assert entries == {"mybackend": "mypkg.attn:Backend"}
+    info = mypkg / "mypkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mypkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+    resolved = resolve("mybackend")
+    assert resolved.source == "entry point" and resolved.backend.name == "mypkg-numpy"
+    check_against_spec(resolved.backend)
+
+
+def test_step_table_lists_every_step_by_its_method_name():
+    table = section("## The twelve steps")
+    rows = re.findall(r"^\| (\d+) \| `(\w+)` \|", table, flags=re.MULTILINE)
+    assert {int(n): name for n, name in rows} == STEPS
+
+
+def test_capabilities_table_lists_every_field_with_its_default():
+    table = section("## Capabilities")
+    rows = dict(re.findall(r"^\| `(\w+)` \| `?([^|`]*)`? \|", table, flags=re.MULTILINE))
+    fields = {f.name: f.default for f in dataclasses.fields(Capabilities)}
+    assert set(rows) == set(fields)
+    for name, default in fields.items():
+        assert ast.literal_eval(rows[name]) == default, f"{name}: doc says {rows[name]}, code {default!r}"
+
+
+def test_every_builtin_name_is_documented():
+    text = DOC.read_text()
+    for name in BUILTINS:
+        assert f"`{name}`" in text, name
+    assert f'"{ENTRY_POINT_GROUP}"' in text
