@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,3 +111,17 @@ def test_every_builtin_name_is_documented():
     for name in BUILTINS:
         assert f"`{name}`" in text, name
     assert f'"{ENTRY_POINT_GROUP}"' in text
+
+
+def test_example_conforms_when_run_through_the_suite_as_documented(mypkg, tmp_path):
+    """The doc's command, as a user types it (minus nox): the example passes every check it supports."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "conformance", "--backend", "mypkg.attn:Backend",
+                           "--profile", "quick", "--seed", "5", "--out", str(out)],
+                          cwd=DOC.parent.parent, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(mypkg)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "mypkg-numpy" in proc.stdout and "conforms" in proc.stdout
+    records = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]["records"]
+    outcomes = {r["outcome"] for r in records}
+    assert outcomes == {"passed", "unsupported"}  # no key padding, no dropout, no steps, no float16
