@@ -50,7 +50,7 @@ class Plan:
     command: str
     causal: bool = True
     budget_s: float = 0.4
-    min_samples: int = 5
+    min_samples: int = 8
     max_samples: int = 2000
     include_nonconforming: bool = False
     threads: int | None = None
@@ -79,6 +79,16 @@ def _print_peak(peak: dict[str, Any], out: TextIO) -> None:
     for m in peak["measurements"]:
         fig = f"{m['gflops']:.1f} GFLOP/s" if m["gflops"] else f"unavailable ({m['error']})"
         print(f"  {m['library']:<6} {m['device']}/{m['dtype']} {'x'.join(map(str, m['shape']))}: {fig}", file=out)
+
+
+def _busy_percent(window_s: float = 0.25) -> float | None:
+    """System-wide CPU use over a short window while this process idles: other processes'
+    load right now (the load average also counts this process's own recent work)."""
+    try:
+        import psutil  # lazily: a declared dependency, used only here and for memory
+    except ImportError:
+        return None
+    return float(psutil.cpu_percent(interval=window_s))
 
 
 def fix_threads(n: int | None) -> Any:
@@ -166,10 +176,10 @@ def run(plan: Plan, out: TextIO | None = None) -> dict[str, Any]:
     backends = [{"name": i.backend.name, "spec": i.spec, "device": i.backend.capabilities.device,
                  "conforming": status[i.backend.name][0], "conformance_note": status[i.backend.name][1]}
                 for i in timed]
-    load_start = _load()
-    if load_start is not None and load_start > 0.5 * (os.cpu_count() or 1):
-        print(f"warning: this machine is busy (1-minute load average {load_start:.2f} on {os.cpu_count()} CPUs): "
-              "other processes compete for the cores and the figures will be slow and noisy", file=out)
+    load_start, busy = _load(), _busy_percent()
+    if busy is not None and busy > 25:
+        print(f"warning: other processes use {busy:.0f}% of this machine's {os.cpu_count()} CPUs: they compete "
+              "for the cores, so the figures will be slower and noisier than on an idle machine", file=out)
     limiter = fix_threads(plan.threads)
     threads = {"requested": plan.threads, **thread_counts()}
     environment = collect()
@@ -185,7 +195,7 @@ def run(plan: Plan, out: TextIO | None = None) -> dict[str, Any]:
 
     def write(state: str) -> dict[str, Any]:
         section = _section(plan, started, t0, state, peak, threads, cells, skipped, backends)
-        section["load_average"] = {"start": load_start, "now": _load()}
+        section["load_average"] = {"start": load_start, "now": _load(), "cpu_busy_percent_at_start": busy}
         update_section(results, plan.machine, environment, "speed", section)
         return section
 

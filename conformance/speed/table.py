@@ -104,7 +104,7 @@ def summary(cells: list[dict[str, Any]], peak: dict[str, Any]) -> str:
             grid = {(b, col): _entry(at.get((b, col)), fmt) for b in backends for col in cols}
             w = 2 + max(len(v) for v in [*cols, *grid.values()])
             lines.append("")
-            lines.append(f"{title}: {what}")
+            lines.append(f"{title}: {what}" + ("" if vary else " (columns: B x T)"))
             lines.append("  " + "backend".ljust(16) + "".join(col.rjust(w) for col in cols))
             for b in backends:
                 lines.append("  " + b.ljust(16) + "".join(grid[(b, col)].rjust(w) for col in cols))
