@@ -26,29 +26,6 @@ _BLOCK = 128  # query rows per block (causal skipping granularity): 64 and 256 m
 _BUDGET = 2 << 20  # bytes of the scores of all heads of one block: about one core's L2
 
 
-_POOL: list = []  # one thread pool per process, made on first use
-
-
-def _on_all_cores(fn, tasks: list, parallel: bool) -> None:
-    """Run fn over tasks on a thread per core with BLAS held to one thread (NumPy releases the
-    GIL in BLAS and ufuncs). Sequential when there is one core or when order matters (RNG)."""
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if not parallel or cores < 2 or len(tasks) < 2:
-        for t in tasks:
-            fn(t)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=cores, thread_name_prefix="numpy-attn"))
-    with threadpool_limits(1, user_api="blas"):
-        list(_POOL[0].map(fn, tasks))
-
-
 class NumpyBackend(Backend):
     name = "numpy"
     capabilities = Capabilities(
@@ -105,16 +82,12 @@ class NumpyBackend(Backend):
         tri = np.triu(np.full((bq, bq), -np.inf, dtype=work), 1)  # (bq, bq) additive causal mask
         blk = partial(self._block, bq=bq, causal=config.causal, p=config.dropout_p, tri=tri, rng=rng)
         if H * bq * T * work.itemsize > _BUDGET:
-            # long sequences: one (b, h) per task, 2-D BLAS calls (NumPy's batched matmul is
-            # slower), tasks spread over the cores with single-threaded BLAS: the elementwise
-            # softmax passes, single-threaded in NumPy, then run on every core too
-            def one(bh: tuple[int, int]) -> None:
-                b, h = bh
-                blk(q[b, h], kT[b, h], v[b, h], ctx[b, :, h],  # (T, hd), (hd, T), (T, hd), (T, hd)
-                    None if pad is None else pad[b, None, :],  # (1, T)
-                    None if dropout_mask is None else dropout_mask[b, h])  # (T, T)
-
-            _on_all_cores(one, [(b, h) for b in range(B) for h in range(H)], rng is None)
+            # long sequences: one (b, h) at a time, 2-D BLAS calls (NumPy's batched matmul is slower)
+            for b in range(B):
+                for h in range(H):
+                    blk(q[b, h], kT[b, h], v[b, h], ctx[b, :, h],  # (T, hd), (hd, T), (T, hd), (T, hd)
+                        None if pad is None else pad[b, None, :],  # (1, T)
+                        None if dropout_mask is None else dropout_mask[b, h])  # (T, T)
         else:
             # short sequences: all heads of bb batch rows at once, one score block near L2-sized
             bb = max(1, _BUDGET // (H * bq * T * work.itemsize))
