@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from reports import markdown as md
-from reports.model import Report, sig, step_title
+from reports.model import Report, conformance_summary, sig, step_title
 from reports.svg import speed_figures
 
 CSS = """
@@ -82,9 +82,7 @@ def _header(report: Report) -> str:
         parts.append(f"<strong>{esc(h.machine)}</strong> ({'; '.join(bits)})")
     out.append(f'<p class="meta">Generated from {", ".join(parts) if parts else "no runs"}.</p>')
     if report.matrix is not None:
-        n = len(report.failures)
-        out.append(f'<p class="summary"><strong>Conformance: {n} failed record{"s" if n != 1 else ""}</strong> '
-                   f"across {len({(f.machine, f.backend) for f in report.failures})} backend(s).</p>")
+        out.append(f'<p class="summary"><strong>{esc(conformance_summary(report))}</strong></p>')
     out.append('<nav><a href="#environment">Environment</a><a href="#conformance">Conformance</a>'
                '<a href="#failures">Failures</a><a href="#speed">Speed</a><a href="#plots">Plots</a></nav>')
     return "<header>" + "\n".join(out) + "</header>"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from reports.model import VERDICT, Report, sig, step_title
+from reports.model import VERDICT, Report, conformance_summary, sig, step_title
 from reports.speed_model import SpeedRow, SpeedTable
 
 _SPECIAL = re.compile(r"([\\`*_\[\]])")
@@ -216,8 +216,6 @@ def render(report: Report) -> str:
         out.append("")
     out += [generated_from(report), ""]
     if report.matrix is not None:
-        n = len(report.failures)
-        backends = len({(f.machine, f.backend) for f in report.failures})
-        out += [f"**Conformance: {n} failed record{'s' if n != 1 else ''}** across {backends} backend(s).", ""]
+        out += [f"**{text(conformance_summary(report))}**", ""]
     out += _environment(report) + _matrix(report) + _failures(report) + _speed(report)
     return "\n".join(out).rstrip() + "\n"

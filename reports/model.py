@@ -295,3 +295,17 @@ def build(doc: dict[str, Any], title: str | None = None) -> Report:
         skipped_backends=[c for c in (matrix.columns if matrix else []) if c.skip_reason],
         failures=build_failures(runs, matrix) if matrix else [],
         speed=speed, multi_machine=multi)
+
+
+def conformance_summary(report: Report) -> str:
+    """One sentence: failed records, then how many backends conform, fail and were skipped."""
+    if report.matrix is None:
+        return "Conformance: not run."
+    n = len(report.failures)
+    failing = {(f.machine, f.backend) for f in report.failures}
+    cols = report.matrix.columns
+    skipped = [c for c in cols if c.skip_reason]
+    conform = [c for c in cols if not c.skip_reason and (c.machine, c.backend) not in failing]
+    return (f"Conformance: {n} failed record{'s' if n != 1 else ''}; {len(conform)} of {len(cols)} backends "
+            f"conform, {len(failing)} fail, {len(skipped)} skipped (library or device missing).")
+

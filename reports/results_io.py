@@ -45,6 +45,7 @@ def atomic_write_json(path: Path, doc: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1, default=str)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -240,6 +240,12 @@ def test_merged_results_validate(merged):
     assert (out / failed[0]["inputs"]).read_bytes() == b"npz"
 
 
+def test_summary_sentence_counts_backends(merged):
+    _, md, page = merged
+    sentence = "Conformance: 2 failed records; 5 of 8 backends conform, 2 fail, 1 skipped"
+    assert sentence in md and sentence in page
+
+
 def test_markdown_matrix(merged):
     _, md, _ = merged
     matrix = md.split("## Conformance")[1].split("## Failures")[0]
