@@ -30,6 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="also write <out>/mutants.json")
     p.add_argument("-j", "--processes", type=int, default=2, help="worker processes (default 2; 1: in process)")
     p.add_argument("--no-control", action="store_true", help="skip the control run of the correct PlainBackend")
+    p.add_argument("--every-check", action="store_true",
+                   help="run every check on every mutant (no early stop) and list all the checks that kill it")
     p.add_argument("--list", action="store_true", help="print the mutants and exit")
     return p.parse_args(argv)
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mutants = [known[m] for m in dict.fromkeys(args.mutant)] or MUTANTS
     report = run(mutants, list(dict.fromkeys(args.dtype)) or DTYPES, args.profile, args.seed, args.processes,
-                 control=not args.no_control)
+                 control=not args.no_control, every=args.every_check)
     print(table(report))
     if args.out:
         path = Path(args.out) / "mutants.json"

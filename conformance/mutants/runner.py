@@ -42,6 +42,7 @@ class Verdict:
     checks_run: int = 0
     passed: int = 0  # checks passed (the others run were unsupported, or the last one failed)
     duration_s: float = 0.0
+    killers: list[str] = field(default_factory=list)  # every failing check, with --every-check
 
     def label(self) -> str:
         if self.mutant == PlainBackend.name:  # the control: a correct backend must pass everything
@@ -49,7 +50,8 @@ class Verdict:
                 return f"passes all {self.passed} checks (control)"
             return f"FAILS {self.check}: the suite rejects a correct backend"
         if self.outcome == "killed":
-            return f"killed by {self.check} ({'end to end' if self.step is None else f'step {self.step}'})"
+            more = f" +{len(self.killers) - 1} more" if len(self.killers) > 1 else ""
+            return f"killed by {self.check} ({'end to end' if self.step is None else f'step {self.step}'}){more}"
         if self.outcome == "n/a":
             return f"n/a ({self.reason})"
         if self.outcome == "error":
@@ -124,18 +126,19 @@ def run_backend(backend: object, dtype: str, seed: int, stop_at_first: bool = Tr
     return out
 
 
-def run_mutant(cls: type[PlainBackend], dtype: str, seed: int = DEFAULT_SEED) -> Verdict:
-    """Run the checks on a fresh `cls()` at `dtype` until one kills it."""
+def run_mutant(cls: type[PlainBackend], dtype: str, seed: int = DEFAULT_SEED, every: bool = False) -> Verdict:
+    """Run the checks on a fresh `cls()` at `dtype` until one kills it (all of them if `every`)."""
     t0 = time.perf_counter()
     if dtype == "float16" and cls.float16_na:
         return Verdict(cls.name, dtype, "n/a", reason=cls.float16_na)
-    results = run_backend(cls(), dtype, seed)
-    check, last = results[-1]
+    results = run_backend(cls(), dtype, seed, stop_at_first=not every)
+    failed = [(c, r) for c, r in results if r.outcome == "failed"]
     v = Verdict(cls.name, dtype, "survived", checks_run=len(results),
-                passed=sum(r.outcome == "passed" for _, r in results))
-    if last.outcome == "failed":
-        v.check, v.step, v.reason = check.name, check.step, last.reason
-        v.outcome = "error" if last.reason.startswith("suite error") else "killed"
+                passed=sum(r.outcome == "passed" for _, r in results), killers=[c.name for c, _ in failed])
+    if failed:
+        check, first = failed[0]
+        v.check, v.step, v.reason = check.name, check.step, first.reason
+        v.outcome = "error" if first.reason.startswith("suite error") else "killed"
     v.duration_s = round(time.perf_counter() - t0, 3)
     return v
 
@@ -150,14 +153,14 @@ def _init_worker(profile: str) -> None:
     load_profile(profile)
 
 
-def _job(args: tuple[str, str, int]) -> Verdict:
-    name, dtype, seed = args
-    return run_mutant(backends()[name], dtype, seed)
+def _job(args: tuple[str, str, int, bool]) -> Verdict:
+    name, dtype, seed, every = args
+    return run_mutant(backends()[name], dtype, seed, every)
 
 
 def run(mutants: Iterable[type[PlainBackend]] = MUTANTS, dtypes: Iterable[str] = DTYPES,
         profile: str = "mutants", seed: int = DEFAULT_SEED, processes: int = 2,
-        control: bool = True) -> Report:
+        control: bool = True, every: bool = False) -> Report:
     """Every mutant at every dtype, after the control (PlainBackend, which must pass every check).
 
     `processes` > 1 runs the jobs in worker processes; the longest (the control) go first.
@@ -165,7 +168,7 @@ def run(mutants: Iterable[type[PlainBackend]] = MUTANTS, dtypes: Iterable[str] =
     t0 = time.perf_counter()
     dtypes = list(dtypes)
     todo = ([PlainBackend] if control else []) + [m for m in mutants if m is not PlainBackend]
-    jobs = [(m.name, d, seed) for m in todo for d in dtypes]
+    jobs = [(m.name, d, seed, every) for m in todo for d in dtypes]
     if processes > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")  # no forked BLAS or Hypothesis state
         with ctx.Pool(min(processes, len(jobs)), initializer=_init_worker, initargs=(profile,)) as pool:
@@ -193,6 +196,9 @@ def table(report: Report) -> str:
         lines.append(f"{d}: {killed}/{len(counted)} killed" + (f" ({na} n/a)" if na else "")
                      + (f", SURVIVED: {', '.join(v.mutant for v in counted if v.outcome != 'killed')}"
                         if killed < len(counted) else ""))
+    for v in report.verdicts:
+        if len(v.killers) > 1 and v.mutant != PlainBackend.name:
+            lines.append(f"  {v.mutant} [{v.dtype}] killed by {len(v.killers)} checks: {', '.join(v.killers)}")
     for v in report.control_failures():
         lines.append(f"CONTROL FAILED at {v.dtype}: {v.check}: {v.reason}")
     lines.append(f"profile {report.profile}, seed {report.seed}, {len(report.verdicts)} runs "
