@@ -87,7 +87,8 @@ def summarise(records: list[dict], infos, elapsed: float, out: Path) -> int:
     by = {}
     for r in records:
         by.setdefault(r["backend"], {"passed": 0, "failed": 0, "unsupported": 0, "skipped": 0})[r["outcome"]] += 1
-    print(f"\n{'backend':18s} {'passed':>7s} {'failed':>7s} {'unsupp.':>8s} {'skipped':>8s}  verdict")
+    w = max([18] + [len(i.backend.name) + 1 for i in infos])
+    print(f"\n{'backend':{w}s} {'passed':>7s} {'failed':>7s} {'unsupp.':>8s} {'skipped':>8s}  verdict")
     for info in infos:
         n = by.get(info.backend.name, {"passed": 0, "failed": 0, "unsupported": 0, "skipped": 0})
         if info.skip_reason:
@@ -96,7 +97,7 @@ def summarise(records: list[dict], infos, elapsed: float, out: Path) -> int:
             verdict = "FAILS"
         else:
             verdict = "conforms" if n["passed"] else "nothing run"
-        print(f"{info.backend.name:18s} {n['passed']:7d} {n['failed']:7d} {n['unsupported']:8d} {n['skipped']:8d}  {verdict}")
+        print(f"{info.backend.name:{w}s} {n['passed']:7d} {n['failed']:7d} {n['unsupported']:8d} {n['skipped']:8d}  {verdict}")
     failed = [r for r in records if r["outcome"] == "failed"]
     for r in failed[:20]:
         where = "end to end" if r.get("step") is None else f"step {r['step']}"
