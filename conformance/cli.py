@@ -20,7 +20,12 @@ from pathlib import Path
 from conformance import profiles
 from conformance.checks import catalogue
 from impls.base import exposed_steps
-from impls.registry import DEFAULT_BACKENDS, BackendSpecError, available_names, resolve_all
+from impls.registry import (
+    DEFAULT_BACKENDS,
+    BackendSpecError,
+    available_names,
+    resolve_all,
+)
 from spec.config import FLOAT_DTYPES
 
 HERE = Path(__file__).resolve().parent

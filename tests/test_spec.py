@@ -8,7 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from spec import AttentionConfig, Params, expected_shape, forward, init_params, intermediates
+from spec import (
+    AttentionConfig,
+    Params,
+    expected_shape,
+    forward,
+    init_params,
+    intermediates,
+)
 from spec import invariants as inv
 from spec import steps as S
 from spec.config import validate_input, validate_key_padding_mask

@@ -15,10 +15,14 @@ from scipy import stats
 
 from conformance import strategies as cs
 from conformance.checks import CheckFailure, check
-from conformance.reference import forward_golden_and_plain, golden_and_plain, step_inputs
+from conformance.reference import (
+    forward_golden_and_plain,
+    golden_and_plain,
+    step_inputs,
+)
 from spec import steps as S
-from spec.config import AttentionConfig
 from spec.block import sample_dropout_mask
+from spec.config import AttentionConfig
 from spec.params import Params
 from spec.shapes import expected_shape
 

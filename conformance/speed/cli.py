@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, BackendSpecError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    from conformance.speed.runner import NothingToTime, run  # lazily: keeps argument errors instant
+    from conformance.speed.runner import (  # lazily: keeps argument errors instant
+        NothingToTime,
+        run,
+    )
 
     if not plan.backends:
         print(f"{PROG}: error: no backend can run here: "
