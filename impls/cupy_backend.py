@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from impls.array_steps import ArraySteps
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
@@ -39,7 +40,7 @@ def cupy_missing() -> str | None:
     return None
 
 
-class CupyBackend(Backend):
+class CupyBackend(ArraySteps, Backend):
     name = "cupy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),
@@ -139,65 +140,8 @@ class CupyBackend(Backend):
         out += weights["b_o"]
         return out.reshape(B, T, d_out).astype(weights["dtype"], copy=False)  # (B, T, d_out)
 
-    # -- the twelve steps (3..12), same names and shapes as spec.steps ---------------------
-    def init_params(self, config: AttentionConfig, seed: int = 0) -> Params:
-        from spec.params import (
-            init_params,  # the nn.Linear recipe, drawn with NumPy's RNG
-        )
+    # -- the twelve steps (3..12): impls.array_steps.ArraySteps, on this module's arrays --
+    def xp(self):
+        import cupy  # lazily: only where CuPy runs
 
-        return init_params(config, seed)
-
-    def project_qkv(self, x, weights):
-        p = weights["params"]
-        Q, K, V = x @ p.W_q.T, x @ p.W_k.T, x @ p.W_v.T  # (B, T, d_out) each
-        if p.b_q is not None:
-            Q, K, V = Q + p.b_q, K + p.b_k, V + p.b_v
-        return Q, K, V
-
-    def split_heads(self, Q, n_heads: int):
-        B, T, d_out = Q.shape
-        return Q.reshape(B, T, n_heads, d_out // n_heads)  # (B, T, H, hd)
-
-    def group_by_heads(self, Q):
-        return Q.transpose(0, 2, 1, 3)  # (B, H, T, hd)
-
-    def attn_scores(self, Q, K):
-        return Q @ K.swapaxes(-1, -2)  # (B, H, Tq, Tk)
-
-    def attn_weights(self, attn_scores, config: AttentionConfig, key_padding_mask=None, dropout_mask=None):
-        import cupy
-
-        B, _, Tq, Tk = attn_scores.shape
-        dt = attn_scores.dtype
-        s = attn_scores.astype(np.float32 if dt == np.float16 else dt)
-        masked = cupy.zeros((B, 1, Tq, Tk), dtype=bool)  # (B, 1, Tq, Tk)
-        if config.causal:  # bottom-right aligned, as spec.steps.causal_mask
-            masked |= cupy.triu(cupy.ones((Tq, Tk), dtype=bool), 1 + Tk - Tq)
-        if key_padding_mask is not None:
-            masked |= ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
-        s = cupy.where(masked, -cupy.inf, s) / s.dtype.type(np.sqrt(config.head_dim))
-        m = s.max(axis=-1, keepdims=True)
-        e = cupy.exp(s - cupy.where(cupy.isfinite(m), m, 0))
-        total = e.sum(axis=-1, keepdims=True)
-        w = e / cupy.where(total > 0, total, 1)
-        if dropout_mask is not None:
-            w = cupy.where(dropout_mask, w / (1.0 - config.dropout_p), 0)
-        return w.astype(dt)
-
-    def context(self, attn_weights, V):
-        if attn_weights.dtype == np.float16:  # accumulate the sum over keys in float32
-            return (attn_weights.astype(np.float32) @ V.astype(np.float32)).astype(np.float16)
-        return attn_weights @ V  # (B, H, Tq, hd)
-
-    def permute_back(self, context):
-        return context.transpose(0, 2, 1, 3)  # (B, T, H, hd)
-
-    def concat_heads(self, context):
-        import cupy
-
-        B, T, H, hd = context.shape
-        return cupy.ascontiguousarray(context).reshape(B, T, H * hd)  # (B, T, d_out)
-
-    def out_proj(self, context, weights):
-        p = weights["params"]
-        return context @ p.W_o.T + p.b_o  # (B, T, d_out)
+        return cupy

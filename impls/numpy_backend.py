@@ -8,7 +8,7 @@ Not a copy of the spec; where its speed comes from:
   NumPy's elementwise passes (max, subtract, exp, sum) are single-threaded and memory-bound;
 - the softmax is normalised on the (bq, hd) context, not the (bq, T) weights: one pass fewer;
 - the context is written straight into [B, T, H, hd], so concatenating heads costs nothing.
-The step methods are the plain per-step versions, for step-by-step checking.
+The step methods are the plain per-step versions (impls.array_steps), for step-by-step checking.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from impls.array_steps import ArraySteps
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import Params
@@ -26,7 +27,7 @@ _BLOCK = 128  # query rows per block (causal skipping granularity): 64 and 256 m
 _BUDGET = 2 << 20  # bytes of the scores of all heads of one block: about one core's L2
 
 
-class NumpyBackend(Backend):
+class NumpyBackend(ArraySteps, Backend):
     name = "numpy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),
@@ -138,61 +139,6 @@ class NumpyBackend(Backend):
             c = s @ v[..., :kend, :]  # (..., bq, hd)
             np.divide(c, total, out=ctx[..., i0:i1, :])
 
-    # -- the twelve steps (3..12), same names and shapes as spec.steps ---------------------
-    def init_params(self, config: AttentionConfig, seed: int = 0) -> Params:
-        from spec.params import (
-            init_params,  # the nn.Linear recipe, drawn with NumPy's RNG
-        )
-
-        return init_params(config, seed)
-
-    def project_qkv(self, x, weights):
-        p = weights["params"]
-        Q, K, V = x @ p.W_q.T, x @ p.W_k.T, x @ p.W_v.T  # (B, T, d_out) each
-        if p.b_q is not None:
-            Q, K, V = Q + p.b_q, K + p.b_k, V + p.b_v
-        return Q, K, V
-
-    def split_heads(self, Q, n_heads: int):
-        B, T, d_out = Q.shape
-        return Q.reshape(B, T, n_heads, d_out // n_heads)  # (B, T, H, hd)
-
-    def group_by_heads(self, Q):
-        return Q.transpose(0, 2, 1, 3)  # (B, H, T, hd)
-
-    def attn_scores(self, Q, K):
-        return Q @ K.transpose(0, 1, 3, 2)  # (B, H, Tq, Tk)
-
-    def attn_weights(self, attn_scores, config: AttentionConfig, key_padding_mask=None, dropout_mask=None):
-        from spec.steps import causal_mask
-
-        B, _, Tq, Tk = attn_scores.shape
-        dt = attn_scores.dtype
-        s = attn_scores.astype(np.float32 if dt == np.float16 else dt)
-        masked = np.zeros((B, 1, Tq, Tk), dtype=bool)
-        if config.causal:
-            masked |= causal_mask(Tq, Tk)
-        if key_padding_mask is not None:
-            masked |= ~key_padding_mask[:, None, None, :]
-        s = np.where(masked, -np.inf, s) / s.dtype.type(np.sqrt(config.head_dim))
-        m = s.max(axis=-1, keepdims=True)
-        e = np.exp(s - np.where(np.isfinite(m), m, 0))
-        total = e.sum(axis=-1, keepdims=True)
-        w = e / np.where(total > 0, total, 1)
-        if dropout_mask is not None:
-            w = np.where(dropout_mask, w / (1.0 - config.dropout_p), 0)
-        return w.astype(dt)
-
-    def context(self, attn_weights, V):
-        return attn_weights @ V  # (B, H, Tq, hd)
-
-    def permute_back(self, context):
-        return context.transpose(0, 2, 1, 3)  # (B, T, H, hd)
-
-    def concat_heads(self, context):
-        B, T, H, hd = context.shape
-        return np.ascontiguousarray(context).reshape(B, T, H * hd)  # (B, T, d_out)
-
-    def out_proj(self, context, weights):
-        p = weights["params"]
-        return context @ p.W_o.T + p.b_o  # (B, T, d_out)
+    # -- the twelve steps (3..12): impls.array_steps.ArraySteps, on this module's arrays --
+    def xp(self):
+        return np
