@@ -14,6 +14,7 @@ bfloat16 array (NumPy has no bfloat16 of its own), converted exactly through flo
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -228,11 +229,5 @@ class TorchBackend(TorchEdges, TorchLinearSteps):
 class TorchCudaBackend(TorchBackend):
     name = "torch-cuda"
     device = "cuda"
-    capabilities = Capabilities(
-        dtypes=CUDA_DTYPES,
-        device="cuda",
-        key_padding_mask=True,
-        qkv_bias=True,
-        dropout="replay",
-        notes="PyTorch eager on CUDA (TF32 left at torch's default: off for matmul).",
-    )
+    capabilities = replace(TorchBackend.capabilities, dtypes=CUDA_DTYPES, device="cuda",
+                           notes="PyTorch eager on CUDA (TF32 left at torch's default: off for matmul).")

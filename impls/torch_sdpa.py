@@ -16,6 +16,7 @@ backend declares dropout "rng" (checked statistically) and refuses an explicit m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from impls.base import Capabilities
@@ -79,12 +80,6 @@ class TorchSdpaBackend(TorchEdges, TorchLinearSteps):
 class TorchSdpaCudaBackend(TorchSdpaBackend):
     name = "torch-sdpa-cuda"
     device = "cuda"
-    capabilities = Capabilities(
-        dtypes=CUDA_DTYPES,
-        device="cuda",
-        key_padding_mask=True,
-        qkv_bias=True,
-        dropout="rng",
-        notes="SDPA on CUDA (flash / memory-efficient / math kernel chosen by torch); fully "
-              "masked rows zeroed after the call; dropout only with SDPA's own RNG.",
-    )
+    capabilities = replace(TorchSdpaBackend.capabilities, dtypes=CUDA_DTYPES, device="cuda",
+                           notes="SDPA on CUDA (flash / memory-efficient / math kernel chosen by torch); "
+                                 "fully masked rows zeroed after the call; dropout only with SDPA's own RNG.")

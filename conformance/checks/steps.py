@@ -215,11 +215,10 @@ def softmax_shift_invariant(run, case):
     scores = step_inputs(case)[7]
     shifted = round_to(scores + case.extra["shift"], case.dtype)
     got = _weights(run, case, shifted)
-    golden, plain = golden_and_plain(S.attn_weights, case.dtype, shifted, case.config, case.key_padding_mask)
+    _, plain = golden_and_plain(S.attn_weights, case.dtype, shifted, case.config, case.key_padding_mask)
     unshifted = S.attn_weights(shifted - case.extra["shift"], case.config, case.key_padding_mask)
     run.assert_exact("step 8 finite after shift", inv.all_finite(got))
     run.assert_close("step 8 weights(s + c) vs weights(s)", got, unshifted, plain)
-    del golden
 
 
 @st.composite
@@ -259,12 +258,12 @@ def context_in_convex_hull(run, case):
     w, V = inputs[8], inputs[6][2]
     got = run.step("context", w, V, shapes=(expected_shape(9, case.config, case.B, case.T),))
     _, plain = golden_and_plain(S.context, case.dtype, w, V)
-    slack_golden = np.zeros(1)
     excursion = inv.context_in_convex_hull(got, V, _ok_mask(case))
-    allowed = inv.context_in_convex_hull(plain, V, _ok_mask(case))
+    allowed = inv.context_in_convex_hull(plain, V, _ok_mask(case))  # the plain reference's own excursion
     scale = max(float(np.max(np.abs(V), initial=0.0)), 1.0)
+    # golden excursion is 0: compare the backend's with K x the plain reference's, plus the floor
     run.assert_close("step 9 excursion outside the value rows' range", np.array([excursion / scale]),
-                     slack_golden, np.array([allowed / scale]), floor_scale=2.0)
+                     np.zeros(1), np.array([allowed / scale]), floor_scale=2.0)
 
 
 @check(step=9, strategy=_causal_cases, requires=_requires_causal)
