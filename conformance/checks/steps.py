@@ -259,7 +259,8 @@ def context_in_convex_hull(run, case):
     got = run.step("context", w, V, shapes=(expected_shape(9, case.config, case.B, case.T),))
     _, plain = golden_and_plain(S.context, case.dtype, w, V)
     excursion = inv.context_in_convex_hull(got, V, _ok_mask(case))
-    allowed = inv.context_in_convex_hull(plain, V, _ok_mask(case))  # the plain reference's own excursion
+    # the plain reference's own excursion, worst of its runs
+    allowed = max(inv.context_in_convex_hull(r, V, _ok_mask(case)) for r in plain.runs)
     scale = max(float(np.max(np.abs(V), initial=0.0)), 1.0)
     # golden excursion is 0: compare the backend's with K x the plain reference's, plus the floor
     run.assert_close("step 9 excursion outside the value rows' range", np.array([excursion / scale]),
