@@ -72,7 +72,8 @@ class RecordingRunner(Runner):
         super().assert_close(what, actual, golden, plain, floor_scale)
 
 
-def calibrate_one(spec: str, dtype: str, examples: int, seed: int) -> tuple[list[Sample], list[str], int]:
+def calibrate_one(spec: str, dtype: str, examples: int, seed: int,
+                  only: tuple[str, ...] = ()) -> tuple[list[Sample], list[str], int]:
     """Every supported check on one backend and dtype: (samples, failures, cases run)."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hyp_seed
@@ -84,7 +85,7 @@ def calibrate_one(spec: str, dtype: str, examples: int, seed: int) -> tuple[list
     failures: list[str] = []
     count = [0]
     for check in catalogue():
-        if check.unsupported(info.backend, dtype):
+        if check.unsupported(info.backend, dtype) or (only and check.name not in only):
             continue
         run = RecordingRunner(info.backend, dtype, check.name, samples)
         body = _body(check, run, count, failures)
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", action="append", default=[], help="default: every dtype a backend declares")
     p.add_argument("--cases", type=int, default=5000,
                    help="cases per dtype, spread evenly over its (backend, check) pairs (default 5000)")
+    p.add_argument("--check", action="append", default=[], help="default: every check")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
     p.add_argument("-j", "--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--json", default=None, help="also write the summary to this file")
@@ -178,14 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in info.backend.capabilities.dtypes:
             if not args.dtype or dtype in args.dtype:
                 jobs.append((info.spec, dtype))
-                pairs[dtype] += sum(not c.unsupported(info.backend, dtype) for c in catalogue())
+                pairs[dtype] += sum(not c.unsupported(info.backend, dtype) for c in catalogue()
+                                    if not args.check or c.name in args.check)
     examples = {d: max(1, math.ceil(args.cases / n)) for d, n in pairs.items() if n}
     t0 = time.perf_counter()
     samples: list[Sample] = []
     failures: list[str] = []
     cases: dict[str, int] = defaultdict(int)
     with ProcessPoolExecutor(args.jobs, initializer=_one_thread) as pool:
-        futures = [(spec, dtype, pool.submit(calibrate_one, spec, dtype, examples[dtype], args.seed))
+        futures = [(spec, dtype, pool.submit(calibrate_one, spec, dtype, examples[dtype], args.seed,
+                                                        tuple(args.check)))
                    for spec, dtype in jobs]
         for spec, dtype, fut in futures:
             s, f, n = fut.result()

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-K = 4.0
+K = 6.0
 _EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 _FLOOR_EPS = {"float64": 64, "float32": 16, "float16": 4, "bfloat16": 4}
 FLOOR = {d: _EPS[d] * _FLOOR_EPS[d] for d in _EPS}

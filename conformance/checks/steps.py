@@ -13,6 +13,7 @@ from scipy import stats
 from conformance import strategies as cs
 from conformance.case import round_to
 from conformance.checks import CheckFailure, check
+from conformance.conditioning import decided_step8_rows
 from conformance.reference import golden_and_plain, step_inputs
 from impls.base import exposed_steps
 from spec import invariants as inv
@@ -238,7 +239,10 @@ def softmax_finite_for_large_logits(run, case):
     target = np.broadcast_to(_ok_mask(case).any(-1).astype(np.float64), got.shape[:-1])
     golden, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask)
     run.assert_close("step 8 row sums at large logits", got.sum(-1), target, plain.sum(-1), floor_scale=2.0)
-    run.assert_close("step 8 weights at large logits", got, golden, plain)
+    # a near tie at the top is decided by one rounding: compare the rows that D decides
+    rows = decided_step8_rows(scores, case.config, case.key_padding_mask, case.dtype)  # (B, H, T)
+    run.assert_close(f"step 8 weights at large logits ({int(rows.sum())} of {rows.size} rows without a near tie)",
+                     got[rows], golden[rows], plain[rows])
 
 
 # -- step 9 ---------------------------------------------------------------------------------
