@@ -12,6 +12,7 @@ from conformance.tolerance import Plain, eps
 from spec import block as spec_forward
 from spec.config import numpy_dtype
 from spec.params import Params
+from spec.table import Trace
 
 
 def cast(a: Any, dtype: str) -> Any:
@@ -90,15 +91,15 @@ def golden_and_plain(fn: Callable, dtype: str, *args: Any, orders: tuple[Callabl
     return golden, Plain(tuple(runs))
 
 
-def step_inputs(case: Case) -> dict[int, Any]:
-    """Every step's output on the case, in float64, rounded to the dtype under test.
+def step_inputs(case: Case) -> Trace:
+    """The spec's trace on the case, in float64, each value rounded to the dtype under test.
 
-    The input of step n is `step_inputs(case)[n - 1]`: a backend's step n then sees the
+    A backend's step n is called on these values (`spec.table.call_args`): it then sees the
     numbers an exact implementation of the earlier steps would hand it in dtype D.
     """
     out = spec_forward.intermediates(case.x, case.params, case.config, case.key_padding_mask,
                                      case.dropout_mask)
-    return {n: _round(v, case.dtype) for n, v in out.items()}
+    return Trace({name: _round(v, case.dtype) for name, v in out.items()})
 
 
 def _round(v: Any, dtype: str) -> Any:

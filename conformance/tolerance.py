@@ -1,31 +1,41 @@
 """The tolerance model: how close is close enough, per dtype, with its reasons.
 
 Three results are compared on the same (dtype-rounded) inputs: the float64 spec (golden),
-the backend in dtype D, and a plain reference, the same spec code run in D. The backend
-passes when
+the backend in dtype D, and the plain reference: several correct runs of the same
+computation in D (`conformance.reference`). The backend passes when
 
     err(backend) <= K * err(plain reference in D) + FLOOR[D]
 
 where err is the largest absolute difference from the golden, divided by the golden's
-largest magnitude (so one tolerance fits inputs of any scale). This is the method of
-FlashAttention's tests: an implementation may be somewhat less accurate than the obvious one
-in the same precision, never much less. A plain reference that happens to be exact (tiny
-shapes) leaves only the floor, so the floor must still be tight enough to catch real bugs:
-`nox -s mutants` counts mutants per dtype to show it is.
+largest magnitude (so one tolerance fits inputs of any scale), both measured on exactly the
+elements the check compares, and err(plain) is that of the worst plain run there. This is
+the method of FlashAttention's tests: an implementation may be somewhat less accurate than
+the obvious ones in the same precision, never much less. The plain runs are the spec's own
+order on the inputs and on inputs moved by one ulp (the problem's conditioning), and the
+other correct orders of `conformance.orders` (scale on q, or sqrt(scale) on q and k;
+normalising the context after P @ V; an online blockwise softmax; split sums) on their own
+ulp-moved inputs. A plain reference that happens to be exact (tiny shapes) leaves only the
+floor, so the floor must still be tight enough to catch real bugs: `nox -s mutants` counts
+mutants per dtype to show it is.
 
-Why these numbers (measured with `python -m conformance.calibrate --cases 500 --seed 2`,
-which runs the correct backends on random cases drawn like the suite's; 2026-11-29, 2 cores):
-- K = 4: the worst err(backend) / err(plain) ratio over numpy, torch, torch-sdpa and torch-mha
-  was 3.25 (torch bfloat16; float32 2.83, float64 2.52; medians about 0.5). The plain
-  reference is the spec in D run on the inputs and on ulp-moved inputs, worst of the runs
-  (conformance/reference.py), so it measures the problem's conditioning, not one rounding
-  order's luck. FlashAttention's tests use 2 against a single reference; 4 keeps a margin.
-- FLOOR, for cases where the plain reference happens to be exact (tiny shapes, float64 whose
-  golden is long double): a few units of the dtype's epsilon, relative to max |golden|.
-  float64 64 eps (1.4e-14), float32 16 eps (1.9e-6), float16 4 eps (3.9e-3),
-  bfloat16 4 eps (3.1e-2). Correct backends needed at most 0.12 of the float16 floor
-  (float16 is accumulated in float32), and more than the floor elsewhere only where the
-  plain reference's error covered it.
+Why these numbers. `python -m conformance.calibrate` runs the correct backends (numpy, torch,
+torch-sdpa, torch-mha) through the suite's own checks and strategies, 5,000 cases per dtype,
+and records every comparison. k_needed = max(0, err - floor) / err(plain) is the K each one
+needs; the margin rule is: the worst k_needed stays at or under K / 2. Measured 2026-11-30
+on 2 cores, seeds 1 and 5 (`--cases 5000 --seed S`), 20,194 cases each, no failure:
+- K = 6: worst k_needed 2.53 (float64, torch-sdpa, head_permutation_invariance, a case with
+  scores in the thousands where one rounding of a score moves the output); float32 1.13
+  (torch, batch_independence); float16 0.70 and bfloat16 0.64 (the floors cover most
+  low-precision cases). With K = 4 that worst case used 67% of its allowance, over the
+  rule's 50%; K = 6 keeps it at 46%. Medians are far below 1.
+- FLOOR, for comparisons whose plain runs are exact (tiny shapes, float64 whose golden is
+  long double): a few units of the dtype's epsilon, relative to max |golden|. float64
+  64 eps (1.4e-14), float32 16 eps (1.9e-6), float16 4 eps (3.9e-3), bfloat16 4 eps
+  (3.1e-2). The worst share of its allowance any correct comparison used was 0.16 in float16
+  and 0.14 in bfloat16.
+- Large logits: at |score| = 1e11 one rounding of a score exceeds 1, so which key wins a near
+  tie is decided by rounding; the large-logit checks compare only rows that D decides
+  (`conformance.conditioning`) and require all rows finite.
 - Low-precision cases keep logits to a few tens (conformance/strategies.py): past that a
   single rounding of a score reorders the softmax and no two correct backends agree.
 """

@@ -10,14 +10,14 @@ module import time: a missing library is a skip, not a crash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from spec.config import FLOAT_DTYPES, AttentionConfig
 from spec.params import Params
-from spec.steps import STEPS
+from spec.table import STEPS
 
 DROPOUT_MODES = ("none", "replay", "rng")
 
@@ -150,13 +150,7 @@ def missing_parts(obj: object) -> list[str]:
 
 def exposed_steps(backend: object) -> tuple[int, ...]:
     """The step numbers whose functions the backend defines, in order."""
-    return tuple(n for n, fn in STEPS.items() if n >= 3 and callable(getattr(backend, fn, None)))
-
-
-def check_dtype(dtype: str) -> str:
-    if dtype not in FLOAT_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(FLOAT_DTYPES)}")
-    return dtype
+    return tuple(n for n, s in STEPS.items() if n >= 3 and callable(getattr(backend, s.name, None)))
 
 
 @dataclass
@@ -167,4 +161,3 @@ class BackendInfo:
     spec: str
     source: str  # "builtin", "module:attr" or "entry point"
     skip_reason: str | None = None
-    extra: dict = field(default_factory=dict)

@@ -7,6 +7,7 @@ import numpy as np
 from spec import steps
 from spec.config import AttentionConfig
 from spec.params import Params
+from spec.table import STEPS, Trace, call_args
 
 
 def forward(
@@ -22,7 +23,8 @@ def forward(
     mask is explicit so that any backend's dropout can be replayed exactly.
     """
     x = steps.input_matrix(x, config)                              # step 1
-    H = config.n_heads                                             # step 2
+    H = config.n_heads
+    steps.head_dim(config.d_out, H)                                # step 2: ValueError unless H divides d_out
     params.check(config)                                           # step 3 (given)
     Q, K, V = steps.project_qkv(x, params)                         # step 4: (B, T, d_out)
     Q, K, V = (steps.split_heads(a, H) for a in (Q, K, V))         # step 5: (B, T, H, hd)
@@ -41,21 +43,26 @@ def intermediates(
     config: AttentionConfig,
     key_padding_mask: np.ndarray | None = None,
     dropout_mask: np.ndarray | None = None,
-) -> dict[int, object]:
-    """Every step's output, by step number, for step-by-step comparison with a backend."""
-    H = config.n_heads
-    out: dict[int, object] = {1: steps.input_matrix(x, config), 2: config.head_dim, 3: params}
-    out[4] = steps.project_qkv(x, params)
-    out[5] = tuple(steps.split_heads(a, H) for a in out[4])
-    out[6] = tuple(steps.group_by_heads(a) for a in out[5])
-    Q, K, V = out[6]
-    out[7] = steps.attn_scores(Q, K)
-    out[8] = steps.attn_weights(out[7], config, key_padding_mask, dropout_mask)
-    out[9] = steps.context(out[8], V)
-    out[10] = steps.permute_back(out[9])
-    out[11] = steps.concat_heads(out[10])
-    out[12] = steps.out_proj(out[11], params)
-    return out
+) -> Trace:
+    """Every step's outputs as a named trace (`trace["attn_scores"]`, or `trace[7]` by step).
+
+    Driven by the step table (spec/table.py): each step is called on the trace entries the
+    table names as its inputs, and its outputs are stored under the names it gives them.
+    """
+    trace = Trace(x=steps.input_matrix(x, config), head_dim=steps.head_dim(config.d_out, config.n_heads),
+                  params=params)
+    for n in range(4, 13):
+        s = STEPS[n]
+        if s.per_tensor:  # steps 5 and 6 take Q, K and V one at a time
+            for i, name in enumerate(s.outputs):
+                args, kw = call_args(n, trace, config, key_padding_mask, tensor=i)
+                trace[name] = s.fn(*args, **kw)
+            continue
+        args, kw = call_args(n, trace, config, key_padding_mask, dropout_mask=dropout_mask)
+        out = s.fn(*args, **kw)
+        for name, value in zip(s.outputs, out if len(s.outputs) > 1 else (out,)):
+            trace[name] = value
+    return trace
 
 
 def sample_dropout_mask(shape: tuple[int, ...], p: float, seed: int = 0) -> np.ndarray:

@@ -1,43 +1,17 @@
 """The invariants of each step, as named predicates over NumPy arrays.
 
 Each invariant measures how far an output is from satisfying it: 0.0 means it holds exactly.
-`exact` invariants must measure 0 in every dtype (index bookkeeping, masked zeros); the others
-are compared with the tolerance model of `conformance/tolerance.py`. They work on any
+The index bookkeeping and masking invariants must measure 0 in every dtype; the others are
+compared with the tolerance model of `conformance/tolerance.py`. They work on any
 backend's output once converted to NumPy, so the suite and a reader share one definition.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 from spec.config import AttentionConfig
 from spec.steps import causal_mask
-
-
-@dataclass(frozen=True)
-class Invariant:
-    name: str
-    step: int
-    exact: bool
-    doc: str
-    measure: Callable[..., float]
-
-
-INVARIANTS: dict[str, Invariant] = {}
-
-
-def invariant(step: int, exact: bool):
-    """Register a measure function as a named invariant of `step`; its docstring is the statement."""
-
-    def register(fn: Callable[..., float]) -> Callable[..., float]:
-        name = fn.__name__
-        INVARIANTS[name] = Invariant(name, step, exact, (fn.__doc__ or "").strip().splitlines()[0], fn)
-        return fn
-
-    return register
 
 
 def _f64(a: np.ndarray) -> np.ndarray:
@@ -55,7 +29,6 @@ def attendable(config: AttentionConfig, B: int, Tq: int, Tk: int,
     return ok
 
 
-@invariant(step=5, exact=True)
 def split_matches_index(x: np.ndarray, split: np.ndarray, n_heads: int) -> float:
     """split(x)[b, t, h, d] == x[b, t, h*head_dim + d] for every index."""
     B, T, d_out = x.shape
@@ -66,7 +39,6 @@ def split_matches_index(x: np.ndarray, split: np.ndarray, n_heads: int) -> float
     return float(np.max(np.abs(_f64(split) - _f64(x)[:, :, idx]), initial=0.0))
 
 
-@invariant(step=11, exact=True)
 def merge_inverts_split(x: np.ndarray, merged: np.ndarray) -> float:
     """concat_heads(permute_back(group_by_heads(split_heads(x)))) == x exactly."""
     if merged.shape != x.shape:
@@ -74,7 +46,6 @@ def merge_inverts_split(x: np.ndarray, merged: np.ndarray) -> float:
     return float(np.max(np.abs(_f64(merged) - _f64(x)), initial=0.0))
 
 
-@invariant(step=6, exact=True)
 def grouped_matches_index(split: np.ndarray, grouped: np.ndarray) -> float:
     """group_by_heads(s)[b, h, t, d] == s[b, t, h, d]: a pure permutation, no arithmetic."""
     if grouped.shape != (split.shape[0], split.shape[2], split.shape[1], split.shape[3]):
@@ -82,7 +53,6 @@ def grouped_matches_index(split: np.ndarray, grouped: np.ndarray) -> float:
     return float(np.max(np.abs(_f64(grouped) - _f64(split).transpose(0, 2, 1, 3)), initial=0.0))
 
 
-@invariant(step=10, exact=True)
 def permute_back_restores_order(grouped: np.ndarray, back: np.ndarray) -> float:
     """permute_back(c)[b, t, h, d] == c[b, h, t, d]: token order restored."""
     if back.shape != (grouped.shape[0], grouped.shape[2], grouped.shape[1], grouped.shape[3]):
@@ -90,13 +60,11 @@ def permute_back_restores_order(grouped: np.ndarray, back: np.ndarray) -> float:
     return float(np.max(np.abs(_f64(back) - _f64(grouped).transpose(0, 2, 1, 3)), initial=0.0))
 
 
-@invariant(step=8, exact=True)
 def masked_weights_are_zero(weights: np.ndarray, ok: np.ndarray) -> float:
     """Weights at masked positions (future keys, padded keys) are exactly 0."""
     return float(np.max(np.abs(_f64(weights)) * ~ok, initial=0.0))
 
 
-@invariant(step=8, exact=True)
 def weights_nonnegative(weights: np.ndarray) -> float:
     """Every attention weight is >= 0 (and not NaN)."""
     w = _f64(weights)
@@ -105,15 +73,6 @@ def weights_nonnegative(weights: np.ndarray) -> float:
     return float(max(0.0, -np.min(w, initial=0.0)))
 
 
-@invariant(step=8, exact=False)
-def rows_sum_to_one(weights: np.ndarray, ok: np.ndarray) -> float:
-    """Each query row with an attendable key sums to 1; a row with none is all 0."""
-    total = _f64(weights).sum(axis=-1)  # (B, H, Tq)
-    target = ok.any(axis=-1).astype(np.float64)  # (B, 1, Tq)
-    return float(np.max(np.abs(total - target), initial=0.0))
-
-
-@invariant(step=9, exact=False)
 def context_in_convex_hull(context: np.ndarray, V: np.ndarray, ok: np.ndarray) -> float:
     """Each context vector lies within the per-feature range of the value rows it may attend to.
 
@@ -132,19 +91,6 @@ def context_in_convex_hull(context: np.ndarray, V: np.ndarray, ok: np.ndarray) -
     return float(max(0.0, np.max(excursion, initial=0.0)))
 
 
-@invariant(step=8, exact=False)
-def softmax_shift_invariant(weights: np.ndarray, shifted_weights: np.ndarray) -> float:
-    """Adding a constant to a row of scores leaves that row's weights unchanged."""
-    return float(np.max(np.abs(_f64(weights) - _f64(shifted_weights)), initial=0.0))
-
-
-@invariant(step=12, exact=False)
-def projection_is_linear(y_a: np.ndarray, y_b: np.ndarray, y_sum: np.ndarray, bias: np.ndarray) -> float:
-    """f(a + b) == f(a) + f(b) - bias: the projection is affine with the given bias."""
-    return float(np.max(np.abs(_f64(y_sum) - (_f64(y_a) + _f64(y_b) - _f64(bias))), initial=0.0))
-
-
-@invariant(step=12, exact=True)
 def all_finite(y: np.ndarray) -> float:
     """No NaN or inf in an output computed from finite inputs."""
     return 0.0 if np.isfinite(_f64(y)).all() else float("inf")

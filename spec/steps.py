@@ -1,6 +1,7 @@
 """The twelve steps of multi-head self-attention, one reference function each.
 
-Read beside `seed/multihead-attention-steps.md`. Symbols: B batch, T tokens (Tq queries and Tk
+Read beside the README's "The spec's decisions"; spec/table.py says what each step takes
+and returns. Symbols: B batch, T tokens (Tq queries and Tk
 keys where they may differ, as in KV-cache decoding), d_in input features, d_out output
 features, H heads, head_dim = d_out // H. Every function is plain NumPy and keeps its input's
 dtype, so the same code is the float64 golden and the "plain reference in dtype D" that the
@@ -141,20 +142,3 @@ def concat_heads(context: np.ndarray) -> np.ndarray:
 def out_proj(context: np.ndarray, params: Params) -> np.ndarray:
     """Step 12. Output projection: [B, T, d_out] -> [B, T, d_out], y = context @ W_o.T + b_o."""
     return _mm(context, params.W_o.T) + params.b_o  # (B, T, d_out)
-
-
-#: Step number -> name of its function, here and on every backend that exposes it.
-STEPS: dict[int, str] = {
-    1: "input_matrix",
-    2: "head_dim",
-    3: "init_params",
-    4: "project_qkv",
-    5: "split_heads",
-    6: "group_by_heads",
-    7: "attn_scores",
-    8: "attn_weights",
-    9: "context",
-    10: "permute_back",
-    11: "concat_heads",
-    12: "out_proj",
-}

@@ -19,6 +19,7 @@ import spec
 from impls.base import exposed_steps
 from impls.registry import resolve
 from spec import steps as S
+from spec.table import STEPS, call_args
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_BACKENDS = ("numpy", "torch", "torch-sdpa", "torch-mha")
@@ -146,17 +147,14 @@ def test_inputs_not_mutated_and_deterministic(backend):
 
 
 # -- the steps -----------------------------------------------------------------------------------
-STEP_ARGS = {  # step -> how to call it from the spec's intermediates
-    4: lambda i, c, w, kpm: ("project_qkv", (i[1], w)),
-    5: lambda i, c, w, kpm: ("split_heads", (i[4][2], c.n_heads)),  # V: Q and K take the same path
-    6: lambda i, c, w, kpm: ("group_by_heads", (i[5][2],)),
-    7: lambda i, c, w, kpm: ("attn_scores", (i[6][0], i[6][1])),
-    8: lambda i, c, w, kpm: ("attn_weights", (i[7], c, kpm)),
-    9: lambda i, c, w, kpm: ("context", (i[8], i[6][2])),
-    10: lambda i, c, w, kpm: ("permute_back", (i[9],)),
-    11: lambda i, c, w, kpm: ("concat_heads", (i[10],)),
-    12: lambda i, c, w, kpm: ("out_proj", (i[11], w)),
-}
+def call_step(backend, n, inter, config, w, kpm, dropout_mask=None):
+    """(backend's step n on the spec's trace, the spec's output); steps 5 and 6 on V."""
+    s = STEPS[n]
+    tensor = 2 if s.per_tensor else 0  # V: Q and K take the same path
+    args, kwargs = call_args(n, inter, config, kpm, weights=w, tensor=tensor, dropout_mask=dropout_mask)
+    out = getattr(backend, s.name)(*(native(backend, a) for a in args),
+                                   **{k: native(backend, v) for k, v in kwargs.items()})
+    return out, inter[s.outputs[tensor]] if s.per_tensor else inter[n]
 
 
 def native(backend, a):
@@ -174,9 +172,8 @@ def test_exposed_steps_match_spec(backend, cfg):
     w = backend.prepare(params, "float64")
     steps = [n for n in exposed_steps(backend) if n >= 4]
     for n in steps:
-        name, args = STEP_ARGS[n](inter, config, w, kpm)
-        out = getattr(backend, name)(*(native(backend, a) for a in args))
-        want = inter[n][2] if n in (5, 6) else inter[n]
+        name = STEPS[n].name
+        out, want = call_step(backend, n, inter, config, w, kpm)
         outs, wants = (out, want) if isinstance(want, tuple) else ((out,), (want,))
         assert len(outs) == len(wants), f"step {n} {name}"
         for o, g in zip(outs, wants):
@@ -387,13 +384,9 @@ def test_cupy_backend_logic_on_a_numpy_stand_in(numpy_as_cupy):
         for n in exposed_steps(be):
             if n == 3:
                 continue
-            name, args = STEP_ARGS[n](inter, config, w, kpm)
-            if n == 8:
-                args = args + (mask,)
-            out = getattr(be, name)(*args)
-            want = inter[n][2] if n in (5, 6) else inter[n]
+            out, want = call_step(be, n, inter, config, w, kpm, dropout_mask=mask)
             for o, g in zip(*((out, want) if isinstance(want, tuple) else ((out,), (want,)))):
-                np.testing.assert_allclose(be.to_numpy(o), g, rtol=0, atol=1e-10, err_msg=name)
+                np.testing.assert_allclose(be.to_numpy(o), g, rtol=0, atol=1e-10, err_msg=STEPS[n].name)
     assert run_forward(be, config, params, x, dtype="float16").dtype == np.float16
     check_own_rng_dropout(be)
     with pytest.raises(ValueError, match="does not compute in 'bfloat16'"):

@@ -18,7 +18,7 @@ import tomllib
 import spec
 from impls.base import Capabilities
 from impls.registry import BUILTINS, ENTRY_POINT_GROUP, resolve
-from spec.steps import STEPS
+from spec.table import STEPS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "plugging-in-a-backend.md"
 EXAMPLE_HEADING = "## A complete example: `mypkg/attn.py`"
@@ -94,7 +94,7 @@ def test_example_resolves_through_an_entry_point(mypkg):
 def test_step_table_lists_every_step_by_its_method_name():
     table = section("## The twelve steps")
     rows = re.findall(r"^\| (\d+) \| `(\w+)` \|", table, flags=re.MULTILINE)
-    assert {int(n): name for n, name in rows} == STEPS
+    assert {int(n): name for n, name in rows} == {n: s.name for n, s in STEPS.items()}
 
 
 def test_capabilities_table_lists_every_field_with_its_default():

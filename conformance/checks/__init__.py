@@ -14,7 +14,7 @@ from typing import Callable
 from hypothesis import strategies as st
 
 from impls.base import exposed_steps
-from spec.steps import STEPS
+from spec.table import STEPS
 
 
 class CheckFailure(AssertionError):
@@ -41,7 +41,7 @@ class Check:
         if dtype not in caps.dtypes:
             return f"dtype {dtype} not declared (declares {', '.join(caps.dtypes)})"
         if self.needs_step and self.step not in exposed_steps(backend):
-            return f"step {self.step} ({STEPS[self.step]}) not exposed"
+            return f"step {self.step} ({STEPS[self.step].name}) not exposed"
         return self.requires(backend)
 
     def cases(self, backend: object, dtype: str) -> st.SearchStrategy:

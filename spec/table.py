@@ -1,0 +1,123 @@
+"""The step table: what each of the twelve steps is, in one place.
+
+Every part of the project that needs to know a step reads this table: the spec's trace
+(`spec.block.intermediates`), the shape contracts (`spec.shapes`), which steps a backend
+exposes (`impls.base.exposed_steps`), how a step is called from the trace (first-wrong-step
+localisation and the step checks, `call_args`), and the report's step titles. Adding a step
+(or, later, a step's backward) means adding one record here and its function.
+
+Each record names the step's inputs and outputs as entries of the trace, a dict from name to
+value that `spec.block.intermediates` returns. Inputs that are not trace entries are the
+run's givens: `n_heads`, `d_out` and `config` (from the AttentionConfig), and the optional
+`key_padding_mask` and `dropout_mask`.
+Shapes are written in the symbols B, Tq, Tk, H, head_dim, d_in, d_out (Tq = Tk = T in
+self-attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from spec import steps as S
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: its number, function, title, named inputs and outputs, output shapes."""
+
+    number: int
+    name: str  # the function's name, here in spec.steps and on every backend exposing it
+    title: str  # the source document's heading, shortened
+    inputs: tuple[str, ...]  # trace names, or the givens n_heads / config / key_padding_mask
+    outputs: tuple[str, ...]  # trace names of its outputs
+    shapes: tuple[tuple[str, ...], ...]  # each output's shape, in symbols
+    fn: Callable[..., Any]
+    per_tensor: bool = False  # applied to each of Q, K, V in turn (steps 5 and 6)
+
+    @property
+    def label(self) -> str:
+        return f"step {self.number} ({self.name})"
+
+
+_QKV = ("d_out", "d_in")
+_HEADS = ("B", "Tk", "H", "head_dim")  # Q's is (B, Tq, H, head_dim); K's and V's have Tk
+
+#: The twelve steps, by number.
+STEPS: dict[int, Step] = {s.number: s for s in (
+    Step(1, "input_matrix", "input matrix", ("x", "config"), ("x",), (("B", "Tq", "d_in"),), S.input_matrix),
+    Step(2, "head_dim", "d_out and n_heads", ("d_out", "n_heads"), ("head_dim",), ((),), S.head_dim),
+    Step(3, "init_params", "Q/K/V weights (init)", ("config",), ("params",),
+         (_QKV, _QKV, _QKV, ("d_out", "d_out"), ("d_out",)), S.init_params),
+    Step(4, "project_qkv", "projection", ("x", "params"), ("Q", "K", "V"),
+         (("B", "Tq", "d_out"), ("B", "Tk", "d_out"), ("B", "Tk", "d_out")), S.project_qkv),
+    Step(5, "split_heads", "split into heads", ("Q", "n_heads"), ("Q_split", "K_split", "V_split"),
+         (("B", "Tq", "H", "head_dim"), _HEADS, _HEADS), S.split_heads, per_tensor=True),
+    Step(6, "group_by_heads", "permute (group by heads)", ("Q_split",), ("q", "k", "v"),
+         (("B", "H", "Tq", "head_dim"), ("B", "H", "Tk", "head_dim"), ("B", "H", "Tk", "head_dim")),
+         S.group_by_heads, per_tensor=True),
+    Step(7, "attn_scores", "attention scores", ("q", "k"), ("attn_scores",), (("B", "H", "Tq", "Tk"),),
+         S.attn_scores),
+    Step(8, "attn_weights", "mask + scale + softmax (+ dropout)",
+         ("attn_scores", "config", "key_padding_mask", "dropout_mask"),
+         ("attn_weights",), (("B", "H", "Tq", "Tk"),), S.attn_weights),
+    Step(9, "context", "context vectors", ("attn_weights", "v"), ("context",), (("B", "H", "Tq", "head_dim"),),
+         S.context),
+    Step(10, "permute_back", "permute back", ("context",), ("context_tokens",), (("B", "Tq", "H", "head_dim"),),
+         S.permute_back),
+    Step(11, "concat_heads", "concatenate heads", ("context_tokens",), ("context_concat",),
+         (("B", "Tq", "d_out"),), S.concat_heads),
+    Step(12, "out_proj", "output projection", ("context_concat", "params"), ("out",), (("B", "Tq", "d_out"),),
+         S.out_proj),
+)}
+
+
+def step(n: int) -> Step:
+    """The record of step n; a ValueError naming the valid numbers otherwise."""
+    if n not in STEPS:
+        raise ValueError(f"step must be one of {min(STEPS)}..{max(STEPS)}, got {n!r}")
+    return STEPS[n]
+
+
+def call_args(n: int, trace: dict[str, Any], config: Any, key_padding_mask: Any = None,
+              weights: Any = None, tensor: int = 0,
+              dropout_mask: Any = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) that call step n on the trace's values, as the spec's function takes them.
+
+    `weights` replaces the trace's params (a backend's prepared weights); `tensor` picks which
+    of Q, K, V a per-tensor step (5, 6) gets. Missing optional masks are left out of kwargs.
+    """
+    s = step(n)
+    given = {"n_heads": config.n_heads, "config": config, "d_out": config.d_out}
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    optional = {"key_padding_mask": key_padding_mask, "dropout_mask": dropout_mask}
+    for i, name in enumerate(s.inputs):
+        if name in optional:
+            if optional[name] is not None:
+                kwargs[name] = optional[name]
+        elif name in given:
+            args.append(given[name])
+        elif name == "params" and weights is not None:
+            args.append(weights)
+        elif s.per_tensor and i == 0:
+            args.append(trace[step(n - 1).outputs[tensor]])
+        else:
+            args.append(trace[name])
+    return tuple(args), kwargs
+
+
+class Trace(dict):
+    """Every step's outputs by trace name; `trace[n]` is step n's output (a tuple if several)."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int):
+            names = step(key).outputs
+            return dict.__getitem__(self, names[0]) if len(names) == 1 else \
+                tuple(dict.__getitem__(self, k) for k in names)
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, int):
+            return key in STEPS and all(dict.__contains__(self, k) for k in STEPS[key].outputs)
+        return dict.__contains__(self, key)
