@@ -22,6 +22,11 @@ from spec.config import AttentionConfig
 from spec.params import Params
 
 
+def _NEG_INF(a: np.ndarray):
+    """-inf in a's dtype: a Python float would promote ml_dtypes' bfloat16 to float64."""
+    return a.dtype.type(-np.inf)
+
+
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a, b).astype(a.dtype, copy=False)
 
@@ -66,7 +71,7 @@ def forward_scale_on_q_late_norm(x: np.ndarray, params: Params, config: Attentio
     Q, K, V = (_heads(a, config.n_heads) for a in S.project_qkv(x, params))  # (B, H, T, hd)
     q = Q * Q.dtype.type(1.0 / np.sqrt(config.head_dim))
     s = _mm(q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
-    s = np.where(_masked(config, *s.shape[:1], *s.shape[2:], key_padding_mask), -np.inf, s)
+    s = np.where(_masked(config, *s.shape[:1], *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
     m = s.max(axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     with np.errstate(over="ignore"):
@@ -92,7 +97,7 @@ def forward_online_softmax(x: np.ndarray, params: Params, config: AttentionConfi
     acc = np.zeros((B, H, Tq, V.shape[-1]), dtype=Q.dtype)
     for j in range(0, Tk, block):
         sl = slice(j, j + block)
-        s = np.where(masked[..., sl], -np.inf, _mm(q, k[:, :, sl].swapaxes(-2, -1)))  # (B, H, Tq, blk)
+        s = np.where(masked[..., sl], dt(-np.inf), _mm(q, k[:, :, sl].swapaxes(-2, -1)))  # (B, H, Tq, blk)
         m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
         base = np.where(np.isfinite(m_new), m_new, 0)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -112,7 +117,7 @@ def attn_weights_scale_first(attn_scores: np.ndarray, config: AttentionConfig,
     """Scores multiplied by the rounded 1/sqrt(hd), then masked; max subtracted after."""
     s = attn_scores * attn_scores.dtype.type(1.0 / np.sqrt(config.head_dim))
     B, _, Tq, Tk = s.shape
-    s = np.where(_masked(config, B, Tq, Tk, key_padding_mask), -np.inf, s)
+    s = np.where(_masked(config, B, Tq, Tk, key_padding_mask), _NEG_INF(s), s)
     m = s.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore"):
         e = np.exp(s - np.where(np.isfinite(m), m, 0))
@@ -127,7 +132,7 @@ def attn_weights_max_first(attn_scores: np.ndarray, config: AttentionConfig,
                            dropout_mask: np.ndarray | None = None) -> np.ndarray:
     """The row maximum of the raw scores subtracted first, the scale applied to the difference."""
     B, _, Tq, Tk = attn_scores.shape
-    s = np.where(_masked(config, B, Tq, Tk, key_padding_mask), -np.inf, attn_scores)
+    s = np.where(_masked(config, B, Tq, Tk, key_padding_mask), _NEG_INF(attn_scores), attn_scores)
     m = s.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore", invalid="ignore"):
         d = (s - np.where(np.isfinite(m), m, 0)) * s.dtype.type(1.0 / np.sqrt(config.head_dim))

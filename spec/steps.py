@@ -109,7 +109,8 @@ def attn_weights(
     if key_padding_mask is not None:
         validate_key_padding_mask(key_padding_mask, B, Tk)
         masked = masked | ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
-    attn_scores = np.where(masked, -np.inf, attn_scores)
+    # a typed -inf: a Python float would promote ml_dtypes' bfloat16 to float64
+    attn_scores = np.where(masked, attn_scores.dtype.type(-np.inf), attn_scores)
     attn_scores = attn_scores / attn_scores.dtype.type(np.sqrt(config.head_dim))
     row_max = attn_scores.max(axis=-1, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, 0)  # fully masked rows: avoid -inf - -inf

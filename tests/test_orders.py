@@ -88,3 +88,27 @@ def test_golden_and_plain_spans_every_order():
     assert all(r.shape == golden.shape for r in plain.runs)
     _, qkv = golden_and_plain(S.project_qkv, "float32", x32, params)
     assert isinstance(qkv, tuple) and len(qkv) == 3 and len(qkv[0].runs) == 3
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_spec_and_orders_keep_the_dtype(dtype):
+    # the plain reference must round like D at every step: a Python -inf once promoted
+    # ml_dtypes' bfloat16 softmax to float64, making the bfloat16 reference too accurate
+    from spec.config import numpy_dtype
+
+    x, params, cfg, kpm, dmask = _case(True, True, True, T=9)
+    d = numpy_dtype(dtype)
+    xd, pd = x.astype(d), params.map(lambda a: a.astype(d))
+    trace = block.intermediates(xd, pd, cfg, kpm, dmask)
+    wrong = {k: str(v.dtype) for k, v in trace.items() if isinstance(v, np.ndarray) and v.dtype != d}
+    assert not wrong, wrong
+    for order in orders.FORWARD_ORDERS:
+        assert order(xd, pd, cfg, kpm, dmask).dtype == d, order.__name__
+    for fn, alts in orders.ORDERS.items():
+        args = {S.project_qkv: (xd, pd), S.attn_scores: (trace["q"], trace["k"]),
+                S.attn_weights: (trace["attn_scores"], cfg, kpm), S.context: (trace["attn_weights"], trace["v"]),
+                S.out_proj: (trace["context_concat"], pd)}[fn]
+        for alt in alts:
+            out = alt(*args)
+            for o in out if isinstance(out, tuple) else (out,):
+                assert o.dtype == d, alt.__name__
