@@ -98,7 +98,7 @@ def grads(
     if getattr(grad_out, "shape", None) != out.shape:
         raise ValueError(f"grad_out must have the output's shape (B, T, d_out) = {out.shape}, "
                          f"got {getattr(grad_out, 'shape', None)}")
-    cotangents: dict = {"out": np.asarray(grad_out).astype(out.dtype, copy=False)}
+    cotangents: dict = {"out": np.asarray(grad_out).astype(trace["x"].dtype, copy=False)}
     for n in range(12, 3, -1):
         s = STEPS[n]
         for i in range(len(s.outputs) if s.per_tensor else 1):  # steps 5 and 6: Q, K, V in turn
