@@ -4,7 +4,8 @@ Every part of the project that needs to know a step reads this table: the spec's
 (`spec.block.intermediates`), the shape contracts (`spec.shapes`), which steps a backend
 exposes (`impls.base.exposed_steps`), how a step is called from the trace (first-wrong-step
 localisation and the step checks, `call_args`), and the report's step titles. Adding a step
-(or a step's backward, the `vjp` field) means adding one record here and its function.
+(or a step's backward, the `vjp` field, called from the trace by `vjp_call_args`) means adding
+one record here and its function.
 
 Each record names the step's inputs and outputs as entries of the trace, a dict from name to
 value that `spec.block.intermediates` returns. Inputs that are not trace entries are the
