@@ -1,13 +1,14 @@
-"""The whole block: the twelve steps composed, as the source document runs them."""
+"""The whole block: the twelve steps composed, as the source document runs them, and its backward."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from spec import steps
+from spec.backward import Grads
 from spec.config import AttentionConfig
 from spec.params import Params
-from spec.table import STEPS, Trace, call_args
+from spec.table import STEPS, Trace, call_args, vjp_call_args
 
 
 def forward(
@@ -63,6 +64,50 @@ def intermediates(
         for name, value in zip(s.outputs, out if len(s.outputs) > 1 else (out,)):
             trace[name] = value
     return trace
+
+
+def _accumulate(cotangents: dict, name: str, value) -> None:
+    # a value used twice gets the sum of its cotangents; the params' is a dict by field name
+    if name not in cotangents:
+        cotangents[name] = value
+    elif isinstance(value, dict):
+        old = cotangents[name]
+        cotangents[name] = {**old, **{k: old[k] + v if k in old else v for k, v in value.items()}}
+    else:
+        cotangents[name] = cotangents[name] + value
+
+
+def grads(
+    x: np.ndarray,
+    params: Params,
+    config: AttentionConfig,
+    grad_out: np.ndarray,
+    key_padding_mask: np.ndarray | None = None,
+    dropout_mask: np.ndarray | None = None,
+) -> Grads:
+    """The block's backward: the gradients of sum(grad_out * forward(x, ...)).
+
+    grad_out [B, T, d_out] is the loss's gradient with respect to the output. Returns dx and
+    dW_q, dW_k, dW_v, dW_o, db_o (and db_q, db_k, db_v when qkv_bias), in the dtype of x.
+    Driven by the step table (spec/table.py): the forward trace is computed, then each step's
+    VJP from 12 down to 4 maps its outputs' cotangents to its inputs'. Dropout is replayed with
+    the same `dropout_mask` as the forward's.
+    """
+    trace = intermediates(x, params, config, key_padding_mask, dropout_mask)
+    out = trace["out"]
+    if getattr(grad_out, "shape", None) != out.shape:
+        raise ValueError(f"grad_out must have the output's shape (B, T, d_out) = {out.shape}, "
+                         f"got {getattr(grad_out, 'shape', None)}")
+    cotangents: dict = {"out": np.asarray(grad_out).astype(trace["x"].dtype, copy=False)}
+    for n in range(12, 3, -1):
+        s = STEPS[n]
+        for i in range(len(s.outputs) if s.per_tensor else 1):  # steps 5 and 6: Q, K, V in turn
+            args, kw, names = vjp_call_args(n, trace, cotangents, config, key_padding_mask, tensor=i,
+                                            dropout_mask=dropout_mask)
+            result = s.vjp(*args, **kw)
+            for name, value in zip(names, result if len(names) > 1 else (result,)):
+                _accumulate(cotangents, name, value)
+    return Grads.from_cotangents(cotangents["x"], cotangents["params"])
 
 
 def sample_dropout_mask(shape: tuple[int, ...], p: float, seed: int = 0) -> np.ndarray:

@@ -4,7 +4,8 @@ Every part of the project that needs to know a step reads this table: the spec's
 (`spec.block.intermediates`), the shape contracts (`spec.shapes`), which steps a backend
 exposes (`impls.base.exposed_steps`), how a step is called from the trace (first-wrong-step
 localisation and the step checks, `call_args`), and the report's step titles. Adding a step
-(or, later, a step's backward) means adding one record here and its function.
+(or a step's backward, the `vjp` field, called from the trace by `vjp_call_args`) means adding
+one record here and its function.
 
 Each record names the step's inputs and outputs as entries of the trace, a dict from name to
 value that `spec.block.intermediates` returns. Inputs that are not trace entries are the
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from spec import backward as BW
 from spec import steps as S
 
 
@@ -34,10 +36,20 @@ class Step:
     shapes: tuple[tuple[str, ...], ...]  # each output's shape, in symbols
     fn: Callable[..., Any]
     per_tensor: bool = False  # applied to each of Q, K, V in turn (steps 5 and 6)
+    vjp: Callable[..., Any] | None = None  # its backward (spec/backward.py), steps 4 to 12
 
     @property
     def label(self) -> str:
         return f"step {self.number} ({self.name})"
+
+    @property
+    def grad_inputs(self) -> tuple[str, ...]:
+        """The inputs the backward differentiates: every input that is not a given."""
+        return tuple(name for name in self.inputs if name not in GIVENS)
+
+
+#: Inputs that are the run's givens, not trace values: nothing is differentiated through them.
+GIVENS = ("n_heads", "d_out", "config", "key_padding_mask", "dropout_mask")
 
 
 _QKV = ("d_out", "d_in")
@@ -50,25 +62,26 @@ STEPS: dict[int, Step] = {s.number: s for s in (
     Step(3, "init_params", "Q/K/V weights (init)", ("config",), ("params",),
          (_QKV, _QKV, _QKV, ("d_out", "d_out"), ("d_out",)), S.init_params),
     Step(4, "project_qkv", "projection", ("x", "params"), ("Q", "K", "V"),
-         (("B", "Tq", "d_out"), ("B", "Tk", "d_out"), ("B", "Tk", "d_out")), S.project_qkv),
+         (("B", "Tq", "d_out"), ("B", "Tk", "d_out"), ("B", "Tk", "d_out")), S.project_qkv,
+         vjp=BW.project_qkv_vjp),
     Step(5, "split_heads", "split into heads", ("Q", "n_heads"), ("Q_split", "K_split", "V_split"),
-         (("B", "Tq", "H", "head_dim"), _HEADS, _HEADS), S.split_heads, per_tensor=True),
+         (("B", "Tq", "H", "head_dim"), _HEADS, _HEADS), S.split_heads, per_tensor=True, vjp=BW.split_heads_vjp),
     Step(6, "group_by_heads", "permute (group by heads)", ("Q_split",), ("q", "k", "v"),
          (("B", "H", "Tq", "head_dim"), ("B", "H", "Tk", "head_dim"), ("B", "H", "Tk", "head_dim")),
-         S.group_by_heads, per_tensor=True),
+         S.group_by_heads, per_tensor=True, vjp=BW.group_by_heads_vjp),
     Step(7, "attn_scores", "attention scores", ("q", "k"), ("attn_scores",), (("B", "H", "Tq", "Tk"),),
-         S.attn_scores),
+         S.attn_scores, vjp=BW.attn_scores_vjp),
     Step(8, "attn_weights", "mask + scale + softmax (+ dropout)",
          ("attn_scores", "config", "key_padding_mask", "dropout_mask"),
-         ("attn_weights",), (("B", "H", "Tq", "Tk"),), S.attn_weights),
+         ("attn_weights",), (("B", "H", "Tq", "Tk"),), S.attn_weights, vjp=BW.attn_weights_vjp),
     Step(9, "context", "context vectors", ("attn_weights", "v"), ("context",), (("B", "H", "Tq", "head_dim"),),
-         S.context),
+         S.context, vjp=BW.context_vjp),
     Step(10, "permute_back", "permute back", ("context",), ("context_tokens",), (("B", "Tq", "H", "head_dim"),),
-         S.permute_back),
+         S.permute_back, vjp=BW.permute_back_vjp),
     Step(11, "concat_heads", "concatenate heads", ("context_tokens",), ("context_concat",),
-         (("B", "Tq", "d_out"),), S.concat_heads),
+         (("B", "Tq", "d_out"),), S.concat_heads, vjp=BW.concat_heads_vjp),
     Step(12, "out_proj", "output projection", ("context_concat", "params"), ("out",), (("B", "Tq", "d_out"),),
-         S.out_proj),
+         S.out_proj, vjp=BW.out_proj_vjp),
 )}
 
 
@@ -105,6 +118,22 @@ def call_args(n: int, trace: dict[str, Any], config: Any, key_padding_mask: Any 
         else:
             args.append(trace[name])
     return tuple(args), kwargs
+
+
+def vjp_call_args(n: int, trace: dict[str, Any], cotangents: dict[str, Any], config: Any,
+                  key_padding_mask: Any = None, tensor: int = 0,
+                  dropout_mask: Any = None) -> tuple[tuple[Any, ...], dict[str, Any], tuple[str, ...]]:
+    """(args, kwargs, names) that call step n's VJP: the cotangents of its outputs, then the
+    forward's own arguments (`call_args`); `names` are the trace names its results are
+    cotangents of. A per-tensor step (5, 6) handles the Q, K or V that `tensor` picks.
+    """
+    s = step(n)
+    args, kwargs = call_args(n, trace, config, key_padding_mask, tensor=tensor, dropout_mask=dropout_mask)
+    if s.per_tensor:
+        outs, names = (s.outputs[tensor],), (step(n - 1).outputs[tensor],)
+    else:
+        outs, names = s.outputs, s.grad_inputs
+    return tuple(cotangents[k] for k in outs) + args, kwargs, names
 
 
 class Trace(dict):
