@@ -85,7 +85,7 @@ def _mask(mask: np.ndarray | None, B: int, T: int, name: str) -> np.ndarray:
     try:
         validate_key_padding_mask(mask, B, T)
     except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
+        raise ValueError(str(e).replace("key_padding_mask", name, 1)) from None
     return mask
 
 

@@ -78,7 +78,8 @@ def test_tq_tk_shapes_follow_the_step_table(Tq):
     cfg, p, x, kpm = _case(4, T=7)
     B, Tk = x.shape[:2]
     tq, tk = intermediates(x[:, -Tq:], p, cfg), intermediates(x, p, cfg)
-    trace = Trace({n: (tq if n.startswith(("Q", "q")) else tk)[n] for n in tk if n not in ("x", "head_dim")})
+    names = [name for n in (4, 5, 6) for name in STEPS[n].outputs]  # Q, K, V, Q_split, ..., q, k, v
+    trace = Trace({name: (tq if name.lower().startswith("q") else tk)[name] for name in names}, params=p)
     for n in range(7, 13):
         args, kw = call_args(n, trace, cfg, kpm)
         trace[STEPS[n].outputs[0]] = STEPS[n].fn(*args, **kw)
@@ -215,8 +216,8 @@ def _bad_calls():
         (lambda: decode(x[:1, 3:], c, p, cfg), r"cache.k has shape \(2, 2, 3, 3\).*\(1, 2, t, 3\)"),
         (lambda: decode(x[:, 3:], prefill(x[:, :3], init_params(other), other), p, cfg),
          r"cache.k has shape \(2, 3, 3, 2\).*\(2, 2, t, 3\)"),
-        (lambda: decode(x[:, 3:], c, p, cfg, np.ones((2, 3), bool)), r"key_padding_mask_new: .*\(2, 1\), got \(2, 3\)"),
-        (lambda: prefill(x, p, cfg, np.ones((2, 4))), r"key_padding_mask: .*boolean.*float64"),
+        (lambda: decode(x[:, 3:], c, p, cfg, np.ones((2, 3), bool)), r"key_padding_mask_new must .*\(2, 1\), got \(2, 3\)"),
+        (lambda: prefill(x, p, cfg, np.ones((2, 4))), r"key_padding_mask must be boolean.*float64"),
         (lambda: decode(x[:, 3:, :4], c, p, cfg), r"d_in=4 .* d_in=5"),
         (lambda: decode(x[:, 3:], (c.k, c.v), p, cfg), r"spec.cache.Cache .* got tuple"),
         (lambda: decode(x[:, 3:], Cache(c.k, c.v, c.key_padding_mask[:, :2]), p, cfg),
@@ -224,8 +225,7 @@ def _bad_calls():
     ]
 
 
-@pytest.mark.parametrize("i", range(13))
-def test_invalid_inputs_are_value_errors_naming_the_values(i):
-    call, needle = _bad_calls()[i]
+@pytest.mark.parametrize("call,needle", _bad_calls(), ids=[n for _, n in _bad_calls()])
+def test_invalid_inputs_are_value_errors_naming_the_values(call, needle):
     with pytest.raises(ValueError, match=needle):
         call()
