@@ -6,8 +6,9 @@ then lets the new queries attend over all of them (spec.block.attend: causal ali
 bottom-right, the new queries are the last positions). With `causal=True`, decoding every
 token after a prefill of any length t >= 1, or in chunks of any sizes, gives the outputs
 `forward` gives on the whole sequence; with `causal=False` a chunk's tokens see each other and
-the whole cache, so only one chunk after the prompt equals the encoder's forward. Plain NumPy, dtype-preserving like the steps: the same code is the float64 golden
-and the plain reference in dtype D.
+the whole cache, so only one chunk after the prompt equals the encoder's forward. Plain
+NumPy, dtype-preserving like the steps: the same code is the float64 golden and the plain
+reference in dtype D.
 """
 
 from __future__ import annotations
