@@ -3,11 +3,13 @@
 Read `spec/steps.py` beside the README's "The spec's decisions"; `spec/table.py` is the step
 table (each step's inputs, outputs and shapes), `spec/block.py` composes the steps,
 `spec/backward.py` holds each step's backward (VJP) and `spec.block.grads` composes them,
+`spec/cache.py` runs them as KV-cache decoding (prefill, then decode over the cached K and V),
 `spec/shapes.py` evaluates the shape contracts and `spec/invariants.py` holds the invariants.
 """
 
 from spec.backward import Grads
-from spec.block import forward, grads, intermediates, sample_dropout_mask
+from spec.block import attend, forward, grads, intermediates, qkv_heads, sample_dropout_mask
+from spec.cache import Cache, decode, prefill
 from spec.config import FLOAT_DTYPES, AttentionConfig, numpy_dtype, validate_input
 from spec.params import Params, init_params
 from spec.shapes import SHAPES, expected_shape, expected_shapes
@@ -16,5 +18,6 @@ from spec.table import STEPS, Step, Trace
 __all__ = [
     "FLOAT_DTYPES", "AttentionConfig", "numpy_dtype", "validate_input", "forward", "grads", "Grads",
     "intermediates", "sample_dropout_mask", "Params", "init_params", "SHAPES",
-    "expected_shape", "expected_shapes", "STEPS", "Step", "Trace",
+    "expected_shape", "expected_shapes", "STEPS", "Step", "Trace", "attend", "qkv_heads", "Cache",
+    "prefill", "decode",
 ]

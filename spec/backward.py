@@ -78,9 +78,8 @@ def attn_weights_vjp(d_weights: np.ndarray, attn_scores: np.ndarray, config: Att
     entries have P = 0 so their scores get exactly 0, and a row with no attendable key (P all 0)
     gets 0, never NaN. Last, the scale 1/sqrt(head_dim) of the forward.
     """
-    dtype = attn_scores.dtype  # the forward's step 8 returns float64 for bfloat16 scores: cast back
-    P = S.attn_weights(attn_scores, config, key_padding_mask).astype(dtype, copy=False)  # before dropout
-    dt = dtype.type
+    P = S.attn_weights(attn_scores, config, key_padding_mask)  # before dropout
+    dt = P.dtype.type
     dP = d_weights
     if dropout_mask is not None:
         dP = np.where(dropout_mask, d_weights * dt(1.0 / (1.0 - config.dropout_p)), dt(0)).astype(P.dtype)
@@ -93,7 +92,7 @@ def context_vjp(d_context: np.ndarray, attn_weights: np.ndarray,
                 v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Step 9 backward: d context [B, H, Tq, hd] -> d attn_weights [B, H, Tq, Tk], dv [B, H, Tk, hd]."""
     d_weights = _mm(d_context, v.swapaxes(-2, -1))  # (B, H, Tq, Tk)
-    P = attn_weights.astype(d_context.dtype, copy=False)  # in D even where step 8 gave float64 (bfloat16)
+    P = attn_weights
     dv = _mm(P.swapaxes(-2, -1), d_context)  # (B, H, Tk, head_dim)
     return d_weights, dv
 

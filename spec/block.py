@@ -113,3 +113,65 @@ def grads(
 def sample_dropout_mask(shape: tuple[int, ...], p: float, seed: int = 0) -> np.ndarray:
     """A keep mask for inverted dropout: each entry True (kept) with probability 1 - p."""
     return np.random.default_rng(seed).random(shape) >= p
+
+
+# -- Queries apart from keys and values (Tq <= Tk): the block as KV-cache decoding runs it ----
+# forward(x) is attend(*qkv_heads(x, params, config), params, config): the same steps, split
+# where a cache sits between them. spec/cache.py keeps k and v between calls.
+
+def qkv_heads(
+    x: np.ndarray, params: Params, config: AttentionConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 1 to 6 on x [B, T, d_in]: q, k, v [B, H, T, head_dim], each head's projections."""
+    x = steps.input_matrix(x, config)                              # step 1
+    H = config.n_heads
+    steps.head_dim(config.d_out, H)                                # step 2
+    params.check(config)                                           # step 3 (given)
+    Q, K, V = steps.project_qkv(x, params)                         # step 4: (B, T, d_out)
+    Q, K, V = (steps.split_heads(a, H) for a in (Q, K, V))         # step 5: (B, T, H, hd)
+    q, k, v = (steps.group_by_heads(a) for a in (Q, K, V))         # step 6: (B, H, T, hd)
+    return q, k, v
+
+
+def attend(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    params: Params,
+    config: AttentionConfig,
+    key_padding_mask: np.ndarray | None = None,
+    dropout_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Steps 7 to 12 for Tq queries over Tk >= Tq keys and values: -> output [B, Tq, d_out].
+
+    q [B, H, Tq, head_dim] are the heads of the last Tq tokens; k, v [B, H, Tk, head_dim] those
+    of all Tk tokens, the queries' own included. The causal mask is aligned bottom-right:
+    query i is token Tk - Tq + i and sees keys j <= Tk - Tq + i. key_padding_mask [B, Tk]
+    (True = may attend) covers all Tk keys; dropout_mask is [B, H, Tq, Tk].
+    """
+    _check_heads(q, k, v, config)
+    params.check(config)
+    attn_scores = steps.attn_scores(q, k)                          # step 7: (B, H, Tq, Tk)
+    attn_weights = steps.attn_weights(attn_scores, config, key_padding_mask, dropout_mask)  # step 8
+    context = steps.context(attn_weights, v)                       # step 9: (B, H, Tq, hd)
+    context = steps.permute_back(context)                          # step 10: (B, Tq, H, hd)
+    context = steps.concat_heads(context)                          # step 11: (B, Tq, d_out)
+    return steps.out_proj(context, params)                         # step 12: (B, Tq, d_out)
+
+
+def _check_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray, config: AttentionConfig) -> None:
+    """ValueError naming the bad shape or dtype unless q, k, v are heads for config, Tq <= Tk."""
+    H, hd = config.n_heads, config.head_dim
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if getattr(a, "ndim", None) != 4 or a.shape[1:2] + a.shape[3:] != (H, hd):
+            raise ValueError(f"{name} must have shape (B, H={H}, T, head_dim={hd}), got "
+                             f"{getattr(a, 'shape', type(a).__name__)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {k.shape} and v {v.shape}")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"q has batch size B={q.shape[0]} but k and v have B={k.shape[0]}")
+    if q.shape[2] > k.shape[2]:
+        raise ValueError(f"more queries than keys: Tq={q.shape[2]} > Tk={k.shape[2]}; "
+                         f"the queries are the last Tq of the Tk tokens, so Tq <= Tk")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
