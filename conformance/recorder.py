@@ -60,18 +60,13 @@ def write_record(out_dir: Path, key: Key, rec: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _test_id(nodeid: str) -> str:
-    """The parametrisation id of a test (what is inside the last [...])."""
-    return nodeid.rpartition("[")[2][:-1]
-
-
 class Recorder:
     """Collects the planned keys' records and keeps results.json up to date."""
 
     def __init__(self, out_dir: Path, header: dict[str, Any], keys: list[Key], machine: str | None = None):
         self.out_dir = Path(out_dir)
         self.keys = keys
-        self.by_id = {k.test_id: k for k in keys}
+        self.by_nodeid: dict[str, Key] = {}  # filled from the workers' collection, in plan order
         self.done: set[int] = set()
         self.errors: dict[int, str] = {}  # setup/call/teardown errors of a test without a record
         self.machine = machine or machine_label()
@@ -127,9 +122,15 @@ class Recorder:
 
     # -- pytest hooks ------------------------------------------------------------------------
     @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """pytest-xdist: a worker collected the plan; its node ids come in plan order."""
+        if len(ids) == len(self.keys) and all(i.endswith(f"[{k.test_id}]") for i, k in zip(ids, self.keys)):
+            self.by_nodeid = dict(zip(ids, self.keys))
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
         """pytest-xdist: the worker running `crashitem` died (exit, signal, segfault, hard limit)."""
-        key = self.by_id.get(_test_id(crashitem))
+        key = self.by_nodeid.get(crashitem)
         if key is None or key.index in self.done:
             return
         rec = self._from_worker(key)  # it may have finished its record before dying
@@ -142,7 +143,7 @@ class Recorder:
         self.add(key, rec)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        key = self.by_id.get(_test_id(report.nodeid))
+        key = self.by_nodeid.get(report.nodeid)
         if key is None or key.index in self.done:
             return
         if report.failed and report.when in ("setup", "call", "teardown"):
