@@ -16,6 +16,7 @@ import math
 import os
 import random
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -237,11 +238,22 @@ def run(args, infos, states: dict, out: Path) -> int:
     # on top oversubscribe the cores (torch bfloat16 ran 7x slower that way)
     for var in THREAD_VARS:
         os.environ.setdefault(var, "1")
+    # "interrupted" means the user's Ctrl-C reached this process, not merely that pytest says so
+    # (pytest-xdist also reports a worker that exited with KeyboardInterrupt as an interruption)
+    user = {"sigint": False}
+
+    def on_sigint(signum: int, frame: object) -> None:
+        user["sigint"] = True
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         code = pytest.main(pytest_args, plugins=[recorder])
-        interrupted = code == pytest.ExitCode.INTERRUPTED
     except KeyboardInterrupt:  # a second Ctrl-C while pytest was shutting down
-        code, interrupted = pytest.ExitCode.INTERRUPTED, True
+        code = pytest.ExitCode.INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    interrupted = user["sigint"]
     missing = recorder.finish(interrupted=interrupted)
     summarise(recorder.records, missing, infos, states, time.monotonic() - t0, out, len(keys))
     if interrupted:
