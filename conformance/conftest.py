@@ -47,7 +47,7 @@ def backend_state(spec: str) -> tuple[object | None, str | None, str | None]:
         from impls.registry import resolve
 
         try:
-            with restored_state():  # a constructor or availability() may change process state too
+            with restored_state(full=True):  # a constructor or availability() may change state too
                 backend = resolve(spec).backend
                 _BACKENDS[spec] = (backend, *plan.availability(backend))
         except BaseException as e:  # it resolved in the controller; here it is the backend's doing

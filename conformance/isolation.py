@@ -2,11 +2,13 @@
 
 Backends run in pytest-xdist worker processes, never in the process that writes results
 (`conformance.cli`), so an exit, a signal or a segfault ends only a worker, which the run
-replaces and records as a crash. Within a worker, backends take turns, so each backend call
-runs inside `restored_state()`: whatever process-wide state it changes (NumPy's error state,
-PyTorch's default dtype, thread count and grad mode, the working directory, environment
-variables, signal handlers, sys.path, warning filters, stdout/stderr objects, the recursion
-limit, the umask) is put back before the suite or the next backend runs. `output_tail()`
+replaces and records as a crash. Within a worker, backends take turns, so each example runs
+inside `restored_state()` and each test inside `restored_state(full=True)`: whatever
+process-wide state a backend changes is put back before the suite or the next backend runs
+(per example: NumPy's error state, PyTorch's default dtype, thread count, grad mode and
+deterministic flag, the working directory, the SIGINT/SIGTERM/SIGALRM handlers, warning
+filters, stdout/stderr objects, the recursion limit; per test, in addition: environment
+variables, sys.path, the umask and the other signal handlers). `OutputTail`
 catches what a backend prints, at the file-descriptor level too, and keeps only the last
 `limit` bytes, so a backend printing megabytes per call costs no memory.
 """
@@ -21,22 +23,26 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-#: Signals whose handlers a backend might replace; SIGKILL/SIGSTOP cannot be caught.
+#: Signals whose handlers a backend might replace; SIGKILL/SIGSTOP cannot be caught. The first
+#: three matter to the suite itself (Ctrl-C, termination, the watchdog) and are restored after
+#: every example; the others after every test.
 SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGALRM", "SIGHUP", "SIGUSR1",
                                                "SIGUSR2", "SIGPIPE", "SIGCHLD") if hasattr(signal, n))
+SUITE_SIGNALS = SIGNALS[:3]
 OUTPUT_LIMIT = 64 * 1024  # bytes of a test's captured output kept in its record
 
 
-def _snapshot() -> dict[str, Any]:
+def _snapshot(full: bool) -> dict[str, Any]:
     import numpy as np
 
     snap: dict[str, Any] = {
-        "np_err": np.geterr(), "cwd": _cwd(), "environ": dict(os.environ), "path": list(sys.path),
-        "signals": {s: signal.getsignal(s) for s in SIGNALS}, "warnings": list(warnings.filters),
+        "np_err": np.geterr(), "cwd": _cwd(), "warnings": list(warnings.filters),
+        "signals": {s: signal.getsignal(s) for s in (SIGNALS if full else SUITE_SIGNALS)},
         "streams": (sys.stdout, sys.stderr), "recursion": sys.getrecursionlimit(),
-        "umask": os.umask(0o022),
     }
-    os.umask(snap["umask"])
+    if full:
+        snap.update(environ=dict(os.environ), path=list(sys.path), umask=os.umask(0o022))
+        os.umask(snap["umask"])
     torch = sys.modules.get("torch")
     if torch is not None:
         snap["torch"] = (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
@@ -57,17 +63,18 @@ def _restore(snap: dict[str, Any]) -> None:
     np.seterr(**snap["np_err"])
     if snap["cwd"] is not None and _cwd() != snap["cwd"]:
         os.chdir(snap["cwd"])
-    if dict(os.environ) != snap["environ"]:
-        os.environ.clear()
-        os.environ.update(snap["environ"])
-    sys.path[:] = snap["path"]
+    if "environ" in snap:
+        if dict(os.environ) != snap["environ"]:
+            os.environ.clear()
+            os.environ.update(snap["environ"])
+        sys.path[:] = snap["path"]
+        os.umask(snap["umask"])
     for s, handler in snap["signals"].items():
         if handler is not None and signal.getsignal(s) is not handler:
             signal.signal(s, handler)
     warnings.filters[:] = snap["warnings"]
     sys.stdout, sys.stderr = snap["streams"]
     sys.setrecursionlimit(snap["recursion"])
-    os.umask(snap["umask"])
     torch = sys.modules.get("torch")
     if torch is not None and "torch" in snap:
         dtype, threads, grad, deterministic = snap["torch"]
@@ -75,13 +82,15 @@ def _restore(snap: dict[str, Any]) -> None:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         torch.set_grad_enabled(grad)
-        torch.use_deterministic_algorithms(deterministic)
+        if torch.are_deterministic_algorithms_enabled() != deterministic:  # the setter costs ms
+            torch.use_deterministic_algorithms(deterministic)
 
 
 @contextmanager
-def restored_state() -> Iterator[None]:
-    """Run the body, then put back the process-wide state it changed (see the module doc)."""
-    snap = _snapshot()
+def restored_state(full: bool = False) -> Iterator[None]:
+    """Run the body, then put back the process-wide state it changed (see the module doc);
+    `full` adds the environment, sys.path, the umask and every signal handler (once per test)."""
+    snap = _snapshot(full)
     try:
         yield
     finally:

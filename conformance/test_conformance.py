@@ -21,7 +21,7 @@ import pytest
 from conformance.checks import get
 from conformance.conftest import backend_state
 from conformance.engine import run_check
-from conformance.isolation import OutputTail
+from conformance.isolation import OutputTail, restored_state
 from conformance.plan import Key
 from conformance.recorder import crashed_during, write_record
 
@@ -63,7 +63,7 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
 
 
 def test_check(key: Key, out_dir: Path, hypothesis_seed: int | None, example_timeouts: dict | None) -> None:
-    with OutputTail() as tail:
+    with OutputTail() as tail, restored_state(full=True):
         try:
             rec = _run(key, out_dir, hypothesis_seed, example_timeouts)
         except BaseException as e:  # anything the engine did not turn into a result is still recorded
