@@ -1,24 +1,29 @@
 """`python -m conformance`: check backends against the spec (what `nox -s conformance` runs).
 
 Validates everything the user typed before starting (unknown backend, profile, dtype or
-check: one line on stderr, exit status 2, no traceback), runs the pytest suite in parallel
-with pytest-xdist, writes `<out>/results.json` as results arrive, then prints a summary.
-Exit status: 0 every check passed (or was unsupported/skipped), 1 some check failed,
-2 bad command line.
+check, a bad number, an unusable --out: one line on stderr, exit status 2, no traceback),
+plans every (backend, dtype, check) the run owes a record, runs the pytest suite in
+pytest-xdist worker processes, writes `<out>/results.json` as results arrive, then prints a
+summary that names anything planned that has no record.
+
+Exit status: 0 everything planned ran and nothing failed; 1 a check failed; 2 a usage error;
+3 the run is incomplete (planned records are missing); 130 the user interrupted the run.
 """
 
 from __future__ import annotations
 
-import argparse
+import math
 import os
 import random
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
 
-from conformance import profiles
+from conformance import plan, profiles
 from conformance.checks import catalogue
+from conformance.usage import OneLineParser, UsageError, report
 from impls.base import exposed_steps
 from impls.registry import (
     DEFAULT_BACKENDS,
@@ -30,14 +35,13 @@ from spec.config import FLOAT_DTYPES
 
 HERE = Path(__file__).resolve().parent
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+PROG = "python -m conformance"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+MAX_EXAMPLE_TIMEOUT_S = 86400.0  # a day: beyond it setitimer overflows and nothing is gained
 
 
-class UsageError(ValueError):
-    """A mistake on the command line; printed as one line, exit status 2."""
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m conformance", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str]):
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--backend", "-b", action="append", default=[], metavar="SPEC",
                    help="built-in name, module.path:attr, or installed entry point (repeatable; "
                         f"default: all built-ins: {', '.join(DEFAULT_BACKENDS)})")
@@ -47,16 +51,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="Hypothesis seed (default: random, recorded)")
     p.add_argument("--out", default="reports/latest", help="run directory (default reports/latest)")
     p.add_argument("--machine", default=None, help="label for this machine in reports (default: host name)")
-    p.add_argument("-n", "--workers", default="auto", help="pytest-xdist workers: a number or auto")
+    p.add_argument("-n", "--workers", default="auto",
+                   help="worker processes: a number or auto (0 means 1: backends never run in this process)")
     p.add_argument("--example-timeout", type=float, default=None,
                    help="per-example time limit in seconds (default 30; the first example gets 4x)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only part K of N of the planned (backend, dtype, check) matrix; needs --seed")
     p.add_argument("--list-checks", action="store_true", help="print the checks and exit")
     p.add_argument("--list-backends", action="store_true", help="print the known backends and exit")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per test")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("backend", "dtype", "check"):  # `--check X --check X` runs X once
+        setattr(args, name, plan.unique(getattr(args, name)))
+    return args
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate(args) -> None:
     if args.profile not in profiles.PROFILES:
         raise UsageError(f"unknown profile {args.profile!r}; valid: {', '.join(profiles.PROFILES)}")
     for d in args.dtype:
@@ -66,10 +76,15 @@ def validate(args: argparse.Namespace) -> None:
     for c in args.check:
         if c not in names:
             raise UsageError(f"unknown check {c!r}; see --list-checks (valid: {', '.join(names)})")
-    if args.workers != "auto" and not (args.workers.isdigit()):
+    if args.workers != "auto" and not args.workers.isdigit():
         raise UsageError(f"--workers must be a number or 'auto', got {args.workers!r}")
-    if args.example_timeout is not None and args.example_timeout <= 0:
-        raise UsageError(f"--example-timeout must be positive, got {args.example_timeout}")
+    t = args.example_timeout
+    if t is not None and not (math.isfinite(t) and 0 < t <= MAX_EXAMPLE_TIMEOUT_S):
+        raise UsageError(f"--example-timeout must be a finite number of seconds in (0, {MAX_EXAMPLE_TIMEOUT_S:g}], "
+                         f"got {t}")
+    args.shard_kn = plan.parse_shard(args.shard)
+    if args.shard is not None and args.seed is None:
+        raise UsageError(f"--shard {args.shard} needs --seed N: every shard must draw the same examples")
 
 
 def print_checks() -> None:
@@ -78,31 +93,50 @@ def print_checks() -> None:
         print(f"{c.name:40s} {where:11s} {c.doc}")
 
 
-def _header(infos, args, seed: int) -> dict:
+def _header(infos, states: dict, args, seed: int, checks: list[str], dtypes: list[str], pid: str,
+            total: int) -> dict:
     backends = [{"name": i.backend.name, "spec": i.spec, "source": i.source,
                  "capabilities": i.backend.capabilities.to_dict(), "exposed_steps": list(exposed_steps(i.backend)),
-                 "skip_reason": i.skip_reason} for i in infos]
-    checks = [{"name": c.name, "step": c.step, "doc": c.doc} for c in catalogue()
-              if not args.check or c.name in args.check]
-    command = "python -m conformance " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return {"profile": args.profile, "seed": seed, "command": command.strip(), "backends": backends, "checks": checks}
+                 "skip_reason": states[i.spec][0], "error": states[i.spec][1]} for i in infos]
+    docs = {c.name: c for c in catalogue()}
+    command = f"{PROG} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    k, n = args.shard_kn
+    return {"profile": args.profile, "seed": seed, "command": command.strip(), "backends": backends,
+            "checks": [{"name": c, "step": docs[c].step, "doc": docs[c].doc} for c in checks],
+            "dtypes": dtypes, "plan": {"id": pid, "shard": k, "shards": n, "total": total}}
 
 
-def summarise(records: list[dict], infos, elapsed: float, out: Path) -> int:
-    by = {}
+def _verdict(n: dict[str, int], skip_reason: str | None) -> str:
+    bad = []
+    if n["failed"]:
+        bad.append("FAILS")
+    if n["missing"]:
+        bad.append(f"INCOMPLETE: {n['missing']} not run")
+    if bad:
+        return ", ".join(bad)
+    if skip_reason:
+        return f"skipped: {skip_reason}"
+    if n["passed"]:
+        return "conforms"
+    return "nothing supported" if n["unsupported"] else "not run"
+
+
+def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict, elapsed: float, out: Path,
+              planned: int) -> None:
+    zero = {"passed": 0, "failed": 0, "unsupported": 0, "skipped": 0, "missing": 0}
+    by: dict[str, dict[str, int]] = {}
     for r in records:
-        by.setdefault(r["backend"], {"passed": 0, "failed": 0, "unsupported": 0, "skipped": 0})[r["outcome"]] += 1
-    w = max([18] + [len(i.backend.name) + 1 for i in infos])
-    print(f"\n{'backend':{w}s} {'passed':>7s} {'failed':>7s} {'unsupp.':>8s} {'skipped':>8s}  verdict")
+        by.setdefault(r["backend"], dict(zero))[r["outcome"]] += 1
+    for k in missing:
+        by.setdefault(k.backend, dict(zero))["missing"] += 1
+    w = max([18] + [len(repr(i.backend.name)) for i in infos])
+    print(f"\n{'backend':{w}s} {'passed':>7s} {'failed':>7s} {'unsupp.':>8s} {'skipped':>8s} {'not run':>8s}  verdict")
     for info in infos:
-        n = by.get(info.backend.name, {"passed": 0, "failed": 0, "unsupported": 0, "skipped": 0})
-        if info.skip_reason:
-            verdict = f"skipped: {info.skip_reason}"
-        elif n["failed"]:
-            verdict = "FAILS"
-        else:
-            verdict = "conforms" if n["passed"] else "nothing run"
-        print(f"{info.backend.name:{w}s} {n['passed']:7d} {n['failed']:7d} {n['unsupported']:8d} {n['skipped']:8d}  {verdict}")
+        name = info.backend.name
+        n = by.get(name, zero)
+        shown = name if name.isprintable() else repr(name)
+        print(f"{shown:{w}s} {n['passed']:7d} {n['failed']:7d} {n['unsupported']:8d} {n['skipped']:8d} "
+              f"{n['missing']:8d}  {_verdict(n, states[info.spec][0])}")
     failed = [r for r in records if r["outcome"] == "failed"]
     for r in failed[:20]:
         where = "end to end" if r.get("step") is None else f"step {r['step']}"
@@ -113,46 +147,88 @@ def summarise(records: list[dict], infos, elapsed: float, out: Path) -> int:
             print(f"  reproduce: {r['repro']}")
     if len(failed) > 20:
         print(f"\n... and {len(failed) - 20} more failures: see {out / 'results.json'}")
-    checks = len({r['check'] for r in records})
-    print(f"\nchecked {len(records)} (backend, dtype, check) combinations, {checks} checks, in {elapsed:.1f} s; "
+    if missing:
+        shown = ", ".join(f"{k.backend} [{k.dtype}] {k.check}" for k in missing[:10])
+        more = f", and {len(missing) - 10} more (listed in results.json)" if len(missing) > 10 else ""
+        print(f"\nINCOMPLETE: {len(missing)} of {planned} planned checks have no result (not run, not passed): "
+              f"{shown}{more}")
+    print(f"\nchecked {len(records)} of {planned} planned (backend, dtype, check) combinations in {elapsed:.1f} s; "
           f"results: {out / 'results.json'}")
-    return 1 if failed else 0
+
+
+def _resolve(specs: list[str]):
+    """Resolve the backends in this process (import, construct, availability()); one-line errors."""
+    try:
+        infos = resolve_all(specs)
+    except BackendSpecError as e:
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # SystemExit and the like from a backend's import or constructor
+        raise UsageError(f"resolving the backends raised {type(e).__name__}: {e}") from None
+    return infos, {i.spec: plan.availability(i.backend) for i in infos}
+
+
+def _workers(text: str) -> int:
+    return max(1, os.cpu_count() or 1) if text == "auto" else max(1, int(text))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    if args.list_checks:
-        print_checks()
-        return 0
-    if args.list_backends:
-        print("\n".join(available_names()))
-        return 0
     try:
+        args = parse_args(argv)
+        if args.list_checks:
+            print_checks()
+            return EXIT_OK
+        if args.list_backends:
+            print("\n".join(available_names()))
+            return EXIT_OK
         validate(args)
-        infos = resolve_all(args.backend or list(DEFAULT_BACKENDS))
-    except (UsageError, BackendSpecError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        infos, states = _resolve(args.backend or list(DEFAULT_BACKENDS))
+        from conformance import rundir
+
+        out = Path(args.out)
+        lock = rundir.claim(out)  # noqa: F841  (held until this process ends)
+    except UsageError as e:
+        return report(PROG, e)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted before the run started; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return run(args, infos, states, out)
+
+
+def run(args, infos, states: dict, out: Path) -> int:
     import pytest  # after validation: a usage error should not pay for pytest's start-up
 
     from conformance.recorder import Recorder
 
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    out = Path(args.out)
-    print(f"mha-conformance: profile {args.profile}, seed {seed}, output {out}")
+    dtypes = args.dtype or list(FLOAT_DTYPES)
+    checks = args.check or [c.name for c in catalogue()]
+    whole = plan.whole_plan([(i.spec, i.backend.name) for i in infos], dtypes, checks)
+    keys = plan.shard_of(whole, args.shard_kn)
+    pid = plan.plan_id(whole, args.profile, seed)
+    plan_path = plan.write(out, keys)
+    shard = f", shard {args.shard_kn[0]}/{args.shard_kn[1]} ({len(keys)} of {len(whole)} planned)" if args.shard else ""
+    print(f"mha-conformance: profile {args.profile}, seed {seed}, output {out}{shard}")
     for i in infos:
-        state = f"skipped: {i.skip_reason}" if i.skip_reason else f"{i.backend.capabilities.device}, dtypes {', '.join(i.backend.capabilities.dtypes)}, steps {list(exposed_steps(i.backend)) or 'none'}"
-        print(f"  backend {i.backend.name:16s} ({i.spec}) {state}")
-    recorder = Recorder(out, _header(infos, args, seed), args.machine)
+        skip, error = states[i.spec]
+        caps = i.backend.capabilities
+        state = (f"FAILS: {error}" if error else f"skipped: {skip}" if skip else
+                 f"{caps.device}, dtypes {', '.join(caps.dtypes)}, steps {list(exposed_steps(i.backend)) or 'none'}")
+        print(f"  backend {i.backend.name!r:18s} ({i.spec}) {state}")
+    header = _header(infos, states, args, seed, checks, dtypes, pid, len(whole))
+    recorder = Recorder(out, header, keys, args.machine)
     t0 = time.monotonic()
+    workers = _workers(args.workers)
+    # each crashing backend can take down at most one test per worker before its crash marker
+    # stops it, so this budget is never reached by crashes in tests; it only ends a crash loop
+    # at worker start-up (then the missing records make the run incomplete, exit 3)
+    restarts = workers * (len(infos) + 2) + 4
     pytest_args = [str(HERE / "test_conformance.py"), "-q", "--no-header", "-p", "no:cacheprovider",
-                   f"--rootdir={HERE.parent}", f"--hypothesis-profile={args.profile}",
-                   "-W", "ignore::pytest.PytestAssertRewriteWarning",
-                   f"--hypothesis-seed={seed}", f"--mha-out={out}"]
-    pytest_args += ["-n", args.workers] if args.workers != "0" else ["-p", "no:xdist"]
-    pytest_args += [f"--mha-backend={i.spec}" for i in infos]
-    pytest_args += [f"--mha-dtype={d}" for d in args.dtype] + [f"--mha-check={c}" for c in args.check]
+                   f"--rootdir={HERE.parent}", f"--hypothesis-profile={args.profile}", "--capture=no",
+                   "-W", "ignore::pytest.PytestAssertRewriteWarning", f"--hypothesis-seed={seed}",
+                   f"--mha-plan={plan_path}", "-n", str(workers), f"--max-worker-restart={restarts}"]
     if args.example_timeout:
         pytest_args.append(f"--mha-example-timeout={args.example_timeout}")
     if args.verbose:
@@ -162,13 +238,32 @@ def main(argv: list[str] | None = None) -> int:
     # on top oversubscribe the cores (torch bfloat16 ran 7x slower that way)
     for var in THREAD_VARS:
         os.environ.setdefault(var, "1")
-    code = pytest.main(pytest_args, plugins=[recorder])
-    interrupted = code in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
-    recorder.finish(interrupted=interrupted)
-    status = summarise(recorder.records, infos, time.monotonic() - t0, out)
+    # "interrupted" means the user's Ctrl-C reached this process, not merely that pytest says so
+    # (pytest-xdist also reports a worker that exited with KeyboardInterrupt as an interruption)
+    user = {"sigint": False}
+
+    def on_sigint(signum: int, frame: object) -> None:
+        user["sigint"] = True
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        code = pytest.main(pytest_args, plugins=[recorder])
+    except KeyboardInterrupt:  # a second Ctrl-C while pytest was shutting down
+        code = pytest.ExitCode.INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    interrupted = user["sigint"]
+    missing = recorder.finish(interrupted=interrupted)
+    summarise(recorder.records, missing, infos, states, time.monotonic() - t0, out, len(keys))
+    if interrupted:
+        print(f"INTERRUPTED by the user: results so far are in {out / 'results.json'} (status interrupted)")
+        return EXIT_INTERRUPTED
     if code == pytest.ExitCode.USAGE_ERROR:
-        return 2
-    return 3 if interrupted else status
+        return EXIT_USAGE
+    if missing:
+        return EXIT_INCOMPLETE
+    return EXIT_FAILED if any(r["outcome"] == "failed" for r in recorder.records) else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,38 +1,38 @@
-"""All pytest plumbing of the conformance suite: options, parametrisation, per-test records.
+"""All pytest plumbing of the conformance suite: options, parametrisation, worker set-up.
 
-`python -m conformance` (what `nox -s conformance` runs) passes the backends, dtypes, checks
-and output directory as `--mha-*` options; pytest-xdist hands the same options to every
-worker. Each test is one (backend, dtype, check); its record travels to the controller in
-`user_properties`, where `conformance.recorder` writes results.json as results arrive.
+`python -m conformance` (what `nox -s conformance` runs) writes the run's plan to
+`<out>/.plan.json` and passes it as `--mha-plan`; pytest-xdist hands the same options to every
+worker. Each test is one planned key (backend, dtype, check), identified by its index in the
+plan; its worker writes the record to a file the controller reads (`conformance.recorder`).
+
+Workers ignore SIGINT: the user's Ctrl-C belongs to the controller, which stops the run and
+writes what finished; inside a worker a KeyboardInterrupt can then only come from a backend.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from conformance import profiles
-from conformance.checks import catalogue
-from spec.config import FLOAT_DTYPES
+from conformance import plan, profiles
 
-_BACKENDS: dict[str, object] = {}  # spec -> BackendInfo, resolved once per worker
+_BACKENDS: dict[str, tuple] = {}  # spec -> (backend, skip reason, error), once per worker
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("mha-conformance")
-    g.addoption("--mha-backend", action="append", default=[], help="backend spec (repeatable)")
-    g.addoption("--mha-dtype", action="append", default=[], help="dtype (repeatable; default all)")
-    g.addoption("--mha-check", action="append", default=[], help="check name (repeatable; default all)")
-    g.addoption("--mha-out", default="reports/latest", help="run directory for results and failures")
+    g.addoption("--mha-plan", default=None, help="the run's plan file (written by python -m conformance)")
     g.addoption("--mha-example-timeout", type=float, default=None,
                 help="per-example time limit in seconds (first example gets 4x)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     profiles.register()
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: Ctrl-C is the controller's
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.environ.get("OMP_NUM_THREADS") == "1":
         # the CLI asks for one thread per worker; BLAS pools already loaded need telling too
         from threadpoolctl import threadpool_limits
@@ -40,39 +40,34 @@ def pytest_configure(config: pytest.Config) -> None:
         threadpool_limits(1)
 
 
-def _info(spec: str):
+def backend_state(spec: str) -> tuple[object | None, str | None, str | None]:
+    """(backend, skip reason, error) of `spec` in this worker, resolved once."""
     if spec not in _BACKENDS:
+        from conformance.isolation import restored_state
         from impls.registry import resolve
 
-        _BACKENDS[spec] = resolve(spec)
+        try:
+            with restored_state(full=True):  # a constructor or availability() may change state too
+                backend = resolve(spec).backend
+                _BACKENDS[spec] = (backend, *plan.availability(backend))
+        except BaseException as e:  # it resolved in the controller; here it is the backend's doing
+            _BACKENDS[spec] = (None, None, f"resolving the backend in the worker raised {type(e).__name__}: {e}")
     return _BACKENDS[spec]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.function.__name__ != "test_check":
         return
-    opt = metafunc.config.getoption
-    specs = opt("--mha-backend") or ["numpy"]
-    dtypes = opt("--mha-dtype") or list(FLOAT_DTYPES)
-    checks = opt("--mha-check") or [c.name for c in catalogue()]
-    params, ids = [], []
-    for spec in specs:
-        name = _info(spec).backend.name
-        for dtype in dtypes:
-            for check in checks:
-                params.append((spec, dtype, check))
-                ids.append(f"{name}|{dtype}|{check}")
-    metafunc.parametrize(("backend_spec", "dtype", "check_name"), params, ids=ids)
-
-
-@pytest.fixture
-def backend_info(backend_spec: str):
-    return _info(backend_spec)
+    path = metafunc.config.getoption("--mha-plan")
+    if path is None:
+        raise pytest.UsageError("run the suite through `python -m conformance` (it plans the run)")
+    keys = plan.read(Path(path))
+    metafunc.parametrize("key", keys, ids=[k.test_id for k in keys])
 
 
 @pytest.fixture
 def out_dir(request: pytest.FixtureRequest) -> Path:
-    return Path(request.config.getoption("--mha-out"))
+    return Path(request.config.getoption("--mha-plan")).parent
 
 
 @pytest.fixture
@@ -85,13 +80,3 @@ def example_timeouts(request: pytest.FixtureRequest) -> dict[str, float] | None:
 def hypothesis_seed(request: pytest.FixtureRequest) -> int | None:
     seed = request.config.getoption("--hypothesis-seed", default=None)
     return int(seed) if seed is not None else None
-
-
-@pytest.fixture
-def record(request: pytest.FixtureRequest):
-    """Attach this test's result record to the report, for the controller to write."""
-
-    def attach(rec: dict) -> None:
-        request.node.user_properties.append(("mha_record", json.dumps(rec, default=str)))
-
-    return attach

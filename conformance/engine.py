@@ -6,6 +6,7 @@ Used by the pytest suite (`conformance/test_conformance.py`), by `nox -s mutants
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from hypothesis import seed as hyp_seed
 
 from conformance.case import Case
 from conformance.checks import Check, CheckFailure
+from conformance.isolation import restored_state
 from conformance.profiles import EXAMPLE_TIMEOUT_S
 from conformance.runner import Runner
 from conformance.watchdog import BackendHang, time_limit
@@ -41,16 +43,35 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+def _escaped(e: BaseException) -> str:
+    """The reason for a BaseException (KeyboardInterrupt, SystemExit, ...) raised inside a check.
+
+    The suite's workers ignore the user's Ctrl-C (the controller owns it), so there such an
+    exception can only come from the code under test: it fails this check and the run goes on.
+    Where Ctrl-C does raise KeyboardInterrupt in this process (repro, an in-process mutants
+    run), a KeyboardInterrupt is the user's and is passed on.
+    """
+    if isinstance(e, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        raise e
+    return (f"raised {_first_line(e)} (a BaseException, not an Exception: the backend tried to "
+            f"stop the process; the run went on)")
+
+
 def run_once(check: Check, backend: Any, case: Case) -> Result:
     """Run the check on one given case (no Hypothesis): what repro commands do."""
     t0 = time.perf_counter()
     try:
-        with time_limit(EXAMPLE_TIMEOUT_S["first"], f"{check.name} on {backend.name}"):
+        with restored_state(), time_limit(EXAMPLE_TIMEOUT_S["first"], f"{check.name} on {backend.name}"):
             check.fn(Runner(backend, case.dtype), case)
     except CheckFailure as e:
         return Result("failed", str(e), e.max_error, e.tolerance, case, 1, time.perf_counter() - t0)
     except BackendHang as e:
         return Result("failed", f"hang: {e}", case=case, examples=1, duration_s=time.perf_counter() - t0)
+    except Exception as e:  # an error in the check itself, not in the backend (Runner wraps those)
+        return Result("failed", f"suite error (please report): {_first_line(e)}", case=case, examples=1,
+                      duration_s=time.perf_counter() - t0)
+    except BaseException as e:
+        return Result("failed", _escaped(e), case=case, examples=1, duration_s=time.perf_counter() - t0)
     return Result("passed", "", examples=1, duration_s=time.perf_counter() - t0)
 
 
@@ -69,7 +90,9 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
         state["n"] += 1
         limit = limits["first"] if state["n"] == 1 else limits["later"]
         state["case"] = case  # the last case run: after a failure, the shrunk example
-        with time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
+        # each example puts back the process state the backend changed: the spec's own
+        # arithmetic and the next backend in this worker see the state the run started with
+        with restored_state(), time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
             check.fn(runner, case)
 
     test = given(check.cases(backend, dtype))(body)
@@ -100,4 +123,7 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
     except Exception as e:  # an error in the check itself, not in the backend (Runner wraps those)
         return Result("failed", f"suite error (please report): {_first_line(e)}", case=state["case"],
                       examples=state["n"], duration_s=time.perf_counter() - t0)
+    except BaseException as e:  # KeyboardInterrupt, SystemExit, ... from the backend (not shrunk)
+        return Result("failed", _escaped(e), case=state["case"], examples=state["n"],
+                      duration_s=time.perf_counter() - t0)
     return Result("passed", f"{state['n']} examples", examples=state["n"], duration_s=time.perf_counter() - t0)

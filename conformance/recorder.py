@@ -1,17 +1,24 @@
 """Writing results.json while the suite runs (a pytest plugin living in the controller).
 
-Every record is appended to `records.jsonl` at once and results.json is rewritten atomically
-at most twice a second (a timer writes held-back records within half a second, so a long
-next test does not hide them) and at the end, so a run killed halfway leaves a readable file
-whose status says "running" (read as partial). A test with no record of its own (its xdist worker
-crashed, or the suite itself errored) is recorded as failed against its backend and check,
-parsed from the test id, and a crash marks the backend so the other workers skip it.
+Each test is one planned key (`conformance.plan`). The worker that runs it writes its record
+to `<out>/.records/<index>.json`; when the test's last report reaches the controller, this
+plugin reads that file, appends the record to `records.jsonl` and rewrites results.json
+atomically (at most twice a second; a timer writes held-back records within half a second,
+so a long next test does not hide them, and at the end). A run killed halfway leaves a
+readable file whose status says "running".
+
+A test that ends without a record file gets one here: pytest-xdist's crash hook names the
+test whose worker died (no test id is parsed and no failure text is searched), so that test
+is recorded as failed with "crashed the worker process" and its backend is marked so that the
+workers record its remaining checks as not run. At the end, every planned key without a
+record is listed in the section's "missing" and the status is "complete" only if none is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -21,9 +28,9 @@ from typing import Any
 import pytest
 
 from conformance.environment import collect, machine_label
+from conformance.plan import Key
+from conformance.rundir import CRASHED, RECORDS
 from reports.results_io import update_section
-
-_ID = re.compile(r"test_check\[(?P<backend>.+)\|(?P<dtype>[^|]+)\|(?P<check>[^|\]]+)\]$")
 
 
 def now() -> str:
@@ -31,31 +38,45 @@ def now() -> str:
 
 
 def crash_marker(out_dir: Path, backend: str) -> Path:
-    return Path(out_dir) / ".crashed" / re.sub(r"[^A-Za-z0-9_.-]+", "_", backend)
+    """The file that says `backend` crashed a worker; named by a digest, so any name works."""
+    return Path(out_dir) / CRASHED / hashlib.sha256(backend.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def crashed_during(out_dir: Path, backend: str) -> str | None:
-    """The check during which `backend` crashed the process earlier in this run, if it did."""
+    """The check during which `backend` crashed a worker earlier in this run, if it did."""
     path = crash_marker(out_dir, backend)
     return path.read_text() if path.exists() else None
 
 
-class Recorder:
-    """Collects records from test reports and keeps results.json up to date."""
+def record_path(out_dir: Path, key: Key) -> Path:
+    return Path(out_dir) / RECORDS / f"{key.index}.json"
 
-    def __init__(self, out_dir: Path, header: dict[str, Any], machine: str | None = None):
+
+def write_record(out_dir: Path, key: Key, rec: dict[str, Any]) -> None:
+    """Worker side: this test's record, written atomically (the controller reads it whole)."""
+    path = record_path(out_dir, key)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rec, default=str))
+    os.replace(tmp, path)
+
+
+class Recorder:
+    """Collects the planned keys' records and keeps results.json up to date."""
+
+    def __init__(self, out_dir: Path, header: dict[str, Any], keys: list[Key], machine: str | None = None):
         self.out_dir = Path(out_dir)
+        self.keys = keys
+        self.by_nodeid: dict[str, Key] = {}  # filled from the workers' collection, in plan order
+        self.done: set[int] = set()
+        self.errors: dict[int, str] = {}  # setup/call/teardown errors of a test without a record
         self.machine = machine or machine_label()
         self.environment = collect()
         self.section = {**header, "status": "running", "started": now(), "finished": None,
-                        "duration_s": None, "records": []}
+                        "duration_s": None, "planned": len(keys), "missing": [], "records": []}
         self.t0 = time.monotonic()
         self.last_write = 0.0
         self.lock = threading.Lock()  # the flush timer writes from its own thread
         self.timer: threading.Timer | None = None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.out_dir / ".crashed").glob("*"):
-            stale.unlink()
         self.jsonl = self.out_dir / "records.jsonl"
         self.jsonl.write_text("")
         self.write(force=True)
@@ -81,40 +102,65 @@ class Recorder:
             update_section(self.out_dir / "results.json", self.machine, self.environment, "conformance", self.section)
             self.last_write = time.monotonic()
 
-    def add(self, rec: dict[str, Any]) -> None:
-        rec = {"step": None, "reason": "", **rec}
+    def add(self, key: Key, rec: dict[str, Any]) -> None:
+        """Record `key` once; a second record for the same key is ignored."""
+        if key.index in self.done:
+            return
+        self.done.add(key.index)
+        rec = {"step": None, "reason": "", **rec, "backend": key.backend, "dtype": key.dtype, "check": key.check}
         with self.lock:
             self.records.append(rec)
         with self.jsonl.open("a") as f:
             f.write(json.dumps(rec, default=str) + "\n")
         self.write()
 
-    # -- pytest hooks ------------------------------------------------------------------------
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties or [])
-        if "mha_record" in props:
-            if report.when == "call" or (report.when == "setup" and report.skipped):
-                self.add(json.loads(props["mha_record"]))
-            return
-        if not report.failed:
-            return
-        m = _ID.search(report.nodeid)
-        if not m:
-            return
-        text = str(report.longrepr or "").strip().splitlines()
-        detail = text[-1] if text else "no detail"
-        crashed = "crashed" in " ".join(text[:3]).lower() or report.when not in ("setup", "call", "teardown")
-        if crashed:
-            marker = crash_marker(self.out_dir, m["backend"])
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(m["check"])
-            reason = f"crashed the test process (worker replaced): {detail}"
-        else:
-            reason = f"error in the {report.when} phase: {detail}"
-        self.add({"backend": m["backend"], "check": m["check"], "dtype": m["dtype"], "outcome": "failed",
-                  "reason": reason})
+    def _from_worker(self, key: Key) -> dict[str, Any] | None:
+        try:
+            return json.loads(record_path(self.out_dir, key).read_text())
+        except (OSError, ValueError):
+            return None
 
-    def finish(self, interrupted: bool) -> None:
-        self.section["status"] = "partial" if interrupted else "complete"
+    # -- pytest hooks ------------------------------------------------------------------------
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """pytest-xdist: a worker collected the plan; its node ids come in plan order."""
+        if len(ids) == len(self.keys) and all(i.endswith(f"[{k.test_id}]") for i, k in zip(ids, self.keys)):
+            self.by_nodeid = dict(zip(ids, self.keys))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        """pytest-xdist: the worker running `crashitem` died (exit, signal, segfault, hard limit)."""
+        key = self.by_nodeid.get(crashitem)
+        if key is None or key.index in self.done:
+            return
+        rec = self._from_worker(key)  # it may have finished its record before dying
+        if rec is None:
+            marker = crash_marker(self.out_dir, key.backend)
+            marker.write_text(key.check)
+            rec = {"outcome": "failed", "reason": f"crashed the worker process during this check (process "
+                   f"exit, fatal signal or hard time limit); the worker was replaced and {key.backend}'s "
+                   f"remaining checks are not run"}
+        self.add(key, rec)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        key = self.by_nodeid.get(report.nodeid)
+        if key is None or key.index in self.done:
+            return
+        if report.failed and report.when in ("setup", "call", "teardown"):
+            text = str(report.longrepr or "").strip().splitlines()
+            self.errors.setdefault(key.index, f"error in the {report.when} phase: {text[-1] if text else 'no detail'}")
+        if report.when != "teardown":
+            return
+        rec = self._from_worker(key)
+        if rec is None:
+            rec = {"outcome": "failed", "reason": self.errors.get(key.index, "the test ended without a record")}
+        self.add(key, rec)
+
+    def finish(self, interrupted: bool) -> list[Key]:
+        """Final status and the planned keys that have no record (written into the section)."""
+        missing = [k for k in self.keys if k.index not in self.done]
+        self.section["missing"] = [{"backend": k.backend, "dtype": k.dtype, "check": k.check} for k in missing]
+        self.section["status"] = "interrupted" if interrupted else "incomplete" if missing else "complete"
         self.section["finished"] = now()
         self.write(force=True)
+        return missing

@@ -8,7 +8,6 @@ compare), and prints the verdict with the example. Exit status: 1 the failure re
 
 from __future__ import annotations
 
-import argparse
 import sys
 import zipfile
 from pathlib import Path
@@ -16,29 +15,42 @@ from pathlib import Path
 from conformance.case import Case
 from conformance.checks import get
 from conformance.engine import run_once
+from conformance.usage import OneLineParser, UsageError, report
 from impls.registry import BackendSpecError, resolve
+
+PROG = "python -m conformance.repro"
+
+
+def _load(path: Path) -> tuple[Case, dict]:
+    """The saved case and its metadata; UsageError (one line) for anything else."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file; expected a .npz saved by a failed check")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"{path}: not a .npz archive; expected the .npz a failed check saved "
+                         f"(the record's 'inputs')")
+    try:
+        return Case.load(path)
+    except Exception as e:  # a .npz, but not one of ours (no meta, other arrays, bad JSON)
+        raise UsageError(f"{path}: not a failure saved by the suite ({type(e).__name__}: {e})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m conformance.repro", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("inputs", help="a .npz saved by a failed check (see the record's 'inputs' / 'repro')")
     p.add_argument("--backend", default=None, help="run on this backend instead of the one that failed")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        case, meta = Case.load(Path(args.inputs))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        print(f"error: cannot read {args.inputs}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    spec = args.backend or meta.get("backend_spec") or meta["backend"]
-    try:
-        info = resolve(spec)
-        check = get(meta["check"])
-    except (BackendSpecError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if info.skip_reason:
-        print(f"error: backend {spec!r} cannot run here: {info.skip_reason}", file=sys.stderr)
-        return 2
+        args = p.parse_args(sys.argv[1:] if argv is None else argv)
+        case, meta = _load(Path(args.inputs))
+        spec = args.backend or meta.get("backend_spec") or meta["backend"]
+        try:
+            info = resolve(spec)
+            check = get(meta["check"])
+        except (BackendSpecError, KeyError) as e:
+            raise UsageError(str(e).strip("'\"")) from None
+        if info.skip_reason:
+            raise UsageError(f"backend {spec!r} cannot run here: {info.skip_reason}")
+    except UsageError as e:
+        return report(PROG, e)
     where = "end to end" if check.step is None else f"step {check.step}"
     print(f"check    {check.name} ({where}): {check.doc}")
     print(f"backend  {info.backend.name} ({spec})")

@@ -1,58 +1,83 @@
-"""The conformance suite: one test per (backend, dtype, check), parametrised in conftest.py.
+"""The conformance suite: one test per planned (backend, dtype, check), parametrised in conftest.py.
 
 Outcomes: passed; failed (the property broke: shrunk example, saved inputs, repro command);
 unsupported (outside the backend's declared capabilities); skipped (this machine lacks the
-backend's library or device). A backend that crashed the process earlier in the run is not
-run again; its remaining checks fail with that reason, so nothing is silently passed.
+backend's library or device). A backend that crashed a worker earlier in the run is not run
+again; its remaining supported checks fail with that reason, so nothing is silently passed.
+
+Whatever happens inside, the test writes exactly one record for its key (`write_record`)
+before telling pytest its outcome; what the backend printed is kept as a bounded tail.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conformance.checks import get
+from conformance.conftest import backend_state
 from conformance.engine import run_check
-from conformance.recorder import crashed_during
+from conformance.isolation import OutputTail, restored_state
+from conformance.plan import Key
+from conformance.recorder import crashed_during, write_record
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def test_check(backend_info, dtype, check_name, out_dir, record, hypothesis_seed, example_timeouts):
-    backend = backend_info.backend
-    check = get(check_name)
-    base = {"backend": backend.name, "check": check.name, "step": check.step, "dtype": dtype}
-    if backend_info.skip_reason:
-        record({**base, "outcome": "skipped", "reason": backend_info.skip_reason})
-        pytest.skip(f"skipped: {backend_info.skip_reason}")
-    crashed = crashed_during(out_dir, backend.name)
+def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] | None) -> dict[str, Any]:
+    check = get(key.check)
+    rec: dict[str, Any] = {"step": check.step}
+    backend, skip_reason, error = backend_state(key.spec)
+    if error:
+        return {**rec, "outcome": "failed", "reason": error}
+    if skip_reason:
+        return {**rec, "outcome": "skipped", "reason": skip_reason}
+    try:
+        unsupported = check.unsupported(backend, key.dtype)
+    except Exception as e:  # reading the declared capabilities is third-party code
+        return {**rec, "outcome": "failed", "reason": f"reading its capabilities raised {type(e).__name__}: {e}"}
+    if unsupported:  # before the crash marker: unsupported stays unsupported after a crash
+        return {**rec, "outcome": "unsupported", "reason": unsupported}
+    crashed = crashed_during(out_dir, key.backend)
     if crashed:
-        reason = f"not run: {backend.name} crashed the test process earlier in this run (during {crashed})"
-        record({**base, "outcome": "failed", "reason": reason})
-        pytest.fail(reason, pytrace=False)
+        return {**rec, "outcome": "failed",
+                "reason": f"not run: {key.backend} crashed a worker process earlier in this run (during {crashed})"}
 
-    result = run_check(check, backend, dtype, seed=hypothesis_seed, timeouts=example_timeouts)
-    rec = {**base, "outcome": result.outcome, "reason": result.reason, "max_error": result.max_error,
-           "tolerance": result.tolerance, "counterexample": result.counterexample,
-           "examples": result.examples, "duration_s": round(result.duration_s, 4)}
+    result = run_check(check, backend, key.dtype, seed=seed, timeouts=timeouts)
+    rec.update({"outcome": result.outcome, "reason": result.reason, "max_error": result.max_error,
+                "tolerance": result.tolerance, "counterexample": result.counterexample,
+                "examples": result.examples, "duration_s": round(result.duration_s, 4)})
     if result.outcome == "failed" and result.case is not None:
-        path = out_dir / "failures" / f"{_slug(backend.name)}__{dtype}__{check.name}.npz"
-        result.case.save(path, {"backend": backend.name, "backend_spec": backend_info.spec,
+        path = out_dir / "failures" / f"{_slug(key.backend)}__{key.dtype}__{check.name}.npz"
+        result.case.save(path, {"backend": key.backend, "backend_spec": key.spec,
                                 "check": check.name, "reason": result.reason})
         rec["inputs"] = str(path.relative_to(out_dir))
         rec["repro"] = f"python -m conformance.repro {shlex.quote(str(path))}"
-    record(rec)
-    if result.outcome == "unsupported":
-        pytest.skip(f"unsupported: {result.reason}")
-    if result.outcome == "failed":
-        step = "end to end" if check.step is None else f"step {check.step}"
-        lines = [f"{backend.name} [{dtype}] {check.name} ({step}): {check.doc}", f"  {result.reason}"]
-        if result.counterexample:
-            lines.append(f"  example: {result.counterexample}")
+    return rec
+
+
+def test_check(key: Key, out_dir: Path, hypothesis_seed: int | None, example_timeouts: dict | None) -> None:
+    with OutputTail() as tail, restored_state(full=True):
+        try:
+            rec = _run(key, out_dir, hypothesis_seed, example_timeouts)
+        except BaseException as e:  # anything the engine did not turn into a result is still recorded
+            rec = {"outcome": "failed", "reason": f"suite error (please report): {type(e).__name__}: {e}"}
+    if tail.total:
+        rec["output"] = tail.text()
+    write_record(out_dir, key, rec)
+    if rec["outcome"] in ("unsupported", "skipped"):
+        pytest.skip(f"{rec['outcome']}: {rec['reason']}")
+    if rec["outcome"] == "failed":
+        step = "end to end" if rec.get("step") is None else f"step {rec['step']}"
+        lines = [f"{key.backend} [{key.dtype}] {key.check} ({step})", f"  {rec['reason']}"]
+        if rec.get("counterexample"):
+            lines.append(f"  example: {rec['counterexample']}")
         if "repro" in rec:
             lines.append(f"  reproduce: {rec['repro']}")
         pytest.fail("\n".join(lines), pytrace=False)

@@ -8,7 +8,6 @@ line on stderr and exit status 2, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import re
@@ -17,22 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from conformance.usage import OneLineParser as _Parser
+from conformance.usage import UsageError
 from reports import html, markdown, model, results_io
 from reports.results_io import ResultsError
 
 LATEST = Path("reports") / "latest"
 
 
-class UsageError(Exception):
-    """A bad command line; the message is one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the whole usage block
-        raise UsageError(f"{message} (see --help)")
-
-
-def parser() -> argparse.ArgumentParser:
+def parser() -> _Parser:
     p = _Parser(prog="python -m reports", description=(
         "Render results.json files as report.md and index.html; several inputs (run directories "
         "or results.json files, e.g. one per machine) are merged into one report."))
@@ -115,6 +107,11 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _incomplete(report: model.Report) -> bool:
+    return any((h.conformance or {}).get("status", "complete") != "complete" or
+               (h.speed or {}).get("status", "complete") != "complete" for h in report.headers)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
@@ -125,5 +122,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out / 'report.md'}, {out / 'index.html'} and {out / 'results.json'} "
           f"({len(report.machines)} run(s): {', '.join(report.machines) or 'none'}; "
           f"{len(report.failures)} failed record(s)"
-          + ("; PARTIAL results" if any("PARTIAL" in w for w in report.warnings) else "") + ")")
+          + ("; INCOMPLETE results: see the warnings at the top" if _incomplete(report) else "") + ")")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from reports import markdown as md
-from reports.model import Report, conformance_summary, sig, step_title
+from reports.model import Report, conformance_summary, sig, step_title, totals_text
 from reports.svg import speed_figures
 
 CSS = """
@@ -42,7 +42,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .doc { display:block; color: var(--muted); font-size: .9em; }
 td.pass { background: var(--pass); } td.fail { background: var(--fail); font-weight: 600; }
 td.unsupported { background: var(--unsup); color: var(--muted); } td.skipped { background: var(--skip); }
-td.none { color: var(--muted); }
+td.none { color: var(--muted); } td.incomplete { background: var(--skip); font-weight: 600; }
 td.fail a { color: inherit; }
 tfoot td, tfoot th { background: var(--head); font-size: .9em; }
 tr.noheadline td { color: var(--muted); }
@@ -137,8 +137,7 @@ def _matrix(report: Report) -> str:
             rows.append(f'<tr><th scope="row"><code>{esc(row.name)}</code>{doc}</th>{"".join(tds)}</tr>')
         body.append("<tbody>" + "".join(rows) + "</tbody>")
     totals = "".join(
-        f'<td class="num">{t["passed"]} passed<br>{t["failed"]} failed<br>{t["unsupported"]} unsupported'
-        f'<br>{t["skipped"]} skipped</td>' for t in m.totals)
+        f'<td class="num">{"<br>".join(esc(x) for x in totals_text(t).split(", "))}</td>' for t in m.totals)
     out.append(f'<table class="matrix"><thead><tr>{head}</tr></thead>{"".join(body)}'
                f'<tfoot><tr><th scope="row">totals (records)</th>{totals}</tr></tfoot></table>')
     if report.skipped_backends:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from reports.model import VERDICT, Report, conformance_summary, sig, step_title
+from reports.model import VERDICT, Report, conformance_summary, sig, step_title, totals_text
 from reports.speed_model import SpeedRow, SpeedTable
 
 _SPECIAL = re.compile(r"([\\`*_\[\]])")
@@ -40,7 +40,7 @@ def fenced(body: str, lang: str = "") -> str:
 
 
 def legend() -> str:
-    return " · ".join(f"{VERDICT[k][0]} {VERDICT[k][1]}" for k in ("pass", "fail", "unsupported", "skipped", "none"))
+    return " · ".join(f"{VERDICT[k][0]} {VERDICT[k][1]}" for k in ("pass", "fail", "unsupported", "skipped", "incomplete", "none"))
 
 
 def _row(cells: list[str]) -> str:
@@ -95,9 +95,7 @@ def _matrix(report: Report) -> list[str]:
         for row in checks:
             doc = f" — {text(row.doc)}" if row.doc else ""
             rows.append([code(row.name) + doc] + [text(m.cell(row.name, i).text) for i in range(len(m.columns))])
-    rows.append(["**totals (records)**"] + [
-        f"{t['passed']} passed, {t['failed']} failed, {t['unsupported']} unsupported, {t['skipped']} skipped"
-        for t in m.totals])
+    rows.append(["**totals (records)**"] + [totals_text(t) for t in m.totals])
     out += _table(head, rows) + [""]
     if report.skipped_backends:
         out += ["Skipped backends:", ""]

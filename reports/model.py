@@ -25,7 +25,7 @@ END_TO_END = "end to end"
 #: Symbol and word of each verdict: the word always travels with the symbol (colour-blind and
 #: plain-text readers), and "status" names a CSS class in HTML.
 VERDICT = {"fail": ("❌", "FAIL"), "pass": ("✅", "pass"), "unsupported": ("—", "unsupported"),
-           "skipped": ("⏭", "skipped"), "none": ("○", "not run")}
+           "skipped": ("⏭", "skipped"), "incomplete": ("◐", "INCOMPLETE"), "none": ("○", "not run")}
 OUTCOME_RANK = {"failed": 0, "passed": 1, "unsupported": 2, "skipped": 3}
 
 
@@ -43,6 +43,7 @@ class Column:
     label: str
     source: str = ""
     skip_reason: str | None = None
+    missing: int = 0  # planned records of this backend that do not exist (not run, never passed)
 
 
 @dataclass
@@ -68,10 +69,16 @@ class Matrix:
     columns: list[Column]
     groups: list[tuple[str, list[CheckRow]]]  # (step title, rows), step 1..12 then end to end
     cells: dict[tuple[str, int], MatrixCell]  # (check name, column index)
-    totals: list[dict[str, int]]              # per column: outcome -> record count
+    totals: list[dict[str, int]]              # per column: outcome -> record count, plus "missing"
 
     def cell(self, check: str, col: int) -> MatrixCell:
         return self.cells.get((check, col), MatrixCell("none", _verdict_text("none"), ""))
+
+
+def totals_text(t: dict[str, int]) -> str:
+    """A column's record counts; planned records that do not exist are named, never hidden."""
+    text = f"{t['passed']} passed, {t['failed']} failed, {t['unsupported']} unsupported, {t['skipped']} skipped"
+    return text + (f", {t['missing']} NOT RUN" if t.get("missing") else "")
 
 
 @dataclass
@@ -120,10 +127,13 @@ def _verdict_text(status: str, dtypes: list[str] | None = None) -> str:
     return f"{symbol} {word}" + (f" ({', '.join(dtypes)})" if dtypes else "")
 
 
-def summarise_cell(records: list[dict[str, Any]]) -> MatrixCell:
-    """One verdict for all dtypes of a (backend, check): any failure wins, then any pass."""
+def summarise_cell(records: list[dict[str, Any]], missing: list[str] | None = None) -> MatrixCell:
+    """One verdict for all dtypes of a (backend, check): any failure wins, then any planned
+    dtype without a record (incomplete: never shown as a pass), then any pass."""
+    missing = [d for d in dict.fromkeys(missing or []) if d not in {r["dtype"] for r in records}]
+    not_run = f"not run: {', '.join(d or '-' for d in missing)}"
     if not records:
-        return MatrixCell("none", _verdict_text("none"), "")
+        return MatrixCell("none", _verdict_text("none", missing), not_run if missing else "")
     per_dtype: dict[str, str] = {}
     for r in records:  # a dtype checked several times keeps its worst outcome
         old = per_dtype.get(r["dtype"])
@@ -132,9 +142,12 @@ def summarise_cell(records: list[dict[str, Any]]) -> MatrixCell:
     by_outcome: dict[str, list[str]] = {}
     for dtype, outcome in per_dtype.items():
         by_outcome.setdefault(outcome, []).append(dtype)
-    detail = "; ".join(f"{d}: {o}" for d, o in per_dtype.items())
+    detail = "; ".join([f"{d}: {o}" for d, o in per_dtype.items()] + [f"{d}: not run" for d in missing])
     if "failed" in by_outcome:
-        return MatrixCell("fail", _verdict_text("fail", by_outcome["failed"]), detail)
+        return MatrixCell("fail", _verdict_text("fail", by_outcome["failed"]) + (f" ({not_run})" if missing else ""),
+                          detail)
+    if missing:
+        return MatrixCell("incomplete", f"{_verdict_text('incomplete')} ({not_run})", detail)
     status = ("pass" if "passed" in by_outcome else
               "unsupported" if "unsupported" in by_outcome else "skipped")
     text = _verdict_text(status)
@@ -157,7 +170,8 @@ def _columns(runs: list[dict[str, Any]], multi: bool) -> list[Column]:
         for name in names:
             b = declared.get(name, {})
             label = f"{name} @ {run['machine']}" if multi else name
-            cols.append(Column(run["machine"], name, label, b.get("source", ""), b.get("skip_reason")))
+            cols.append(Column(run["machine"], name, label, b.get("source", ""), b.get("skip_reason"),
+                               sum(m["backend"] == name for m in conf.get("missing", []))))
     return cols
 
 
@@ -182,13 +196,18 @@ def build_matrix(runs: list[dict[str, Any]], multi: bool) -> Matrix:
     groups = _check_rows(runs)
     index = {(c.machine, c.backend): i for i, c in enumerate(columns)}
     grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    totals = [{o: 0 for o in OUTCOME_RANK} for _ in columns]
+    totals = [{**{o: 0 for o in OUTCOME_RANK}, "missing": c.missing} for c in columns]
+    absent: dict[tuple[str, int], list[str]] = {}
     for run in runs:
-        for r in (run.get("conformance") or {}).get("records", []):
+        conf = run.get("conformance") or {}
+        for r in conf.get("records", []):
             col = index[(run["machine"], r["backend"])]
             grouped.setdefault((r["check"], col), []).append(r)
             totals[col][r["outcome"]] += 1
-    cells = {key: summarise_cell(recs) for key, recs in grouped.items()}
+        for m in conf.get("missing", []):
+            if (run["machine"], m["backend"]) in index:
+                absent.setdefault((m["check"], index[(run["machine"], m["backend"])]), []).append(m["dtype"])
+    cells = {key: summarise_cell(grouped.get(key, []), absent.get(key)) for key in {*grouped, *absent}}
     return Matrix(columns, groups, cells, totals)
 
 
@@ -264,10 +283,23 @@ def _warnings(runs: list[dict[str, Any]]) -> list[str]:
         for name in ("conformance", "speed"):
             sec = run.get(name)
             if sec and sec.get("status") != "complete":
-                why = ("still running or killed before it finished" if sec.get("status") == "running"
-                       else "stopped before it finished")
-                out.append(f"{name} on {run['machine']} is PARTIAL (status {sec.get('status')}: "
+                why = {"running": "still running or killed before it finished",
+                       "interrupted": "interrupted by the user",
+                       "incomplete": "it ended with planned results missing"}.get(sec.get("status"),
+                                                                                  "stopped before it finished")
+                out.append(f"{name} on {run['machine']} is INCOMPLETE (status {sec.get('status')}: "
                            f"{why}); missing results are not passes")
+        conf = run.get("conformance") or {}
+        plan = conf.get("plan") or {}
+        absent = [k for k in range(1, plan.get("shards", 1) + 1) if "arrived" in plan and k not in plan["arrived"]]
+        if absent:
+            out.append(f"conformance on {run['machine']}: shard{'s' if len(absent) > 1 else ''} "
+                       f"{', '.join(map(str, absent))} of {plan['shards']} never arrived; their checks are "
+                       f"shown as not run")
+        if conf.get("missing"):
+            out.append(f"conformance on {run['machine']}: {len(conf['missing'])} of "
+                       f"{conf.get('planned', '?')} planned (backend, dtype, check) results do not exist "
+                       f"(not run, not passed)")
         env = run.get("environment") or {}
         if env.get("dirty"):
             out.append(f"{run['machine']} ran from a checkout with uncommitted changes "
@@ -303,9 +335,19 @@ def conformance_summary(report: Report) -> str:
         return "Conformance: not run."
     n = len(report.failures)
     failing = {(f.machine, f.backend) for f in report.failures}
-    cols = report.matrix.columns
-    skipped = [c for c in cols if c.skip_reason]
-    conform = [c for c in cols if not c.skip_reason and (c.machine, c.backend) not in failing]
-    return (f"Conformance: {n} failed record{'s' if n != 1 else ''}; {len(conform)} of {len(cols)} backends "
-            f"conform, {len(failing)} fail, {len(skipped)} skipped (library or device missing).")
+    m = report.matrix
+    cols = m.columns
+    unfinished = [c for c in cols if c.missing and (c.machine, c.backend) not in failing]
+    skipped = [c for c in cols if c.skip_reason and not c.missing and (c.machine, c.backend) not in failing]
+    # conforming: something passed, nothing failed, nothing planned is missing
+    conform = [c for i, c in enumerate(cols) if not c.skip_reason and not c.missing and m.totals[i]["passed"]
+               and (c.machine, c.backend) not in failing]
+    other = len(cols) - len(conform) - len(failing) - len(unfinished) - len(skipped)
+    text = (f"Conformance: {n} failed record{'s' if n != 1 else ''}; {len(conform)} of {len(cols)} backends "
+            f"conform, {len(failing)} fail, ")
+    if unfinished:
+        text += f"{len(unfinished)} incomplete (checks not run), "
+    if other:
+        text += f"{other} with no check passed or run, "
+    return text + f"{len(skipped)} skipped (library or device missing)."
 

@@ -77,7 +77,12 @@ def load(path: Path) -> dict[str, Any]:
         raise ResultsError(f"{path}: cannot read: {e}") from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
-    validate(doc, str(path))
+    except RecursionError:
+        raise ResultsError(f"{path}: not a results file (JSON nested too deeply to read)") from None
+    try:
+        validate(doc, str(path))
+    except RecursionError:
+        raise ResultsError(f"{path}: not a valid results file (nested too deeply)") from None
     return doc
 
 
@@ -106,13 +111,75 @@ def update_section(path: Path, machine: str, environment: dict, section: str, da
 
 
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One document holding every run of `docs`; runs with the same machine label get a suffix."""
+    """One document holding every run of `docs`; runs with the same machine label get a suffix.
+
+    Shards of one run (conformance sections with the same plan id, `--shard K/N`) become one
+    run again: their records together, and the keys of any shard that never arrived listed as
+    missing, so the merged status is "complete" only when all N shards are there and complete.
+    """
     out, seen = empty_document(), {}
+    shards: dict[str, dict[str, Any]] = {}  # plan id -> the merged run
     for doc in docs:
         for run in doc["runs"]:
+            plan = ((run.get("conformance") or {}).get("plan") or {})
+            if plan.get("shards", 1) > 1:
+                if plan["id"] in shards:
+                    _add_shard(shards[plan["id"]], run)
+                    continue
+                run = _first_shard(run)
+                shards[plan["id"]] = run
             label = run["machine"]
             seen[label] = seen.get(label, 0) + 1
             if seen[label] > 1:
                 run = dict(run, machine=f"{label} ({seen[label]})")
+                if plan.get("shards", 1) > 1:
+                    shards[plan["id"]] = run
             out["runs"].append(run)
+    for run in shards.values():
+        _close_shards(run["conformance"])
     return out
+
+
+def _first_shard(run: dict[str, Any]) -> dict[str, Any]:
+    conf = dict(run["conformance"])
+    conf["plan"] = dict(conf["plan"], arrived=[conf["plan"]["shard"]])
+    conf["records"] = list(conf["records"])
+    conf["missing"] = list(conf.get("missing", []))
+    conf["statuses"] = [conf["status"]]
+    return dict(run, conformance=conf)
+
+
+def _add_shard(run: dict[str, Any], other: dict[str, Any]) -> None:
+    conf, more = run["conformance"], other["conformance"]
+    if more["plan"]["shard"] in conf["plan"]["arrived"]:
+        return  # the same shard given twice: its records are already here
+    conf["plan"]["arrived"].append(more["plan"]["shard"])
+    conf["records"] += more["records"]
+    conf["missing"] += more.get("missing", [])
+    conf["statuses"].append(more["status"])
+    conf["planned"] = conf.get("planned", 0) + more.get("planned", 0)
+    if other["machine"] not in run["machine"].split(" + "):
+        run["machine"] = f"{run['machine']} + {other['machine']}"
+    if run.get("speed") is None:
+        run["speed"] = other.get("speed")
+
+
+def _close_shards(conf: dict[str, Any]) -> None:
+    """Add the keys of shards that never arrived to `missing`; set the merged status."""
+    plan = conf["plan"]
+    plan["arrived"].sort()
+    statuses = conf.pop("statuses")
+    absent = [k for k in range(1, plan["shards"] + 1) if k not in plan["arrived"]]
+    if absent:
+        covered = {(r["backend"], r["dtype"], r["check"]) for r in conf["records"]}
+        covered |= {(m["backend"], m["dtype"], m["check"]) for m in conf["missing"]}
+        whole = [(b["name"], d, c["name"]) for b in conf["backends"] for d in conf.get("dtypes", [])
+                 for c in conf["checks"]]
+        conf["missing"] += [{"backend": b, "dtype": d, "check": c} for b, d, c in whole if (b, d, c) not in covered]
+        conf["planned"] = plan["total"]
+    for word in ("running", "interrupted", "incomplete", "partial"):
+        if word in statuses:
+            conf["status"] = word
+            break
+    else:
+        conf["status"] = "incomplete" if absent or conf["missing"] else "complete"

@@ -337,9 +337,9 @@ def test_partial_run_is_flagged(tmp_path):
     assert cli.main([str(d)]) == 0
     md = (d / "report.md").read_text()
     top = md.split("## Environment")[0]
-    assert "PARTIAL" in top and "conformance on cpu-box" in top
+    assert "INCOMPLETE" in top and "conformance on cpu-box" in top
     page = (d / "index.html").read_text()
-    assert 'class="warn"' in page and "PARTIAL" in page.split('id="environment"')[0]
+    assert 'class="warn"' in page and "INCOMPLETE" in page.split('id="environment"')[0]
     # the single input's own results.json is left untouched
     assert json.loads((d / "results.json").read_text()) == doc
 

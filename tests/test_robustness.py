@@ -76,7 +76,7 @@ def test_each_misbehaviour_is_named(runs, cls):
         f"{cls.name}: no failure reason matches {pattern!r}: {[(r['check'], r['outcome'], r['reason']) for r in records]}"
     if "crashed" in pattern:  # nothing of a crashing backend may pass silently
         assert len(failed) == len(CHECKS)
-        assert sum("crashed the test process" in r["reason"] for r in failed) >= 1
+        assert sum("crashed the worker process" in r["reason"] for r in failed) >= 1
 
 
 def test_numpy_results_unaffected_by_misbehaving_neighbours(runs):

@@ -7,7 +7,6 @@ survived or the control failed; 2 bad command line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -16,11 +15,15 @@ from conformance import profiles
 from conformance.mutants.base import PlainBackend
 from conformance.mutants.catalogue import MUTANTS, by_name
 from conformance.mutants.runner import DEFAULT_SEED, DTYPES, run, table
+from conformance.usage import OneLineParser, UsageError, report
 from spec.config import FLOAT_DTYPES
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m conformance.mutants", description=__doc__.splitlines()[0])
+PROG = "python -m conformance.mutants"
+
+
+def parse_args(argv: list[str]):
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="mutants", help=f"Hypothesis profile: {', '.join(profiles.PROFILES)}")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"Hypothesis seed (default {DEFAULT_SEED})")
     p.add_argument("--mutant", action="extend", nargs="+", default=[], metavar="NAME",
@@ -37,7 +40,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        return report(PROG, e)
     if args.list:
         for m in MUTANTS:
             print(f"{m.name:30s} {(m.__doc__ or '').strip().splitlines()[0]}")
@@ -53,18 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.processes < 1:
         errors.append(f"--processes must be at least 1, got {args.processes}")
     if errors:
-        print(f"error: {errors[0]}", file=sys.stderr)
-        return 2
+        return report(PROG, UsageError(errors[0]))
     mutants = [known[m] for m in dict.fromkeys(args.mutant)] or MUTANTS
-    report = run(mutants, list(dict.fromkeys(args.dtype)) or DTYPES, args.profile, args.seed, args.processes,
+    result = run(mutants, list(dict.fromkeys(args.dtype)) or DTYPES, args.profile, args.seed, args.processes,
                  control=not args.no_control, every=args.every_check)
-    print(table(report))
+    print(table(result))
     if args.out:
         path = Path(args.out) / "mutants.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        except OSError as e:
+            return report(PROG, UsageError(f"--out {args.out!r}: cannot write {path}: {e.strerror or e}"))
         print(f"written: {path}")
-    return 1 if report.survivors() or report.control_failures() else 0
+    return 1 if result.survivors() or result.control_failures() else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,116 @@
+"""Backends written for tests/test_honest_runs.py: each tries to make a run lie or stop.
+
+They are not in `conformance.mutants.misbehaving` (the suite's own corpus): these reproduce
+the defects a hostile user found, one class per trick. Each computes correctly through
+`ForwardOnly` and then does its one bad thing in `result`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+import numpy as np
+
+from conformance.mutants.misbehaving import ForwardOnly
+from impls.base import Capabilities
+
+
+class RaisesKeyboardInterrupt(ForwardOnly):
+    """forward raises KeyboardInterrupt, as if the user had pressed Ctrl-C."""
+
+    name = "hostile-keyboard-interrupt"
+
+    def result(self, out, x):
+        raise KeyboardInterrupt("raised by the backend")
+
+
+class RaisesSystemExit(ForwardOnly):
+    """forward calls sys.exit(0)."""
+
+    name = "hostile-system-exit"
+
+    def result(self, out, x):
+        sys.exit(0)
+
+
+class ExitsZero(ForwardOnly):
+    """forward ends its process with os._exit(0): a 'successful' exit in the middle of a check."""
+
+    name = "hostile-exit-zero"
+
+    def result(self, out, x):
+        os._exit(0)
+
+
+class ChangesProcessState(ForwardOnly):
+    """forward makes NumPy raise on every floating-point warning, leaves the working directory,
+    re-enables Ctrl-C as KeyboardInterrupt and sets an environment variable, and returns NaN once
+    the state is changed (so its own checks fail and nobody else's should)."""
+
+    name = "hostile-process-state"
+
+    def result(self, out, x):
+        np.seterr(all="raise")
+        os.chdir("/")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ["MHA_HOSTILE"] = "1"
+        return out * np.nan
+
+
+class AvailabilityRaises(ForwardOnly):
+    """availability() raises instead of returning None or a reason."""
+
+    name = "hostile-availability-raises"
+
+    def availability(self):
+        raise RuntimeError("probing the device failed")
+
+
+class PrintsALot(ForwardOnly):
+    """forward prints 20 MB per call, half through sys.stdout and half straight to file descriptor 1."""
+
+    name = "hostile-prints-a-lot"
+    MB = 20
+
+    def result(self, out, x):
+        line = "x" * 1023 + "\n"
+        sys.stdout.write(line * (self.MB * 512))
+        sys.stdout.flush()
+        os.write(1, (line * (self.MB * 512)).encode())
+        return out
+
+
+class Segfaults(ForwardOnly):
+    """forward segfaults (reads address 0)."""
+
+    name = "hostile-segfault"
+
+    def result(self, out, x):
+        ctypes.string_at(0)
+        return out
+
+
+class SegfaultsFloat32Only(Segfaults):
+    """Segfaults, and declares float32 only: its other dtypes stay unsupported after the crash."""
+
+    name = "hostile-segfault-float32-only"
+    capabilities = Capabilities(dtypes=("float32",), device="cpu", key_padding_mask=True, qkv_bias=True,
+                                dropout="replay")
+
+
+def _segfaulter(name: str) -> type:
+    return type(f"Segfaults_{abs(hash(name))}", (Segfaults,), {"name": name, "__doc__": Segfaults.__doc__})
+
+
+#: Twelve segfaulting backends, more than pytest-xdist's default restart budget for 2 workers
+MANY_SEGFAULTS = [f"hostile-segfault-{i:02d}" for i in range(12)]
+#: Names that broke crash attribution when it parsed test ids
+ODD_NAMES = {"cafe": "café", "newline": "new\nline"}
+
+for _i, _name in enumerate(MANY_SEGFAULTS):
+    globals()[f"Segfault{_i:02d}"] = _segfaulter(_name)
+Cafe = _segfaulter(ODD_NAMES["cafe"])
+NewLine = _segfaulter(ODD_NAMES["newline"])
