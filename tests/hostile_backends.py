@@ -114,3 +114,24 @@ for _i, _name in enumerate(MANY_SEGFAULTS):
     globals()[f"Segfault{_i:02d}"] = _segfaulter(_name)
 Cafe = _segfaulter(ODD_NAMES["cafe"])
 NewLine = _segfaulter(ODD_NAMES["newline"])
+
+
+class _Input(np.ndarray):
+    """An input array as ToNumpyRaises hands it out: the one kind its to_numpy refuses."""
+
+
+class ToNumpyRaises(ForwardOnly):
+    """to_numpy refuses the backend's own input arrays: nothing about mutation can be seen."""
+
+    name = "hostile-to-numpy-raises"
+
+    def from_numpy(self, a, dtype=None):
+        return super().from_numpy(a, dtype).view(_Input)
+
+    def to_numpy(self, a):
+        if isinstance(a, _Input):
+            raise RuntimeError("to_numpy is not available for inputs")
+        return a
+
+    def result(self, out, x):
+        return np.asarray(out).view(np.ndarray)

@@ -281,3 +281,12 @@ def test_ctrl_c_stops_cleanly_with_a_readable_partial_result(tmp_path):
     assert sec["status"] == "interrupted"
     assert {r["backend"] for r in sec["records"]} == {"numpy"}
     assert len(sec["missing"]) == 2 and "INTERRUPTED" in stdout and "2 of 4 planned" in stdout
+
+
+def test_inputs_not_mutated_fails_when_nothing_could_be_checked():  # 11
+    from conformance.checks import get
+    from conformance.engine import run_check
+    from tests.hostile_backends import ToNumpyRaises
+
+    result = run_check(get("inputs_not_mutated"), ToNumpyRaises(), "float32", seed=1)
+    assert result.outcome == "failed" and "nothing could be checked" in result.reason, result.reason

@@ -225,7 +225,10 @@ def inputs_not_mutated(run, case):
             continue
         try:
             snap[name] = (obj, np.array(run.backend.to_numpy(obj), copy=True))
-        except Exception:  # not an array of this backend (a scalar, a config): nothing to watch
+        except Exception as e:  # a weight that is no array of this backend (a scalar, a config): nothing to watch
+            if name == "x":  # but x is the backend's own array: without it nothing could be checked
+                raise CheckFailure(f"to_numpy() of the backend's own input array x raised {type(e).__name__}: {e}; "
+                                   f"nothing could be checked") from None
             continue
     kwargs = {} if kpm is None else {"key_padding_mask": kpm}
     run._call("forward", run.backend.forward, x, w, case.config, **kwargs)
