@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import errors as hyp_errors
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import seed as hyp_seed
 
 from conformance.case import Case
+from conformance.database import for_combination
 from conformance.checks import Check, CheckFailure
 from conformance.isolation import restored_state
 from conformance.profiles import EXAMPLE_TIMEOUT_S
@@ -95,9 +96,9 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
         with restored_state(), time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
             check.fn(runner, case)
 
-    test = given(check.cases(backend, dtype))(body)
-    # one example-database entry per (check, backend, dtype), not one shared by all
-    test.hypothesis.inner_test._hypothesis_internal_add_digest = f"{check.name}|{backend.name}|{dtype}".encode()
+    # one example database per (check, backend, dtype), not one shared by all
+    db = for_combination(check.name, backend.name, dtype)
+    test = settings(database=db)(given(check.cases(backend, dtype))(body))
     if seed is not None:
         test = hyp_seed(seed)(test)
     try:
