@@ -12,14 +12,8 @@ from typing import Any
 
 from reports.fmt import one_line, sig  # noqa: F401  (sig: renderers format numbers through model)
 from reports.speed_model import SpeedSection, build_speed
+from spec.table import STEPS  # the step titles come from the spec's step table
 
-#: Human titles of the twelve steps (the source document's headings, shortened).
-STEP_TITLES: dict[int, str] = {
-    1: "input matrix", 2: "d_out and n_heads", 3: "Q/K/V weights (init)", 4: "projection",
-    5: "split into heads", 6: "permute (group by heads)", 7: "attention scores",
-    8: "mask + scale + softmax (+ dropout)", 9: "context vectors", 10: "permute back",
-    11: "concatenate heads", 12: "output projection",
-}
 END_TO_END = "end to end"
 
 #: Symbol and word of each verdict: the word always travels with the symbol (colour-blind and
@@ -32,7 +26,7 @@ OUTCOME_RANK = {"failed": 0, "passed": 1, "unsupported": 2, "skipped": 3}
 def step_title(step: int | None) -> str:
     if step is None:
         return END_TO_END
-    return f"step {step}: {STEP_TITLES.get(step, '?')}"
+    return f"step {step}: {STEPS[step].title if step in STEPS else '?'}"
 
 
 @dataclass
