@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 #: Signals whose handlers a backend might replace; SIGKILL/SIGSTOP cannot be caught. The first
-#: three matter to the suite itself (Ctrl-C, termination, the watchdog) and are restored after
-#: every example; the others after every test.
-SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGALRM", "SIGHUP", "SIGUSR1",
+#: four matter to the suite itself (Ctrl-C, termination, the watchdog's two timers) and are
+#: restored after every example; the others after every test.
+SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGALRM", "SIGPROF", "SIGHUP", "SIGUSR1",
                                                "SIGUSR2", "SIGPIPE", "SIGCHLD") if hasattr(signal, n))
-SUITE_SIGNALS = SIGNALS[:3]
+SUITE_SIGNALS = SIGNALS[:4]
 OUTPUT_LIMIT = 64 * 1024  # bytes of a test's captured output kept in its record
 
 
