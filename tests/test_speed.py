@@ -145,6 +145,14 @@ def test_chunks_alternate_in_rotating_order_each_after_a_rewarm_call():
     assert all(len(t.settle_s) == 1 + 3 + 1 for t in ts)  # after the first call, each chunk, memory
 
 
+def test_slow_calls_get_no_rewarm_call(monkeypatch):
+    monkeypatch.setattr(cells, "REWARM_BELOW_S", 0.0)  # every call counts as slow
+    b = FakeBackend("slow")
+    (t,) = cells.time_cell([cells.LocalUnit(b)], (1, 4, 8, 8, 2), "float32", True, 0, budget_s=0.0, min_samples=6,
+                           memory=False, rounds=3)
+    assert b.calls == 1 + 6 and len(t.samples) == 6  # the first call, then timed calls only
+
+
 def test_first_call_is_reported_apart():
     b = FakeBackend("slow-first", first_sleep=0.2)
     e = _entry(b)

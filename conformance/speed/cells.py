@@ -4,7 +4,8 @@ The process layout (pyperf and asv do the same): one long-lived worker process p
 so no backend shares its process, thread pools or allocator with another. At a cell every
 worker times its first call, then the cell runs `ROUNDS` rounds; in round r every worker in
 turn, in an order rotated by r, runs one chunk (an untimed re-warm call, then warm calls for
-budget / ROUNDS seconds and at least min_samples / ROUNDS calls) and answers only once its
+budget / ROUNDS seconds and at least min_samples / ROUNDS calls; no re-warm call
+where calls take REWARM_BELOW_S or more) and answers only once its
 threads have gone idle. Only one worker computes at any moment, slow drift (thermal, other
 processes) is spread over all backends, and a worker that crashes costs its own cells only:
 it is started again for the next cell.
@@ -28,6 +29,9 @@ from conformance.environment import REPO_ROOT
 from conformance.speed.worker import Handler
 
 ROUNDS = 3  # each backend sampled early, mid-cell and late; more rounds cost re-warm calls
+# A call this long gains under 1% from a re-warm call (waking a pool costs microseconds,
+# refilling caches a few milliseconds), so slow cells skip it and save a call per chunk.
+REWARM_BELOW_S = 0.25
 
 
 class WorkerDied(RuntimeError):
@@ -171,8 +175,10 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
         k = r % len(live)
         for i in live[k:] + live[:k]:
             t = timings[i]
+            last = t.samples[-1] if t.samples else t.first_call_s
             reply = _ask(units[i], t, "time", min_calls=per_chunk, seconds=budget_s / rounds,
-                         max_calls=max(1, max_samples // rounds), rewarm=rewarm)
+                         max_calls=max(1, max_samples // rounds),
+                         rewarm=rewarm and (last is None or last < REWARM_BELOW_S))
             if reply is not None:
                 t.samples.extend(reply["samples"])
                 t.chunks += 1

@@ -102,8 +102,8 @@ def layout(plan: Plan) -> dict[str, Any]:
     """How the run was laid out over processes and how idle threads were waited for."""
     kind = cells_mod.LocalUnit.layout if plan.in_process else cells_mod.WorkerUnit.layout
     return {"kind": kind, "rounds": cells_mod.ROUNDS,
-            "chunk": "one untimed re-warm call, then warm calls for budget/rounds seconds and at least "
-                     "min_samples/rounds calls",
+            "chunk": f"one untimed re-warm call (none once calls take {cells_mod.REWARM_BELOW_S} s or more), then "
+                     "warm calls for budget/rounds seconds and at least min_samples/rounds calls",
             "settle": {"window_s": SETTLE_WINDOW_S, "idle_fraction": SETTLE_IDLE, "cap_s": SETTLE_CAP_S,
                        "rule": "after each chunk the process answers once its threads use under idle_fraction "
                                "of a core over a window"},
