@@ -63,7 +63,6 @@ class WorkerUnit:
         self.name, self.spec, self.threads = name, spec, threads
         self.proc: subprocess.Popen | None = None
         self.err: Any = None
-        self.starts = 0
 
     def start(self) -> None:
         self.close()
@@ -73,11 +72,10 @@ class WorkerUnit:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "conformance.speed.worker", self.spec, "-" if self.threads is None else str(self.threads)],
             cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True, bufsize=1)
-        self.starts += 1
 
     def request(self, op: str, **kw: Any) -> dict[str, Any]:
         if self.proc is None or self.proc.poll() is not None:
-            if op not in ("hello", "prepare"):  # a dead worker holds no cell to work on
+            if op != "prepare":  # a dead worker holds no cell to work on
                 raise WorkerDied(f"worker process for {self.name} is not running")
             self.start()
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
@@ -116,9 +114,8 @@ class WorkerUnit:
                 except (OSError, subprocess.TimeoutExpired):
                     self.proc.kill()
                     self.proc.wait()
-            for f in (self.proc.stdout,):
-                if f is not None:
-                    f.close()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
             self.proc = None
         if self.err is not None:
             self.err.close()

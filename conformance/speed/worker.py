@@ -1,7 +1,7 @@
 """One backend's timing process, and the requests it answers (the same ones in process).
 
 `python -m conformance.speed.worker SPEC THREADS` resolves one backend and answers JSON
-requests, one per line on stdin, with one JSON line each on its stdout: "hello", "prepare"
+requests, one per line on stdin, with one JSON line each on its stdout: "prepare"
 (build a cell's inputs, time the first call), "time" (a chunk of warm calls, then wait until
 this process is idle), "memory" (one untimed call), "threads", "release". A backend's own
 prints go to stderr, never into the replies. `Handler` is the same logic for a backend timed
@@ -96,10 +96,6 @@ class Handler:
         except Exception as e:  # third-party code: the parent records it and goes on
             return {"error": describe_error(e)}
 
-    def op_hello(self) -> dict[str, Any]:
-        caps = self.backend.capabilities
-        return {"name": self.backend.name, "device": caps.device, "pid": os.getpid()}
-
     def op_prepare(self, shape: list[int], dtype: str, causal: bool, seed: int) -> dict[str, Any]:
         """Build the cell's inputs and weights, time the first call."""
         import functools
@@ -177,15 +173,15 @@ def main(argv: list[str]) -> int:
     try:
         info = resolve(argv[0])
         handler: Handler | None = Handler(info.backend, threads) if info.skip_reason is None else None
-        hello_error = info.skip_reason
+        why = info.skip_reason
     except BackendSpecError as e:
-        handler, hello_error = None, str(e)
+        handler, why = None, str(e)
     try:
         for line in sys.stdin:
             msg = json.loads(line)
             if msg.get("op") == "quit":
                 break
-            reply = handler.handle(msg) if handler is not None else {"error": hello_error}
+            reply = handler.handle(msg) if handler is not None else {"error": why}
             replies.write(json.dumps(reply) + "\n")
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
         return 130
