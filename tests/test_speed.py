@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.machinery
 import io
 import json
+import os
 import subprocess
+import threading
 import sys
 import time
 import types
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.speed import cli, harness, memory, runner, timers
+from conformance.speed import cells, cli, harness, isolation, memory, runner, timers, worker
 from conformance.speed.flops import gflops, useful_flops
 from impls.base import Backend, BackendInfo, Capabilities
 from reports.results_io import load, update_section
@@ -76,10 +78,24 @@ class NonconformingFake(FakeBackend):
         super().__init__("fake-bad")
 
 
-def plan(tmp_path: Path, backends: list, **kw) -> runner.Plan:
-    infos = [BackendInfo(backend=b, spec=b.name, source="test") for b in backends]
+class ExitingFake(FakeBackend):
+    """Ends its process (as a crash in native code would) at T > 8: only a worker can survive it."""
+
+    name = "fake-exit"
+
+    def __init__(self):
+        super().__init__("fake-exit")
+
+    def forward(self, x, weights, config, **kw):
+        if x.shape[1] > 8:
+            os._exit(3)
+        return super().forward(x, weights, config, **kw)
+
+
+def plan(tmp_path: Path, fakes: list, **kw) -> runner.Plan:
+    infos = [BackendInfo(backend=b, spec=b.name, source="test") for b in fakes]
     args = dict(backends=infos, dtypes=["float32"], shapes=[(2, 8, 8, 8, 2), (1, 16, 8, 8, 2)], out_dir=tmp_path,
-                machine="test-machine", command="test", budget_s=0.001, min_samples=3, peak_n=64)
+                machine="test-machine", command="test", budget_s=0.001, min_samples=3, peak_n=64, in_process=True)
     args.update(kw)
     return runner.Plan(**args)
 
@@ -115,32 +131,45 @@ def _entry(b: FakeBackend) -> harness.Entry:
     return harness.Entry(b.name, lambda: b.forward(x, None, None), b.synchronize)
 
 
-def test_rounds_interleave_in_rotating_order():
+def test_chunks_alternate_in_rotating_order_each_after_a_rewarm_call():
     log: list[str] = []
-    es = [_entry(FakeBackend(n, log)) for n in "ABC"]
-    harness.run_cell(es, budget_s=0.0, min_samples=4, max_samples=4)
-    first, rounds = log[:3], [log[3 + 3 * r: 6 + 3 * r] for r in range(4)]
-    assert first == ["A", "B", "C"]  # first calls, apart from the rounds
-    assert rounds == [["A", "B", "C"], ["B", "C", "A"], ["C", "A", "B"], ["A", "B", "C"]]
-    assert len(log) == 15 and all(len(e.samples) == 4 for e in es)
+    units = [cells.LocalUnit(FakeBackend(n, log)) for n in "ABC"]
+    ts = cells.time_cell(units, (1, 4, 8, 8, 2), "float32", True, 0, budget_s=0.0, min_samples=6, rounds=3)
+    assert log[:3] == ["A", "B", "C"]  # first calls, apart from the rounds
+    chunks = log[3:3 + 27]  # 3 rounds x 3 backends x (1 re-warm + 2 timed calls)
+    order = [chunks[i] for i in range(0, 27, 3)]
+    assert order == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
+    assert all(chunks[i:i + 3] == [chunks[i]] * 3 for i in range(0, 27, 3))  # a chunk is one backend's
+    assert all(len(t.samples) == 6 and t.chunks == 3 and t.error is None for t in ts)
+    assert len(log) == 3 + 27 + 3  # then one untimed call each for memory
+    assert all(len(t.settle_s) == 1 + 3 + 1 for t in ts)  # after the first call, each chunk, memory
+
+
+def test_slow_calls_get_no_rewarm_call(monkeypatch):
+    monkeypatch.setattr(cells, "REWARM_BELOW_S", 0.0)  # every call counts as slow
+    b = FakeBackend("slow")
+    (t,) = cells.time_cell([cells.LocalUnit(b)], (1, 4, 8, 8, 2), "float32", True, 0, budget_s=0.0, min_samples=6,
+                           memory=False, rounds=3)
+    assert b.calls == 1 + 6 and len(t.samples) == 6  # the first call, then timed calls only
 
 
 def test_first_call_is_reported_apart():
     b = FakeBackend("slow-first", first_sleep=0.2)
     e = _entry(b)
-    harness.run_cell([e], budget_s=0.01, min_samples=5)
+    harness.first_call(e)
+    harness.time_chunk(e, min_calls=5, seconds=0.01)
     assert e.first_call_s >= 0.2
-    assert len(e.samples) == b.calls - 1 >= 5
+    assert len(e.samples) == b.calls - 2 >= 5  # the first call and the re-warm call are not samples
     assert max(e.samples) < e.first_call_s  # the sleep landed in the first call only
 
 
 def test_a_crashing_backend_is_recorded_and_the_others_go_on():
     log: list[str] = []
     good, bad = FakeBackend("good", log), FakeBackend("bad", log, fail_above_T=0)
-    es = [_entry(good), _entry(bad)]
-    harness.run_cell(es, budget_s=0.0, min_samples=3, max_samples=3)
-    assert es[1].error.startswith("RuntimeError: boom") and es[1].samples == [] and es[1].first_call_s is None
-    assert len(es[0].samples) == 3 and es[0].error is None
+    ts = cells.time_cell([cells.LocalUnit(good), cells.LocalUnit(bad)], (1, 4, 8, 8, 2), "float32", True, 0,
+                         budget_s=0.0, min_samples=3)
+    assert ts[1].error.startswith("RuntimeError: boom") and ts[1].samples == [] and ts[1].first_call_s is None
+    assert len(ts[0].samples) == 3 and ts[0].error is None
 
 
 def test_summary_statistics():
@@ -156,6 +185,128 @@ def test_harness_overhead_is_measured():
     assert r["overhead_s"] > 0 and r["samples"] >= 100
     print(f"\nharness overhead: {r['overhead_s'] * 1e6:.3f} us per timed call, "
           f"{r['loop_s'] * 1e6:.3f} us per call with the loop")
+
+
+def test_settle_returns_once_the_process_is_idle():
+    stop_at = time.process_time() + 0.05
+
+    def spin():  # a pool's thread busy-waiting after a call, for 50 ms of CPU
+        while time.process_time() < stop_at:
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    waited = worker.settle(cap_s=30.0)
+    assert not spinner.is_alive() and waited > 0  # it waited the spinning out
+    spinner.join()
+
+
+# -- worker processes: layout, threads, crashes ------------------------------------------------
+
+def _worker_plan(tmp_path: Path, specs: list[str], **kw) -> runner.Plan:
+    from impls.registry import resolve
+
+    args = dict(backends=[resolve(s) for s in specs], in_process=False)
+    args.update(kw)
+    return plan(tmp_path, [], **args)
+
+
+def test_each_backend_is_timed_in_its_own_worker_process(tmp_path):
+    p = _worker_plan(tmp_path, ["tests.test_speed:ConformingFake", "tests.test_speed:NonconformingFake"])
+    out = io.StringIO()
+    runner.run(p, out=out)
+    speed = load(tmp_path)["runs"][0]["speed"]  # validates against the schema
+    assert speed["layout"]["kind"] == "worker process per backend" and speed["layout"]["rounds"] == cells.ROUNDS
+    per = speed["threads"]["per_backend"]
+    assert set(per) == {"fake-good", "fake-bad"}
+    pids = {t["pid"] for t in per.values()}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert all("env" in t and "blas" in t for t in per.values())
+    assert set(speed["layout"]["settle_s"]) == {"fake-good", "fake-bad"}
+    for c in speed["cells"]:
+        assert c["error"] is None and c["chunks"] == cells.ROUNDS and len(c["samples_s"]) >= p.min_samples
+    assert "layout: worker process per backend" in out.getvalue()
+
+
+def test_a_backend_that_kills_its_process_loses_only_its_own_cells(tmp_path):
+    p = _worker_plan(tmp_path, ["tests.test_speed:ExitingFake", "tests.test_speed:ConformingFake"],
+                     shapes=[(1, 16, 8, 8, 2), (2, 8, 8, 8, 2)])
+    section = runner.run(p, out=io.StringIO())
+    by = {(c["backend"], c["T"]): c for c in section["cells"]}
+    dead = by[("fake-exit", 16)]
+    assert "worker process for fake-exit ended with status 3" in dead["error"] and dead["samples_s"] == []
+    assert by[("fake-good", 16)]["samples_s"] and by[("fake-good", 16)]["error"] is None
+    assert by[("fake-exit", 8)]["error"] is None and by[("fake-exit", 8)]["samples_s"]  # started again
+
+
+def test_unresolvable_worker_spec_is_an_error_cell(tmp_path):
+    info = BackendInfo(backend=FakeBackend("ghost"), spec="tests.test_speed:NoSuchBackend", source="test")
+    section = runner.run(plan(tmp_path, [], backends=[info], in_process=False, shapes=[(1, 4, 8, 8, 2)]),
+                         out=io.StringIO())
+    (cell,) = section["cells"]
+    assert "NoSuchBackend" in cell["error"] and cell["samples_s"] == []
+
+
+# -- the isolation check ----------------------------------------------------------------------
+
+def _pooled(shape, values: dict[str, tuple[float, float]]) -> dict:
+    return {(shape, n, way): [v] * 5 for n, (h, a) in values.items() for way, v in (("harness", h), ("alone", a))}
+
+
+def test_isolation_flags_cells_off_by_more_than_ten_percent():
+    shape = (1, 8, 8, 8, 2)
+    pooled = _pooled(shape, {"torch": (2.0, 2.0), "numpy": (1.05, 1.0), "slow": (1.2, 1.0), "fast": (0.85, 1.0)})
+    rows = isolation._rows([shape], ["torch", "numpy", "slow", "fast", "broken"], pooled,
+                           {(shape, "broken"): "alone: RuntimeError: boom"})
+    by = {r.backend: r for r in rows}
+    assert [by[n].flagged for n in ("torch", "numpy", "slow", "fast", "broken")] == [False, False, True, True, True]
+    assert by["slow"].ratio == pytest.approx(1.2) and by["numpy"].vs_torch_harness == pytest.approx(0.525)
+    assert by["numpy"].vs_torch_alone == pytest.approx(0.5)
+    p = types.SimpleNamespace(dtypes=["float32"], causal=True, in_process=False, budget_s=0.4, min_samples=8)
+    text = isolation.render(rows, p, 2, 1.5, 2.5, 60.0)
+    lines = text.splitlines()
+    assert "load average 1.5 at start, 2.5 at the end" in lines[0]
+    table = [ln for ln in lines if ln.startswith("| B=")]
+    assert len(table) == 5 and all(ln.count("|") == 9 for ln in table)
+    assert "| 1.20 |" in by_line(table, "slow") and "OFF by +20%" in by_line(table, "slow")
+    assert "OFF by -15%" in by_line(table, "fast") and by_line(table, "numpy").endswith("| ok |")
+    assert "ERROR alone: RuntimeError: boom" in by_line(table, "broken")
+    assert lines[-1].startswith("2 of 5 cells within 10% of alone; flagged: slow at B=1 T=8, fast")
+
+
+def by_line(table: list[str], backend: str) -> str:
+    (line,) = [ln for ln in table if f"| {backend} |" in ln]
+    return line
+
+
+def test_isolation_check_times_both_ways_interleaved(tmp_path):
+    p = _worker_plan(tmp_path, ["tests.test_speed:ConformingFake", "tests.test_speed:FakeBackend"],
+                     shapes=[(1, 8, 8, 8, 2)])
+    out = io.StringIO()
+    rows = isolation.check(p, out, passes=2)
+    assert [(r.backend, r.shape) for r in rows] == [("fake-good", (1, 8, 8, 8, 2)), ("fake", (1, 8, 8, 8, 2))]
+    for r in rows:
+        assert r.error is None and r.ratio is not None and r.harness["median_s"] and r.alone["median_s"]
+    text = out.getvalue()
+    progress = [ln.split(": ", 1)[1] for ln in text.splitlines() if ": pass " in ln]
+    assert progress == ["pass 1/2, harness", "pass 1/2, alone", "pass 2/2, alone", "pass 2/2, harness"]
+    assert "| shape | backend | harness ms (spread) | alone ms (spread) | harness / alone |" in text
+    assert "harness layout: worker process per backend" in text
+
+
+def test_check_isolation_exit_status_follows_the_flags(monkeypatch, capsys):
+    flagged = [isolation.Row((1, 8, 8, 8, 2), "x", {}, {}, ratio=1.5)]
+    fine = [isolation.Row((1, 8, 8, 8, 2), "x", {}, {}, ratio=1.02)]
+    args = ["--check-isolation", "--backend", "tests.test_speed:FakeBackend", "--shape", "1,8,8,2"]
+    for rows, rc in ((flagged, 1), (fine, 0)):
+        monkeypatch.setattr(isolation, "check", lambda plan, out, rows=rows: rows)
+        assert cli.main(args) == rc
+    plan_seen = []
+    monkeypatch.setattr(isolation, "check", lambda plan, out: plan_seen.append(plan) or fine)
+    cli.main(["--check-isolation"])
+    (p,) = plan_seen  # the defaults: the issue's three shapes and four backends (those available)
+    assert p.shapes == isolation.CHECK_SHAPES
+    assert {i.backend.name for i in p.backends} | {s["backend"] for s in p.skipped} == set(isolation.CHECK_BACKENDS)
 
 
 # -- timers and memory on CUDA, through fakes -------------------------------------------------
@@ -341,6 +492,8 @@ def _speed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--budget", "0"], "--budget 0"),
     (["--threads", "0"], "--threads 0"),
     (["--no-such-option"], "unrecognized arguments"),
+    (["--check-isolation", "--shape", "1,8"], "--shape '1,8'"),
+    (["--budget"], "expected one argument"),
 ])
 def test_bad_input_exits_2_with_one_line(args, says):
     p = _speed(*args)

@@ -1,9 +1,10 @@
-"""`python -m conformance.speed`: time backends side by side (PRODUCT.md, "Speed methodology").
+"""`python -m conformance.speed`: time backends side by side (README.md, "Speed").
 
 Default sweep: T = 64 ... 4096 doubling, d_in = d_out = 512, 8 heads, B*T = 4096 (B = 64 at
 T = 64 down to 1 at 4096, so the projections cost the same everywhere and the growing
 attention term shows), float32, causal, every available backend. A user's mistake exits 2
-with one line on stderr and no traceback.
+with one line on stderr and no traceback. Each backend is timed in its own worker process
+(conformance/speed/cells.py); `--check-isolation` compares that with each backend alone.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
     a("--threads", type=str, metavar="N", help="fix torch's and BLAS's thread counts to N (default: as is, recorded)")
     a("--include-nonconforming", action="store_true",
       help="also time backends that failed conformance (marked nonconforming)")
+    a("--check-isolation", action="store_true",
+      help="time numpy, torch, torch-sdpa, torch-mha at B=64 T=64, B=4 T=512, B=1 T=4096 (d=512, H=8) in the "
+           "harness and alone in fresh processes, print the ratios, exit 1 if any is off by more than 10%%")
+    a("--in-process", action="store_true",
+      help="time every backend in this process instead of a worker process each (libraries then share it)")
     a("--overhead", action="store_true", help="measure the harness's own cost per call on an empty backend and exit")
     a("--peak-size", type=str, metavar="N", help="size of the square matmul for the CPU peak (default 2048)")
     a("--seed", type=str, metavar="N", help="seed for inputs and weights (default 0)")
@@ -153,6 +159,10 @@ def build_plan(args: argparse.Namespace, argv: list[str]):
     bt = _int("--batch-tokens", args.batch_tokens) if args.batch_tokens is not None else base["batch_tokens"]
     if args.shape:
         shapes = [parse_shape(s) for s in args.shape]
+    elif args.check_isolation and not (args.quick or args.tokens or args.d or args.heads or args.batch_tokens):
+        from conformance.speed.isolation import CHECK_SHAPES
+
+        shapes = list(CHECK_SHAPES)
     else:
         try:
             AttentionConfig(d, d, H)
@@ -171,11 +181,16 @@ def build_plan(args: argparse.Namespace, argv: list[str]):
     machine = args.machine if args.machine is not None else machine_label()
     if not machine.strip():
         raise UsageError("--machine '': the label must not be empty")
-    backends, skipped = _backends(args.backend)
+    specs = args.backend
+    if args.check_isolation and not specs:
+        from conformance.speed.isolation import CHECK_BACKENDS
+
+        specs = list(CHECK_BACKENDS)
+    backends, skipped = _backends(specs)
     return Plan(backends=backends, dtypes=list(dict.fromkeys(dtypes)), shapes=shapes, out_dir=out_dir,
                 machine=machine, command=" ".join([PROG, *map(shlex.quote, argv)]), causal=not args.non_causal,
                 budget_s=budget, min_samples=min_samples, include_nonconforming=args.include_nonconforming,
-                threads=threads, peak_n=peak_n, seed=seed, skipped=skipped)
+                threads=threads, peak_n=peak_n, seed=seed, in_process=args.in_process, skipped=skipped)
 
 
 def overhead() -> int:
@@ -208,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
               + "; ".join(f"{s['backend']}: {s['reason']}" for s in plan.skipped), file=sys.stderr)
         return 2
     try:
+        if args.check_isolation:
+            from conformance.speed.isolation import check
+
+            return 1 if any(r.flagged for r in check(plan, sys.stdout)) else 0
         run(plan)
     except NothingToTime as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

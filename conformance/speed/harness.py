@@ -1,13 +1,13 @@
-"""The timing loop: first calls apart, then interleaved rounds within a time budget.
+"""The timing loop inside one process: a backend's first call apart, then chunks of calls.
 
-At one cell (one shape, one dtype) every backend is called once, its first call timed and
-kept apart (it pays for lazy initialisation, kernel selection, allocator growth). Then come
-rounds: in round r each backend is called once, in an order rotated by r, so slow drift
-(thermal throttling, a background process, frequency scaling) and position effects (caches
-warmed by the previous backend) hit all backends alike. Rounds go on until at least
-`min_samples` rounds are done and the backends together have used their budgets, or until
-`max_samples`. The garbage collector is off during rounds (as `timeit` does), so a collection
-triggered by one backend's garbage is not billed to the next.
+At a cell (one shape, one dtype) a backend's first call is timed and kept apart (it pays for
+lazy initialisation, kernel selection, allocator growth). Warm calls then come in chunks
+(`time_chunk`): one untimed re-warm call, then timed calls back to back until the chunk has
+at least `min_calls` and has lasted `seconds`. The re-warm call absorbs what an idle pause
+costs the next call (thread pools gone to sleep, caches holding another backend's data), so a
+chunk measures the steady state a user's loop of calls sees. The garbage collector is off
+during a chunk (as `timeit` does), so a collection triggered by earlier garbage is not billed
+to a timed call. How chunks of different backends alternate is `conformance.speed.cells`.
 """
 
 from __future__ import annotations
@@ -57,37 +57,38 @@ def _timed(entry: Entry) -> float | None:
     return t
 
 
-def run_cell(entries: list[Entry], budget_s: float, min_samples: int = 5, max_samples: int = 2000) -> None:
-    """Time every entry at one cell, filling first_call_s, samples and error in place.
+def first_call(entry: Entry) -> None:
+    """Time the entry's first call into first_call_s (or set its error)."""
+    gc.collect()
+    entry.first_call_s = _timed(entry)
 
-    `budget_s` is per backend: the rounds stop once they have taken budget_s times the
-    number of backends (and at least `min_samples` rounds are done).
+
+def time_chunk(entry: Entry, min_calls: int, seconds: float, max_calls: int = 2000, rewarm: bool = True) -> int:
+    """One chunk of warm calls appended to entry.samples; returns how many were timed.
+
+    Stops once at least `min_calls` are timed and `seconds` have passed, or at `max_calls`,
+    or at an error (recorded in the entry). `rewarm`: one untimed call first.
     """
-    for e in entries:
-        gc.collect()
-        e.first_call_s = _timed(e)
-    live = [e for e in entries if e.error is None]
-    if not live:
-        return
-    goal = budget_s * len(live)
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
+    n = 0
     try:
-        r, t0 = 0, time.perf_counter()
-        while live:
-            k = r % len(live)
-            for e in live[k:] + live[:k]:
-                t = _timed(e)
-                if t is not None:
-                    e.samples.append(t)
-            live = [e for e in live if e.error is None]
-            r += 1
-            if r >= max_samples or (r >= min_samples and time.perf_counter() - t0 >= goal):
+        if rewarm and _timed(entry) is None:
+            return 0
+        t0 = time.perf_counter()
+        while n < max_calls:
+            t = _timed(entry)
+            if t is None:
+                return 0
+            entry.samples.append(t)
+            n += 1
+            if n >= min_calls and time.perf_counter() - t0 >= seconds:
                 break
     finally:
         if was_enabled:
             gc.enable()
+    return n
 
 
 def summarize(samples: list[float]) -> dict[str, Any]:
@@ -110,19 +111,20 @@ class EmptyBackend:
 
 
 def measure_overhead(budget_s: float = 0.5) -> dict[str, float]:
-    """Per-call cost of the harness, from timing an empty backend through `run_cell`.
+    """Per-call cost of the harness, from timing an empty backend through `time_chunk`.
 
     overhead_s: median of the timed samples (what the harness adds to every figure it
-    reports). loop_s: wall time per round including the bookkeeping outside the clock.
+    reports). loop_s: wall time per call including the bookkeeping outside the clock.
     """
     import functools
 
     b = EmptyBackend()
     x = np.zeros((1, 1, 1), dtype=np.float32)
     entry = Entry("empty", functools.partial(b.forward, x, None, None), b.synchronize)
+    first_call(entry)
     t0 = time.perf_counter()
-    run_cell([entry], budget_s, min_samples=100, max_samples=200_000)
+    time_chunk(entry, min_calls=100, seconds=budget_s, max_calls=200_000, rewarm=False)
     wall = time.perf_counter() - t0
     stats = summarize(entry.samples)
     return {"overhead_s": stats["median_s"], "p25_s": stats["p25_s"], "p75_s": stats["p75_s"],
-            "loop_s": wall / max(1, len(entry.samples) + 1), "samples": len(entry.samples)}
+            "loop_s": wall / max(1, len(entry.samples)), "samples": len(entry.samples)}

@@ -1,5 +1,8 @@
 """One speed run: the conformance gate, threads, the matmul peak, then every cell in turn.
 
+Each backend is timed in its own worker process (conformance.speed.cells); the section
+records that layout, each worker's thread pools and how long their threads took to go idle.
+
 The run's "speed" section of results.json is rewritten after every cell (all backends at one
 shape and dtype), marked "running" until the end, so a run killed halfway leaves what it
 finished; an interrupted run (Ctrl-C) is marked "partial".
@@ -8,9 +11,7 @@ finished; an interrupted run (Ctrl-C) is marked "partial".
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import gc
-import importlib.util
 import os
 import sys
 import time
@@ -18,20 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 
-from conformance.environment import collect, thread_counts
+from conformance.environment import collect
+from conformance.speed import cells as cells_mod
 from conformance.speed import peak as peak_mod
 from conformance.speed import table
 from conformance.speed.flops import gflops, useful_flops
 from conformance.speed.gate import conformance_status
-from conformance.speed.harness import Entry, describe_error, run_cell, summarize
-from conformance.speed.memory import peak_memory
-from conformance.speed.timers import select_timer
+from conformance.speed.harness import summarize
+from conformance.speed.worker import SETTLE_CAP_S, SETTLE_IDLE, SETTLE_WINDOW_S, fix_threads, settle
 from impls.base import BackendInfo
 from reports.results_io import update_section
 from spec.config import AttentionConfig
-from spec.params import init_params
 
 REFERENCE = "torch"  # PyTorch eager: the figure every other backend is compared with
 
@@ -56,6 +55,7 @@ class Plan:
     threads: int | None = None
     peak_n: int = peak_mod.CPU_N
     seed: int = 0
+    in_process: bool = False  # time every backend in this process instead of one worker each
     skipped: list[dict[str, Any]] = field(default_factory=list)  # backends that cannot run here
 
 
@@ -91,40 +91,40 @@ def _busy_percent(window_s: float = 0.25) -> float | None:
     return float(psutil.cpu_percent(interval=window_s))
 
 
-def fix_threads(n: int | None) -> Any:
-    """Fix torch's and every BLAS/OpenMP pool's thread count to n (None: leave as is).
-
-    torch is imported first, when installed, so the BLAS it loads is limited too. Returns the
-    threadpoolctl limiter, which must stay referenced for the limits to hold.
-    """
-    if importlib.util.find_spec("torch") is not None:
-        import torch  # lazily: loaded here so its thread pools exist before they are fixed
-
-        if n is not None:
-            torch.set_num_threads(n)
-    if n is None:
-        return None
-    from threadpoolctl import threadpool_limits  # lazily: only --threads needs it
-
-    return threadpool_limits(limits=n)
+def make_units(plan: Plan, timed: list[BackendInfo]) -> list[Any]:
+    """One timing unit per backend: a worker process, or this process with --in-process."""
+    if plan.in_process:
+        return [cells_mod.LocalUnit(i.backend, plan.threads) for i in timed]
+    return [cells_mod.WorkerUnit(i.backend.name, i.spec, plan.threads) for i in timed]
 
 
-def _prepare(info: BackendInfo, x64: np.ndarray, params: Any, config: AttentionConfig, dtype: str) -> Entry:
-    b = info.backend
-    sync = getattr(b, "synchronize", None) or (lambda: None)
-    try:
-        x = b.from_numpy(x64, dtype)
-        weights = b.prepare(params, dtype) if hasattr(b, "prepare") else params.map(lambda a: b.from_numpy(a, dtype))
-        sync()
-        timer = select_timer(b.capabilities.device, x)
-    except Exception as e:  # conversion is third-party code too: record, keep going
-        entry = Entry(b.name, lambda: None, sync)
-        entry.error = "preparing inputs: " + describe_error(e)
-        return entry
-    return Entry(b.name, functools.partial(b.forward, x, weights, config), sync, timer, native=x)
+def layout(plan: Plan) -> dict[str, Any]:
+    """How the run was laid out over processes and how idle threads were waited for."""
+    kind = cells_mod.LocalUnit.layout if plan.in_process else cells_mod.WorkerUnit.layout
+    return {"kind": kind, "rounds": cells_mod.ROUNDS,
+            "chunk": f"one untimed re-warm call (none once calls take {cells_mod.REWARM_BELOW_S} s or more), then "
+                     "warm calls for budget/rounds seconds and at least min_samples/rounds calls",
+            "settle": {"window_s": SETTLE_WINDOW_S, "idle_fraction": SETTLE_IDLE, "cap_s": SETTLE_CAP_S,
+                       "rule": "after each chunk the process answers once its threads use under idle_fraction "
+                               "of a core over a window"},
+            "settle_s": {}}
 
 
-def _cell(info: BackendInfo, entry: Entry, shape: Shape, dtype: str, causal: bool, peak: dict[str, Any],
+def merged_threads(requested: int | None, per_backend: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run's thread block: requested, torch's count and every BLAS pool seen in any
+    process, and each backend's own settings under per_backend."""
+    torch_n = next((t["torch"] for t in per_backend.values() if t.get("torch") is not None), None)
+    blas: list[dict[str, Any]] = []
+    for t in per_backend.values():
+        for b in t.get("blas") or []:
+            if b not in blas:
+                blas.append(b)
+    env = next((t.get("omp_num_threads_env") for t in per_backend.values()), os.environ.get("OMP_NUM_THREADS"))
+    return {"requested": requested, "torch": torch_n, "omp_num_threads_env": env, "blas": blas,
+            "per_backend": per_backend}
+
+
+def _cell(info: BackendInfo, entry: cells_mod.Timing, shape: Shape, dtype: str, causal: bool, peak: dict[str, Any],
           conforming: bool | None) -> dict[str, Any]:
     B, T, d_in, d_out, H = shape
     device = info.backend.capabilities.device
@@ -139,16 +139,16 @@ def _cell(info: BackendInfo, entry: Entry, shape: Shape, dtype: str, causal: boo
         "flops": flops, "gflops": g, "peak_gflops": pk,
         "peak_fraction": (g / pk) if (g is not None and pk) else None,
         "peak_memory_bytes": entry.memory, "memory_method": entry.memory_method,
-        "timer": entry.timer.kind, "conforming": conforming, "error": entry.error, "time_vs_torch": None,
+        "timer": entry.timer, "chunks": entry.chunks, "conforming": conforming, "error": entry.error, "time_vs_torch": None,
     }
 
 
 def _section(plan: Plan, started: str, t0: float, status: str, peak: dict, threads: dict, cells: list,
-             skipped: list, backends: list) -> dict[str, Any]:
+             skipped: list, backends: list, lay: dict[str, Any]) -> dict[str, Any]:
     done = status != "running"
     return {"status": status, "started": started, "finished": now() if done else None,
             "duration_s": round(time.perf_counter() - t0, 3), "command": plan.command, "peak": peak,
-            "threads": threads, "budget_s": plan.budget_s, "min_samples": plan.min_samples,
+            "threads": threads, "layout": lay, "budget_s": plan.budget_s, "min_samples": plan.min_samples,
             "backends": backends, "skipped": skipped, "cells": cells}
 
 
@@ -180,8 +180,7 @@ def run(plan: Plan, out: TextIO | None = None) -> dict[str, Any]:
     if busy is not None and busy > 25:
         print(f"warning: other processes use {busy:.0f}% of this machine's {os.cpu_count()} CPUs: they compete "
               "for the cores, so the figures will be slower and noisier than on an idle machine", file=out)
-    limiter = fix_threads(plan.threads)
-    threads = {"requested": plan.threads, **thread_counts()}
+    limiter = fix_threads(plan.threads, import_torch=True)  # for the peak, measured in this process
     environment = collect()
     targets = {(i.backend.capabilities.device.split(":")[0], d) for i in timed for d in plan.dtypes
                if d in i.backend.capabilities.dtypes}
@@ -189,12 +188,16 @@ def run(plan: Plan, out: TextIO | None = None) -> dict[str, Any]:
           file=out, flush=True)
     peak = peak_mod.measure(targets, cpu_n=plan.peak_n)
     _print_peak(peak, out)
-    print(f"threads: torch={threads['torch']} blas={[b['num_threads'] for b in threads['blas']]}"
-          f" (requested: {plan.threads or 'left as is'})", file=out, flush=True)
+    settle()  # the peak's BLAS threads must be asleep before any backend is timed
+    lay, per_backend = layout(plan), {}
+    units = make_units(plan, timed)
+    print(f"layout: {lay['kind']}, {lay['rounds']} alternating chunks per cell; threads requested: "
+          f"{plan.threads or 'left as is'}", file=out, flush=True)
     cells: list[dict[str, Any]] = []
 
     def write(state: str) -> dict[str, Any]:
-        section = _section(plan, started, t0, state, peak, threads, cells, skipped, backends)
+        threads = merged_threads(plan.threads, per_backend)
+        section = _section(plan, started, t0, state, peak, threads, cells, skipped, backends, lay)
         section["load_average"] = {"start": load_start, "now": _load(), "cpu_busy_percent_at_start": busy}
         update_section(results, plan.machine, environment, "speed", section)
         return section
@@ -203,13 +206,17 @@ def run(plan: Plan, out: TextIO | None = None) -> dict[str, Any]:
     groups = [(d, s) for d in plan.dtypes for s in plan.shapes]
     try:
         for n, (dtype, shape) in enumerate(groups, 1):
-            cells.extend(_run_group(plan, timed, status, dtype, shape, peak, skipped, n, len(groups), out))
+            cells.extend(_run_group(plan, timed, units, status, dtype, shape, peak, skipped, n, len(groups), out,
+                                    per_backend, lay["settle_s"]))
             write("running")
     except KeyboardInterrupt:
         print("interrupted: results.json keeps the cells that finished (status partial)", file=out)
         section = write("partial")
         del limiter
         raise
+    finally:
+        for u in units:
+            u.close()
     print("measuring matmul peak again (the best of start and end counts) ...", file=out, flush=True)
     peak.update(peak_mod.measure(targets, cpu_n=plan.peak_n, when="end", earlier=peak["measurements"]))
     for c in cells:  # every fraction against the final peak
@@ -222,18 +229,17 @@ def run(plan: Plan, out: TextIO | None = None) -> dict[str, Any]:
     return section
 
 
-def _run_group(plan: Plan, timed: list[BackendInfo], status: dict, dtype: str, shape: Shape, peak: dict,
-               skipped: list, n: int, total: int, out: TextIO) -> list[dict[str, Any]]:
-    """All backends at one shape and dtype: prepare, time interleaved, measure memory."""
+def _run_group(plan: Plan, timed: list[BackendInfo], units: list[Any], status: dict, dtype: str, shape: Shape,
+               peak: dict, skipped: list, n: int, total: int, out: TextIO, per_backend: dict[str, Any],
+               settles: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """All backends at one shape and dtype, each timed in its unit, chunks alternating."""
     B, T, d_in, d_out, H = shape
     config = AttentionConfig(d_in, d_out, H, causal=plan.causal)
-    params = init_params(config, plan.seed)
-    x64 = np.random.default_rng(plan.seed).standard_normal((B, T, d_in))
     head = {"dtype": dtype, "B": B, "T": T, "d_in": d_in, "d_out": d_out, "n_heads": H, "causal": plan.causal,
             "flops": useful_flops(B, T, d_in, d_out, H, plan.causal)}
     print(table.group_header(n, total, head), file=out, flush=True)
-    runnable, entries = [], []
-    for info in timed:
+    runnable, here = [], []
+    for info, unit in zip(timed, units):
         caps = info.backend.capabilities
         why = (f"dtype {dtype} not declared (declares {', '.join(caps.dtypes)})" if dtype not in caps.dtypes
                else caps.unsupported(config, T))
@@ -243,21 +249,22 @@ def _run_group(plan: Plan, timed: list[BackendInfo], status: dict, dtype: str, s
             print(f"  {info.backend.name:<12} unsupported here: {why}", file=out)
             continue
         runnable.append(info)
-        entries.append(_prepare(info, x64, params, config, dtype))
-    run_cell([e for e in entries if e.error is None], plan.budget_s, plan.min_samples, plan.max_samples)
-    for info, e in zip(runnable, entries):
-        if e.error is None:  # untimed: tracing and peak statistics would distort a timed call
+        here.append(unit)
+    timings = cells_mod.time_cell(here, shape, dtype, plan.causal, plan.seed, plan.budget_s, plan.min_samples,
+                                  plan.max_samples)
+    for unit, t in zip(here, timings):
+        settles.setdefault(t.name, []).extend(round(s, 4) for s in t.settle_s)
+        if t.name not in per_backend and t.error is None:  # its libraries are loaded by now
             try:
-                e.memory, e.memory_method = peak_memory(info.backend.capabilities.device, e.native, e.call, e.sync)
-            except Exception as ex:
-                e.memory, e.memory_method = None, f"failed: {describe_error(ex)}"[:200]
-    cells = [_cell(info, e, shape, dtype, plan.causal, peak, status[info.backend.name][0])
-             for info, e in zip(runnable, entries)]
+                per_backend[t.name] = unit.request("threads")
+            except cells_mod.WorkerDied:
+                pass
+    cells = [_cell(info, t, shape, dtype, plan.causal, peak, status[info.backend.name][0])
+             for info, t in zip(runnable, timings)]
     ref = next((c for c in cells if c["backend"] == REFERENCE and c["median_s"]), None)
     for c in cells:
         if ref is not None and c["median_s"]:
             c["time_vs_torch"] = c["median_s"] / ref["median_s"]
         print(table.cell_line(c), file=out, flush=True)
-    del entries, x64
     gc.collect()
     return cells

@@ -1,0 +1,144 @@
+"""`--check-isolation`: is a backend's figure in the bench the figure it has alone?
+
+Each backend is timed two ways at each cell: inside the harness (its worker among the other
+backends' workers, chunks alternating, exactly as the bench runs) and alone (a fresh process
+that loads only that backend: one warm-up call, then warm calls back to back for the same
+budget and at least as many calls). The two ways alternate, harness first in even passes and
+alone first in odd ones, so drift in the machine's load hits both alike. Samples of all passes
+are pooled per way; a cell whose harness median is off its alone median by more than
+`LIMIT` is flagged, and the command exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from conformance.speed import cells as cells_mod
+from conformance.speed.harness import summarize
+from conformance.speed.table import ms
+
+CHECK_SHAPES = [(64, 64, 512, 512, 8), (4, 512, 512, 512, 8), (1, 4096, 512, 512, 8)]  # B, T, d_in, d_out, H
+CHECK_BACKENDS = ("numpy", "torch", "torch-sdpa", "torch-mha")
+LIMIT = 0.10  # the bench's median may differ from the alone median by at most 10%
+PASSES = 2  # one pass harness-first, one alone-first: a load change between ways cancels out
+REFERENCE = "torch"
+
+
+@dataclass
+class Row:
+    """One backend at one cell, both ways."""
+
+    shape: tuple[int, ...]
+    backend: str
+    harness: dict[str, Any]
+    alone: dict[str, Any]
+    error: str | None = None
+    ratio: float | None = None  # harness median / alone median
+    vs_torch_harness: float | None = None
+    vs_torch_alone: float | None = None
+
+    @property
+    def flagged(self) -> bool:
+        return self.error is not None or self.ratio is None or abs(self.ratio - 1) > LIMIT
+
+
+def alone(name: str, spec: str, shape: tuple[int, ...], dtype: str, causal: bool, seed: int, budget_s: float,
+          min_samples: int, threads: int | None) -> cells_mod.Timing:
+    """One backend at one cell in a fresh process of its own: warm-up, then calls back to back."""
+    unit = cells_mod.WorkerUnit(name, spec, threads)
+    try:
+        (t,) = cells_mod.time_cell([unit], shape, dtype, causal, seed, budget_s, min_samples, memory=False, rounds=1,
+                                   rewarm=False)
+    finally:
+        unit.close()
+    return t
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def check(plan: Any, out: TextIO, passes: int = PASSES) -> list[Row]:
+    """Time plan.backends at plan.shapes both ways (first dtype); prints progress and the table."""
+    from conformance.speed.runner import make_units  # lazily: runner imports the reports package
+
+    dtype, infos = plan.dtypes[0], plan.backends
+    units = make_units(plan, infos)
+    pooled: dict[tuple[tuple[int, ...], str, str], list[float]] = {}
+    errors: dict[tuple[tuple[int, ...], str], str] = {}
+    load0, t0 = _load(), time.perf_counter()
+    try:
+        for shape in plan.shapes:
+            for p in range(passes):
+                for way in (("harness", "alone") if p % 2 == 0 else ("alone", "harness")):
+                    print(f"  B={shape[0]} T={shape[1]} d={shape[2]} H={shape[4]}: pass {p + 1}/{passes}, {way}",
+                          file=out, flush=True)
+                    if way == "harness":
+                        timings = cells_mod.time_cell(units, shape, dtype, plan.causal, plan.seed, plan.budget_s,
+                                                      plan.min_samples, plan.max_samples, memory=False)
+                    else:
+                        k = p % len(infos)
+                        timings = [alone(i.backend.name, i.spec, shape, dtype, plan.causal, plan.seed, plan.budget_s,
+                                         plan.min_samples, plan.threads) for i in infos[k:] + infos[:k]]
+                    for t in timings:
+                        pooled.setdefault((shape, t.name, way), []).extend(t.samples)
+                        if t.error:
+                            errors.setdefault((shape, t.name), f"{way}: {t.error}")
+    finally:
+        for u in units:
+            u.close()
+    rows = _rows(plan.shapes, [i.backend.name for i in infos], pooled, errors)
+    print(render(rows, plan, passes, load0, _load(), time.perf_counter() - t0), file=out, flush=True)
+    return rows
+
+
+def _rows(shapes: list, names: list[str], pooled: dict, errors: dict) -> list[Row]:
+    rows = []
+    for shape in shapes:
+        here = [Row(shape, n, summarize(pooled.get((shape, n, "harness"), [])),
+                    summarize(pooled.get((shape, n, "alone"), [])), errors.get((shape, n))) for n in names]
+        for r in here:
+            h, a = r.harness["median_s"], r.alone["median_s"]
+            r.ratio = h / a if h and a else None
+        ref = next((r for r in here if r.backend == REFERENCE and r.ratio is not None), None)
+        for r in here:
+            if ref is not None and r.ratio is not None:
+                r.vs_torch_harness = r.harness["median_s"] / ref.harness["median_s"]
+                r.vs_torch_alone = r.alone["median_s"] / ref.alone["median_s"]
+        rows.extend(here)
+    return rows
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def render(rows: list[Row], plan: Any, passes: int, load0: float | None, load1: float | None,
+           seconds: float) -> str:
+    """The table: per cell, both medians (with their spread), their ratio, and the verdict."""
+    kind = "in-process" if plan.in_process else "worker process per backend"
+    lines = [f"isolation check: {plan.dtypes[0]}, {'causal' if plan.causal else 'non-causal'}, harness layout: "
+             f"{kind}; budget {plan.budget_s} s and at least {plan.min_samples} calls per cell per backend per way, "
+             f"{passes} passes alternating the ways; 1-minute load average {load0} at start, {load1} at the end "
+             f"({seconds:.0f} s)",
+             "", "| shape | backend | harness ms (spread) | alone ms (spread) | harness / alone | "
+             "t/torch harness | t/torch alone | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        B, T, d, _, H = r.shape
+        cells = [f"B={B} T={T} d={d} H={H}", r.backend]
+        for s in (r.harness, r.alone):
+            cells.append("-" if s["median_s"] is None else f"{ms(s['median_s'])} ({100 * s['spread']:.0f}%)")
+        verdict = (f"ERROR {r.error}" if r.error else "no figure" if r.ratio is None
+                   else f"OFF by {100 * (r.ratio - 1):+.0f}%" if r.flagged else "ok")
+        cells += [_x(r.ratio), _x(r.vs_torch_harness), _x(r.vs_torch_alone), verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    bad = [r for r in rows if r.flagged]
+    lines += ["", f"{len(rows) - len(bad)} of {len(rows)} cells within {100 * LIMIT:.0f}% of alone"
+              + (f"; flagged: {', '.join(f'{r.backend} at B={r.shape[0]} T={r.shape[1]}' for r in bad)}" if bad else "")]
+    return "\n".join(lines)

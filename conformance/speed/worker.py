@@ -1,0 +1,192 @@
+"""One backend's timing process, and the requests it answers (the same ones in process).
+
+`python -m conformance.speed.worker SPEC THREADS` resolves one backend and answers JSON
+requests, one per line on stdin, with one JSON line each on its stdout: "prepare"
+(build a cell's inputs, time the first call), "time" (a chunk of warm calls, then wait until
+this process is idle), "memory" (one untimed call), "threads", "release". A backend's own
+prints go to stderr, never into the replies. `Handler` is the same logic for a backend timed
+inside the calling process (`--in-process`).
+
+Why a process per backend, and why wait for idle: after a call, OpenBLAS's worker threads
+spin for about 2**28 cycles (about 0.1 s here) before they sleep, and libgomp's (PyTorch's
+OpenMP) for a few milliseconds. A backend timed while another library's threads spin shares
+the cores with them (10x to 100x slower at small shapes on 2 cores). `settle` waits until
+the process has stopped using CPU before it answers, so the next backend starts on quiet
+cores; separate processes keep the libraries' pools, allocators and caches apart.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from conformance.speed import harness
+from conformance.speed.harness import Entry, describe_error
+
+SETTLE_WINDOW_S = 0.01  # CPU use is sampled over windows this long
+SETTLE_IDLE = 0.10  # a window in which the process used under 10% of one core counts as idle
+SETTLE_CAP_S = 2.0  # a pool that never sleeps (OMP_WAIT_POLICY=active) must not hang the run
+#: Environment variables that set thread counts or how idle threads wait; recorded as found.
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OPENBLAS_NUM_THREADS",
+              "OPENBLAS_THREAD_TIMEOUT", "MKL_NUM_THREADS", "MKL_DYNAMIC")
+
+
+def settle(window_s: float = SETTLE_WINDOW_S, idle: float = SETTLE_IDLE, cap_s: float = SETTLE_CAP_S) -> float:
+    """Sleep until this process's threads together use under `idle` of a core over a window
+    (spinning thread pools have gone to sleep); returns the seconds waited (at most ~cap_s)."""
+    t0 = time.perf_counter()
+    while True:
+        c0, w0 = time.process_time(), time.perf_counter()
+        time.sleep(window_s)
+        busy = (time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9)
+        waited = time.perf_counter() - t0
+        if busy < idle or waited >= cap_s:
+            return waited
+
+
+def fix_threads(n: int | None, import_torch: bool) -> Any:
+    """Fix torch's and every loaded BLAS/OpenMP pool's thread count to n (None: leave as is).
+
+    import_torch: import torch first when installed, so the BLAS it loads is limited too (the
+    calling process times several backends); otherwise torch is limited only if loaded.
+    Returns the threadpoolctl limiter, which must stay referenced for the limits to hold.
+    """
+    if import_torch and importlib.util.find_spec("torch") is not None:
+        import torch  # noqa: F401  (lazily: loaded here so its thread pools exist before they are fixed)
+    if n is None:
+        return None
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    from threadpoolctl import threadpool_limits  # lazily: only --threads needs it
+
+    return threadpool_limits(limits=n)
+
+
+def thread_settings() -> dict[str, Any]:
+    """Thread counts in force in this process, and the thread environment variables set."""
+    from conformance.environment import thread_counts
+
+    return {**thread_counts(), "pid": os.getpid(),
+            "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
+
+
+class Handler:
+    """Answers the requests for one backend; holds at most one cell's inputs at a time."""
+
+    def __init__(self, backend: Any, threads: int | None = None, import_torch: bool = False) -> None:
+        self.backend, self.threads, self.import_torch = backend, threads, import_torch
+        self.entry: Entry | None = None
+        self._limiter: Any = None
+
+    def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        op = msg.get("op")
+        fn = getattr(self, f"op_{op}", None)
+        if fn is None:
+            return {"error": f"unknown request {op!r}"}
+        args = {k: v for k, v in msg.items() if k != "op"}
+        try:
+            return fn(**args)
+        except Exception as e:  # third-party code: the parent records it and goes on
+            return {"error": describe_error(e)}
+
+    def op_prepare(self, shape: list[int], dtype: str, causal: bool, seed: int) -> dict[str, Any]:
+        """Build the cell's inputs and weights, time the first call."""
+        import functools
+
+        from conformance.speed.timers import select_timer
+        from spec.config import AttentionConfig
+        from spec.params import init_params
+
+        self.entry = None
+        B, T, d_in, d_out, H = shape
+        config = AttentionConfig(d_in, d_out, H, causal=causal)
+        params = init_params(config, seed)
+        x64 = np.random.default_rng(seed).standard_normal((B, T, d_in))
+        b = self.backend
+        sync = getattr(b, "synchronize", None) or (lambda: None)
+        try:
+            x = b.from_numpy(x64, dtype)
+            weights = b.prepare(params, dtype) if hasattr(b, "prepare") else params.map(lambda a: b.from_numpy(a, dtype))
+            sync()
+            timer = select_timer(b.capabilities.device, x)
+        except Exception as e:  # conversion is third-party code too
+            return {"first_call_s": None, "timer": None, "error": "preparing inputs: " + describe_error(e)}
+        self._limit()  # the framework's pools are loaded now
+        self.entry = Entry(b.name, functools.partial(b.forward, x, weights, config), sync, timer, native=x)
+        harness.first_call(self.entry)
+        self._limit()  # and pools the first call loaded lazily
+        return {"first_call_s": self.entry.first_call_s, "timer": timer.kind, "error": self.entry.error,
+                "settle_s": settle()}
+
+    def _limit(self) -> None:
+        if self.threads is not None:
+            self._limiter = fix_threads(self.threads, self.import_torch)
+
+    def op_time(self, min_calls: int, seconds: float, max_calls: int = 2000, rewarm: bool = True) -> dict[str, Any]:
+        """One chunk of warm calls; answers once the process is idle again."""
+        e = self._entry()
+        e.samples = []
+        harness.time_chunk(e, min_calls, seconds, max_calls, rewarm)
+        return {"samples": e.samples, "error": e.error, "settle_s": settle()}
+
+    def op_memory(self) -> dict[str, Any]:
+        from conformance.speed.memory import peak_memory
+
+        e = self._entry()
+        try:
+            mem, method = peak_memory(self.backend.capabilities.device, e.native, e.call, e.sync)
+        except Exception as ex:
+            mem, method = None, f"failed: {describe_error(ex)}"[:200]
+        return {"memory": mem, "memory_method": method, "settle_s": settle()}
+
+    def op_threads(self) -> dict[str, Any]:
+        return thread_settings()
+
+    def op_release(self) -> dict[str, Any]:
+        import gc
+
+        self.entry = None
+        gc.collect()
+        return {}
+
+    def _entry(self) -> Entry:
+        if self.entry is None:
+            raise RuntimeError("no cell prepared")
+        return self.entry
+
+
+def main(argv: list[str]) -> int:
+    """Serve requests for backend argv[0] with threads argv[1] ("-": as is) until stdin ends."""
+    from impls.registry import BackendSpecError, resolve
+
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # a backend's prints land on stderr, never in a reply
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    threads = None if argv[1] == "-" else int(argv[1])
+    try:
+        info = resolve(argv[0])
+        handler: Handler | None = Handler(info.backend, threads) if info.skip_reason is None else None
+        why = info.skip_reason
+    except BackendSpecError as e:
+        handler, why = None, str(e)
+    try:
+        for line in sys.stdin:
+            msg = json.loads(line)
+            if msg.get("op") == "quit":
+                break
+            reply = handler.handle(msg) if handler is not None else {"error": why}
+            replies.write(json.dumps(reply) + "\n")
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
