@@ -536,3 +536,15 @@ def test_results_file_is_json_even_with_other_machines(tmp_path):
     runner.run(plan(tmp_path, [FakeBackend("f")], shapes=[(1, 4, 8, 8, 2)]), out=io.StringIO())
     doc = json.loads((tmp_path / "results.json").read_text())
     assert [r["machine"] for r in doc["runs"]] == ["other", "test-machine"]
+
+
+def test_gate_does_not_call_an_incomplete_backend_conforming(tmp_path):
+    from conformance.speed.gate import conformance_status
+
+    section = conformance_section([record("fake-good", "passed"), record("fake-half", "passed")])
+    section["status"] = "incomplete"
+    section["missing"] = [{"backend": "fake-half", "dtype": "float32", "check": "matches_spec"}]
+    update_section(tmp_path / "results.json", "m", {}, "conformance", section)
+    status = conformance_status(tmp_path / "results.json", "m", ["fake-good", "fake-half"])
+    assert status["fake-good"][0] is True
+    assert status["fake-half"][0] is None and "incomplete" in status["fake-half"][1]
