@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from conformance.environment import REPO_ROOT, machine_label
+from conformance.usage import OneLineParser, UsageError
 from impls.registry import DEFAULT_BACKENDS, BackendSpecError, resolve, resolve_all
 from spec.config import FLOAT_DTYPES, AttentionConfig
 
@@ -28,17 +29,8 @@ FULL = {"tokens": DEFAULT_TOKENS, "d": 512, "heads": 8, "batch_tokens": 4096, "b
         "peak_size": 2048}
 
 
-class UsageError(ValueError):
-    """A user's mistake on the command line; printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print usage too and exit itself
-        raise UsageError(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--backend", action="append", metavar="SPEC",
       help="built-in name or module.path:attr (repeatable); default: every built-in that can run here")

@@ -40,7 +40,7 @@ def conformance_status(results: Path, machine: str, names: list[str]) -> dict[st
             checks = sorted({f"{r.get('check')} ({r.get('dtype')})" for r in failed})
             more = f" and {len(checks) - 3} more" if len(checks) > 3 else ""
             out[name] = (False, f"failed {len(failed)} conformance record(s): {', '.join(checks[:3])}{more}")
-        elif [m for m in section.get("missing", []) if isinstance(m, dict) and m.get("backend") == name]:
+        elif section and [m for m in section.get("missing", []) if isinstance(m, dict) and m.get("backend") == name]:
             # planned checks without a record: not shown to conform, so no headline figure
             n = sum(1 for m in section["missing"] if isinstance(m, dict) and m.get("backend") == name)
             out[name] = (None, f"conformance incomplete: {n} planned check(s) have no record")
