@@ -5,8 +5,8 @@ reshape to JAX's [B, T, N, H] layout, one reshape back); steps 7-9 are one
 `jax.nn.dot_product_attention` call (XLA implementation on the CPU). The whole forward is
 one `jax.jit` per (shape, dtype, options): op-by-op dispatch compiles every primitive for
 every new shape and was 5x slower here (0.9-1.5 s per new shape against 0.15-0.25 s).
-float16 is the exception (EAGER_DTYPES): under jit, XLA's CPU compiler rejects the
-F16_F16_F32 dot algorithm that dot_product_attention requests for float16.
+float16 and bfloat16 are the exception (EAGER_DTYPES): under jit, XLA's CPU compiler
+rejects the F16_F16_F32 / BF16_BF16_F32 dot algorithms dot_product_attention requests.
 
 How the spec's decisions are expressed with JAX's own options:
 - key padding mask: `mask=` is boolean with True = take part, the spec's polarity, so the
@@ -43,10 +43,11 @@ from spec.params import Params
 JAX_PINS = "jax==0.10.2 jaxlib==0.10.2"
 PEERS_SWITCH = "MHA_WITH_PEERS=1 nox -s conformance"
 JAX_DTYPES = ("float64", "float32", "float16", "bfloat16")
-#: Run op by op, not under jax.jit: dot_product_attention asks for the F16_F16_F32 dot
-#: algorithm, which XLA's CPU backend rejects when compiling; only outside jit does JAX's
-#: own fallback (a try/except around the einsum) catch that.
-EAGER_DTYPES = ("float16",)
+#: Run op by op, not under jax.jit: dot_product_attention asks for the F16_F16_F32 and
+#: BF16_BF16_F32 dot algorithms, which XLA's CPU backend rejects when compiling (bfloat16 at
+#: some shapes only: "Algorithm not supported by the ElementalIrEmitter"); only outside jit
+#: does JAX's own fallback (a try/except around the einsum) catch that.
+EAGER_DTYPES = ("float16", "bfloat16")
 #: XLA's CPU thread pools ignore OMP_NUM_THREADS; these flags make XLA single-threaded.
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -160,8 +161,8 @@ class JaxBackend(JaxEdges):
         notes="jax.nn.dot_product_attention (XLA) for steps 7-9, jitted per shape; mask passed as is "
               "(its True = take part); rows with no attendable key zeroed after the call (JAX gives "
               "them the mean of V); its softmax runs in float32 for every dtype, float64 included; "
-              "float16 run op by op (under jit XLA's CPU compiler rejects the F16_F16_F32 dot it asks "
-              "for); float64 inside a scoped jax.enable_x64; no dropout argument.",
+              "float16/bfloat16 run op by op (under jit XLA's CPU compiler rejects the F16_F16_F32 / "
+              "BF16_BF16_F32 dots it asks for); float64/float32 under jax.jit; float64 inside a scoped jax.enable_x64; no dropout argument.",
     )
 
     def __init__(self) -> None:
