@@ -17,11 +17,12 @@ How the spec's decisions are expressed with flax's own options:
   (flax's default shares one mask across the batch and the heads).
 
 Corrected here, openly: a query with no attendable key. Flax gives it the uniform average
-of V (masked logits are the dtype's most negative finite number, not -inf); the spec says a
+of V (masked logits become a large finite negative number, not -inf); the spec says a
 zero context, i.e. the output row is b_o, so those rows are set to b_o after the call.
 
 Without dropout flax hands the attention to `jax.nn.dot_product_attention` (softmax in
-float32 for every dtype); float16 runs op by op for the reason given in `impls.jax_backend`.
+float32 for every dtype); float16 and bfloat16
+run op by op for the reason given in `impls.jax_backend`.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class FlaxBackend(JaxEdges):
               "biases without qkv_bias); mask passed as is (its True = take part); rows with no "
               "attendable key set to b_o after the call (flax gives them the mean of V); dropout is "
               "flax's own RNG with broadcast_dropout=False; softmax in float32 for every dtype "
-              "(jax.nn.dot_product_attention); float16 run op by op, the rest under nnx.jit.",
+              "(jax.nn.dot_product_attention); float16/bfloat16 run op by op, float64/float32 under nnx.jit.",
     )
 
     def __init__(self) -> None:
@@ -94,10 +95,10 @@ class FlaxBackend(JaxEdges):
                     broadcast_dropout=False, decode=False, rngs=nnx.Rngs(0))
                 for n, lin in (("q", mha.query), ("k", mha.key), ("v", mha.value)):
                     W = getattr(p, f"W_{n}")  # (d_out, d_in)
-                    lin.kernel.value = self.from_numpy(W.T.reshape(d_in, H, hd), dtype)  # (d_in, H, hd)
-                    lin.bias.value = self.from_numpy(weights["bias"][n].reshape(H, hd), dtype)  # (H, hd)
-                mha.out.kernel.value = self.from_numpy(p.W_o.T.reshape(H, hd, d_out), dtype)  # (H, hd, d_out)
-                mha.out.bias.value = weights["b_o"]  # (d_out,)
+                    lin.kernel[...] = self.from_numpy(W.T.reshape(d_in, H, hd), dtype)  # (d_in, H, hd)
+                    lin.bias[...] = self.from_numpy(weights["bias"][n].reshape(H, hd), dtype)  # (H, hd)
+                mha.out.kernel[...] = self.from_numpy(p.W_o.T.reshape(H, hd, d_out), dtype)  # (H, hd, d_out)
+                mha.out.bias[...] = weights["b_o"]  # (d_out,)
             weights["modules"][key] = mha
         return weights["modules"][key]
 

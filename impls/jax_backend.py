@@ -74,11 +74,11 @@ def import_jax() -> Any:
 
 def jax_missing(pins: str = JAX_PINS, module: str = "jax") -> str | None:
     """Why JAX (or `module`, e.g. flax) cannot be used here, or None when it imports."""
-    try:
-        import_jax()
-        __import__(module)
-    except ImportError as e:
-        return f"{module} is not installed: {e} ({PEERS_SWITCH}, or pip install {pins})"
+    for name in dict.fromkeys(("jax", module)):  # flax needs jax: name the first one missing
+        try:
+            import_jax() if name == "jax" else __import__(name)
+        except ImportError as e:
+            return f"{name} is not installed: {e} ({PEERS_SWITCH}, or pip install {pins})"
     return None
 
 

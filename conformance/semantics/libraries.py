@@ -250,8 +250,8 @@ class Flax(Jax):
                                              dropout_rate=p, decode=False, rngs=nnx.Rngs(0))
                 eye = jnp.eye(E, dtype=jdt)
                 for lin in (mha.query, mha.key, mha.value):
-                    lin.kernel.value = eye.reshape(E, H, hd)  # (E, H, hd): identity
-                mha.out.kernel.value = eye.reshape(H, hd, E)  # (H, hd, E): identity
+                    lin.kernel[...] = eye.reshape(E, H, hd)  # (E, H, hd): identity
+                mha.out.kernel[...] = eye.reshape(H, hd, E)  # (H, hd, E): identity
                 self._modules[key] = mha
             mha = self._modules[key]
             x = {id(a): self._j(a.transpose(0, 2, 1, 3).reshape(B, a.shape[2], E), dtype) for a in (q, k, v)}
