@@ -14,12 +14,13 @@ from typing import Any, Callable
 
 TITLE = "Semantic profile"
 INTRO = ("Where attention implementations disagree, each CPU backend's library as it ships, measured by "
-         "probes on the library itself (`python -m conformance.semantics`), without the corrections the "
-         "backend adapters make; an adapter's corrections are listed in its capability notes. "
+         "probes on the library itself (python -m conformance.semantics), without the corrections the "
+         "backend adapters make; what each adapter corrects is listed under the table. "
          "The spec decides: zeros for a fully masked row, True = take part, bottom-right alignment, "
          "1/sqrt(head_dim), inverted dropout (replayable), output dtype = input dtype.")
 MISSING = "Semantic profile: not measured (no run in this document has a semantics section; " \
-          "`python -m conformance.semantics` or `nox -s conformance` writes one)."
+          "python -m conformance.semantics or nox -s conformance writes one)."
+NOTES = "What each backend adapter does with these (its Capabilities.notes):"
 
 
 def sections(report: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -52,7 +53,9 @@ def markdown(report: Any, text: Callable[[object], str], code: Callable[[object]
         out += [f"- {text(machine)}: {code(sem.get('command', ''))} ({text(sem.get('duration_s'))} s)", ""]
         rows = [[code(r["backend"])] + [text(v) for v, _ in cells(sem, r)] for r in sem["rows"]]
         out += ["| " + " | ".join(text(h) for h in head(sem)) + " |", "|" + " --- |" * len(head(sem))]
-        out += ["| " + " | ".join(r) + " |" for r in rows] + ["", "Measured details:", ""]
+        out += ["| " + " | ".join(r) + " |" for r in rows] + ["", text(NOTES), ""]
+        out += [f"- {code(r['backend'])}: {text(r['adapter_notes'])}" for r in sem["rows"] if r.get("adapter_notes")]
+        out += ["", "Measured details:", ""]
         for r in sem["rows"]:
             for c, (_, detail) in zip(sem["columns"], cells(sem, r)[1:]):
                 if detail:
@@ -76,4 +79,7 @@ def html(report: Any, esc: Callable[[object], str]) -> str:
             tds = "".join(f'<td title="{esc(d)}">{esc(v)}</td>' for v, d in cells(sem, r))
             body.append(f'<tr><th scope="row"><code>{esc(r["backend"])}</code></th>{tds}</tr>')
         out.append(f'<table class="semantics"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+        notes = "".join(f"<li><code>{esc(r['backend'])}</code>: {esc(r['adapter_notes'])}</li>"
+                        for r in sem["rows"] if r.get("adapter_notes"))
+        out.append(f"<p>{esc(NOTES)}</p><ul>{notes}</ul>" if notes else "")
     return "\n".join(out) + "</section>"

@@ -25,6 +25,13 @@ from conformance.semantics.probes import COLUMNS, profile
 QUIET = ("--list-checks", "--list-backends", "-h", "--help")
 
 
+def adapter_notes(name: str) -> str:
+    """What the backend adapter of this library corrects or declares (its Capabilities.notes)."""
+    from impls.registry import BUILTINS, _load_module_attr
+
+    return _load_module_attr(BUILTINS[name]).capabilities.notes  # a class attribute: no framework import
+
+
 def measure(names: list[str] | None = None) -> dict[str, Any]:
     """The semantics section: one row per library, the columns and when it ran."""
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
@@ -34,7 +41,7 @@ def measure(names: list[str] | None = None) -> dict[str, Any]:
             continue
         reason = raw.missing()
         rows.append({"backend": raw.name, "library": raw.library, "skip_reason": reason,
-                     "entries": {} if reason else profile(raw)})
+                     "entries": {} if reason else profile(raw), "adapter_notes": adapter_notes(raw.name)})
     command = "python -m conformance.semantics " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return {"status": "complete", "started": started, "duration_s": round(time.monotonic() - t0, 2),
             "command": command.strip(), "columns": [{"key": k, "title": t} for k, t in COLUMNS], "rows": rows}
