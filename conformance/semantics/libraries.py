@@ -59,6 +59,9 @@ class SpecSteps:
 
     def _run(self, q, k, v, mask=None, causal=False, dtype="float32", dropout_mask=None, p=0.0):
         b = self.backend()
+        if dtype not in b.capabilities.dtypes:
+            raise ValueError(f"{dtype} is not declared by backend {self.name!r} "
+                             f"(declared: {', '.join(b.capabilities.dtypes)})")
         H, hd = q.shape[1], q.shape[-1]
         cfg = AttentionConfig(d_in=H * hd, d_out=H * hd, n_heads=H, causal=causal, dropout_p=p)
         Q, K, V = (b.from_numpy(a.astype(numpy_dtype(dtype)), dtype) for a in (q, k, v))
