@@ -114,7 +114,9 @@ class FlaxBackend(JaxEdges):
         training = bool(training and config.dropout_p > 0)
         fn = _call
         if weights["dtype"] not in EAGER_DTYPES:
-            fn = self._jitted.setdefault("jit", nnx.jit(_call, static_argnames=("causal", "training")))
+            if "jit" not in self._jitted:
+                self._jitted["jit"] = nnx.jit(_call, static_argnames=("causal", "training"))
+            fn = self._jitted["jit"]
         with x64(weights["dtype"]):
             out = fn(mha, x, key_padding_mask, weights["b_o"], causal=config.causal, training=training)
             return out.block_until_ready()

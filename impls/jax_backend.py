@@ -158,7 +158,7 @@ class JaxBackend(JaxEdges):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="none",
-        notes="jax.nn.dot_product_attention (XLA) for steps 7-9, jitted per shape; mask passed as is "
+        notes="jax.nn.dot_product_attention (XLA) for steps 7-9; mask passed as is "
               "(its True = take part); rows with no attendable key zeroed after the call (JAX gives "
               "them the mean of V); its softmax runs in float32 for every dtype, float64 included; "
               "float16/bfloat16 run op by op (under jit XLA's CPU compiler rejects the F16_F16_F32 / "
@@ -179,7 +179,9 @@ class JaxBackend(JaxEdges):
         dtype = dtype_name(x.dtype)
         fn = _forward
         if dtype not in EAGER_DTYPES:
-            fn = self._jitted.setdefault("jit", jax.jit(_forward, static_argnames=("n_heads", "causal")))
+            if "jit" not in self._jitted:
+                self._jitted["jit"] = jax.jit(_forward, static_argnames=("n_heads", "causal"))
+            fn = self._jitted["jit"]
         w = weights
         with x64(dtype):
             out = fn(x, w.W_q, w.W_k, w.W_v, w.W_o, w.b_o, w.b_q, w.b_k, w.b_v,
