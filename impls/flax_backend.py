@@ -8,7 +8,10 @@ nothing) and the output bias is b_o.
 
 How the spec's decisions are expressed with flax's own options:
 - key padding mask: `mask=` is boolean [B, heads, Tq, Tk] with True = take part (the spec's
-  polarity), so the [B, Tk] mask goes in as [B, 1, 1, Tk];
+  polarity), so the [B, Tk] mask goes in as [B, 1, Tq, Tk]. Not as [B, 1, 1, Tk]: with
+  dropout_rate > 0 flax computes the weights itself and broadcasts its causal mask to the
+  mask's shape, which raises for a query dimension of 1 ("Incompatible types for
+  broadcasting", found by the suite's dropout_off_in_eval check);
 - causal: `is_causal=True` (flax's own causal overlay, passed down to the attention function);
 - scale: flax's default 1/sqrt(head_dim);
 - dropout: flax's own (`dropout_rate`, `deterministic=False`, an `nnx.Rngs` dropout stream),
@@ -42,7 +45,11 @@ FLAX_PINS = "flax==0.12.8 jax==0.10.2 jaxlib==0.10.2"
 def _call(mha: Any, x: Any, kpm: Any, b_o: Any, *, causal: bool, training: bool) -> Any:
     """The module's forward, then the disclosed correction of rows with no attendable key."""
     import jax.numpy as jnp
-    mask = None if kpm is None else kpm[:, None, None, :]  # (B, 1, 1, Tk): True = take part
+
+    B, T = x.shape[:2]
+    # (B, 1, Tq, Tk), True = take part; not (B, 1, 1, Tk): with dropout_rate > 0 flax's own path
+    # broadcasts its causal mask to the mask's shape and fails on a query dimension of 1
+    mask = None if kpm is None else jnp.broadcast_to(kpm[:, None, None, :], (B, 1, T, kpm.shape[-1]))
     out = mha(x, mask=mask, is_causal=causal, deterministic=not training)  # (B, T, d_out)
     if kpm is not None:  # flax: mean of V on a row with no key; spec: zero context -> b_o
         out = jnp.where(has_key(kpm, x.shape[1], causal)[:, :, None], out, b_o)

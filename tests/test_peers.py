@@ -135,6 +135,21 @@ def test_flax_dropout_is_its_own_rng():
     assert not np.array_equal(a1, a2) and np.array_equal(e1, e2)
 
 
+def test_flax_eval_with_a_dropout_rate_causal_and_padding():
+    # dropout_rate > 0 takes flax's own attention path, whose causal mask once failed to
+    # broadcast against a [B, 1, 1, Tk] padding mask
+    pytest.importorskip("flax", reason="flax is not installed (MHA_WITH_PEERS=1 nox -s tests installs it)")
+    b = resolve("flax").backend
+    config = spec.AttentionConfig(d_in=8, d_out=8, n_heads=2, causal=True, dropout_p=0.5)
+    params = spec.init_params(config, seed=0)
+    x = np.random.default_rng(1).standard_normal((2, 5, 8))
+    kpm = np.ones((2, 5), bool)
+    kpm[0, :2] = False
+    out = _forward(b, x, params, config, "float32", kpm)
+    golden = spec.forward(x, params, spec.AttentionConfig(d_in=8, d_out=8, n_heads=2), key_padding_mask=kpm)
+    assert np.abs(out - golden).max() < 1e-5
+
+
 # -- probes ----------------------------------------------------------------------------------
 class Fake:
     """A library that gets every disputed point 'wrong' on purpose: the probes must notice."""
