@@ -19,22 +19,34 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 DEPENDENCIES: list[str] = PYPROJECT["project"]["dependencies"]
 TORCH: list[str] = nox.project.dependency_groups(PYPROJECT, "torch")
 CUPY: list[str] = nox.project.dependency_groups(PYPROJECT, "cupy")
+PEERS: list[str] = nox.project.dependency_groups(PYPROJECT, "peers")  # jax, flax, onnxruntime
 
 
 def install(session: nox.Session, *, torch: bool = True, cupy: bool = False) -> None:
-    """Install the declared dependencies; torch (pinned) by default, CuPy only on request."""
+    """Install the declared dependencies; torch (pinned) by default, CuPy and the peers on request.
+
+    MHA_WITH_PEERS=1 adds the pinned jax, flax and onnxruntime, so their backends run instead
+    of being reported as skipped.
+    """
     packages = list(DEPENDENCIES)
     if torch:
         packages += TORCH
     if cupy or os.environ.get("MHA_WITH_CUPY") == "1":
         packages += CUPY
+    if torch and os.environ.get("MHA_WITH_PEERS") == "1":
+        packages += PEERS
     session.install("--disable-pip-version-check", "-q", *packages)
 
 
 @nox.session
 def conformance(session: nox.Session) -> None:
-    """Check every available backend against the spec; writes reports/latest/results.json."""
+    """Check every available backend against the spec; writes reports/latest/results.json.
+
+    First the semantic profile of the CPU backends' libraries (seconds; also into results.json,
+    same --out and --machine), then the suite.
+    """
     install(session)
+    session.run("python", "-m", "conformance.semantics", *session.posargs)
     session.run("python", "-m", "conformance", *session.posargs)
 
 

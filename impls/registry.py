@@ -26,6 +26,9 @@ BUILTINS: dict[str, str] = {
     "torch-sdpa-cuda": "impls.torch_sdpa:TorchSdpaCudaBackend",
     "torch-mha": "impls.torch_mha:TorchMhaBackend",
     "cupy": "impls.cupy_backend:CupyBackend",
+    "jax": "impls.jax_backend:JaxBackend",
+    "flax": "impls.flax_backend:FlaxBackend",
+    "onnxruntime": "impls.onnxruntime_backend:OnnxRuntimeBackend",
 }
 
 #: What `--backend all` (the default) runs: every built-in; those that cannot run here skip.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from reports import markdown as md
+from reports import semantic
 from reports.model import Report, conformance_summary, sig, step_title, totals_text
 from reports.svg import speed_figures
 
@@ -84,7 +85,7 @@ def _header(report: Report) -> str:
     if report.matrix is not None:
         out.append(f'<p class="summary"><strong>{esc(conformance_summary(report))}</strong></p>')
     out.append('<nav><a href="#environment">Environment</a><a href="#conformance">Conformance</a>'
-               '<a href="#failures">Failures</a><a href="#speed">Speed</a><a href="#plots">Plots</a></nav>')
+               '<a href="#failures">Failures</a><a href="#semantics">Semantics</a><a href="#speed">Speed</a><a href="#plots">Plots</a></nav>')
     return "<header>" + "\n".join(out) + "</header>"
 
 
@@ -216,7 +217,7 @@ def _plots(report: Report) -> str:
 
 def render(report: Report) -> str:
     body = "\n".join([_header(report), _environment(report), _matrix(report), _failures(report),
-                      _speed(report), _plots(report)])
+                      semantic.html(report, esc), _speed(report), _plots(report)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(report.title)}</title><style>{CSS}</style></head>\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from reports import semantic
 from reports.model import VERDICT, Report, conformance_summary, sig, step_title, totals_text
 from reports.speed_model import SpeedRow, SpeedTable
 
@@ -215,5 +216,6 @@ def render(report: Report) -> str:
     out += [generated_from(report), ""]
     if report.matrix is not None:
         out += [f"**{text(conformance_summary(report))}**", ""]
-    out += _environment(report) + _matrix(report) + _failures(report) + _speed(report)
+    out += _environment(report) + _matrix(report) + _failures(report)
+    out += semantic.markdown(report, text, code) + _speed(report)
     return "\n".join(out).rstrip() + "\n"

@@ -113,6 +113,7 @@ class Report:
     failures: list[Failure]
     speed: SpeedSection | None             # None: no run has a speed section
     multi_machine: bool = field(default=False)
+    semantics: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (machine, section)
 
 
 def _verdict_text(status: str, dtypes: list[str] | None = None) -> str:
@@ -320,7 +321,8 @@ def build(doc: dict[str, Any], title: str | None = None) -> Report:
         matrix=matrix,
         skipped_backends=[c for c in (matrix.columns if matrix else []) if c.skip_reason],
         failures=build_failures(runs, matrix) if matrix else [],
-        speed=speed, multi_machine=multi)
+        speed=speed, multi_machine=multi,
+        semantics=[(r["machine"], r["semantics"]) for r in runs if r.get("semantics")])
 
 
 def conformance_summary(report: Report) -> str:

@@ -1,0 +1,98 @@
+"""`python -m conformance.semantics [--out DIR] [--machine LABEL] [--backend NAME ...]`.
+
+Runs the semantic-profile probes on every CPU backend's library (or the named ones) and
+stores the table as the "semantics" section of this machine's run in `<out>/results.json`
+(the conformance and speed sections of that run are kept). A library that is not installed
+gets a row saying so. Other options of `python -m conformance` are accepted and ignored, so
+`nox -s conformance` can pass its arguments to both; with --list-checks, --list-backends or
+--help among them nothing is probed. Backends without a probe (GPU names, module:attr specs)
+are left out; the exit status is 0 (the suite, not this step, validates the arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from conformance.semantics.libraries import all_raw
+from conformance.semantics.probes import COLUMNS, profile
+
+QUIET = ("--list-checks", "--list-backends", "-h", "--help")
+
+
+def adapter_notes(name: str) -> str:
+    """What the backend adapter of this library corrects or declares (its Capabilities.notes)."""
+    from impls.registry import BUILTINS, _load_module_attr
+
+    return _load_module_attr(BUILTINS[name]).capabilities.notes  # a class attribute: no framework import
+
+
+def measure(names: list[str] | None = None) -> dict[str, Any]:
+    """The semantics section: one row per library, the columns and when it ran."""
+    started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
+    rows = []
+    for raw in all_raw():
+        if names and raw.name not in names:
+            continue
+        reason = raw.missing()
+        rows.append({"backend": raw.name, "library": raw.library, "skip_reason": reason,
+                     "entries": {} if reason else profile(raw), "adapter_notes": adapter_notes(raw.name)})
+    command = "python -m conformance.semantics " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return {"status": "complete", "started": started, "duration_s": round(time.monotonic() - t0, 2),
+            "command": command.strip(), "columns": [{"key": k, "title": t} for k, t in COLUMNS], "rows": rows}
+
+
+def write(out: Path, machine: str | None, section: dict[str, Any]) -> Path:
+    """Set this machine's run's "semantics" section in out/results.json, keeping everything else."""
+    from conformance.environment import collect, machine_label
+    from reports.results_io import KIND, atomic_write_json, empty_document
+
+    path, machine = Path(out) / "results.json", machine or machine_label()
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("kind") != KIND or not isinstance(doc.get("runs"), list):
+            doc = empty_document()
+    except (OSError, ValueError):
+        doc = empty_document()
+    run = next((r for r in doc["runs"] if r.get("machine") == machine), None)
+    if run is None:
+        run = {"machine": machine, "environment": collect(), "conformance": None, "speed": None}
+        doc["runs"].append(run)
+    run["semantics"] = section
+    atomic_write_json(path, doc)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in QUIET for a in argv):
+        return 0
+    p = argparse.ArgumentParser(prog="python -m conformance.semantics", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="reports/latest")
+    p.add_argument("--machine", default=None)
+    p.add_argument("--backend", "-b", action="append", default=[])
+    args, _ = p.parse_known_args(argv)
+    known = [r.name for r in all_raw()]
+    names = [b for b in args.backend if b in known]  # other specs (module:attr, GPU names) have no probe
+    if args.backend and not names:
+        print("semantic profile: none of the selected backends is a probed CPU library "
+              f"({', '.join(known)}); nothing probed")
+        return 0
+    section = measure(names or None)
+    path = write(Path(args.out), args.machine, section)
+    w = max(len(r["backend"]) for r in section["rows"])
+    print(f"semantic profile ({section['duration_s']} s) -> {path}")
+    for r in section["rows"]:
+        cells = r["skip_reason"] or " | ".join(r["entries"][k]["value"] for k, _ in COLUMNS)
+        print(f"  {r['backend']:{w}s}  {cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

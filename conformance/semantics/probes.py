@@ -1,0 +1,202 @@
+"""The semantic-profile probes: where attention libraries disagree, measured on each library.
+
+Every probe calls a library's own attention (a `libraries.Raw`), never a backend adapter, so
+no correction made by an adapter can hide what the library does. Each runs on tiny inputs
+whose expected outputs under each candidate behaviour are computed here in float64, and
+reports the candidate that the library's output matches (or what it did instead: NaN, an
+exception, an unrecognised value). Nothing is copied from documentation.
+
+Columns of the profile (`COLUMNS`): the fully masked row, the key padding mask polarity,
+causal alignment when Tq < Tk, the default scale, the dropout mode, the output dtype for
+float16 and bfloat16 inputs, and the dtypes that run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("fully_masked_row", "fully masked row"),
+    ("mask_polarity", "key padding mask polarity"),
+    ("causal_alignment", "causal alignment, Tq < Tk"),
+    ("default_scale", "default scale"),
+    ("dropout", "dropout mode"),
+    ("low_precision_output", "output dtype, low-precision inputs"),
+    ("dtypes", "dtypes supported"),
+)
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+#: How close a float32 output must be to a candidate's float64 value to be called a match:
+#: the inputs are O(1) and 4-16 elements long, so float32 rounding is ~1e-6; the candidates
+#: differ from each other by more than 0.05 on these inputs (checked in `_closest`).
+MATCH = 1e-4
+
+
+def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, allowed: np.ndarray | None = None,
+              scale: float | None = None) -> np.ndarray:
+    """softmax(q k^T * scale, masked) v in float64; q [B, H, Tq, hd], allowed broadcasts to [B, H, Tq, Tk]."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = q @ k.swapaxes(-1, -2) * scale  # (B, H, Tq, Tk)
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)) @ v  # (B, H, Tq, hd)
+
+
+def inputs(B: int, H: int, Tq: int, Tk: int, hd: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((B, H, T, hd)) for T in (Tq, Tk, Tk))
+    return q, k, v
+
+
+def entry(value: str, detail: str = "") -> dict[str, str]:
+    return {"value": value, "detail": detail or value}
+
+
+def _error(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:160]}"
+
+
+def _closest(out: np.ndarray, candidates: dict[str, np.ndarray]) -> str | None:
+    """The candidate name `out` matches, or None; candidates must be told apart by the inputs."""
+    errs = {name: float(np.abs(out - c).max()) for name, c in candidates.items()}
+    best = min(errs, key=errs.get)
+    spread = min((float(np.abs(candidates[best] - c).max()) for n, c in candidates.items() if n != best),
+                 default=np.inf)
+    assert spread > 0.05, f"probe inputs do not separate the candidates ({spread})"
+    return best if errs[best] < MATCH else None
+
+
+def _call(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return np.asarray(fn(), dtype=np.float64), None
+    except Exception as e:  # a library's refusal is a measurement, not a crash
+        return None, _error(e)
+
+
+def mask_polarity(raw: Any) -> dict[str, str]:
+    """One query, four keys, a boolean mask that is True for key 0 only.
+
+    The query is 0, so every score is 0 whatever the scale: the output is the mean of the
+    values the library lets the query see (v0 alone, or v1..v3).
+    """
+    q, k, v = inputs(1, 1, 1, 4, 4, seed=1)
+    q = np.zeros_like(q)
+    mask = np.array([[True, False, False, False]])
+    out, err = _call(lambda: raw.attend(q, k, v, mask=mask))
+    if err:
+        return entry("raises", err)
+    found = _closest(out, {"True = take part": reference(q, k, v, mask[:, None, None, :]),
+                           "True = masked out": reference(q, k, v, ~mask[:, None, None, :])})
+    return entry(found or "neither", f"mask True only for key 0: the output is "
+                 f"{'attention over key 0 alone' if found == 'True = take part' else 'attention over keys 1-3' if found else np.round(out.ravel(), 4).tolist()}")
+
+
+def fully_masked_row(raw: Any, polarity: str) -> dict[str, str]:
+    """Batch row 1 has every key masked (in the library's own polarity); row 0 none."""
+    x = inputs(2, 2, 3, 3, 4, seed=2)[0]  # self-attention, q is k is v: the path libraries take in use
+    take = np.array([[True] * 3, [False] * 3])
+    mask = ~take if polarity == "True = masked out" else take
+    out, err = _call(lambda: raw.attend(x, x, x, mask=mask))
+    if err:
+        return entry("raises", err)
+    row = out[1]  # (H, Tq, hd)
+    if np.isnan(row).all():
+        return entry("NaN", "every output of the fully masked row is NaN")
+    if np.isnan(row).any():
+        return entry("partly NaN", f"{int(np.isnan(row).sum())} of {row.size} outputs are NaN")
+    if np.abs(row).max() == 0:
+        return entry("zeros", "the fully masked row's context is exactly 0")
+    if np.abs(row - x[1].mean(-2, keepdims=True)).max() < MATCH:  # softmax of equal logits: mean of V
+        return entry("uniform", "the fully masked row's context is the uniform average of V "
+                     "(masked logits are a finite large negative number, equal across the row)")
+    return entry("other", f"max |context| {np.abs(row).max():.3g}, neither 0, NaN nor the mean of V")
+
+
+def causal_alignment(raw: Any) -> dict[str, str]:
+    """Two queries, five keys, the library's causal option; no padding mask.
+
+    Zero queries again (scale-free): each output is the mean of the values its query may see.
+    """
+    Tq, Tk = 2, 5
+    q, k, v = inputs(1, 1, Tq, Tk, 4, seed=3)
+    q = np.zeros_like(q)
+    out, err = _call(lambda: raw.attend(q, k, v, causal=True))
+    if err:
+        return entry("raises", f"Tq={Tq} < Tk={Tk} with the causal option: {err}")
+    top_left = np.tril(np.ones((Tq, Tk), bool))  # query i sees keys 0..i
+    bottom_right = np.tril(np.ones((Tq, Tk), bool), Tk - Tq)  # query i sees keys 0..i+Tk-Tq
+    found = _closest(out, {"top-left": reference(q, k, v, top_left),
+                           "bottom-right": reference(q, k, v, bottom_right),
+                           "no mask": reference(q, k, v)})
+    detail = {"top-left": "query i sees keys 0..i (the first queries, not the last)",
+              "bottom-right": "query i sees keys 0..i+Tk-Tq (the queries are the last positions, as the spec)",
+              "no mask": "the causal option had no effect when Tq != Tk"}.get(found, "none of top-left, "
+                                                                            "bottom-right or unmasked")
+    return entry(found or "other", f"Tq={Tq}, Tk={Tk}: {detail}")
+
+
+def default_scale(raw: Any) -> dict[str, str]:
+    """head_dim 16, no scale given; compared with 1/sqrt(hd), 1 and 1/hd."""
+    hd = 16
+    q, k, v = inputs(1, 1, 3, 3, hd, seed=4)
+    out, err = _call(lambda: raw.attend(q, k, v))
+    if err:
+        return entry("raises", err)
+    found = _closest(out, {"1/sqrt(head_dim)": reference(q, k, v, scale=1 / math.sqrt(hd)),
+                           "1 (none)": reference(q, k, v, scale=1.0),
+                           "1/head_dim": reference(q, k, v, scale=1 / hd)})
+    return entry(found or "other", f"head_dim={hd}, no scale argument: matches {found or 'no candidate'}")
+
+
+def low_precision_output(raw: Any) -> dict[str, str]:
+    """The output dtype for float16 and bfloat16 inputs (float32 when the result is widened)."""
+    q, k, v = inputs(1, 2, 3, 3, 4, seed=5)
+    parts = []
+    for dtype in ("float16", "bfloat16"):
+        try:
+            parts.append((f"{dtype} → {raw.output_dtype(q, k, v, dtype)}", ""))
+        except Exception as e:
+            parts.append((f"{dtype}: raises", _error(e)))
+    return entry(", ".join(p for p, _ in parts), "; ".join(p + (f" ({d})" if d else "") for p, d in parts))
+
+
+def dtypes(raw: Any) -> dict[str, str]:
+    """Each dtype that runs, with its error against float64 relative to the largest output."""
+    q, k, v = inputs(2, 2, 5, 5, 8, seed=6)
+    gold = reference(q, k, v)
+    ok, notes = [], []
+    for dtype in DTYPES:
+        out, err = _call(lambda dtype=dtype: raw.attend(q, k, v, dtype=dtype))
+        if err:
+            notes.append(f"{dtype}: {err}")
+            continue
+        rel = float(np.abs(out - gold).max() / np.abs(gold).max())
+        ok.append(dtype)
+        notes.append(f"{dtype}: relative error {rel:.1e}")
+    extra = raw.dtype_notes() if hasattr(raw, "dtype_notes") else []  # (short, long)
+    value = ", ".join(ok) or "none"
+    return entry(value + "".join(f" ({short})" for short, _ in extra), "; ".join(notes + [n for _, n in extra]))
+
+
+def profile(raw: Any) -> dict[str, dict[str, str]]:
+    """All columns for one library; a probe that crashes is reported, not raised."""
+    out: dict[str, dict[str, str]] = {}
+    out["mask_polarity"] = _guard(lambda: mask_polarity(raw))
+    out["fully_masked_row"] = _guard(lambda: fully_masked_row(raw, out["mask_polarity"]["value"]))
+    out["causal_alignment"] = _guard(lambda: causal_alignment(raw))
+    out["default_scale"] = _guard(lambda: default_scale(raw))
+    out["dropout"] = _guard(lambda: entry(*raw.dropout()))
+    out["low_precision_output"] = _guard(lambda: low_precision_output(raw))
+    out["dtypes"] = _guard(lambda: dtypes(raw))
+    return {key: out[key] for key, _ in COLUMNS}
+
+
+def _guard(fn: Callable[[], dict[str, str]]) -> dict[str, str]:
+    try:
+        return fn()
+    except Exception as e:
+        return entry("probe error", _error(e))

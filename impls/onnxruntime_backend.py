@@ -1,0 +1,173 @@
+"""ONNX Runtime as a backend: the standard ONNX `Attention` operator (opset 23) on the CPU.
+
+A real peer: the graph, built with `onnx.helper`, is the whole block, MatMul (+ Add) for the
+Q, K, V projections, one `Attention` node with `q_num_heads = kv_num_heads = H` on the
+[B, T, d_out] projections (the operator splits and merges the heads itself), then MatMul +
+Add for the output projection. Weights are graph inputs, so one session per (dtype, heads,
+options) serves every shape and every weight draw (dimensions are symbolic).
+
+How the spec's decisions are expressed with the operator's own options:
+- key padding mask: a boolean `attn_mask` has True = take part (the spec's polarity); the
+  [B, Tk] mask is expanded to [B, 1, Tq, Tk] inside the graph (the operator's definition lets
+  it broadcast from [B, 1, 1, Tk], but ONNX Runtime 1.32 refuses a query dimension of 1:
+  "inconsistent q_sequence_length (between attn_mask and Q)");
+- causal: the `is_causal` attribute. The suite's forward has Tq == Tk, where top-left and
+  bottom-right alignment agree; the semantic profile shows how it aligns when Tq < Tk;
+- scale: the operator's default, 1/sqrt(head_dim);
+- a query with no attendable key: ONNX Runtime returns a zero context, as the spec says
+  (measured by the semantic profile), so nothing is corrected.
+
+dtypes: float64, float32 and float16. ONNX Runtime 1.32's CPU provider has no bfloat16
+kernel for the nodes the operator expands into ("Could not find an implementation for
+Expand(13)"), so bfloat16 is not declared. No dropout: the operator has none.
+Threads: `SessionOptions.intra_op_num_threads` follows OMP_NUM_THREADS (which ONNX Runtime
+itself ignores; the suite sets it to 1 per worker), inter-op 1, sequential execution.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from impls.base import Backend, Capabilities
+from impls.jax_backend import PEERS_SWITCH
+from spec.config import AttentionConfig, dtype_name, numpy_dtype
+from spec.params import Params
+
+ORT_PINS = "onnx==1.23.2 onnxruntime==1.32.0"
+ORT_DTYPES = ("float64", "float32", "float16")
+OPSET = 23
+
+
+def ort_missing() -> str | None:
+    """Why onnx and onnxruntime cannot be used here, or None when both import."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return f"onnxruntime is not installed: {e} ({PEERS_SWITCH}, or pip install {ORT_PINS})"
+    return None
+
+
+def session_options() -> Any:
+    """One intra-op thread per worker when the suite asks for it; quiet logs."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)  # 0: ORT's default
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only: symbolic output shapes make ORT warn on every run
+    return so
+
+
+def elem_type(dtype: str) -> int:
+    from onnx import TensorProto
+
+    return {"float64": TensorProto.DOUBLE, "float32": TensorProto.FLOAT,
+            "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}[dtype]
+
+
+def attention_graph(dtype: str, n_heads: int, causal: bool, qkv_bias: bool, mask: bool) -> bytes:
+    """The block as a serialized ONNX model: inputs x, W_q^T, W_k^T, W_v^T, W_o^T, b_o (+ biases, mask)."""
+    from onnx import TensorProto, helper
+
+    t = elem_type(dtype)
+    vi = helper.make_tensor_value_info
+    inputs = [vi("x", t, ["B", "T", "d_in"])]
+    inputs += [vi(f"W_{n}T", t, ["d_in", "d_out"]) for n in "qkv"]
+    inputs += [vi("W_oT", t, ["d_out", "d_out"]), vi("b_o", t, ["d_out"])]
+    nodes = []
+    for n in "qkv":  # (B, T, d_out) each
+        nodes.append(helper.make_node("MatMul", ["x", f"W_{n}T"], [f"{n}0" if qkv_bias else n]))
+        if qkv_bias:
+            inputs.append(vi(f"b_{n}", t, ["d_out"]))
+            nodes.append(helper.make_node("Add", [f"{n}0", f"b_{n}"], [n]))
+    attn_in = ["q", "k", "v"]
+    if mask:
+        inputs.append(vi("kpm", TensorProto.BOOL, ["B", "T"]))
+        nodes.append(helper.make_node("Constant", [], ["axes"], value=helper.make_tensor(
+            "axes", TensorProto.INT64, [2], [1, 2])))
+        nodes.append(helper.make_node("Unsqueeze", ["kpm", "axes"], ["kpm4"]))  # (B, 1, 1, Tk)
+        # ONNX Runtime wants the mask's query dimension to be Tq itself, not a broadcast 1
+        nodes.append(helper.make_node("Shape", ["x"], ["B"], start=0, end=1))
+        nodes.append(helper.make_node("Shape", ["x"], ["T"], start=1, end=2))
+        nodes.append(helper.make_node("Constant", [], ["one"], value=helper.make_tensor(
+            "one", TensorProto.INT64, [1], [1])))
+        nodes.append(helper.make_node("Concat", ["B", "one", "T", "T"], ["shape4"], axis=0))
+        nodes.append(helper.make_node("Expand", ["kpm4", "shape4"], ["attn_mask"]))  # (B, 1, Tq, Tk)
+        attn_in.append("attn_mask")
+    nodes.append(helper.make_node("Attention", attn_in, ["ctx"], q_num_heads=n_heads, kv_num_heads=n_heads,
+                                  is_causal=int(causal)))  # (B, T, d_out)
+    nodes.append(helper.make_node("MatMul", ["ctx", "W_oT"], ["y0"]))
+    nodes.append(helper.make_node("Add", ["y0", "b_o"], ["y"]))  # (B, T, d_out)
+    graph = helper.make_graph(nodes, "mha", inputs, [vi("y", t, ["B", "T", "d_out"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return model.SerializeToString()
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    capabilities = Capabilities(
+        dtypes=ORT_DTYPES,
+        device="cpu",
+        key_padding_mask=True,
+        qkv_bias=True,
+        dropout="none",
+        notes="ONNX Attention operator (opset 23) on ONNX Runtime's CPU execution provider, one graph for "
+              "the block; mask passed as is (its True = take part); no correction needed (fully masked "
+              "rows already zero); no bfloat16 CPU kernel; the operator has no dropout.",
+    )
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple, Any] = {}
+
+    def availability(self) -> str | None:
+        return ort_missing()
+
+    def check_dtype(self, dtype: str) -> None:
+        if dtype not in self.capabilities.dtypes:
+            raise ValueError(f"backend {self.name!r} does not compute in {dtype!r}; "
+                             f"valid: {', '.join(self.capabilities.dtypes)}")
+
+    def from_numpy(self, a: np.ndarray, dtype: str | None = None) -> np.ndarray:
+        a = np.asarray(a)
+        return np.array(a, dtype=numpy_dtype(dtype) if dtype else a.dtype)  # a copy, never shared
+
+    def to_numpy(self, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a)
+
+    def prepare(self, params: Params, dtype: str) -> dict[str, np.ndarray]:
+        """Graph inputs, transposed and contiguous, in dtype."""
+        self.check_dtype(dtype)
+        feeds = {f"W_{n}T": np.ascontiguousarray(self.from_numpy(getattr(params, f"W_{n}"), dtype).T)
+                 for n in "qkvo"}  # (in, out)
+        feeds["b_o"] = self.from_numpy(params.b_o, dtype)
+        if params.b_q is not None:
+            feeds.update({f"b_{n}": self.from_numpy(getattr(params, f"b_{n}"), dtype) for n in "qkv"})
+        return feeds
+
+    def session(self, dtype: str, config: AttentionConfig, qkv_bias: bool, mask: bool) -> Any:
+        import onnxruntime as ort
+
+        key = (dtype, config.n_heads, config.causal, qkv_bias, mask)
+        if key not in self._sessions:
+            model = attention_graph(dtype, config.n_heads, config.causal, qkv_bias, mask)
+            self._sessions[key] = ort.InferenceSession(model, session_options(),
+                                                       providers=["CPUExecutionProvider"])
+        return self._sessions[key]
+
+    def forward(self, x: np.ndarray, weights: dict[str, np.ndarray], config: AttentionConfig, *,
+                key_padding_mask: Any = None, dropout_mask: Any = None,
+                training: bool = False) -> np.ndarray:
+        if dropout_mask is not None or (training and config.dropout_p > 0):
+            raise ValueError(f"backend {self.name!r} has no dropout (the ONNX Attention operator has "
+                             f"none); use training=False or dropout_p=0")
+        dtype = dtype_name(x.dtype)
+        sess = self.session(dtype, config, "b_q" in weights, key_padding_mask is not None)
+        feeds = {"x": x, **weights}
+        if key_padding_mask is not None:
+            feeds["kpm"] = key_padding_mask
+        return sess.run(["y"], feeds)[0]
