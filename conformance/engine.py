@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import errors as hyp_errors
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import seed as hyp_seed
 
 from conformance.case import Case
@@ -72,6 +72,8 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
         with time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
             check.fn(runner, case)
 
+    for case in check.explicit_cases(backend, dtype):  # run before the drawn examples
+        body = example(case)(body)
     test = given(check.cases(backend, dtype))(body)
     # one example-database entry per (check, backend, dtype), not one shared by all
     test.hypothesis.inner_test._hypothesis_internal_add_digest = f"{check.name}|{backend.name}|{dtype}".encode()
