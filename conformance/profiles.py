@@ -40,6 +40,9 @@ PROFILES: dict[str, dict] = {
 LARGE_SHARE = {"quick": 0.2, "default": 0.2, "thorough": 0.1, "reproducible": 0.2, "mutants": 0.2}
 LARGE_BUDGET_S = {"quick": 0.1, "default": 0.4, "thorough": 2.0, "reproducible": 0.4, "mutants": 0.4}
 
+#: Per-example time limits in seconds: the first example of a check may warm a device up.
+EXAMPLE_TIMEOUT_S = {"first": 120.0, "later": 30.0}
+
 
 def large_regime() -> tuple[float, float]:
     """(LARGE_SHARE, LARGE_BUDGET_S) of the current profile, or of the profile it derives from

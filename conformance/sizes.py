@@ -221,7 +221,8 @@ def _draw_class(draw, d: _Draw, name: str) -> None:
 #: Per class, the sizes just past the tile, vector and grid edges its bugs live at, which
 #: `representatives` turns into fixed cases. The other dimensions come from REP_BASE, or
 #: stay at their minimum where REP_BASE does not fit the budget; edges that fit neither
-#: (T = 2049 in float16 at the default budget) are left out.
+#: (T = 2049 in float16 at the default budget) are left out, and the longest T the budget
+#: allows at the dtype is added (a bug past T = 1024 needs more than one key past it to show).
 EDGE_VALUES: dict[str, list[dict[str, int]]] = {
     "H>8": [{"H": 9}, {"H": 17}, {"H": 32}],
     "head_dim>64": [{"head_dim": 72}, {"head_dim": 111}, {"head_dim": 256}],
@@ -250,6 +251,9 @@ def representatives(dtype: str, budget_s: float, equal_d: bool = False, min_toke
                 if d.fits(**kw) and SIZE_CLASSES[name](d.with_(**kw)):
                     out.append((name, d.with_(**kw)))
                     break
+    longest = d.max_fit("T", MAX_TOKENS)  # the longest T the budget allows, one head of width 1
+    if longest > 512 and all(s.T != longest for _, s in out):
+        out.append(("T>512", d.with_(T=longest)))
     return out
 
 
