@@ -53,6 +53,13 @@ def mutants(session: nox.Session) -> None:
 
 
 @nox.session
+def sweep(session: nox.Session) -> None:
+    """Run the default profile on many fresh random seeds over the correct backends; count failures."""
+    install(session)
+    session.run("python", "-m", "conformance.sweep", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Time every available, conforming backend side by side; writes the speed section."""
     install(session)

@@ -18,6 +18,7 @@ from conformance import strategies as cs
 from conformance.case import round_to
 from conformance.checks import CheckFailure, check
 from conformance.checks.localize import first_wrong_step
+from conformance.conditioning import decided_output_rows
 from conformance.reference import forward_golden_and_plain
 from spec import invariants as inv
 from spec.config import AttentionConfig
@@ -251,7 +252,10 @@ def finite_for_large_logits(run, case):
     got = run.forward(case)
     run.assert_exact("forward finite at large logits", inv.all_finite(got))
     golden, plain = forward_golden_and_plain(case)
-    run.assert_close("forward at large logits", got, golden, plain)
+    # a near tie at the top is decided by one rounding: compare the rows that D decides
+    rows = decided_output_rows(case.x, case.params, case.config, case.key_padding_mask, case.dtype)  # (B, T)
+    run.assert_close(f"forward at large logits ({int(rows.sum())} of {rows.size} query rows without a near tie)",
+                     got[rows], golden[rows], plain[rows])
 
 
 @st.composite

@@ -13,6 +13,7 @@ from scipy import stats
 from conformance import strategies as cs
 from conformance.case import round_to
 from conformance.checks import CheckFailure, check
+from conformance.conditioning import decided_step8_rows
 from conformance.reference import golden_and_plain, step_inputs
 from impls.base import exposed_steps
 from spec import invariants as inv
@@ -243,7 +244,10 @@ def softmax_finite_for_large_logits(run, case):
     target = np.broadcast_to(_ok_mask(case).any(-1).astype(np.float64), got.shape[:-1])
     golden, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask)
     run.assert_close("step 8 row sums at large logits", got.sum(-1), target, plain.sum(-1), floor_scale=2.0)
-    run.assert_close("step 8 weights at large logits", got, golden, plain)
+    # a near tie at the top is decided by one rounding: compare the rows that D decides
+    rows = decided_step8_rows(scores, case.config, case.key_padding_mask, case.dtype)  # (B, H, T)
+    run.assert_close(f"step 8 weights at large logits ({int(rows.sum())} of {rows.size} rows without a near tie)",
+                     got[rows], golden[rows], plain[rows])
 
 
 # -- step 9 ---------------------------------------------------------------------------------
@@ -264,7 +268,8 @@ def context_in_convex_hull(run, case):
     got = run.step("context", w, V, shapes=(expected_shape(9, case.config, case.B, case.T),))
     _, plain = golden_and_plain(S.context, case.dtype, w, V)
     excursion = inv.context_in_convex_hull(got, V, _ok_mask(case))
-    allowed = inv.context_in_convex_hull(plain, V, _ok_mask(case))  # the plain reference's own excursion
+    # the plain reference's own excursion, worst of its runs
+    allowed = max(inv.context_in_convex_hull(r, V, _ok_mask(case)) for r in plain.runs)
     scale = max(float(np.max(np.abs(V), initial=0.0)), 1.0)
     # golden excursion is 0: compare the backend's with K x the plain reference's, plus the floor
     run.assert_close("step 9 excursion outside the value rows' range", np.array([excursion / scale]),

@@ -1,0 +1,174 @@
+"""Other correct operation orders, in dtype D, for the plain reference to span.
+
+The spec fixes one order of operations: scale the masked scores, subtract the row maximum,
+exponentiate, normalise the weights, then multiply by V. A correct implementation in dtype D
+may do otherwise and round differently: fold the scale into q (or into q and k, as PyTorch's
+math path does), normalise the context after P @ V instead of the weights, run an online
+(blockwise) softmax as FlashAttention does, or sum the matmuls' products in another order.
+Each function here is one such order, written plainly in the inputs' dtype, so that the plain
+reference (`conformance.reference`) measures what rounding any correct order may cost, not
+what the spec's own order happens to cost. All of them equal the spec in exact arithmetic;
+`tests/test_orders.py` checks that in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from spec import steps as S
+from spec.config import AttentionConfig
+from spec.params import Params
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.matmul(a, b).astype(a.dtype, copy=False)
+
+
+def _mm_split(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b with the reduction split in two halves added last: another summation order."""
+    n = a.shape[-1]
+    if n < 2:
+        return _mm(a, b)
+    k = n // 2
+    return (_mm(a[..., :k], b[..., :k, :]) + _mm(a[..., k:], b[..., k:, :])).astype(a.dtype, copy=False)
+
+
+def _masked(config: AttentionConfig, B: int, Tq: int, Tk: int, kpm: np.ndarray | None) -> np.ndarray:
+    m = np.zeros((B, 1, Tq, Tk), dtype=bool)  # (B, 1, Tq, Tk)
+    if config.causal:
+        m = m | S.causal_mask(Tq, Tk)
+    if kpm is not None:
+        m = m | ~kpm[:, None, None, :]  # (B, 1, 1, Tk)
+    return m
+
+
+def _heads(a: np.ndarray, H: int) -> np.ndarray:
+    return S.group_by_heads(S.split_heads(a, H))  # (B, H, T, hd)
+
+
+def _keep(config: AttentionConfig, dropout_mask: np.ndarray | None, e: np.ndarray) -> np.ndarray:
+    """Unnormalised weights after inverted dropout (normalising later commutes with it)."""
+    if dropout_mask is None:
+        return e
+    return np.where(dropout_mask, e * e.dtype.type(1.0 / (1.0 - config.dropout_p)), 0).astype(e.dtype)
+
+
+def _finish(ctx: np.ndarray, params: Params) -> np.ndarray:
+    return S.out_proj(S.concat_heads(S.permute_back(ctx)), params)  # (B, T, d_out)
+
+
+def forward_scale_on_q_late_norm(x: np.ndarray, params: Params, config: AttentionConfig,
+                                 key_padding_mask: np.ndarray | None = None,
+                                 dropout_mask: np.ndarray | None = None) -> np.ndarray:
+    """q scaled by 1/sqrt(hd) before q @ k^T; the context normalised after P @ V."""
+    Q, K, V = (_heads(a, config.n_heads) for a in S.project_qkv(x, params))  # (B, H, T, hd)
+    q = Q * Q.dtype.type(1.0 / np.sqrt(config.head_dim))
+    s = _mm(q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
+    s = np.where(_masked(config, *s.shape[:1], *s.shape[2:], key_padding_mask), -np.inf, s)
+    m = s.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    with np.errstate(over="ignore"):
+        e = np.exp(s - m)
+    total = e.sum(axis=-1, keepdims=True)
+    ctx = _mm(_keep(config, dropout_mask, e), V) / np.where(total > 0, total, 1)  # (B, H, Tq, hd)
+    return _finish(ctx.astype(Q.dtype, copy=False), params)
+
+
+def forward_online_softmax(x: np.ndarray, params: Params, config: AttentionConfig,
+                           key_padding_mask: np.ndarray | None = None,
+                           dropout_mask: np.ndarray | None = None, block: int = 16) -> np.ndarray:
+    """FlashAttention's order: sqrt(scale) on q and k, keys in blocks, running max and sum."""
+    Q, K, V = (_heads(a, config.n_heads) for a in S.project_qkv(x, params))  # (B, H, T, hd)
+    dt = Q.dtype.type
+    r = dt(config.head_dim ** -0.25)  # PyTorch's math path scales q and k by sqrt(scale) each
+    q, k = Q * r, K * r
+    B, H, Tq, _ = q.shape
+    Tk = k.shape[2]
+    masked = _masked(config, B, Tq, Tk, key_padding_mask)  # (B, 1, Tq, Tk)
+    m = np.full((B, H, Tq, 1), -np.inf, dtype=Q.dtype)
+    total = np.zeros((B, H, Tq, 1), dtype=Q.dtype)
+    acc = np.zeros((B, H, Tq, V.shape[-1]), dtype=Q.dtype)
+    for j in range(0, Tk, block):
+        sl = slice(j, j + block)
+        s = np.where(masked[..., sl], -np.inf, _mm(q, k[:, :, sl].swapaxes(-2, -1)))  # (B, H, Tq, blk)
+        m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
+        base = np.where(np.isfinite(m_new), m_new, 0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.exp(s - base)
+            rescale = np.where(np.isfinite(m), np.exp(m - base), 0).astype(Q.dtype)
+        keep = None if dropout_mask is None else dropout_mask[..., sl]
+        total = (total * rescale + e.sum(axis=-1, keepdims=True)).astype(Q.dtype)
+        acc = (acc * rescale + _mm(_keep(config, keep, e), V[:, :, sl])).astype(Q.dtype)
+        m = m_new
+    ctx = acc / np.where(total > 0, total, 1)  # (B, H, Tq, hd); rows with no key stay 0
+    return _finish(ctx.astype(Q.dtype, copy=False), params)
+
+
+def attn_weights_scale_first(attn_scores: np.ndarray, config: AttentionConfig,
+                             key_padding_mask: np.ndarray | None = None,
+                             dropout_mask: np.ndarray | None = None) -> np.ndarray:
+    """Scores multiplied by the rounded 1/sqrt(hd), then masked; max subtracted after."""
+    s = attn_scores * attn_scores.dtype.type(1.0 / np.sqrt(config.head_dim))
+    B, _, Tq, Tk = s.shape
+    s = np.where(_masked(config, B, Tq, Tk, key_padding_mask), -np.inf, s)
+    m = s.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):
+        e = np.exp(s - np.where(np.isfinite(m), m, 0))
+    w = e / np.where((t := e.sum(axis=-1, keepdims=True)) > 0, t, 1)
+    if dropout_mask is not None:
+        w = _keep(config, dropout_mask, w)
+    return w.astype(attn_scores.dtype, copy=False)
+
+
+def attn_weights_max_first(attn_scores: np.ndarray, config: AttentionConfig,
+                           key_padding_mask: np.ndarray | None = None,
+                           dropout_mask: np.ndarray | None = None) -> np.ndarray:
+    """The row maximum of the raw scores subtracted first, the scale applied to the difference."""
+    B, _, Tq, Tk = attn_scores.shape
+    s = np.where(_masked(config, B, Tq, Tk, key_padding_mask), -np.inf, attn_scores)
+    m = s.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = (s - np.where(np.isfinite(m), m, 0)) * s.dtype.type(1.0 / np.sqrt(config.head_dim))
+        e = np.exp(d)
+    w = e / np.where((t := e.sum(axis=-1, keepdims=True)) > 0, t, 1)
+    if dropout_mask is not None:
+        w = _keep(config, dropout_mask, w)
+    return w.astype(attn_scores.dtype, copy=False)
+
+
+def project_qkv_split_sum(x: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 4 with the sum over d_in split in two halves."""
+    Q, K, V = (_mm_split(x, W.T) for W in (params.W_q, params.W_k, params.W_v))  # (B, T, d_out)
+    if params.b_q is not None:
+        Q, K, V = Q + params.b_q, K + params.b_k, V + params.b_v
+    return Q, K, V
+
+
+def attn_scores_split_sum(Q: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Step 7 with the sum over head_dim split in two halves."""
+    return _mm_split(Q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
+
+
+def context_split_sum(attn_weights: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Step 9 with the sum over keys split in two halves."""
+    return _mm_split(attn_weights, V)  # (B, H, Tq, hd)
+
+
+def out_proj_split_sum(context: np.ndarray, params: Params) -> np.ndarray:
+    """Step 12 with the sum over d_out split in two halves."""
+    return _mm_split(context, params.W_o.T) + params.b_o  # (B, T, d_out)
+
+
+#: Spec function -> other correct orders of the same computation (same signature).
+ORDERS: dict[Callable, tuple[Callable, ...]] = {
+    S.project_qkv: (project_qkv_split_sum,),
+    S.attn_scores: (attn_scores_split_sum,),
+    S.attn_weights: (attn_weights_scale_first, attn_weights_max_first),
+    S.context: (context_split_sum,),
+    S.out_proj: (out_proj_split_sum,),
+}
+
+#: The whole block's other orders (spec.block.forward's signature).
+FORWARD_ORDERS: tuple[Callable, ...] = (forward_scale_on_q_late_norm, forward_online_softmax)
