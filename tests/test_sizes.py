@@ -62,13 +62,13 @@ def test_draws_stay_in_budget_and_reach_every_class(dtype, equal_d):
 
 def test_budget_reach_matches_the_documented_numbers():
     # profiles.LARGE_BUDGET_S's comment: T past 1024 (max-seqlen bugs) at every dtype by
-    # default; T = 4096 in float32 and bfloat16 only with the thorough budget
+    # default; T = 4096 only with the thorough budget, and not in float64 (memory)
     one_head = lambda T: sz.Sizes(B=1, T=T, d_in=1, H=1, head_dim=1)  # noqa: E731
     for dtype in DTYPES:
         assert sz.affordable(dtype, one_head(1025), BUDGET)
         assert not sz.affordable(dtype, one_head(4096), BUDGET)
     thorough = profiles.LARGE_BUDGET_S["thorough"]
-    assert [d for d in DTYPES if sz.affordable(d, one_head(4096), thorough)] == ["float32", "bfloat16"]
+    assert [d for d in DTYPES if sz.affordable(d, one_head(4096), thorough)] == ["float32", "float16", "bfloat16"]
 
 
 def test_tile_edges():
@@ -126,8 +126,7 @@ def test_large_regime_follows_the_profile():
 
 
 def test_model_is_not_far_below_a_measurement():
-    # the budget is only as good as the cost model: one mid-sized float16 and float64 case
-    # must not cost much more than modelled (3x: the machine may be shared and loaded)
-    rows = sz.measure([sz.Sizes(1, 256, 16, 1, 128)], ["float64", "float16"], repeats=2)
-    for r in rows:
-        assert r["golden_s"] + r["plain_s"] < 3 * (r["model_golden_s"] + r["model_plain_s"]) + 0.05, r
+    # the budget is only as good as the cost model: a mid-sized float16 and float64 case must
+    # not cost much more CPU time than modelled (2x: a shared machine slows CPU time too)
+    for r in sz.measure([sz.Sizes(1, 513, 16, 8, 8)], ["float64", "float16"], repeats=2):
+        assert r["seconds"] < 2 * r["model_s"], r
