@@ -6,17 +6,17 @@ either small (the everyday toy shapes, where shrinking ends) or, with the profil
 (`conformance.profiles.LARGE_SHARE`), large: it first picks one size class and draws that
 class's dimension in its large range, then draws the other dimensions from the small or the
 large values that still fit the budget. So a long T comes with small B x H x head_dim and
-the reverse, and every class is drawn at every dtype (each class's smallest member fits the
-budget of every dtype; `tests/test_sizes.py` checks it).
+the reverse. Every class can be drawn at every dtype (a member of each fits every dtype's
+budget; `tests/test_sizes.py` checks it), and `representatives` gives fixed cases at each
+class's edges that `matches_spec` runs first, so every class is reached on every run.
 
-The budget is the time and memory of the golden and the plain reference of one example,
+The budget is the CPU time and memory of `forward_golden_and_plain` on one example,
 estimated by `reference_cost_s` from measured rates. `python -m conformance.sizes` measures
-the rates again on this machine and prints them beside the model's estimate.
+that cost again on this machine and prints it beside the model's estimate.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -62,6 +62,7 @@ BYTES_PER_WEIGHT = 64
 #: The time budget of one large example is the profile's (`profiles.LARGE_BUDGET_S`).
 BUDGET_BYTES = 1 << 30
 
+
 @dataclass(frozen=True)
 class Sizes:
     B: int
@@ -87,6 +88,8 @@ def reference_cost_s(dtype: str, s: Sizes) -> float:
 
 
 def memory_bytes(dtype: str, s: Sizes) -> float:
+    """Estimated peak bytes: the scores' copies, the weights' copies, and the activations'
+    (x, Q, K, V, context and output in float64, long double and D, with ulp-moved copies)."""
     weights = 3 * s.d_out * s.d_in + s.d_out**2
     return BYTES_PER_SCORE[dtype] * s.B * s.H * s.T * s.T + BYTES_PER_WEIGHT * weights + 64 * s.B * s.T * (s.d_in + 4 * s.d_out)
 
