@@ -101,7 +101,7 @@ def case_from(config: AttentionConfig, B: int, T: int, dtype: str, seed: int, x_
 def class_representatives(caps: Capabilities, dtype: str) -> list[Case]:
     """One fixed case per size class (`conformance.sizes.representatives`) within the backend's
     capabilities: causal where supported, no bias, unit scales. Run first, as explicit examples."""
-    share, budget = profiles.large_regime()
+    _, budget = profiles.large_regime()
     reps = sz.representatives(dtype, budget, caps.d_in_equals_d_out, max_tokens=caps.max_tokens)
     out = []
     for _, s in reps:
