@@ -33,12 +33,12 @@ PROFILES: dict[str, dict] = {
 #: The size regime (`conformance.sizes`), used by the checks that draw large sizes (T past
 #: 512, head_dim past 64, many heads, wide d_in, B x H past 32): the share of their examples
 #: drawn large, and the estimated reference seconds one large example may cost (also the
-#: limit for the fixed class representatives `matches_spec` runs first). At 0.4 s T reaches
-#: about 1950 in float16, 1990 in float64, 2700 in bfloat16 and 3400 in float32; at 2 s
+#: limit for the fixed class representatives `matches_spec` runs first). At 0.3 s T reaches
+#: about 1650 in float16, 1750 in float64, 2080 in bfloat16 and 2830 in float32; at 2 s
 #: (thorough) 4096 everywhere but float64 (3661: its long-double golden's memory). quick
-#: stays at 0.1 s (T up to about 1000 to 1700): a smoke run, often with a short --example-timeout.
+#: stays at 0.1 s (T up to about 950 to 1650): a smoke run, often with a short --example-timeout.
 LARGE_SHARE = {"quick": 0.2, "default": 0.2, "thorough": 0.1, "reproducible": 0.2, "mutants": 0.2}
-LARGE_BUDGET_S = {"quick": 0.1, "default": 0.4, "thorough": 2.0, "reproducible": 0.4, "mutants": 0.4}
+LARGE_BUDGET_S = {"quick": 0.1, "default": 0.3, "thorough": 2.0, "reproducible": 0.3, "mutants": 0.3}
 
 #: Per-example time limits in seconds: the first example of a check may warm a device up.
 EXAMPLE_TIMEOUT_S = {"first": 120.0, "later": 30.0}

@@ -99,14 +99,17 @@ def case_from(config: AttentionConfig, B: int, T: int, dtype: str, seed: int, x_
 
 
 def class_representatives(caps: Capabilities, dtype: str) -> list[Case]:
-    """One fixed case per size class (`conformance.sizes.representatives`) within the backend's
-    capabilities: causal where supported, no bias, unit scales. Run first, as explicit examples."""
+    """One fixed case per edge of each size class (`conformance.sizes.representatives`) within
+    the backend's capabilities: causal where supported, no bias, unit x and the first weight
+    scale (2: softmax far from uniform, so a dropped key shows). Run first, as explicit examples."""
     _, budget = profiles.large_regime()
     reps = sz.representatives(dtype, budget, caps.d_in_equals_d_out, max_tokens=caps.max_tokens)
+    param_scale = value_scales(dtype)[1][0]
     out = []
     for _, s in reps:
         config = AttentionConfig(d_in=s.d_in, d_out=s.d_out, n_heads=s.H, causal=caps.causal)
-        out.append(case_from(config, s.B, s.T, dtype, seed=s.T * 31 + s.d_out))
+        case = case_from(config, s.B, s.T, dtype, seed=s.T * 31 + s.d_out, param_scale=param_scale)
+        out.append(case.with_(extra={"param_scale": param_scale}))
     return out
 
 

@@ -127,6 +127,6 @@ def test_large_regime_follows_the_profile():
 
 def test_model_is_not_far_below_a_measurement():
     # the budget is only as good as the cost model: a mid-sized float16 and float64 case must
-    # not cost much more CPU time than modelled (2x: a shared machine slows CPU time too)
+    # not cost much more CPU time than modelled (3x: on a loaded shared machine CPU times vary)
     for r in sz.measure([sz.Sizes(1, 513, 16, 8, 8)], ["float64", "float16"], repeats=2):
-        assert r["seconds"] < 2 * r["model_s"], r
+        assert r["seconds"] < 3 * r["model_s"], r

@@ -25,11 +25,6 @@ def _cases(caps, dtype):
     return cs.cases(caps, dtype)
 
 
-def _sized_cases(caps, dtype):
-    """The size regime (conformance.sizes): for the exact index checks, which cost no plain reference."""
-    return cs.cases(caps, dtype, large=True)
-
-
 def _causal_cases(caps, dtype):
     return cs.cases(caps, dtype, causal=True, padding=False)
 
@@ -113,7 +108,7 @@ def projection_is_linear(run, case):
 
 
 # -- steps 5, 6, 10, 11: pure index bookkeeping, exact in every dtype ------------------------
-@check(step=5, strategy=_sized_cases)
+@check(step=5, strategy=_cases)
 def split_heads_matches_index(run, case):
     """split_heads(Q)[b, t, h, d] == Q[b, t, h*head_dim + d] exactly."""
     Q = step_inputs(case)[4][0]
@@ -129,7 +124,7 @@ def group_by_heads_is_permutation(run, case):
     run.assert_exact("step 6 group_by_heads", inv.grouped_matches_index(s, got))
 
 
-@check(step=10, strategy=_sized_cases)
+@check(step=10, strategy=_cases)
 def permute_back_restores_order(run, case):
     """permute_back(c)[b, t, h, d] == c[b, h, t, d] exactly: token order restored."""
     c = step_inputs(case)[9]
@@ -137,7 +132,7 @@ def permute_back_restores_order(run, case):
     run.assert_exact("step 10 permute_back", inv.permute_back_restores_order(c, got))
 
 
-@check(step=11, strategy=_sized_cases)
+@check(step=11, strategy=_cases)
 def concat_heads_matches_index(run, case):
     """concat_heads(c)[b, t, h*head_dim + d] == c[b, t, h, d] exactly."""
     c = step_inputs(case)[10]
