@@ -60,9 +60,11 @@ class Case:
                  f"dtype={self.dtype}", f"x_scale={self.x_scale:g}", f"seed={self.seed}"]
         if c.dropout_p:
             parts.append(f"dropout_p={c.dropout_p:g}")
-        if self.key_padding_mask is not None:
+        if self.key_padding_mask is not None and self.key_padding_mask.size <= 256:
             rows = ["".join("1" if v else "0" for v in row) for row in self.key_padding_mask]
             parts.append(f"key_padding_mask=[{', '.join(rows)}]")
+        elif self.key_padding_mask is not None:  # large: the saved .npz holds the mask itself
+            parts.append(f"key_padding_mask=({self.B}x{self.T}, {int(self.key_padding_mask.sum())} may attend)")
         if self.dropout_mask is not None:
             parts.append(f"dropout_mask(kept={int(self.dropout_mask.sum())}/{self.dropout_mask.size})")
         parts += [f"{k}={v}" for k, v in sorted(self.extra.items())]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import errors as hyp_errors
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import seed as hyp_seed
 
 from conformance.case import Case
@@ -96,6 +96,8 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
         with restored_state(), time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
             check.fn(runner, case)
 
+    for case in check.explicit_cases(backend, dtype):  # run before the drawn examples
+        body = example(case)(body)
     # one example database per (check, backend, dtype), not one shared by all
     db = for_combination(check.name, backend.name, dtype)
     test = settings(database=db)(given(check.cases(backend, dtype))(body))

@@ -30,8 +30,28 @@ PROFILES: dict[str, dict] = {
     "mutants": {"max_examples": 30, "phases": (Phase.explicit, Phase.reuse, Phase.generate)},
 }
 
+#: The size regime (`conformance.sizes`), used by the checks that draw large sizes (T past
+#: 512, head_dim past 64, many heads, wide d_in, B x H past 32): the share of their examples
+#: drawn large, and the estimated reference seconds one large example may cost (also the
+#: limit for the fixed class representatives `matches_spec` runs first). At 0.3 s T reaches
+#: about 1650 in float16, 1750 in float64, 2080 in bfloat16 and 2830 in float32; at 2 s
+#: (thorough) 4096 everywhere but float64 (3661: its long-double golden's memory). quick
+#: stays at 0.1 s (T up to about 950 to 1650): a smoke run, often with a short --example-timeout.
+LARGE_SHARE = {"quick": 0.2, "default": 0.2, "thorough": 0.1, "reproducible": 0.2, "mutants": 0.2}
+LARGE_BUDGET_S = {"quick": 0.1, "default": 0.3, "thorough": 2.0, "reproducible": 0.3, "mutants": 0.3}
+
 #: Per-example time limits in seconds: the first example of a check may warm a device up.
 EXAMPLE_TIMEOUT_S = {"first": 120.0, "later": 30.0}
+
+
+def large_regime() -> tuple[float, float]:
+    """(LARGE_SHARE, LARGE_BUDGET_S) of the current profile, or of the profile it derives from
+    ("mutants-no-database"); Hypothesis's own default profile gets ours."""
+    from hypothesis import settings
+
+    name = settings.get_current_profile_name()
+    base = next((p for p in PROFILES if name == p or name.startswith(f"{p}-")), "default")
+    return LARGE_SHARE[base], LARGE_BUDGET_S[base]
 
 
 def register() -> None:

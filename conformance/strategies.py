@@ -4,6 +4,8 @@ Shapes and options are drawn as small integers and flags, so shrinking goes towa
 readable examples (B=1, T=1, one head); values come from a NumPy generator seeded by a drawn
 integer, because drawing thousands of floats one by one is slow and shrinks to unreadable
 arrays. Token counts include 1, primes, and sizes just past common block sizes (65, 129).
+With `large=True` the shapes come from the size regime (`conformance.sizes`): the profile's
+share of examples at the sizes real kernels run at, each within a cost budget.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from conformance import profiles
+from conformance import sizes as sz
 from conformance.case import Case, round_to
 from impls.base import Capabilities
 from spec.config import AttentionConfig, numpy_dtype
@@ -43,12 +47,18 @@ def tokens(max_tokens: int | None = None) -> st.SearchStrategy[int]:
 
 @st.composite
 def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: float = 0.0,
-            max_d: int = 24) -> AttentionConfig:
-    """An AttentionConfig inside the backend's declared capabilities; n_heads divides d_out."""
-    H = draw(st.integers(1, 4))
-    head_dim = draw(st.integers(1, 8))
+            max_d: int = 24, shape: sz.Sizes | None = None) -> AttentionConfig:
+    """An AttentionConfig inside the backend's declared capabilities; n_heads divides d_out.
+
+    `shape` (from the size regime) fixes H, head_dim and d_in instead of drawing them small.
+    """
+    H = draw(st.integers(1, 4)) if shape is None else shape.H
+    head_dim = draw(st.integers(1, 8)) if shape is None else shape.head_dim
     d_out = H * head_dim
-    d_in = d_out if caps.d_in_equals_d_out else draw(st.integers(1, max_d))
+    if caps.d_in_equals_d_out:
+        d_in = d_out
+    else:
+        d_in = draw(st.integers(1, max_d)) if shape is None else shape.d_in
     if causal is None:
         modes = [m for m, ok in ((True, caps.causal), (False, caps.non_causal)) if ok]
         causal = draw(st.sampled_from(modes))
@@ -88,13 +98,39 @@ def case_from(config: AttentionConfig, B: int, T: int, dtype: str, seed: int, x_
     return Case(config=config, dtype=dtype, x=x, params=params, seed=seed, x_scale=x_scale)
 
 
+def class_representatives(caps: Capabilities, dtype: str) -> list[Case]:
+    """One fixed case per edge of each size class (`conformance.sizes.representatives`) within
+    the backend's capabilities: causal where supported, no bias, unit x and the first weight
+    scale (2: softmax far from uniform, so a dropped key shows). Run first, as explicit examples."""
+    _, budget = profiles.large_regime()
+    reps = sz.representatives(dtype, budget, caps.d_in_equals_d_out, max_tokens=caps.max_tokens)
+    param_scale = value_scales(dtype)[1][0]
+    out = []
+    for _, s in reps:
+        config = AttentionConfig(d_in=s.d_in, d_out=s.d_out, n_heads=s.H, causal=caps.causal)
+        case = case_from(config, s.B, s.T, dtype, seed=s.T * 31 + s.d_out, param_scale=param_scale)
+        out.append(case.with_(extra={"param_scale": param_scale}))
+    return out
+
+
 @st.composite
 def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
-          padding: bool = True, min_tokens: int = 1, max_batch: int = 3) -> Case:
-    """A Case with moderate values: the everyday input of the equality properties."""
-    config = draw(configs(caps, causal=causal))
-    B = draw(st.integers(1, max_batch))
-    T = draw(tokens(caps.max_tokens).filter(lambda t: t >= min_tokens))
+          padding: bool = True, min_tokens: int = 1, max_batch: int = 3, min_batch: int = 1,
+          large: bool = False) -> Case:
+    """A Case with moderate values: the everyday input of the equality properties.
+
+    `large`: shapes from the size regime, the profile's share of them at large sizes.
+    """
+    if large:
+        shape = draw(sz.sizes(dtype, *profiles.large_regime(), equal_d=caps.d_in_equals_d_out,
+                              min_tokens=min_tokens, min_batch=min_batch, max_batch=max_batch,
+                              max_tokens=caps.max_tokens))
+        config = draw(configs(caps, causal=causal, shape=shape))
+        B, T = shape.B, shape.T
+    else:
+        config = draw(configs(caps, causal=causal))
+        B = draw(st.integers(min_batch, max(min_batch, max_batch)))
+        T = draw(tokens(caps.max_tokens).filter(lambda t: t >= min_tokens))
     kind = draw(st.sampled_from(PADDING_KINDS)) if padding and caps.key_padding_mask else "none"
     seed = draw(st.integers(0, 2**32 - 1))
     x_scales, param_scales = value_scales(dtype)

@@ -6,6 +6,7 @@ profile, early stop at the first failing check) serves every test here.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from conformance.checks import catalogue
@@ -13,6 +14,7 @@ from conformance.mutants import runner
 from conformance.mutants.__main__ import main
 from conformance.mutants.base import PlainBackend
 from conformance.mutants.catalogue import MUTANTS
+from conformance.mutants.sized import SIZE_MUTANTS
 
 SEED = 0
 
@@ -86,3 +88,26 @@ def test_cli_runs_one_mutant_in_process(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "mutant-no-output-bias" in out and "killed by" in out and (tmp_path / "mutants.json").exists()
+
+
+# the sizes each size-keyed mutant's bug needs: past its threshold, inside the size regime
+_PAST_THRESHOLD = {
+    "mutant-query-tile-dropped": dict(T=300), "mutant-head-dim-tail": dict(head_dim=72),
+    "mutant-heads-beyond-grid": dict(H=17), "mutant-d-in-tail": dict(d_in=70),
+    "mutant-max-seqlen": dict(T=1100), "mutant-bh-grid-overflow": dict(B=9, H=4),
+}
+
+
+@pytest.mark.parametrize("mutant", SIZE_MUTANTS, ids=[m.name for m in SIZE_MUTANTS])
+def test_size_mutants_are_right_at_the_old_sizes_and_wrong_past_their_threshold(mutant):
+    from conformance.strategies import case_from
+    from spec.config import AttentionConfig
+
+    def output(cls, B=3, T=129, d_in=24, H=4, head_dim=8):  # defaults: the old strategies' largest
+        case = case_from(AttentionConfig(d_in=d_in, d_out=H * head_dim, n_heads=H), B, T, "float32", seed=3)
+        backend = cls()
+        return backend.forward(case.x.astype(np.float32), backend.prepare(case.params, "float32"), case.config)
+
+    assert np.array_equal(output(mutant), output(PlainBackend))
+    past = _PAST_THRESHOLD[mutant.name]
+    assert not np.allclose(output(mutant, **past), output(PlainBackend, **past), rtol=1e-3, atol=1e-4)

@@ -35,6 +35,7 @@ class Check:
     strategy: Callable  # (capabilities, dtype) -> SearchStrategy[Case]
     needs_step: bool  # the backend must expose `step`
     requires: Callable  # (backend) -> reason it is unsupported, or None
+    examples: Callable | None = None  # (capabilities, dtype) -> cases run first, before the drawn ones
 
     def unsupported(self, backend: object, dtype: str) -> str | None:
         caps = backend.capabilities
@@ -47,6 +48,9 @@ class Check:
     def cases(self, backend: object, dtype: str) -> st.SearchStrategy:
         return self.strategy(backend.capabilities, dtype)
 
+    def explicit_cases(self, backend: object, dtype: str) -> list:
+        return [] if self.examples is None else self.examples(backend.capabilities, dtype)
+
 
 CHECKS: dict[str, Check] = {}
 
@@ -56,15 +60,18 @@ def _no_requirement(backend: object) -> None:
 
 
 def check(step: int | None, strategy: Callable, needs_step: bool = True,
-          requires: Callable = _no_requirement):
-    """Register `fn` as a check; its name is the function name, its doc the docstring's line."""
+          requires: Callable = _no_requirement, examples: Callable | None = None):
+    """Register `fn` as a check; its name is the function name, its doc the docstring's line.
+
+    `examples(capabilities, dtype)` gives fixed cases Hypothesis runs before drawing any.
+    """
 
     def register(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()[0]
         if not doc:
             raise ValueError(f"check {fn.__name__} needs a one-line docstring")
         CHECKS[fn.__name__] = Check(fn.__name__, step, doc, fn, strategy,
-                                    needs_step and step is not None, requires)
+                                    needs_step and step is not None, requires, examples)
         return fn
 
     return register
