@@ -43,9 +43,10 @@ def test_a_failing_example_is_saved_under_its_own_combination():
     settings.load_profile("test-database")
     try:
         backend = NoScale()
-        assert run_check(get("matches_spec"), backend, "float32").outcome == "failed"  # a seed turns saving off
+        # a drawn (not explicit) example, and no seed: either would turn saving off
+        assert run_check(get("weights_match_spec"), backend, "float32").outcome == "failed"
     finally:
         settings.load_profile("default")
-    prefix = f"matches_spec|{backend.name}|float32".encode() + b"\0"
+    prefix = f"weights_match_spec|{backend.name}|float32".encode() + b"\0"
     assert inner.saved_keys, "the failing example was not saved"
     assert all(k.startswith(prefix) for k in inner.saved_keys), inner.saved_keys[:3]
