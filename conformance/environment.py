@@ -18,7 +18,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("numpy", "ml_dtypes", "scipy", "hypothesis", "pytest", "pytest-xdist", "torch",
-             "cupy-cuda12x", "cupy", "threadpoolctl")
+             "cupy-cuda12x", "cupy", "threadpoolctl", "jax", "jaxlib", "flax", "onnx", "onnxruntime")
 
 
 def machine_label() -> str:
