@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from conformance.checks import CheckFailure, catalogue
-from conformance.runner import Runner
+from conformance.calls import Runner
 from conformance.tolerance import FLOOR, K, compare
 
 DEFAULT_BACKENDS = ("numpy", "torch", "torch-sdpa", "torch-mha")

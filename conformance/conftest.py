@@ -43,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def backend_state(spec: str) -> tuple[object | None, str | None, str | None]:
     """(backend, skip reason, error) of `spec` in this worker, resolved once."""
     if spec not in _BACKENDS:
-        from conformance.isolation import restored_state
+        from conformance.process_state import restored_state
         from impls.registry import resolve
 
         try:

@@ -18,9 +18,9 @@ from hypothesis import seed as hyp_seed
 from conformance.case import Case
 from conformance.database import for_combination
 from conformance.checks import Check, CheckFailure
-from conformance.isolation import restored_state
+from conformance.process_state import restored_state
 from conformance.profiles import EXAMPLE_TIMEOUT_S
-from conformance.runner import Runner
+from conformance.calls import Runner
 from conformance.watchdog import BackendHang, time_limit
 
 

@@ -21,7 +21,7 @@ import pytest
 from conformance.checks import get
 from conformance.conftest import backend_state
 from conformance.engine import run_check
-from conformance.isolation import OutputTail, restored_state
+from conformance.process_state import OutputTail, restored_state
 from conformance.plan import Key
 from conformance.recorder import crashed_during, write_record
 

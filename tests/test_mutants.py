@@ -1,6 +1,6 @@
 """The suite's own test: every mutant is killed, the correct PlainBackend passes everything.
 
-One run of `conformance.mutants.runner.run` (two worker processes, fixed seed, the mutants
+One run of `conformance.mutants.kill.run` (two worker processes, fixed seed, the mutants
 profile, early stop at the first failing check) serves every test here.
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conformance.checks import catalogue
-from conformance.mutants import runner
+from conformance.mutants import kill
 from conformance.mutants.__main__ import main
 from conformance.mutants.base import PlainBackend
 from conformance.mutants.catalogue import MUTANTS
@@ -20,17 +20,17 @@ SEED = 0
 
 
 @pytest.fixture(scope="module")
-def report() -> runner.Report:
-    return runner.run(MUTANTS, runner.DTYPES, profile="mutants", seed=SEED, processes=2, control=True)
+def report() -> kill.Report:
+    return kill.run(MUTANTS, kill.DTYPES, profile="mutants", seed=SEED, processes=2, control=True)
 
 
-def _verdict(report: runner.Report, name: str, dtype: str) -> runner.Verdict:
+def _verdict(report: kill.Report, name: str, dtype: str) -> kill.Verdict:
     return next(v for v in report.verdicts if v.mutant == name and v.dtype == dtype)
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_mutant_is_killed(report, mutant):
-    for dtype in runner.DTYPES:
+    for dtype in kill.DTYPES:
         v = _verdict(report, mutant.name, dtype)
         if dtype == "float16" and mutant.float16_na:
             assert v.outcome == "n/a" and v.reason == mutant.float16_na
@@ -39,7 +39,7 @@ def test_mutant_is_killed(report, mutant):
         assert v.check and v.reason, v
 
 
-@pytest.mark.parametrize("dtype", runner.DTYPES)
+@pytest.mark.parametrize("dtype", kill.DTYPES)
 def test_plain_backend_passes_every_check(report, dtype):
     v = _verdict(report, PlainBackend.name, dtype)
     assert v.outcome == "survived", f"PlainBackend fails {v.check} at {dtype}: {v.reason}"
@@ -48,13 +48,13 @@ def test_plain_backend_passes_every_check(report, dtype):
 
 
 def test_table_lists_each_mutant(report):
-    text = runner.table(report)
+    text = kill.table(report)
     lines = text.splitlines()
     assert [c.strip() for c in lines[0].split(" | ")][:2] == ["mutant", "bug"] and "float32" in lines[0] and "float16" in lines[0]
     for m in MUTANTS + [PlainBackend]:
         row = next((ln for ln in lines if ln.startswith(m.name + " ")), None)
         assert row is not None, f"{m.name} missing from the table"
-        assert runner.bug(m) in row
+        assert kill.bug(m) in row
         assert ("SURVIVED" not in row) and ("killed by" in row or m is PlainBackend)
     assert f"float32: {len(MUTANTS)}/{len(MUTANTS)} killed" in text
     na = sum(bool(m.float16_na) for m in MUTANTS)
@@ -67,7 +67,7 @@ def test_catalogue_is_well_formed():
     assert len(names) == len(set(names)) >= 15
     for m in MUTANTS:
         assert issubclass(m, PlainBackend) and m.name.startswith("mutant-")
-        assert runner.bug(m), f"{m.__name__} needs a docstring naming its bug"
+        assert kill.bug(m), f"{m.__name__} needs a docstring naming its bug"
         assert m.float16_na is None or (isinstance(m.float16_na, str) and m.float16_na)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.speed import cells, cli, harness, isolation, memory, runner, timers, worker
+from conformance.speed import bench, cells, cli, harness, memory, selfcheck, timers, worker
 from conformance.speed.flops import gflops, useful_flops
 from impls.base import Backend, BackendInfo, Capabilities
 from reports.results_io import load, update_section
@@ -92,12 +92,12 @@ class ExitingFake(FakeBackend):
         return super().forward(x, weights, config, **kw)
 
 
-def plan(tmp_path: Path, fakes: list, **kw) -> runner.Plan:
+def plan(tmp_path: Path, fakes: list, **kw) -> bench.Plan:
     infos = [BackendInfo(backend=b, spec=b.name, source="test") for b in fakes]
     args = dict(backends=infos, dtypes=["float32"], shapes=[(2, 8, 8, 8, 2), (1, 16, 8, 8, 2)], out_dir=tmp_path,
                 machine="test-machine", command="test", budget_s=0.001, min_samples=3, peak_n=64, in_process=True)
     args.update(kw)
-    return runner.Plan(**args)
+    return bench.Plan(**args)
 
 
 def conformance_section(records: list[dict]) -> dict:
@@ -205,7 +205,7 @@ def test_settle_returns_once_the_process_is_idle():
 
 # -- worker processes: layout, threads, crashes ------------------------------------------------
 
-def _worker_plan(tmp_path: Path, specs: list[str], **kw) -> runner.Plan:
+def _worker_plan(tmp_path: Path, specs: list[str], **kw) -> bench.Plan:
     from impls.registry import resolve
 
     args = dict(backends=[resolve(s) for s in specs], in_process=False)
@@ -216,7 +216,7 @@ def _worker_plan(tmp_path: Path, specs: list[str], **kw) -> runner.Plan:
 def test_each_backend_is_timed_in_its_own_worker_process(tmp_path):
     p = _worker_plan(tmp_path, ["tests.test_speed:ConformingFake", "tests.test_speed:NonconformingFake"])
     out = io.StringIO()
-    runner.run(p, out=out)
+    bench.run(p, out=out)
     speed = load(tmp_path)["runs"][0]["speed"]  # validates against the schema
     assert speed["layout"]["kind"] == "worker process per backend" and speed["layout"]["rounds"] == cells.ROUNDS
     per = speed["threads"]["per_backend"]
@@ -233,7 +233,7 @@ def test_each_backend_is_timed_in_its_own_worker_process(tmp_path):
 def test_a_backend_that_kills_its_process_loses_only_its_own_cells(tmp_path):
     p = _worker_plan(tmp_path, ["tests.test_speed:ExitingFake", "tests.test_speed:ConformingFake"],
                      shapes=[(1, 16, 8, 8, 2), (2, 8, 8, 8, 2)])
-    section = runner.run(p, out=io.StringIO())
+    section = bench.run(p, out=io.StringIO())
     by = {(c["backend"], c["T"]): c for c in section["cells"]}
     dead = by[("fake-exit", 16)]
     assert "worker process for fake-exit ended with status 3" in dead["error"] and dead["samples_s"] == []
@@ -243,7 +243,7 @@ def test_a_backend_that_kills_its_process_loses_only_its_own_cells(tmp_path):
 
 def test_unresolvable_worker_spec_is_an_error_cell(tmp_path):
     info = BackendInfo(backend=FakeBackend("ghost"), spec="tests.test_speed:NoSuchBackend", source="test")
-    section = runner.run(plan(tmp_path, [], backends=[info], in_process=False, shapes=[(1, 4, 8, 8, 2)]),
+    section = bench.run(plan(tmp_path, [], backends=[info], in_process=False, shapes=[(1, 4, 8, 8, 2)]),
                          out=io.StringIO())
     (cell,) = section["cells"]
     assert "NoSuchBackend" in cell["error"] and cell["samples_s"] == []
@@ -258,14 +258,14 @@ def _pooled(shape, values: dict[str, tuple[float, float]]) -> dict:
 def test_isolation_flags_cells_off_by_more_than_ten_percent():
     shape = (1, 8, 8, 8, 2)
     pooled = _pooled(shape, {"torch": (2.0, 2.0), "numpy": (1.05, 1.0), "slow": (1.2, 1.0), "fast": (0.85, 1.0)})
-    rows = isolation._rows([shape], ["torch", "numpy", "slow", "fast", "broken"], pooled,
+    rows = selfcheck._rows([shape], ["torch", "numpy", "slow", "fast", "broken"], pooled,
                            {(shape, "broken"): "alone: RuntimeError: boom"})
     by = {r.backend: r for r in rows}
     assert [by[n].flagged for n in ("torch", "numpy", "slow", "fast", "broken")] == [False, False, True, True, True]
     assert by["slow"].ratio == pytest.approx(1.2) and by["numpy"].vs_torch_harness == pytest.approx(0.525)
     assert by["numpy"].vs_torch_alone == pytest.approx(0.5)
     p = types.SimpleNamespace(dtypes=["float32"], causal=True, in_process=False, budget_s=0.4, min_samples=8)
-    text = isolation.render(rows, p, 2, 1.5, 2.5, 60.0)
+    text = selfcheck.render(rows, p, 2, 1.5, 2.5, 60.0)
     lines = text.splitlines()
     assert "load average 1.5 at start, 2.5 at the end" in lines[0]
     table = [ln for ln in lines if ln.startswith("| B=")]
@@ -285,7 +285,7 @@ def test_isolation_check_times_both_ways_interleaved(tmp_path):
     p = _worker_plan(tmp_path, ["tests.test_speed:ConformingFake", "tests.test_speed:FakeBackend"],
                      shapes=[(1, 8, 8, 8, 2)])
     out = io.StringIO()
-    rows = isolation.check(p, out, passes=2)
+    rows = selfcheck.check(p, out, passes=2)
     assert [(r.backend, r.shape) for r in rows] == [("fake-good", (1, 8, 8, 8, 2)), ("fake", (1, 8, 8, 8, 2))]
     for r in rows:
         assert r.error is None and r.ratio is not None and r.harness["median_s"] and r.alone["median_s"]
@@ -297,18 +297,18 @@ def test_isolation_check_times_both_ways_interleaved(tmp_path):
 
 
 def test_check_isolation_exit_status_follows_the_flags(monkeypatch, capsys):
-    flagged = [isolation.Row((1, 8, 8, 8, 2), "x", {}, {}, ratio=1.5)]
-    fine = [isolation.Row((1, 8, 8, 8, 2), "x", {}, {}, ratio=1.02)]
+    flagged = [selfcheck.Row((1, 8, 8, 8, 2), "x", {}, {}, ratio=1.5)]
+    fine = [selfcheck.Row((1, 8, 8, 8, 2), "x", {}, {}, ratio=1.02)]
     args = ["--check-isolation", "--backend", "tests.test_speed:FakeBackend", "--shape", "1,8,8,2"]
     for rows, rc in ((flagged, 1), (fine, 0)):
-        monkeypatch.setattr(isolation, "check", lambda plan, out, rows=rows: rows)
+        monkeypatch.setattr(selfcheck, "check", lambda plan, out, rows=rows: rows)
         assert cli.main(args) == rc
     plan_seen = []
-    monkeypatch.setattr(isolation, "check", lambda plan, out: plan_seen.append(plan) or fine)
+    monkeypatch.setattr(selfcheck, "check", lambda plan, out: plan_seen.append(plan) or fine)
     cli.main(["--check-isolation"])
     (p,) = plan_seen  # the defaults: the three shapes and four backends (those available)
-    assert p.shapes == isolation.CHECK_SHAPES
-    assert {i.backend.name for i in p.backends} | {s["backend"] for s in p.skipped} == set(isolation.CHECK_BACKENDS)
+    assert p.shapes == selfcheck.CHECK_SHAPES
+    assert {i.backend.name for i in p.backends} | {s["backend"] for s in p.skipped} == set(selfcheck.CHECK_BACKENDS)
 
 
 # -- timers and memory on CUDA, through fakes -------------------------------------------------
@@ -411,7 +411,7 @@ class CudaFake(FakeBackend):
 
 def test_a_cuda_backend_gets_events_and_device_memory_in_a_run(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", _fake_torch([]))
-    section = runner.run(plan(tmp_path, [CudaFake()], shapes=[(1, 4, 8, 8, 2)]), out=io.StringIO())
+    section = bench.run(plan(tmp_path, [CudaFake()], shapes=[(1, 4, 8, 8, 2)]), out=io.StringIO())
     (cell,) = section["cells"]
     assert cell["timer"] == "torch.cuda.Event" and cell["median_s"] == pytest.approx(2.5e-3)
     assert cell["memory_method"] == "torch.cuda.max_memory_allocated" and cell["peak_memory_bytes"] == 4096
@@ -425,13 +425,13 @@ def test_nonconforming_backend_is_gated(tmp_path):
                    conformance_section([record("fake-bad", "failed"), record("fake-bad", "passed"),
                                         record("fake-good", "passed")]))
     out = io.StringIO()
-    section = runner.run(plan(tmp_path, [ConformingFake(), NonconformingFake(), FakeBackend("fake-unknown")]), out=out)
+    section = bench.run(plan(tmp_path, [ConformingFake(), NonconformingFake(), FakeBackend("fake-unknown")]), out=out)
     assert {c["backend"] for c in section["cells"]} == {"fake-good", "fake-unknown"}
     assert any(s["backend"] == "fake-bad" and "nonconforming" in s["reason"] for s in section["skipped"])
     assert {c["backend"]: c["conforming"] for c in section["cells"]} == {"fake-good": True, "fake-unknown": None}
     assert "skipped fake-bad: nonconforming" in out.getvalue()
 
-    section = runner.run(plan(tmp_path, [ConformingFake(), NonconformingFake()], include_nonconforming=True),
+    section = bench.run(plan(tmp_path, [ConformingFake(), NonconformingFake()], include_nonconforming=True),
                          out=io.StringIO())
     bad = [c for c in section["cells"] if c["backend"] == "fake-bad"]
     assert len(bad) == 2 and all(c["conforming"] is False and c["samples_s"] for c in bad)
@@ -454,7 +454,7 @@ def test_gate_through_the_command_line(tmp_path, capsys):
 
 
 def test_errors_are_cells_and_the_run_goes_on(tmp_path):
-    section = runner.run(plan(tmp_path, [FakeBackend("ok"), FakeBackend("crashy", fail_above_T=8)]), out=io.StringIO())
+    section = bench.run(plan(tmp_path, [FakeBackend("ok"), FakeBackend("crashy", fail_above_T=8)]), out=io.StringIO())
     by = {(c["backend"], c["T"]): c for c in section["cells"]}
     assert by[("crashy", 8)]["error"] is None and by[("crashy", 8)]["samples_s"]
     crash = by[("crashy", 16)]
@@ -465,13 +465,13 @@ def test_errors_are_cells_and_the_run_goes_on(tmp_path):
 
 def test_interrupted_run_keeps_finished_cells(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        runner.run(plan(tmp_path, [FakeBackend("f", interrupt_at_T=16)]), out=io.StringIO())
+        bench.run(plan(tmp_path, [FakeBackend("f", interrupt_at_T=16)]), out=io.StringIO())
     speed = load(tmp_path)["runs"][0]["speed"]
     assert speed["status"] == "partial" and [c["T"] for c in speed["cells"]] == [8]
 
 
 def test_unsupported_dtype_is_skipped_per_cell(tmp_path):
-    section = runner.run(plan(tmp_path, [FakeBackend("f")], dtypes=["float16"], shapes=[(1, 4, 8, 8, 2)]),
+    section = bench.run(plan(tmp_path, [FakeBackend("f")], dtypes=["float16"], shapes=[(1, 4, 8, 8, 2)]),
                          out=io.StringIO())
     assert section["cells"] == [] and "float16 not declared" in section["skipped"][0]["reason"]
 
@@ -535,7 +535,7 @@ def test_quick_mode_end_to_end(tmp_path):
 def test_results_file_is_json_even_with_other_machines(tmp_path):
     update_section(tmp_path / "results.json", "other", {}, "speed",
                    {"status": "complete", "started": "x", "command": "c", "peak": {}, "cells": []})
-    runner.run(plan(tmp_path, [FakeBackend("f")], shapes=[(1, 4, 8, 8, 2)]), out=io.StringIO())
+    bench.run(plan(tmp_path, [FakeBackend("f")], shapes=[(1, 4, 8, 8, 2)]), out=io.StringIO())
     doc = json.loads((tmp_path / "results.json").read_text())
     assert [r["machine"] for r in doc["runs"]] == ["other", "test-machine"]
 

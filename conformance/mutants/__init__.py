@@ -2,7 +2,7 @@
 
 `PlainBackend` (base.py) is a simple, correct NumPy backend; every mutant (catalogue.py) is a
 subclass with one planted bug from PRODUCT.md's list, and `python -m conformance.mutants`
-(runner.py) reports which check kills each, per dtype. Backends that misbehave rather than
+(kill.py) reports which check kills each, per dtype. Backends that misbehave rather than
 compute wrongly (raise, hang, crash, return junk) live in misbehaving.py, for the suite's
 robustness tests.
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 from conformance import profiles
 from conformance.mutants.base import PlainBackend
 from conformance.mutants.catalogue import MUTANTS, by_name
-from conformance.mutants.runner import DEFAULT_SEED, DTYPES, run, table
+from conformance.mutants.kill import DEFAULT_SEED, DTYPES, run, table
 from conformance.usage import OneLineParser, UsageError, report
 from spec.config import FLOAT_DTYPES
 

@@ -5,8 +5,8 @@ events, chosen by device and framework), `harness` (first call apart, chunks of 
 statistics, the harness's own overhead), `worker` (one backend's timing process and the wait
 for idle threads), `cells` (one cell across backends: a worker each, chunks alternating),
 `memory` (peak memory of one untimed call), `peak` (this machine's matmul peak, same run),
-`gate` (conformance read from results.json), `runner` (a whole run, writing the "speed"
-section), `isolation` (`--check-isolation`: harness against each backend alone), `table`
+`gate` (conformance read from results.json), `bench` (a whole run, writing the "speed"
+section), `selfcheck` (`--check-isolation`: harness against each backend alone), `table`
 (terminal output) and `cli` (`python -m conformance.speed`).
 """
 

@@ -138,8 +138,8 @@ def _backends(specs: list[str] | None) -> tuple[list, list[dict]]:
 
 
 def build_plan(args: argparse.Namespace, argv: list[str]):
-    """Validate the options into a runner.Plan (UsageError / BackendSpecError on mistakes)."""
-    from conformance.speed.runner import Plan  # lazily: --help and errors stay fast
+    """Validate the options into a bench.Plan (UsageError / BackendSpecError on mistakes)."""
+    from conformance.speed.bench import Plan  # lazily: --help and errors stay fast
 
     base = QUICK if args.quick else FULL
     dtypes = args.dtype or ["float32"]
@@ -152,7 +152,7 @@ def build_plan(args: argparse.Namespace, argv: list[str]):
     if args.shape:
         shapes = [parse_shape(s) for s in args.shape]
     elif args.check_isolation and not (args.quick or args.tokens or args.d or args.heads or args.batch_tokens):
-        from conformance.speed.isolation import CHECK_SHAPES
+        from conformance.speed.selfcheck import CHECK_SHAPES
 
         shapes = list(CHECK_SHAPES)
     else:
@@ -175,7 +175,7 @@ def build_plan(args: argparse.Namespace, argv: list[str]):
         raise UsageError("--machine '': the label must not be empty")
     specs = args.backend
     if args.check_isolation and not specs:
-        from conformance.speed.isolation import CHECK_BACKENDS
+        from conformance.speed.selfcheck import CHECK_BACKENDS
 
         specs = list(CHECK_BACKENDS)
     backends, skipped = _backends(specs)
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, BackendSpecError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    from conformance.speed.runner import (  # lazily: keeps argument errors instant
+    from conformance.speed.bench import (  # lazily: keeps argument errors instant
         NothingToTime,
         run,
     )
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.check_isolation:
-            from conformance.speed.isolation import check
+            from conformance.speed.selfcheck import check
 
             return 1 if any(r.flagged for r in check(plan, sys.stdout)) else 0
         run(plan)

@@ -66,7 +66,7 @@ def _load() -> float | None:
 
 def check(plan: Any, out: TextIO, passes: int = PASSES) -> list[Row]:
     """Time plan.backends at plan.shapes both ways (first dtype); prints progress and the table."""
-    from conformance.speed.runner import make_units  # lazily: runner imports the reports package
+    from conformance.speed.bench import make_units  # lazily: runner imports the reports package
 
     dtype, infos = plan.dtypes[0], plan.backends
     units = make_units(plan, infos)
