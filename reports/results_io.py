@@ -86,14 +86,19 @@ def load(path: Path) -> dict[str, Any]:
     return doc
 
 
-def update_section(path: Path, machine: str, environment: dict, section: str, data: dict) -> None:
-    """Set one section ("conformance" or "speed") of this machine's run in results.json.
+#: The sections of one machine's run that separate commands write.
+SECTIONS = ("conformance", "speed", "semantics")
 
-    The other section of the same machine's run is kept; runs of other machines are kept too.
-    An unreadable existing file is replaced (the new data matters more than a broken file).
+
+def update_section(path: Path, machine: str, environment: dict | None, section: str, data: dict) -> None:
+    """Set one section ("conformance", "speed" or "semantics") of this machine's run in results.json.
+
+    The other sections of the same machine's run are kept; runs of other machines are kept too.
+    `environment` replaces the run's environment block (None keeps the one there). An
+    unreadable existing file is replaced (the new data matters more than a broken file).
     """
-    if section not in ("conformance", "speed"):
-        raise ValueError(f"section must be 'conformance' or 'speed', got {section!r}")
+    if section not in SECTIONS:
+        raise ValueError(f"section must be one of {', '.join(SECTIONS)}, got {section!r}")
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -103,9 +108,12 @@ def update_section(path: Path, machine: str, environment: dict, section: str, da
         doc = empty_document()
     run = next((r for r in doc["runs"] if r.get("machine") == machine), None)
     if run is None:
-        run = {"machine": machine, "environment": environment, "conformance": None, "speed": None}
+        from conformance.environment import collect
+
+        run = {"machine": machine, "environment": environment or collect(), "conformance": None, "speed": None}
         doc["runs"].append(run)
-    run["environment"] = environment
+    if environment is not None:
+        run["environment"] = environment
     run[section] = data
     atomic_write_json(path, doc)
 

@@ -21,21 +21,11 @@ def forward(
     """Multi-head self-attention, steps 1 to 12: x [B, T, d_in] -> output [B, T, d_out].
 
     Eval mode (no dropout) unless `dropout_mask` [B, H, T, T] (True = kept) is given; the
-    mask is explicit so that any backend's dropout can be replayed exactly.
+    mask is explicit so that any backend's dropout can be replayed exactly. The steps are
+    written out in `qkv_heads` (1 to 6) and `attend` (7 to 12), split where a KV cache sits.
     """
-    x = steps.input_matrix(x, config)                              # step 1
-    H = config.n_heads
-    steps.head_dim(config.d_out, H)                                # step 2: ValueError unless H divides d_out
-    params.check(config)                                           # step 3 (given)
-    Q, K, V = steps.project_qkv(x, params)                         # step 4: (B, T, d_out)
-    Q, K, V = (steps.split_heads(a, H) for a in (Q, K, V))         # step 5: (B, T, H, hd)
-    Q, K, V = (steps.group_by_heads(a) for a in (Q, K, V))         # step 6: (B, H, T, hd)
-    attn_scores = steps.attn_scores(Q, K)                          # step 7: (B, H, T, T)
-    attn_weights = steps.attn_weights(attn_scores, config, key_padding_mask, dropout_mask)  # step 8
-    context = steps.context(attn_weights, V)                       # step 9: (B, H, T, hd)
-    context = steps.permute_back(context)                          # step 10: (B, T, H, hd)
-    context = steps.concat_heads(context)                          # step 11: (B, T, d_out)
-    return steps.out_proj(context, params)                         # step 12: (B, T, d_out)
+    q, k, v = qkv_heads(x, params, config)                         # steps 1 to 6: (B, H, T, hd)
+    return attend(q, k, v, params, config, key_padding_mask, dropout_mask)  # steps 7 to 12
 
 
 def intermediates(

@@ -12,7 +12,6 @@ are left out; the exit status is 0 (the suite, not this step, validates the argu
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -50,22 +49,11 @@ def measure(names: list[str] | None = None) -> dict[str, Any]:
 
 def write(out: Path, machine: str | None, section: dict[str, Any]) -> Path:
     """Set this machine's run's "semantics" section in out/results.json, keeping everything else."""
-    from conformance.environment import collect, machine_label
-    from reports.results_io import KIND, atomic_write_json, empty_document
+    from conformance.environment import machine_label
+    from reports.results_io import update_section
 
-    path, machine = Path(out) / "results.json", machine or machine_label()
-    try:
-        doc = json.loads(path.read_text())
-        if doc.get("kind") != KIND or not isinstance(doc.get("runs"), list):
-            doc = empty_document()
-    except (OSError, ValueError):
-        doc = empty_document()
-    run = next((r for r in doc["runs"] if r.get("machine") == machine), None)
-    if run is None:
-        run = {"machine": machine, "environment": collect(), "conformance": None, "speed": None}
-        doc["runs"].append(run)
-    run["semantics"] = section
-    atomic_write_json(path, doc)
+    path = Path(out) / "results.json"
+    update_section(path, machine or machine_label(), None, "semantics", section)
     return path
 
 
