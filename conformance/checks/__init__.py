@@ -59,6 +59,18 @@ def _no_requirement(backend: object) -> None:
     return None
 
 
+def requires_causal(backend: object) -> str | None:
+    """A check's requirement: the backend runs causal attention (else the reason it is unsupported)."""
+    return None if backend.capabilities.causal else "causal attention is not supported"
+
+
+def everyday_cases(caps, dtype: str):
+    """The plain strategy most checks use: moderate values, every option the backend declares."""
+    from conformance import strategies as cs
+
+    return cs.cases(caps, dtype)
+
+
 def check(step: int | None, strategy: Callable, needs_step: bool = True,
           requires: Callable = _no_requirement, examples: Callable | None = None):
     """Register `fn` as a check; its name is the function name, its doc the docstring's line.

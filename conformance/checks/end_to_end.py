@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conformance import strategies as cs
 from conformance.case import round_to
-from conformance.checks import CheckFailure, check
+from conformance.checks import CheckFailure, check, everyday_cases, requires_causal
 from conformance.checks.localize import first_wrong_step
 from conformance.conditioning import decided_output_rows
 from conformance.reference import forward_golden_and_plain
@@ -24,16 +24,8 @@ from spec import invariants as inv
 from spec.config import AttentionConfig
 
 
-def _cases(caps, dtype):
-    return cs.cases(caps, dtype)
-
-
 def _sized_cases(caps, dtype):
     return cs.cases(caps, dtype, large=True)
-
-
-def _requires_causal(backend):
-    return None if backend.capabilities.causal else "causal attention is not supported"
 
 
 def _requires_non_causal(backend):
@@ -86,7 +78,7 @@ def _perturbed(case, where):
 
 
 @check(step=None, strategy=lambda caps, dtype: _split_cases(caps, dtype, causal=True),
-       requires=_requires_causal)
+       requires=requires_causal)
 def causality(run, case):
     """Changing tokens after position t leaves every output up to t unchanged."""
     t = case.extra["t"]
@@ -99,7 +91,7 @@ def causality(run, case):
 
 
 @check(step=None, strategy=lambda caps, dtype: _split_cases(caps, dtype, causal=True),
-       requires=_requires_causal)
+       requires=requires_causal)
 def prefix_consistency(run, case):
     """Running on the first t tokens gives the first t outputs of the full run."""
     t = case.extra["t"] + 1
@@ -157,7 +149,7 @@ def head_permutation_invariance(run, case):
     run.assert_close(f"forward with heads permuted {case.extra['head_perm']}", got, golden, plain)
 
 
-@check(step=None, strategy=_cases)
+@check(step=None, strategy=everyday_cases)
 def zero_wq_uniform_attention(run, case):
     """With W_q = 0 every score is 0: causal output is the running mean of V, projected."""
     p = replace(case.params, W_q=np.zeros_like(case.params.W_q),
@@ -173,7 +165,7 @@ def zero_wq_uniform_attention(run, case):
     run.assert_close("forward with W_q = 0 vs the running-mean oracle", got, oracle, plain)
 
 
-@check(step=None, strategy=_cases, requires=_requires_deterministic)
+@check(step=None, strategy=everyday_cases, requires=_requires_deterministic)
 def deterministic_on_repeat(run, case):
     """The same inputs twice give bit-identical outputs."""
     y1, y2 = run.forward(case), run.forward(case)
@@ -217,7 +209,7 @@ def _leaves(obj):
         yield "", obj
 
 
-@check(step=None, strategy=_cases)
+@check(step=None, strategy=everyday_cases)
 def inputs_not_mutated(run, case):
     """forward leaves its input arrays (x, weights, padding mask) unchanged."""
     x = run.native(case.x)

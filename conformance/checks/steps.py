@@ -12,7 +12,7 @@ from scipy import stats
 
 from conformance import strategies as cs
 from conformance.case import round_to
-from conformance.checks import CheckFailure, check
+from conformance.checks import CheckFailure, check, everyday_cases, requires_causal
 from conformance.conditioning import decided_step8_rows
 from conformance.reference import golden_and_plain, step_inputs
 from impls.base import exposed_steps
@@ -21,16 +21,8 @@ from spec import steps as S
 from spec.shapes import expected_shape, expected_shapes
 
 
-def _cases(caps, dtype):
-    return cs.cases(caps, dtype)
-
-
 def _causal_cases(caps, dtype):
     return cs.cases(caps, dtype, causal=True, padding=False)
-
-
-def _requires_causal(backend):
-    return None if backend.capabilities.causal else "causal attention is not supported"
 
 
 def _ok_mask(case):
@@ -71,7 +63,7 @@ def init_follows_nn_linear(run, case):
 
 
 # -- step 4 ---------------------------------------------------------------------------------
-@check(step=4, strategy=_cases)
+@check(step=4, strategy=everyday_cases)
 def qkv_projection_matches_spec(run, case):
     """Q, K, V = x @ W.T (+ b): the projections match the spec in nn.Linear's layout."""
     shapes = expected_shapes(4, case.config, case.B, case.T)
@@ -108,7 +100,7 @@ def projection_is_linear(run, case):
 
 
 # -- steps 5, 6, 10, 11: pure index bookkeeping, exact in every dtype ------------------------
-@check(step=5, strategy=_cases)
+@check(step=5, strategy=everyday_cases)
 def split_heads_matches_index(run, case):
     """split_heads(Q)[b, t, h, d] == Q[b, t, h*head_dim + d] exactly."""
     Q = step_inputs(case)[4][0]
@@ -116,7 +108,7 @@ def split_heads_matches_index(run, case):
     run.assert_exact("step 5 split_heads", inv.split_matches_index(Q, got, case.config.n_heads))
 
 
-@check(step=6, strategy=_cases)
+@check(step=6, strategy=everyday_cases)
 def group_by_heads_is_permutation(run, case):
     """group_by_heads(s)[b, h, t, d] == s[b, t, h, d] exactly: heads grouped, nothing computed."""
     s = step_inputs(case)[5][0]
@@ -124,7 +116,7 @@ def group_by_heads_is_permutation(run, case):
     run.assert_exact("step 6 group_by_heads", inv.grouped_matches_index(s, got))
 
 
-@check(step=10, strategy=_cases)
+@check(step=10, strategy=everyday_cases)
 def permute_back_restores_order(run, case):
     """permute_back(c)[b, t, h, d] == c[b, h, t, d] exactly: token order restored."""
     c = step_inputs(case)[9]
@@ -132,7 +124,7 @@ def permute_back_restores_order(run, case):
     run.assert_exact("step 10 permute_back", inv.permute_back_restores_order(c, got))
 
 
-@check(step=11, strategy=_cases)
+@check(step=11, strategy=everyday_cases)
 def concat_heads_matches_index(run, case):
     """concat_heads(c)[b, t, h*head_dim + d] == c[b, t, h, d] exactly."""
     c = step_inputs(case)[10]
@@ -145,7 +137,7 @@ def _requires_layout_steps(backend):
     return f"steps {missing} not exposed" if missing else None
 
 
-@check(step=11, strategy=_cases, requires=_requires_layout_steps)
+@check(step=11, strategy=everyday_cases, requires=_requires_layout_steps)
 def split_merge_round_trip(run, case):
     """concat_heads(permute_back(group_by_heads(split_heads(x)))) == x: split and merge are inverse."""
     x = step_inputs(case)[4][0]
@@ -158,7 +150,7 @@ def split_merge_round_trip(run, case):
 
 
 # -- step 7 ---------------------------------------------------------------------------------
-@check(step=7, strategy=_cases)
+@check(step=7, strategy=everyday_cases)
 def scores_are_dot_products(run, case):
     """attn_scores[b, h, i, j] == Q[b, h, i] . K[b, h, j]: per-head dot products, unscaled."""
     Q, K, _ = step_inputs(case)[6]
@@ -174,7 +166,7 @@ def _weights(run, case, scores):
     return run.step("attn_weights", scores, case.config, shapes=(shape,), **kw)
 
 
-@check(step=8, strategy=_cases)
+@check(step=8, strategy=everyday_cases)
 def weights_match_spec(run, case):
     """attn_weights == softmax(mask(scores) / sqrt(head_dim)) along the key axis."""
     scores = step_inputs(case)[7]
@@ -183,7 +175,7 @@ def weights_match_spec(run, case):
     run.assert_close("step 8 attn_weights", got, golden, plain)
 
 
-@check(step=8, strategy=_cases)
+@check(step=8, strategy=everyday_cases)
 def masked_weights_are_zero(run, case):
     """Future keys (causal) and padded keys get weight exactly 0, and every weight is >= 0."""
     got = _weights(run, case, step_inputs(case)[7])
@@ -194,7 +186,7 @@ def masked_weights_are_zero(run, case):
     run.assert_exact("step 8 weights >= 0", inv.weights_nonnegative(got))
 
 
-@check(step=8, strategy=_cases)
+@check(step=8, strategy=everyday_cases)
 def rows_sum_to_one(run, case):
     """Each query row with an attendable key sums to 1; a row with none sums to 0."""
     scores = step_inputs(case)[7]
@@ -246,7 +238,7 @@ def softmax_finite_for_large_logits(run, case):
 
 
 # -- step 9 ---------------------------------------------------------------------------------
-@check(step=9, strategy=_cases)
+@check(step=9, strategy=everyday_cases)
 def context_matches_spec(run, case):
     """context = attn_weights @ V, per head."""
     w, (_, _, V) = step_inputs(case)[8], step_inputs(case)[6]
@@ -255,7 +247,7 @@ def context_matches_spec(run, case):
     run.assert_close("step 9 context", got, golden, plain)
 
 
-@check(step=9, strategy=_cases)
+@check(step=9, strategy=everyday_cases)
 def context_in_convex_hull(run, case):
     """Each context vector lies in the convex hull of the value rows it may attend to."""
     inputs = step_inputs(case)
@@ -271,7 +263,7 @@ def context_in_convex_hull(run, case):
                      np.zeros(1), np.array([allowed / scale]), floor_scale=2.0)
 
 
-@check(step=9, strategy=_causal_cases, requires=_requires_causal)
+@check(step=9, strategy=_causal_cases, requires=requires_causal)
 def first_causal_row_equals_first_value(run, case):
     """With the causal mask, query 0 sees only key 0: context[:, :, 0] == V[:, :, 0]."""
     inputs = step_inputs(case)
@@ -281,7 +273,7 @@ def first_causal_row_equals_first_value(run, case):
 
 
 # -- step 12 --------------------------------------------------------------------------------
-@check(step=12, strategy=_cases)
+@check(step=12, strategy=everyday_cases)
 def out_proj_matches_spec(run, case):
     """output = context @ W_o.T + b_o, with the output bias."""
     c = step_inputs(case)[11]

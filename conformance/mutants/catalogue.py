@@ -1,4 +1,4 @@
-"""The mutants: `PlainBackend` with one planted bug each, from PRODUCT.md's bug classes.
+"""The mutants: `PlainBackend` with one planted bug each, from the bug classes real attention code has.
 
 Each class changes one small piece of `PlainBackend` and names its bug in the first line of
 its docstring (the runner prints that line); where the bug is known from real code, the
