@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from conformance import plan, profiles
-from conformance.checks import catalogue
+from conformance.suite import plan, profiles
+from conformance.suite.checks import catalogue
 from conformance.usage import OneLineParser, UsageError, report
 from impls.base import exposed_steps
 from impls.registry import (
@@ -34,6 +34,7 @@ from impls.registry import (
 from spec.config import FLOAT_DTYPES
 
 HERE = Path(__file__).resolve().parent
+PLUGIN = HERE / "plugin"  # the pytest side of a run: conftest.py and the one test
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PROG = "python -m conformance"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         validate(args)
         infos, states = _resolve(args.backend or list(DEFAULT_BACKENDS))
-        from conformance import rundir
+        from conformance.suite import rundir
 
         out = Path(args.out)
         lock = rundir.claim(out)  # noqa: F841  (held until this process ends)
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, infos, states: dict, out: Path) -> int:
     import pytest  # after validation: a usage error should not pay for pytest's start-up
 
-    from conformance.recorder import Recorder
+    from conformance.suite.recorder import Recorder
 
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     dtypes = args.dtype or list(FLOAT_DTYPES)
@@ -225,7 +226,7 @@ def run(args, infos, states: dict, out: Path) -> int:
     # stops it, so this budget is never reached by crashes in tests; it only ends a crash loop
     # at worker start-up (then the missing records make the run incomplete, exit 3)
     restarts = workers * (len(infos) + 2) + 4
-    pytest_args = [str(HERE / "test_conformance.py"), "-q", "--no-header", "-p", "no:cacheprovider",
+    pytest_args = [str(PLUGIN / "test_conformance.py"), "-q", "--no-header", "-p", "no:cacheprovider",
                    f"--rootdir={HERE.parent}", f"--hypothesis-profile={args.profile}", "--capture=no",
                    "-W", "ignore::pytest.PytestAssertRewriteWarning", f"--hypothesis-seed={seed}",
                    f"--mha-plan={plan_path}", "-n", str(workers), f"--max-worker-restart={restarts}"]

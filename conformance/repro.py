@@ -1,73 +1,8 @@
-"""`python -m conformance.repro FAILURE.npz [--backend SPEC]`: replay one saved failure.
-
-Every failed record in results.json names the .npz its shrunk example was saved to. This
-loads the exact inputs, runs the same check once on the same backend (or another one, to
-compare), and prints the verdict with the example. Exit status: 1 the failure reproduces,
-0 the check now passes, 2 bad command line or unreadable file.
-"""
-
-from __future__ import annotations
+"""Entry point kept for `python -m conformance.repro`; the tool is `conformance/tools/repro.py`."""
 
 import sys
-import zipfile
-from pathlib import Path
 
-from conformance.case import Case
-from conformance.checks import get
-from conformance.engine import run_once
-from conformance.usage import OneLineParser, UsageError, report
-from impls.registry import BackendSpecError, resolve
-
-PROG = "python -m conformance.repro"
-
-
-def _load(path: Path) -> tuple[Case, dict]:
-    """The saved case and its metadata; UsageError (one line) for anything else."""
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file; expected a .npz saved by a failed check")
-    if not zipfile.is_zipfile(path):
-        raise UsageError(f"{path}: not a .npz archive; expected the .npz a failed check saved "
-                         f"(the record's 'inputs')")
-    try:
-        return Case.load(path)
-    except Exception as e:  # a .npz, but not one of ours (no meta, other arrays, bad JSON)
-        raise UsageError(f"{path}: not a failure saved by the suite ({type(e).__name__}: {e})") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("inputs", help="a .npz saved by a failed check (see the record's 'inputs' / 'repro')")
-    p.add_argument("--backend", default=None, help="run on this backend instead of the one that failed")
-    try:
-        args = p.parse_args(sys.argv[1:] if argv is None else argv)
-        case, meta = _load(Path(args.inputs))
-        spec = args.backend or meta.get("backend_spec") or meta["backend"]
-        try:
-            info = resolve(spec)
-            check = get(meta["check"])
-        except (BackendSpecError, KeyError) as e:
-            raise UsageError(str(e).strip("'\"")) from None
-        if info.skip_reason:
-            raise UsageError(f"backend {spec!r} cannot run here: {info.skip_reason}")
-    except UsageError as e:
-        return report(PROG, e)
-    where = "end to end" if check.step is None else f"step {check.step}"
-    print(f"check    {check.name} ({where}): {check.doc}")
-    print(f"backend  {info.backend.name} ({spec})")
-    print(f"example  {case.describe()}")
-    if meta.get("reason"):
-        print(f"recorded {meta['reason']}")
-    reason = check.unsupported(info.backend, case.dtype)
-    if reason:
-        print(f"result   unsupported: {reason}")
-        return 0
-    result = run_once(check, info.backend, case)
-    if result.outcome == "failed":
-        print(f"result   FAILED: {result.reason}")
-        return 1
-    print("result   passed (the failure does not reproduce)")
-    return 0
-
+from conformance.tools.repro import main
 
 if __name__ == "__main__":
     sys.exit(main())

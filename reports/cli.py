@@ -18,8 +18,9 @@ from typing import Any
 
 from conformance.usage import OneLineParser as _Parser
 from conformance.usage import UsageError
-from reports import html, markdown, model, results_io
-from reports.results_io import ResultsError
+from conformance import results
+from reports import html, markdown, model
+from conformance.results import ResultsError
 
 LATEST = Path("reports") / "latest"
 
@@ -77,7 +78,7 @@ def carry_inputs(doc: dict[str, Any], src: Path, out: Path, prefix: str) -> None
 def generate(inputs: list[Path], out: Path | None = None, title: str | None = None) -> tuple[Path, model.Report]:
     """Load, merge and render; returns the output directory and the report. Raises ResultsError."""
     inputs = inputs or [LATEST]
-    docs = [copy.deepcopy(results_io.load(p)) for p in inputs]
+    docs = [copy.deepcopy(results.load(p)) for p in inputs]
     if out is None:
         out = run_dir(inputs[0]) if len(inputs) == 1 else LATEST
     try:
@@ -85,15 +86,15 @@ def generate(inputs: list[Path], out: Path | None = None, title: str | None = No
         for i, (doc, path) in enumerate(zip(docs, inputs)):
             machines = "+".join(r["machine"] for r in doc["runs"])
             carry_inputs(doc, run_dir(path), out, f"{i + 1}-{_slug(machines)}" if len(inputs) > 1 else "")
-        merged = results_io.merge(docs)
-        results_io.validate(merged, "merged results")
+        merged = results.merge(docs)
+        results.validate(merged, "merged results")
         report = model.build(merged, title)
         target = out / "results.json"
         # the single input's own file is left alone: a suite still writing it must not lose a section
         same = len(inputs) == 1 and target.exists() and target.resolve() == (
             inputs[0] / "results.json" if inputs[0].is_dir() else inputs[0]).resolve()
         if not same:
-            results_io.atomic_write_json(target, merged)
+            results.atomic_write_json(target, merged)
         _write_text(out / "report.md", markdown.render(report))
         _write_text(out / "index.html", html.render(report))
     except OSError as e:

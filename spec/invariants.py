@@ -2,7 +2,7 @@
 
 Each invariant measures how far an output is from satisfying it: 0.0 means it holds exactly.
 The index bookkeeping and masking invariants must measure 0 in every dtype; the others are
-compared with the tolerance model of `conformance/tolerance.py`. They work on any
+compared with the tolerance model of `conformance/suite/tolerance.py`. They work on any
 backend's output once converted to NumPy, so the suite and a reader share one definition.
 """
 

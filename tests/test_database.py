@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis.database import InMemoryExampleDatabase
 
-from conformance.database import KeyedDatabase
+from conformance.suite.database import KeyedDatabase
 
 
 def test_combinations_do_not_share_examples():
@@ -32,9 +32,9 @@ class _Recording(InMemoryExampleDatabase):
 def test_a_failing_example_is_saved_under_its_own_combination():
     from hypothesis import settings
 
-    from conformance import profiles
-    from conformance.checks import get
-    from conformance.engine import run_check
+    from conformance.suite import profiles
+    from conformance.suite.checks import get
+    from conformance.suite.engine import run_check
     from conformance.mutants.catalogue import NoScale
 
     inner = _Recording()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.case import Case
-from conformance.checks import get
-from conformance.engine import run_once
+from conformance.suite.case import Case
+from conformance.suite.checks import get
+from conformance.suite.engine import run_once
 from impls.registry import resolve
 
 CASES = sorted((Path(__file__).parent / "data" / "regressions").glob("*.npz"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.results_io import load
+from conformance.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance import rundir
+from conformance.suite import rundir
 from reports import model
-from reports.results_io import load
+from conformance.results import load
 from tests import hostile_backends as hb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,8 +284,8 @@ def test_ctrl_c_stops_cleanly_with_a_readable_partial_result(tmp_path):
 
 
 def test_inputs_not_mutated_fails_when_nothing_could_be_checked():  # 11
-    from conformance.checks import get
-    from conformance.engine import run_check
+    from conformance.suite.checks import get
+    from conformance.suite.engine import run_check
     from tests.hostile_backends import ToNumpyRaises
 
     result = run_check(get("inputs_not_mutated"), ToNumpyRaises(), "float32", seed=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.checks import catalogue
+from conformance.suite.checks import catalogue
 from conformance.mutants import kill
 from conformance.mutants.__main__ import main
 from conformance.mutants.base import PlainBackend
@@ -100,7 +100,7 @@ _PAST_THRESHOLD = {
 
 @pytest.mark.parametrize("mutant", SIZE_MUTANTS, ids=[m.name for m in SIZE_MUTANTS])
 def test_size_mutants_are_right_at_the_old_sizes_and_wrong_past_their_threshold(mutant):
-    from conformance.strategies import case_from
+    from conformance.suite.strategies import case_from
     from spec.config import AttentionConfig
 
     def output(cls, B=3, T=129, d_in=24, H=4, head_dim=8):  # defaults: the old strategies' largest

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import orders
-from conformance.reference import golden_and_plain
-from conformance.tolerance import Plain, compare
+from conformance.suite import orders
+from conformance.suite.reference import golden_and_plain
+from conformance.suite.tolerance import Plain, compare
 from spec import block
 from spec import steps as S
 from spec.config import AttentionConfig

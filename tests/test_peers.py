@@ -23,7 +23,8 @@ from conformance.semantics import __main__ as sem_cli
 from conformance.semantics import probes
 from conformance.semantics.libraries import SpecSteps
 from impls.registry import resolve
-from reports import cli, html, markdown, model, results_io
+from conformance import results
+from reports import cli, html, markdown, model
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = {"jax": "jax", "flax": "flax", "onnxruntime": "onnxruntime"}  # backend -> package it needs
@@ -232,7 +233,7 @@ def test_report_shows_the_profile(tmp_path):
     section["rows"].append({"backend": "jax", "library": "jax not installed", "skip_reason": "jax is not <installed>",
                             "entries": {}})
     path = sem_cli.write(tmp_path, "box", section)
-    results_io.load(path)  # schema-valid
+    results.load(path)  # schema-valid
     out, report = cli.generate([tmp_path], tmp_path / "out")
     md = (out / "report.md").read_text()
     assert "## Semantic profile" in md and "| `numpy` | numpy" in md and "bottom-right" in md

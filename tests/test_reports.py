@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports import cli, markdown, model, results_io, speed_model
+from conformance import results
+from reports import cli, markdown, model, speed_model
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = "<script>alert(1)</script>"
@@ -233,7 +234,7 @@ def merged(tmp_path_factory):
 
 def test_merged_results_validate(merged):
     out, _, _ = merged
-    doc = results_io.load(out)
+    doc = results.load(out)
     assert [r["machine"] for r in doc["runs"]] == ["cpu-box", "gpu-box"]
     failed = [r for r in doc["runs"][0]["conformance"]["records"] if r["backend"] == "torch-mha" and r["outcome"] == "failed"]
     # the saved inputs travel with the report, and the record points at the copy
@@ -362,7 +363,7 @@ def test_one_section_only(tmp_path, section):
 
 
 def test_empty_document_renders(tmp_path):
-    d = write(tmp_path, "run", results_io.empty_document())
+    d = write(tmp_path, "run", results.empty_document())
     assert cli.main([str(d)]) == 0
     assert "no runs" in (d / "report.md").read_text()
     check_html((d / "index.html").read_text())
@@ -447,7 +448,7 @@ def test_repro_follows_copied_inputs(tmp_path, monkeypatch):
     (d / "inputs").mkdir()
     (d / "inputs" / "case.npz").write_bytes(b"npz")
     assert cli.main(["run", "--out", "published/cpu-x"]) == 0
-    out = results_io.load(tmp_path / "published" / "cpu-x")
+    out = results.load(tmp_path / "published" / "cpu-x")
     rec = next(r for r in out["runs"][0]["conformance"]["records"] if r["outcome"] == "failed")
     assert rec["inputs"] == "inputs/case.npz"
     assert rec["repro"] == "python -m conformance.repro published/cpu-x/inputs/case.npz"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conformance.mutants.misbehaving import MISBEHAVING, Hangs
-from reports.results_io import load
+from conformance.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ("matches_spec", "output_dtype_and_shape", "deterministic_on_repeat", "inputs_not_mutated")

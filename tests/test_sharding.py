@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance.plan import Key, shard_of, whole_plan
-from reports.results_io import load
+from conformance.suite.plan import Key, shard_of, whole_plan
+from conformance.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["numpy", "conformance.mutants.catalogue:ScaleByDOut"]

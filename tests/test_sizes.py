@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, find, given, seed, settings
 
-from conformance import profiles
-from conformance import sizes as sz
-from conformance import strategies as cs
-from conformance.checks import get
+from conformance.suite import profiles
+from conformance.suite import sizes as sz
+from conformance.suite import strategies as cs
+from conformance.suite.checks import get
 from impls.base import Capabilities
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")

@@ -23,7 +23,7 @@ import pytest
 from conformance.speed import bench, cells, cli, harness, memory, selfcheck, timers, worker
 from conformance.speed.flops import gflops, useful_flops
 from impls.base import Backend, BackendInfo, Capabilities
-from reports.results_io import load, update_section
+from conformance.results import load, update_section
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_TORCH_BACKEND = (ROOT / "impls" / "torch_backend.py").exists()

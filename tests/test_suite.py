@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance.checks import catalogue
-from reports.results_io import load
+from conformance.suite.checks import catalogue
+from conformance.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
 CORRECT = ["numpy", "torch", "torch-sdpa", "torch-mha"]

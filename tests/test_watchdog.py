@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conformance.watchdog import WALL_FACTOR, BackendHang, time_limit
+from conformance.suite.watchdog import WALL_FACTOR, BackendHang, time_limit
 
 
 def test_a_busy_loop_is_stopped_by_its_cpu_time():

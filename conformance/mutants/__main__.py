@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from conformance import profiles
+from conformance.suite import profiles
 from conformance.mutants.base import PlainBackend
 from conformance.mutants.catalogue import MUTANTS, by_name
 from conformance.mutants.kill import DEFAULT_SEED, DTYPES, run, table

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from conformance import profiles
-from conformance.checks import catalogue
+from conformance.suite import profiles
+from conformance.suite.checks import catalogue
 from conformance.mutants.base import PlainBackend
 from conformance.mutants.catalogue import MUTANTS, by_name
 
@@ -112,7 +112,7 @@ def run_backend(backend: object, dtype: str, seed: int, stop_at_first: bool = Tr
     from hypothesis.errors import HypothesisWarning
     from hypothesis.reporting import with_reporter
 
-    from conformance.engine import run_check
+    from conformance.suite.engine import run_check
 
     out = []
     # quiet: no "Falsifying example" prints or repr-size warnings between the table's rows

@@ -2,7 +2,7 @@
 
 Each threshold (T past 256 or 1024, head_dim or d_in past 64, more than 16 heads, more than
 32 (batch, head) pairs) lies past every size the old strategies drew (T <= 129, head_dim <= 8,
-H <= 4, d_in <= 24, B <= 3) and inside the size regime (`conformance.sizes`), so only its
+H <= 4, d_in <= 24, B <= 3) and inside the size regime (`conformance.suite.sizes`), so only its
 large examples can kill them. The bugs are those of tiled kernels: a tile, vector or chunk
 count rounded down, a grid dimension capped or wrapped, a sequence length silently capped.
 """
@@ -14,7 +14,7 @@ import numpy as np
 from conformance.mutants.base import PlainBackend
 
 
-# -- sizes: bugs that show only at the sizes real kernels run at (conformance.sizes) ---------------
+# -- sizes: bugs that show only at the sizes real kernels run at (conformance.suite.sizes) ---------------
 class QueryTileDropped(PlainBackend):
     """Queries in 256-row tiles; past T = 256 the last partial tile is never computed (zero context).
 

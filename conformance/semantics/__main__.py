@@ -49,8 +49,8 @@ def measure(names: list[str] | None = None) -> dict[str, Any]:
 
 def write(out: Path, machine: str | None, section: dict[str, Any]) -> Path:
     """Set this machine's run's "semantics" section in out/results.json, keeping everything else."""
-    from conformance.environment import machine_label
-    from reports.results_io import update_section
+    from conformance.results import machine_label
+    from conformance.results import update_section
 
     path = Path(out) / "results.json"
     update_section(path, machine or machine_label(), None, "semantics", section)

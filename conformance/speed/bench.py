@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
-from conformance.environment import collect
+from conformance.results import collect
 from conformance.speed import cells as cells_mod
 from conformance.speed import peak as peak_mod
 from conformance.speed import table
@@ -29,7 +29,7 @@ from conformance.speed.gate import conformance_status
 from conformance.speed.harness import summarize
 from conformance.speed.worker import SETTLE_CAP_S, SETTLE_IDLE, SETTLE_WINDOW_S, fix_threads, settle
 from impls.base import BackendInfo
-from reports.results_io import update_section
+from conformance.results import update_section
 from spec.config import AttentionConfig
 
 REFERENCE = "torch"  # PyTorch eager: the figure every other backend is compared with

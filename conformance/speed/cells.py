@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.environment import REPO_ROOT
+from conformance.results import REPO_ROOT
 from conformance.speed.worker import Handler
 
 ROUNDS = 3  # each backend sampled early, mid-cell and late; more rounds cost re-warm calls

@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from conformance.environment import REPO_ROOT, machine_label
+from conformance.results import REPO_ROOT, machine_label
 from conformance.usage import OneLineParser, UsageError
 from impls.registry import DEFAULT_BACKENDS, BackendSpecError, resolve, resolve_all
 from spec.config import FLOAT_DTYPES, AttentionConfig

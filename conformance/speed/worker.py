@@ -71,7 +71,7 @@ def fix_threads(n: int | None, import_torch: bool) -> Any:
 
 def thread_settings() -> dict[str, Any]:
     """Thread counts in force in this process, and the thread environment variables set."""
-    from conformance.environment import thread_counts
+    from conformance.results import thread_counts
 
     return {**thread_counts(), "pid": os.getpid(),
             "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}

@@ -4,7 +4,7 @@ Shapes and options are drawn as small integers and flags, so shrinking goes towa
 readable examples (B=1, T=1, one head); values come from a NumPy generator seeded by a drawn
 integer, because drawing thousands of floats one by one is slow and shrinks to unreadable
 arrays. Token counts include 1, primes, and sizes just past common block sizes (65, 129).
-With `large=True` the shapes come from the size regime (`conformance.sizes`): the profile's
+With `large=True` the shapes come from the size regime (`conformance.suite.sizes`): the profile's
 share of examples at the sizes real kernels run at, each within a cost budget.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from conformance import profiles
-from conformance import sizes as sz
-from conformance.case import Case, round_to
+from conformance.suite import profiles
+from conformance.suite import sizes as sz
+from conformance.suite.case import Case, round_to
 from impls.base import Capabilities
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import init_params
@@ -99,7 +99,7 @@ def case_from(config: AttentionConfig, B: int, T: int, dtype: str, seed: int, x_
 
 
 def class_representatives(caps: Capabilities, dtype: str) -> list[Case]:
-    """One fixed case per edge of each size class (`conformance.sizes.representatives`) within
+    """One fixed case per edge of each size class (`conformance.suite.sizes.representatives`) within
     the backend's capabilities: causal where supported, no bias, unit x and the first weight
     scale (2: softmax far from uniform, so a dropped key shows). Run first, as explicit examples."""
     _, budget = profiles.large_regime()

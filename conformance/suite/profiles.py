@@ -11,7 +11,7 @@
 
 Hypothesis's own deadline is off in every profile: a GPU's first call (warm-up, compilation)
 can take seconds. Hangs are caught by the suite's own per-example limit instead
-(`conformance.watchdog`), which aborts the check without shrinking.
+(`conformance.suite.watchdog`), which aborts the check without shrinking.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ PROFILES: dict[str, dict] = {
     "mutants": {"max_examples": 30, "phases": (Phase.explicit, Phase.reuse, Phase.generate)},
 }
 
-#: The size regime (`conformance.sizes`), used by the checks that draw large sizes (T past
+#: The size regime (`conformance.suite.sizes`), used by the checks that draw large sizes (T past
 #: 512, head_dim past 64, many heads, wide d_in, B x H past 32): the share of their examples
 #: drawn large, and the estimated reference seconds one large example may cost (also the
 #: limit for the fixed class representatives `matches_spec` runs first). At 0.3 s T reaches

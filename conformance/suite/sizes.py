@@ -3,7 +3,7 @@
 Kernels tile T, head_dim and d_in in chunks of 16 to 128, launch grids over B x H, cap a
 sequence length and run at head_dim 64 to 256; their bugs live there. A drawn example is
 either small (the everyday toy shapes, where shrinking ends) or, with the profile's share
-(`conformance.profiles.LARGE_SHARE`), large: it first picks one size class and draws that
+(`conformance.suite.profiles.LARGE_SHARE`), large: it first picks one size class and draws that
 class's dimension in its large range, then draws the other dimensions from the small or the
 large values that still fit the budget. So a long T comes with small B x H x head_dim and
 the reverse. Every class can be drawn at every dtype (a member of each fits every dtype's
@@ -11,7 +11,7 @@ budget; `tests/test_sizes.py` checks it), and `representatives` gives fixed case
 class's edges that `matches_spec` runs first, so every class is reached on every run.
 
 The budget is the CPU time and memory of `forward_golden_and_plain` on one example,
-estimated by `reference_cost_s` from measured rates. `python -m conformance.sizes` measures
+estimated by `reference_cost_s` from measured rates. `python -m conformance.suite.sizes` measures
 that cost again on this machine and prints it beside the model's estimate.
 """
 
@@ -36,13 +36,13 @@ MAX_GRID = 128
 SMALL = {"H": (1, 4), "head_dim": (1, 8), "d_in": (1, 24)}
 SMALL_TOKENS = tuple(t for t in TILE_EDGES if t <= 129)  # 15, 16, 17, ..., 127, 128, 129
 
-#: Cost of `conformance.reference.forward_golden_and_plain` for one example (the golden and
+#: Cost of `conformance.suite.reference.forward_golden_and_plain` for one example (the golden and
 #: every plain-reference run: the spec's order, an ulp-moved run and two other correct
 #: orders), in nanoseconds of CPU time per unit: (per multiply-add FLOP of the block's
 #: matmuls, per score element and 16 head_dim entries). The second unit is
 #: B*H*T*T*(1 + head_dim/16): each score costs a few elementwise passes, and the online-softmax
 #: order rescales its (T, head_dim) accumulator once per 16-key block. Measured with `python
-#: -m conformance.sizes` (process time, one BLAS thread, 2-core AMD EPYC shared with other
+#: -m conformance.suite.sizes` (process time, one BLAS thread, 2-core AMD EPYC shared with other
 #: jobs at load 15-20, so CPU times vary by up to 3x run to run), non-negative least squares
 #: over 8 shapes from (B, T, d_in, H, head_dim) = (1, 2048, 4, 1, 4) to (1, 512, 1, 2, 128),
 #: rounded up. float64's golden runs in long double and float16's plain runs in NumPy's
@@ -301,8 +301,8 @@ def measure(shapes: list[Sizes], dtypes: list[str], repeats: int = 2) -> list[di
 
     from threadpoolctl import threadpool_limits
 
-    from conformance.reference import forward_golden_and_plain
-    from conformance.strategies import case_from
+    from conformance.suite.reference import forward_golden_and_plain
+    from conformance.suite.strategies import case_from
     from spec.config import AttentionConfig
 
     rows = []
@@ -320,7 +320,7 @@ def measure(shapes: list[Sizes], dtypes: list[str], repeats: int = 2) -> list[di
     return rows
 
 
-#: Shapes `python -m conformance.sizes` measures: long T, wide heads, many heads, wide d_in.
+#: Shapes `python -m conformance.suite.sizes` measures: long T, wide heads, many heads, wide d_in.
 MEASURED_SHAPES = [Sizes(1, 1025, 1, 1, 1), Sizes(1, 513, 16, 8, 8), Sizes(1, 256, 16, 1, 128),
                    Sizes(1, 64, 1000, 1, 64), Sizes(3, 17, 16, 32, 8), Sizes(2, 300, 130, 17, 8),
                    Sizes(1, 2048, 4, 1, 4), Sizes(4, 128, 70, 9, 24)]

@@ -10,11 +10,11 @@ import numpy as np
 from hypothesis import strategies as st
 from scipy import stats
 
-from conformance import strategies as cs
-from conformance.case import round_to
-from conformance.checks import CheckFailure, check, everyday_cases, requires_causal
-from conformance.conditioning import decided_step8_rows
-from conformance.reference import golden_and_plain, step_inputs
+from conformance.suite import strategies as cs
+from conformance.suite.case import round_to
+from conformance.suite.checks import CheckFailure, check, everyday_cases, requires_causal
+from conformance.suite.conditioning import decided_step8_rows
+from conformance.suite.reference import golden_and_plain, step_inputs
 from impls.base import exposed_steps
 from spec import invariants as inv
 from spec import steps as S

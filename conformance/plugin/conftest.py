@@ -3,7 +3,7 @@
 `python -m conformance` (what `nox -s conformance` runs) writes the run's plan to
 `<out>/.plan.json` and passes it as `--mha-plan`; pytest-xdist hands the same options to every
 worker. Each test is one planned key (backend, dtype, check), identified by its index in the
-plan; its worker writes the record to a file the controller reads (`conformance.recorder`).
+plan; its worker writes the record to a file the controller reads (`conformance.suite.recorder`).
 
 Workers ignore SIGINT: the user's Ctrl-C belongs to the controller, which stops the run and
 writes what finished; inside a worker a KeyboardInterrupt can then only come from a backend.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import plan, profiles
+from conformance.suite import plan, profiles
 
 _BACKENDS: dict[str, tuple] = {}  # spec -> (backend, skip reason, error), once per worker
 
@@ -43,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def backend_state(spec: str) -> tuple[object | None, str | None, str | None]:
     """(backend, skip reason, error) of `spec` in this worker, resolved once."""
     if spec not in _BACKENDS:
-        from conformance.process_state import restored_state
+        from conformance.suite.process_state import restored_state
         from impls.registry import resolve
 
         try:

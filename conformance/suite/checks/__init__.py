@@ -66,7 +66,7 @@ def requires_causal(backend: object) -> str | None:
 
 def everyday_cases(caps, dtype: str):
     """The plain strategy most checks use: moderate values, every option the backend declares."""
-    from conformance import strategies as cs
+    from conformance.suite import strategies as cs
 
     return cs.cases(caps, dtype)
 
@@ -91,7 +91,7 @@ def check(step: int | None, strategy: Callable, needs_step: bool = True,
 
 def catalogue() -> list[Check]:
     """Every check, in running order (importing the modules that define them)."""
-    from conformance.checks import dropout, end_to_end, steps  # noqa: F401  (registration)
+    from conformance.suite.checks import dropout, end_to_end, steps  # noqa: F401  (registration)
 
     index = {name: i for i, name in enumerate(CHECKS)}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.tolerance import eps
+from conformance.suite.tolerance import eps
 from spec import invariants as inv
 from spec import steps as S
 from spec.config import AttentionConfig

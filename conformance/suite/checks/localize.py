@@ -7,9 +7,9 @@ disagrees is named in the failure message. Backends that expose no steps get no 
 
 from __future__ import annotations
 
-from conformance.case import Case
-from conformance.checks import CheckFailure
-from conformance.reference import golden_and_plain, step_inputs
+from conformance.suite.case import Case
+from conformance.suite.checks import CheckFailure
+from conformance.suite.reference import golden_and_plain, step_inputs
 from impls.base import exposed_steps
 from spec.shapes import expected_shapes
 from spec.table import STEPS, call_args

@@ -6,7 +6,7 @@ may do otherwise and round differently: fold the scale into q (or into q and k, 
 math path does), normalise the context after P @ V instead of the weights, run an online
 (blockwise) softmax as FlashAttention does, or sum the matmuls' products in another order.
 Each function here is one such order, written plainly in the inputs' dtype, so that the plain
-reference (`conformance.reference`) measures what rounding any correct order may cost, not
+reference (`conformance.suite.reference`) measures what rounding any correct order may cost, not
 what the spec's own order happens to cost. All of them equal the spec in exact arithmetic;
 `tests/test_orders.py` checks that in float64.
 """

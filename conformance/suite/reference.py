@@ -6,9 +6,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from conformance.case import Case, round_to
-from conformance.orders import FORWARD_ORDERS, ORDERS
-from conformance.tolerance import Plain, eps
+from conformance.suite.case import Case, round_to
+from conformance.suite.orders import FORWARD_ORDERS, ORDERS
+from conformance.suite.tolerance import Plain, eps
 from spec import block as spec_forward
 from spec.config import numpy_dtype
 from spec.params import Params
@@ -70,7 +70,7 @@ def golden_and_plain(fn: Callable, dtype: str, *args: Any, orders: tuple[Callabl
     a comparison measures on exactly the part of the output it compares (the worst run
     there). The runs are the spec's own order on the inputs and on inputs moved by one ulp
     of D (the problem's conditioning), and each other correct order of fn
-    (`conformance.orders.ORDERS`, or `orders`) on its own ulp-moved inputs. So a backend is
+    (`conformance.suite.orders.ORDERS`, or `orders`) on its own ulp-moved inputs. So a backend is
     allowed what correct implementations in D may do (where they apply the scale, how they
     normalise the softmax, the order of their sums), not only what the spec's order does.
     """

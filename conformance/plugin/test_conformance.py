@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from conformance.checks import get
-from conformance.conftest import backend_state
-from conformance.engine import run_check
-from conformance.process_state import OutputTail, restored_state
-from conformance.plan import Key
-from conformance.recorder import crashed_during, write_record
+from conformance.suite.checks import get
+from conformance.plugin.conftest import backend_state
+from conformance.suite.engine import run_check
+from conformance.suite.process_state import OutputTail, restored_state
+from conformance.suite.plan import Key
+from conformance.suite.recorder import crashed_during, write_record
 
 
 def _slug(text: str) -> str:

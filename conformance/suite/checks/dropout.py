@@ -13,14 +13,14 @@ import numpy as np
 from hypothesis import strategies as st
 from scipy import stats
 
-from conformance import strategies as cs
-from conformance.checks import CheckFailure, check
-from conformance.reference import (
+from conformance.suite import strategies as cs
+from conformance.suite.checks import CheckFailure, check
+from conformance.suite.reference import (
     forward_golden_and_plain,
     golden_and_plain,
     step_inputs,
 )
-from conformance.tolerance import eps
+from conformance.suite.tolerance import eps
 from spec import steps as S
 from spec.block import sample_dropout_mask
 from spec.config import AttentionConfig
@@ -88,7 +88,7 @@ def _identity_cases(draw, caps, dtype):
     eye = np.eye(T)
     # x = I, W_q = 0 (uniform weights), W_v = W_o = I, b_o = 0: output row i = weights row i
     params = Params(W_q=np.zeros((T, T)), W_k=eye.copy(), W_v=eye.copy(), W_o=eye.copy(), b_o=np.zeros(T))
-    from conformance.case import Case
+    from conformance.suite.case import Case
 
     return Case(config=config, dtype=dtype, x=np.broadcast_to(eye, (4, T, T)).copy(), params=params,
                 seed=draw(st.integers(0, 2**31 - 1)))

@@ -1,6 +1,6 @@
 """Writing results.json while the suite runs (a pytest plugin living in the controller).
 
-Each test is one planned key (`conformance.plan`). The worker that runs it writes its record
+Each test is one planned key (`conformance.suite.plan`). The worker that runs it writes its record
 to `<out>/.records/<index>.json`; when the test's last report reaches the controller, this
 plugin reads that file, appends the record to `records.jsonl` and rewrites results.json
 atomically (at most twice a second; a timer writes held-back records within half a second,
@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 
-from conformance.environment import collect, machine_label
-from conformance.plan import Key
-from conformance.rundir import CRASHED, RECORDS
-from reports.results_io import update_section
+from conformance.results import collect, machine_label
+from conformance.suite.plan import Key
+from conformance.suite.rundir import CRASHED, RECORDS
+from conformance.results import update_section
 
 
 def now() -> str:

@@ -1,6 +1,6 @@
 """Running one check on one backend at one dtype, with Hypothesis, to a `Result`.
 
-Used by the pytest suite (`conformance/test_conformance.py`), by `nox -s mutants` and by
+Used by the pytest suite (`conformance/plugin/test_conformance.py`), by `nox -s mutants` and by
 `python -m conformance.repro`, so all three judge a backend the same way.
 """
 
@@ -15,13 +15,13 @@ from hypothesis import errors as hyp_errors
 from hypothesis import example, given, settings
 from hypothesis import seed as hyp_seed
 
-from conformance.case import Case
-from conformance.database import for_combination
-from conformance.checks import Check, CheckFailure
-from conformance.process_state import restored_state
-from conformance.profiles import EXAMPLE_TIMEOUT_S
-from conformance.calls import Runner
-from conformance.watchdog import BackendHang, time_limit
+from conformance.suite.case import Case
+from conformance.suite.database import for_combination
+from conformance.suite.checks import Check, CheckFailure
+from conformance.suite.process_state import restored_state
+from conformance.suite.profiles import EXAMPLE_TIMEOUT_S
+from conformance.suite.calls import Runner
+from conformance.suite.watchdog import BackendHang, time_limit
 
 
 @dataclass

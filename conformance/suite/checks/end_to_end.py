@@ -1,7 +1,7 @@
 """End-to-end properties of the whole block, run on every backend through `forward` alone.
 
 The comparison with the spec, causality, prefix consistency, batch independence, padding and
-fully masked rows, and output dtype/shape draw from the size regime (`conformance.sizes`): a
+fully masked rows, and output dtype/shape draw from the size regime (`conformance.suite.sizes`): a
 share of their examples at the sizes real kernels run at, and matches_spec first runs fixed
 representatives of every size class. The others stay at small sizes, to keep the default run
 within its time: their extra draws (token permutations, a second case) grow with size.
@@ -14,12 +14,12 @@ from dataclasses import replace
 import numpy as np
 from hypothesis import strategies as st
 
-from conformance import strategies as cs
-from conformance.case import round_to
-from conformance.checks import CheckFailure, check, everyday_cases, requires_causal
-from conformance.checks.localize import first_wrong_step
-from conformance.conditioning import decided_output_rows
-from conformance.reference import forward_golden_and_plain
+from conformance.suite import strategies as cs
+from conformance.suite.case import round_to
+from conformance.suite.checks import CheckFailure, check, everyday_cases, requires_causal
+from conformance.suite.checks.localize import first_wrong_step
+from conformance.suite.conditioning import decided_output_rows
+from conformance.suite.reference import forward_golden_and_plain
 from spec import invariants as inv
 from spec.config import AttentionConfig
 

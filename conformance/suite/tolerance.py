@@ -2,7 +2,7 @@
 
 Three results are compared on the same (dtype-rounded) inputs: the float64 spec (golden),
 the backend in dtype D, and the plain reference: several correct runs of the same
-computation in D (`conformance.reference`). The backend passes when
+computation in D (`conformance.suite.reference`). The backend passes when
 
     err(backend) <= K * err(plain reference in D) + FLOOR[D]
 
@@ -12,7 +12,7 @@ elements the check compares, and err(plain) is that of the worst plain run there
 the method of FlashAttention's tests: an implementation may be somewhat less accurate than
 the obvious ones in the same precision, never much less. The plain runs are the spec's own
 order on the inputs and on inputs moved by one ulp (the problem's conditioning), and the
-other correct orders of `conformance.orders` (scale on q, or sqrt(scale) on q and k;
+other correct orders of `conformance.suite.orders` (scale on q, or sqrt(scale) on q and k;
 normalising the context after P @ V; an online blockwise softmax; split sums) on their own
 ulp-moved inputs. A plain reference that happens to be exact (tiny shapes) leaves only the
 floor, so the floor must still be tight enough to catch real bugs: `nox -s mutants` counts
@@ -36,8 +36,8 @@ on 2 cores, seeds 1 and 5 (`--cases 5000 --seed S`), 20,194 cases each, no failu
   and 0.14 in bfloat16.
 - Large logits: at |score| = 1e11 one rounding of a score exceeds 1, so which key wins a near
   tie is decided by rounding; the large-logit checks compare only rows that D decides
-  (`conformance.conditioning`) and require all rows finite.
-- Low-precision cases keep logits to a few tens (conformance/strategies.py): past that a
+  (`conformance.suite.conditioning`) and require all rows finite.
+- Low-precision cases keep logits to a few tens (conformance/suite/strategies.py): past that a
   single rounding of a score reorders the softmax and no two correct backends agree.
 """
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from conformance.case import Case
-from conformance.checks import CheckFailure
-from conformance.tolerance import compare
+from conformance.suite.case import Case
+from conformance.suite.checks import CheckFailure
+from conformance.suite.tolerance import compare
 from spec.config import numpy_dtype
 from spec.params import Params
 
