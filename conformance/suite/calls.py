@@ -32,11 +32,11 @@ class Runner:
         if a is None:
             return None
         if a.dtype == np.bool_:
-            return self._call("from_numpy", self.backend.from_numpy, a.copy(), None)
-        return self._call("from_numpy", self.backend.from_numpy, a.astype(self.np_dtype), self.dtype)
+            return self.call("from_numpy", self.backend.from_numpy, a.copy(), None)
+        return self.call("from_numpy", self.backend.from_numpy, a.astype(self.np_dtype), self.dtype)
 
     def weights(self, params: Params) -> Any:
-        return self._call("prepare", self.backend.prepare, params, self.dtype)
+        return self.call("prepare", self.backend.prepare, params, self.dtype)
 
     def to_float64(self, what: str, out: Any, shape: tuple[int, ...]) -> np.ndarray:
         """Backend output -> float64 NumPy, after checking it is an array of `shape` in the dtype."""
@@ -64,7 +64,8 @@ class Runner:
                                f"the output must be computed in bfloat16")
         raise CheckFailure(f"{what}: returned dtype {a.dtype}, expected {self.dtype} (output dtype must equal input dtype)")
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs), any exception turned into a CheckFailure naming `what`."""
         try:
             return fn(*args, **kwargs)
         except CheckFailure:
@@ -74,32 +75,31 @@ class Runner:
             raise CheckFailure(f"{what} raised {type(e).__name__}: {msg}") from None
 
     # -- calls -------------------------------------------------------------------------
-    def forward(self, case: Case, *, x: np.ndarray | None = None, params: Params | None = None,
-                key_padding_mask: Any = "case", dropout_mask: np.ndarray | None = None,
-                training: bool = False, config: Any = None) -> np.ndarray:
-        """The backend's full forward on the case (or on overrides), as float64 NumPy."""
-        x = case.x if x is None else x
-        params = case.params if params is None else params
-        config = case.config if config is None else config
-        kpm = case.key_padding_mask if isinstance(key_padding_mask, str) else key_padding_mask
+    def forward(self, case: Case, *, training: bool = False) -> np.ndarray:
+        """The backend's full forward on the case, as float64 NumPy.
+
+        A check that needs other inputs makes another case (`case.with_(x=..., params=...)`).
+        The case's keep mask is passed only with `training=True` (dropout replayed); training
+        without a keep mask asks for the backend's own random dropout.
+        """
         kwargs: dict[str, Any] = {}
-        if kpm is not None:
-            kwargs["key_padding_mask"] = self.native(kpm)
-        if dropout_mask is not None:
-            kwargs["dropout_mask"] = self.native(dropout_mask)
+        if case.key_padding_mask is not None:
+            kwargs["key_padding_mask"] = self.native(case.key_padding_mask)
+        if training and case.dropout_mask is not None:
+            kwargs["dropout_mask"] = self.native(case.dropout_mask)
         if training:
             kwargs["training"] = True
-        out = self._call("forward", self.backend.forward, self.native(x), self.weights(params), config, **kwargs)
-        self._call("synchronize", self.backend.synchronize)
-        B, T, _ = x.shape
-        return self.to_float64("forward", out, (B, T, config.d_out))
+        out = self.call("forward", self.backend.forward, self.native(case.x), self.weights(case.params),
+                        case.config, **kwargs)
+        self.call("synchronize", self.backend.synchronize)
+        return self.to_float64("forward", out, (case.B, case.T, case.config.d_out))
 
     def step(self, name: str, *args: Any, shapes: tuple[tuple[int, ...], ...], **kwargs: Any):
         """Call the backend's step method `name`; NumPy arrays in args are converted first."""
         conv = [self.native(a) if isinstance(a, np.ndarray) else a for a in args]
         kw = {k: (self.native(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-        out = self._call(name, getattr(self.backend, name), *conv, **kw)
-        self._call("synchronize", self.backend.synchronize)
+        out = self.call(name, getattr(self.backend, name), *conv, **kw)
+        self.call("synchronize", self.backend.synchronize)
         if len(shapes) == 1:
             return self.to_float64(name, out, shapes[0])
         if not isinstance(out, (tuple, list)) or len(out) != len(shapes):

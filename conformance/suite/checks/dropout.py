@@ -53,7 +53,7 @@ def _dropout_cases(draw, caps, dtype):
 @check(step=None, strategy=_dropout_cases, requires=_requires_replay)
 def dropout_replay_matches_spec(run, case):
     """With an explicit keep mask, forward equals the spec's inverted dropout (kept weights / (1 - p))."""
-    got = run.forward(case, dropout_mask=case.dropout_mask, training=True)
+    got = run.forward(case, training=True)  # the case's keep mask, replayed
     golden, plain = forward_golden_and_plain(case)
     run.assert_close(f"forward with dropout_p={case.config.dropout_p} and a given keep mask", got, golden, plain)
 

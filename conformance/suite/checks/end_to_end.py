@@ -83,7 +83,7 @@ def causality(run, case):
     """Changing tokens after position t leaves every output up to t unchanged."""
     t = case.extra["t"]
     x2 = _perturbed(case, np.s_[:, t + 1:])
-    y1, y2 = run.forward(case), run.forward(case, x=x2)
+    y1, y2 = run.forward(case), run.forward(case.with_(x=x2))
     golden, plain = forward_golden_and_plain(case)
     run.assert_close(f"outputs 0..{t} after changing tokens {t + 1}..", y2[:, : t + 1],
                      golden[:, : t + 1], plain[:, : t + 1])
@@ -97,7 +97,7 @@ def prefix_consistency(run, case):
     t = case.extra["t"] + 1
     kpm = None if case.key_padding_mask is None else case.key_padding_mask[:, :t]
     y_full = run.forward(case)
-    y_pre = run.forward(case, x=case.x[:, :t], key_padding_mask=kpm)
+    y_pre = run.forward(case.with_(x=case.x[:, :t], key_padding_mask=kpm))
     golden, plain = forward_golden_and_plain(case)
     run.assert_close(f"forward(x[:, :{t}])", y_pre, golden[:, :t], plain[:, :t])
     run.assert_close(f"forward(x)[:, :{t}]", y_full[:, :t], golden[:, :t], plain[:, :t])
@@ -107,7 +107,7 @@ def prefix_consistency(run, case):
 def batch_independence(run, case):
     """Changing batch elements 1.. leaves the output of batch element 0 unchanged."""
     x2 = _perturbed(case, np.s_[1:])
-    y2 = run.forward(case, x=x2)
+    y2 = run.forward(case.with_(x=x2))
     golden, plain = forward_golden_and_plain(case)
     run.assert_close("output of batch element 0 after changing the others", y2[:1], golden[:1], plain[:1])
 
@@ -124,7 +124,7 @@ def permutation_equivariance(run, case):
     """Without the causal mask, permuting the tokens (and the padding mask) permutes the outputs."""
     perm = np.array(case.extra["perm"], dtype=int)
     kpm = None if case.key_padding_mask is None else case.key_padding_mask[:, perm]
-    y_perm = run.forward(case, x=case.x[:, perm], key_padding_mask=kpm)
+    y_perm = run.forward(case.with_(x=case.x[:, perm], key_padding_mask=kpm))
     golden, plain = forward_golden_and_plain(case)
     run.assert_close("forward(x[:, perm]) vs forward(x)[:, perm]", y_perm, golden[:, perm], plain[:, perm])
 
@@ -144,7 +144,7 @@ def head_permutation_invariance(run, case):
     p = case.params
     rows = {k: getattr(p, k)[idx] for k in ("W_q", "W_k", "W_v", "b_q", "b_k", "b_v") if getattr(p, k) is not None}
     permuted = replace(p, W_o=p.W_o[:, idx], **rows)  # W_o's columns are the concatenated heads
-    got = run.forward(case, params=permuted)
+    got = run.forward(case.with_(params=permuted))
     golden, plain = forward_golden_and_plain(case)
     run.assert_close(f"forward with heads permuted {case.extra['head_perm']}", got, golden, plain)
 
@@ -154,7 +154,7 @@ def zero_wq_uniform_attention(run, case):
     """With W_q = 0 every score is 0: causal output is the running mean of V, projected."""
     p = replace(case.params, W_q=np.zeros_like(case.params.W_q),
                 b_q=None if case.params.b_q is None else np.zeros_like(case.params.b_q))
-    got = run.forward(case, params=p)
+    got = run.forward(case.with_(params=p))
     # closed form in float64: uniform weights over the attendable keys of each query
     V = case.x @ p.W_v.T + (0 if p.b_v is None else p.b_v)  # (B, T, d_out)
     ok = inv.attendable(case.config, case.B, case.T, case.T, case.key_padding_mask)[:, 0]  # (B, T, T)
@@ -227,8 +227,8 @@ def inputs_not_mutated(run, case):
                                    f"nothing could be checked") from None
             continue
     kwargs = {} if kpm is None else {"key_padding_mask": kpm}
-    run._call("forward", run.backend.forward, x, w, case.config, **kwargs)
-    run._call("synchronize", run.backend.synchronize)
+    run.call("forward", run.backend.forward, x, w, case.config, **kwargs)
+    run.call("synchronize", run.backend.synchronize)
     for name, (obj, before) in snap.items():
         after = np.asarray(run.backend.to_numpy(obj))
         if not np.array_equal(before, after, equal_nan=before.dtype.kind == "f"):

@@ -41,7 +41,7 @@ def _init_cases(draw, caps, dtype):
 def init_follows_nn_linear(run, case):
     """init_params draws weights and biases from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) in nn.Linear's layout."""
     cfg = case.config
-    p = run._call("init_params", run.backend.init_params, cfg, case.extra["init_seed"])
+    p = run.call("init_params", run.backend.init_params, cfg, case.extra["init_seed"])
     try:
         p.check(cfg)
     except (ValueError, AttributeError) as e:
