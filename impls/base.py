@@ -33,6 +33,8 @@ class Capabilities:
     exactly); or "rng" (only its own random stream, checked statistically).
     d_in_equals_d_out: only configurations with d_in == d_out (as `nn.MultiheadAttention`).
     max_tokens: the largest T it accepts, if limited. deterministic: same inputs, same bits.
+    kv_cache: defines `prefill` and `decode` (KV-cache decoding, see `Backend.prefill`);
+    cache_arrays: also `cache_kv`, so the suite checks the cache's K and V against the spec's.
     """
 
     dtypes: tuple[str, ...] = ("float64", "float32")
@@ -45,6 +47,8 @@ class Capabilities:
     d_in_equals_d_out: bool = False
     max_tokens: int | None = None
     deterministic: bool = True
+    kv_cache: bool = False
+    cache_arrays: bool = False
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -55,6 +59,8 @@ class Capabilities:
             raise ValueError(f"Capabilities.dropout={self.dropout!r}; valid: {', '.join(DROPOUT_MODES)}")
         if not (self.causal or self.non_causal):
             raise ValueError("Capabilities must support causal or non_causal attention (or both)")
+        if self.cache_arrays and not self.kv_cache:
+            raise ValueError("Capabilities.cache_arrays=True needs kv_cache=True (cache_kv reads the cache)")
 
     def unsupported(self, config: AttentionConfig, T: int | None = None,
                     key_padding_mask: bool = False, dropout: bool = False) -> str | None:
@@ -120,6 +126,18 @@ class Backend:
         backend's own random dropout at config.dropout_p (dropout="rng" or "replay").
         """
         raise NotImplementedError
+
+    # -- KV-cache decoding (optional; declared by Capabilities.kv_cache) -------------------
+    # prefill(x, weights, config, *, key_padding_mask=None) -> cache
+    #     the prompt x [B, t, d_in]; the cache is opaque to the suite (any object).
+    # decode(x_new, cache, weights, config, *, key_padding_mask=None) -> (y_new, cache')
+    #     n >= 1 new tokens x_new [B, n, d_in] -> y_new [B, n, d_out] in x_new's dtype, the
+    #     new queries attending over the t cached tokens and the new ones, causal aligned
+    #     bottom-right (new token i is position t + i); key_padding_mask [B, n] covers the new
+    #     tokens only: the earlier tokens' padding lives in the cache. The cache passed in
+    #     may be reused or consumed: the suite passes each cache to decode once.
+    # cache_kv(cache) -> (K, V)  (Capabilities.cache_arrays)
+    #     native arrays [B, H, t, head_dim]: each head's keys and values, as spec.cache.Cache.
 
 
 REQUIRED = ("name", "capabilities", "from_numpy", "to_numpy", "forward")

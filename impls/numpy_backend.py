@@ -8,7 +8,8 @@ Not a copy of the spec; where its speed comes from:
   NumPy's elementwise passes (max, subtract, exp, sum) are single-threaded and memory-bound;
 - the softmax is normalised on the (bq, hd) context, not the (bq, T) weights: one pass fewer;
 - the context is written straight into [B, T, H, hd], so concatenating heads costs nothing.
-The step methods are the plain per-step versions (impls.array_steps), for step-by-step checking.
+The step methods are the plain per-step versions (impls.array_steps), for step-by-step checking;
+KV-cache decoding is composed from them (impls.array_cache).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from impls.array_cache import ArrayCache
 from impls.array_steps import ArraySteps
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, numpy_dtype
@@ -27,7 +29,7 @@ _BLOCK = 128  # query rows per block (causal skipping granularity): 64 and 256 m
 _BUDGET = 2 << 20  # bytes of the scores of all heads of one block: about one core's L2
 
 
-class NumpyBackend(ArraySteps, Backend):
+class NumpyBackend(ArrayCache, ArraySteps, Backend):
     name = "numpy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),
@@ -35,7 +37,10 @@ class NumpyBackend(ArraySteps, Backend):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="replay",
-        notes="float16 inputs are computed in float32 and rounded back (NumPy has no float16 BLAS).",
+        kv_cache=True,
+        cache_arrays=True,
+        notes="float16 inputs are computed in float32 and rounded back (NumPy has no float16 BLAS); "
+              "decode concatenates past keys and values (impls.array_cache).",
     )
 
     # -- edges -------------------------------------------------------------------------

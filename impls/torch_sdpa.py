@@ -10,6 +10,12 @@ row with no attendable key (measured, float64/float32/bfloat16). Which kernel ru
 at run time (and differs on CUDA), and older releases returned NaN there, so the backend
 zeroes those rows itself after the call instead of relying on it.
 
+KV-cache decoding: the new queries are the last Tq of Tk keys. `is_causal=True` aligns the
+causal mask top-left (query i sees keys j <= i), which for Tq < Tk hides from the new tokens
+most of the cache; the spec aligns it bottom-right (query i sees keys j <= Tk - Tq + i). So
+for Tq != Tk this backend passes `torch.nn.attention.bias.causal_lower_right(Tq, Tk)`, or an
+explicit bottom-right boolean mask when there is padding, never `is_causal`.
+
 Dropout: SDPA's `dropout_p` draws from torch's own RNG and cannot take a keep mask, so this
 backend declares dropout "rng" (checked statistically) and refuses an explicit mask.
 """
@@ -20,6 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from impls.base import Capabilities
+from impls.array_cache import ArrayKV
 from impls.torch_backend import (
     CPU_DTYPES,
     CUDA_DTYPES,
@@ -27,6 +34,7 @@ from impls.torch_backend import (
     TorchLinearSteps,
     query_has_key,
 )
+from impls.torch_cache import TorchCache
 from spec.config import AttentionConfig
 from spec.params import Params
 
@@ -34,7 +42,7 @@ if TYPE_CHECKING:  # annotations only: torch stays optional
     import torch
 
 
-class TorchSdpaBackend(TorchEdges, TorchLinearSteps):
+class TorchSdpaBackend(TorchCache, TorchEdges, TorchLinearSteps):
     name = "torch-sdpa"
     device = "cpu"
     capabilities = Capabilities(
@@ -43,38 +51,53 @@ class TorchSdpaBackend(TorchEdges, TorchLinearSteps):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="rng",
+        kv_cache=True,
+        cache_arrays=True,
         notes="torch.nn.functional.scaled_dot_product_attention for steps 7-9; fully masked "
-              "rows zeroed after the call; dropout only with SDPA's own RNG.",
+              "rows zeroed after the call; dropout only with SDPA's own RNG; decode passes "
+              "causal_lower_right (or an explicit bottom-right mask), since is_causal aligns "
+              "top-left when Tq != Tk.",
     )
 
     def forward(self, x: torch.Tensor, weights: Params, config: AttentionConfig, *,
                 key_padding_mask: Any = None, dropout_mask: Any = None,
                 training: bool = False) -> torch.Tensor:
-        import torch
-        import torch.nn.functional as F
-
         if dropout_mask is not None:
             raise ValueError(f"backend {self.name!r} cannot replay a dropout mask (SDPA draws its own; "
                              f"dropout='rng'); pass dropout_mask=None and training=True")
         H = config.n_heads
         Q, K, V = self.project_qkv(x, weights)  # (B, T, d_out) each
         Q, K, V = (self.group_by_heads(self.split_heads(a, H)) for a in (Q, K, V))  # (B, H, T, hd)
-        Tq, Tk = Q.shape[2], K.shape[2]
         dropout_p = config.dropout_p if training else 0.0
-        if key_padding_mask is None:
-            # is_causal aligns top-left; the same as the spec's bottom-right for Tq == Tk
-            context = F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout_p,
-                                                     is_causal=config.causal)  # (B, H, T, hd)
-        else:
-            allowed = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk): True = may attend
-            if config.causal:  # (Tq, Tk), bottom-right aligned as the spec
-                allowed = allowed & torch.ones(Tq, Tk, dtype=torch.bool, device=Q.device).tril(Tk - Tq)
-            context = F.scaled_dot_product_attention(Q, K, V, attn_mask=allowed,
-                                                     dropout_p=dropout_p)  # (B, H, T, hd)
-            empty = ~query_has_key(config, key_padding_mask, Tq)[:, None, :, None]  # (B, 1, Tq, 1)
-            context = context.masked_fill(empty, 0.0)  # spec: no attendable key -> zero context
+        context = self.sdpa(Q, K, V, config, key_padding_mask, dropout_p)  # (B, H, T, hd)
         context = self.concat_heads(self.permute_back(context))  # (B, T, d_out)
         return self.out_proj(context, weights)  # (B, T, d_out)
+
+    def sdpa(self, Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, config: AttentionConfig,
+             key_padding_mask: Any = None, dropout_p: float = 0.0) -> torch.Tensor:
+        """Steps 7-9 in one SDPA call, Tq <= Tk queries, causal aligned bottom-right: (B, H, Tq, hd)."""
+        import torch
+        import torch.nn.functional as F
+        from torch.nn.attention.bias import causal_lower_right
+
+        Tq, Tk = Q.shape[2], K.shape[2]
+        if key_padding_mask is None:
+            if not config.causal or Tq == Tk:  # is_causal aligns top-left: the spec's only when Tq == Tk
+                return F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout_p, is_causal=config.causal)
+            return F.scaled_dot_product_attention(Q, K, V, attn_mask=causal_lower_right(Tq, Tk),
+                                                  dropout_p=dropout_p)
+        allowed = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk): True = may attend
+        if config.causal:  # (Tq, Tk), bottom-right aligned as the spec
+            allowed = allowed & torch.ones(Tq, Tk, dtype=torch.bool, device=Q.device).tril(Tk - Tq)
+        context = F.scaled_dot_product_attention(Q, K, V, attn_mask=allowed, dropout_p=dropout_p)
+        empty = ~query_has_key(config, key_padding_mask, Tq)[:, None, :, None]  # (B, 1, Tq, 1)
+        return context.masked_fill(empty, 0.0)  # spec: no attendable key -> zero context
+
+    def attend(self, q: torch.Tensor, cache: ArrayKV, weights: Params, config: AttentionConfig) -> torch.Tensor:
+        """Decoding's steps 7-12: the new queries over the whole cache, through SDPA."""
+        mask = cache.key_padding_mask
+        context = self.sdpa(q, cache.k, cache.v, config, None if bool(mask.all()) else mask)  # (B, H, n, hd)
+        return self.out_proj(self.concat_heads(self.permute_back(context)), weights)  # (B, n, d_out)
 
 
 class TorchSdpaCudaBackend(TorchSdpaBackend):
