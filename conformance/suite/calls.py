@@ -106,6 +106,31 @@ class Runner:
             raise CheckFailure(f"{name}: expected a tuple of {len(shapes)} arrays, got {type(out).__name__}")
         return tuple(self.to_float64(f"{name}[{i}]", o, s) for i, (o, s) in enumerate(zip(out, shapes)))
 
+    # -- KV-cache decoding (Capabilities.kv_cache): the cache itself stays opaque ----------
+    def prefill(self, x: np.ndarray, weights: Any, config: Any, key_padding_mask: np.ndarray | None = None) -> Any:
+        """The backend's cache of the prompt x [B, t, d_in] (float64 NumPy, converted here)."""
+        kw = {} if key_padding_mask is None else {"key_padding_mask": self.native(key_padding_mask)}
+        cache = self.call("prefill", self.backend.prefill, self.native(x), weights, config, **kw)
+        self.call("synchronize", self.backend.synchronize)
+        return cache
+
+    def decode(self, what: str, x_new: np.ndarray, cache: Any, weights: Any, config: Any,
+               key_padding_mask: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+        """(y_new [B, n, d_out] as float64 NumPy, the backend's cache') for new tokens x_new [B, n, d_in]."""
+        kw = {} if key_padding_mask is None else {"key_padding_mask": self.native(key_padding_mask)}
+        out = self.call(what, self.backend.decode, self.native(x_new), cache, weights, config, **kw)
+        self.call("synchronize", self.backend.synchronize)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise CheckFailure(f"{what}: decode must return (y_new, cache), got {type(out).__name__}")
+        return self.to_float64(what, out[0], (*x_new.shape[:2], config.d_out)), out[1]
+
+    def cache_kv(self, what: str, cache: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The cache's K and V [B, H, t, head_dim] as float64 NumPy (Capabilities.cache_arrays)."""
+        out = self.call(what, self.backend.cache_kv, cache)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise CheckFailure(f"{what}: cache_kv must return (K, V), got {type(out).__name__}")
+        return self.to_float64(f"{what} K", out[0], shape), self.to_float64(f"{what} V", out[1], shape)
+
     # -- assertions ----------------------------------------------------------------------
     def assert_close(self, what: str, actual: np.ndarray, golden: np.ndarray, plain: np.ndarray,
                      floor_scale: float = 1.0) -> None:

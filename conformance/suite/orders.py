@@ -69,6 +69,13 @@ def forward_scale_on_q_late_norm(x: np.ndarray, params: Params, config: Attentio
                                  dropout_mask: np.ndarray | None = None) -> np.ndarray:
     """q scaled by 1/sqrt(hd) before q @ k^T; the context normalised after P @ V."""
     Q, K, V = (_heads(a, config.n_heads) for a in S.project_qkv(x, params))  # (B, H, T, hd)
+    return _finish(context_scale_on_q_late_norm(Q, K, V, config, key_padding_mask, dropout_mask), params)
+
+
+def context_scale_on_q_late_norm(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config: AttentionConfig,
+                                 key_padding_mask: np.ndarray | None = None,
+                                 dropout_mask: np.ndarray | None = None) -> np.ndarray:
+    """Steps 7-9 of forward_scale_on_q_late_norm for Tq <= Tk queries: (B, H, Tq, hd)."""
     q = Q * Q.dtype.type(1.0 / np.sqrt(config.head_dim))
     s = _mm(q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
     s = np.where(_masked(config, *s.shape[:1], *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
@@ -78,7 +85,7 @@ def forward_scale_on_q_late_norm(x: np.ndarray, params: Params, config: Attentio
         e = np.exp(s - m)
     total = e.sum(axis=-1, keepdims=True)
     ctx = _mm(_keep(config, dropout_mask, e), V) / np.where(total > 0, total, 1)  # (B, H, Tq, hd)
-    return _finish(ctx.astype(Q.dtype, copy=False), params)
+    return ctx.astype(Q.dtype, copy=False)
 
 
 def forward_online_softmax(x: np.ndarray, params: Params, config: AttentionConfig,
@@ -86,6 +93,13 @@ def forward_online_softmax(x: np.ndarray, params: Params, config: AttentionConfi
                            dropout_mask: np.ndarray | None = None, block: int = 16) -> np.ndarray:
     """FlashAttention's order: sqrt(scale) on q and k, keys in blocks, running max and sum."""
     Q, K, V = (_heads(a, config.n_heads) for a in S.project_qkv(x, params))  # (B, H, T, hd)
+    return _finish(context_online_softmax(Q, K, V, config, key_padding_mask, dropout_mask, block), params)
+
+
+def context_online_softmax(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config: AttentionConfig,
+                           key_padding_mask: np.ndarray | None = None,
+                           dropout_mask: np.ndarray | None = None, block: int = 16) -> np.ndarray:
+    """Steps 7-9 of forward_online_softmax for Tq <= Tk queries: (B, H, Tq, hd)."""
     dt = Q.dtype.type
     r = dt(config.head_dim ** -0.25)  # PyTorch's math path scales q and k by sqrt(scale) each
     q, k = Q * r, K * r
@@ -108,7 +122,7 @@ def forward_online_softmax(x: np.ndarray, params: Params, config: AttentionConfi
         acc = (acc * rescale + _mm(_keep(config, keep, e), V[:, :, sl])).astype(Q.dtype)
         m = m_new
     ctx = acc / np.where(total > 0, total, 1)  # (B, H, Tq, hd); rows with no key stay 0
-    return _finish(ctx.astype(Q.dtype, copy=False), params)
+    return ctx.astype(Q.dtype, copy=False)
 
 
 def attn_weights_scale_first(attn_scores: np.ndarray, config: AttentionConfig,
@@ -177,3 +191,5 @@ ORDERS: dict[Callable, tuple[Callable, ...]] = {
 
 #: The whole block's other orders (spec.block.forward's signature).
 FORWARD_ORDERS: tuple[Callable, ...] = (forward_scale_on_q_late_norm, forward_online_softmax)
+#: Their steps 7-9 alone, for queries apart from keys (KV-cache decoding, Tq <= Tk).
+CONTEXT_ORDERS: tuple[Callable, ...] = (context_scale_on_q_late_norm, context_online_softmax)
