@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from impls.array_cache import ArrayCache
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import Params
@@ -24,7 +25,7 @@ def work_dtype(dt: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dt) == np.float16 else np.dtype(dt)
 
 
-class PlainBackend(Backend):
+class PlainBackend(ArrayCache, Backend):
     """Correct reference-style attention in NumPy; every step exposed, every piece overridable."""
 
     name = "plain"
@@ -34,6 +35,8 @@ class PlainBackend(Backend):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="replay",
+        kv_cache=True,  # prefill / decode / cache_kv composed from the step methods (impls.array_cache)
+        cache_arrays=True,
         notes="the base of the mutants: simple and correct; float16 computed in float32.",
     )
     #: Why this backend's bug cannot exist in float16 (mutants only); None: it can.
@@ -48,6 +51,10 @@ class PlainBackend(Backend):
 
     def prepare(self, params: Params, dtype: str) -> Params:
         return params.map(lambda a: a.astype(numpy_dtype(dtype)))
+
+    def xp(self):
+        """The array module of the KV cache's concatenations (impls.array_cache)."""
+        return np
 
     # -- small pieces the mutants override ----------------------------------------------------
     def linear(self, x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
