@@ -125,3 +125,22 @@ def test_example_conforms_when_run_through_the_suite_as_documented(mypkg, tmp_pa
     records = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]["records"]
     outcomes = {r["outcome"] for r in records}
     assert outcomes == {"passed", "unsupported"}  # no key padding, no dropout, no steps, no float16
+
+
+# -- KV-cache decoding: the doc's mypkg/cached.py runs the cache checks ----------------------------
+def test_cached_example_passes_the_cache_checks_through_the_suite(mypkg, tmp_path):
+    (mypkg / "mypkg" / "cached.py").write_text(first_block(section("## KV-cache decoding"), "python"))
+    from conformance.suite.checks import catalogue
+
+    checks = [c.name for c in catalogue() if c.fn.__module__ == "conformance.suite.checks.cache"]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "conformance", "--backend", "mypkg.cached:Backend",
+                           *(a for c in checks for a in ("--check", c)), "--dtype", "float64", "--dtype", "float32",
+                           "--profile", "quick", "--seed", "5", "--out", str(out)],
+                          cwd=DOC.parent.parent, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(mypkg)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    records = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]["records"]
+    outcome = {(r["check"], r["dtype"]): r["outcome"] for r in records}
+    assert outcome.pop(("decode_with_padding", "float32")) == outcome.pop(("decode_with_padding", "float64")) == "unsupported"
+    assert set(outcome.values()) == {"passed"}, outcome

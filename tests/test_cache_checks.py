@@ -1,0 +1,149 @@
+"""KV-cache decoding in the backends and the suite: the contract, the backends' prefill/decode
+against the spec, the cache checks passing correct backends, failing the cache mutants, and a
+top-left-aligned decoder failing with a message that names the alignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spec
+from conformance.mutants.base import PlainBackend
+from conformance.mutants.cache import CACHE_MUTANTS, CacheTopLeft
+from conformance.suite import profiles
+from conformance.suite.cache_reference import DECODE_ORDERS, decoded, decoded_top_left
+from conformance.suite.checks import catalogue, get
+from conformance.suite.engine import run_check
+from impls.base import Capabilities
+from impls.registry import resolve
+from tests.test_backends import numpy_as_cupy  # noqa: F401  (the fixture: a NumPy stand-in for cupy)
+
+CACHE_CHECKS = [c for c in catalogue() if c.fn.__module__ == "conformance.suite.checks.cache"]
+DECODERS = ("numpy", "torch", "torch-sdpa")
+
+
+@pytest.fixture(autouse=True)
+def quick_profile():
+    profiles.load("quick")
+    yield
+    profiles.load("default")
+
+
+def _case(seed: int, causal: bool = True, T: int = 9):
+    rng = np.random.default_rng(seed)
+    cfg = spec.AttentionConfig(d_in=5, d_out=6, n_heads=2, causal=causal, qkv_bias=bool(seed % 2))
+    return cfg, spec.init_params(cfg, seed), rng.standard_normal((2, T, 5)), rng.random((2, T)) > 0.3
+
+
+def _decode(be, cfg, params, x, kpm, t, chunks, dtype="float64"):
+    w = be.prepare(params, dtype)
+    part = (lambda a, b: None) if kpm is None else (lambda a, b: be.from_numpy(kpm[:, a:b]))
+    cache = be.prefill(be.from_numpy(x[:, :t], dtype), w, cfg, key_padding_mask=part(0, t))
+    ys, a = [], t
+    for n in chunks:
+        y, cache = be.decode(be.from_numpy(x[:, a:a + n], dtype), cache, w, cfg, key_padding_mask=part(a, a + n))
+        ys.append(be.to_numpy(y))
+        a += n
+    return np.concatenate(ys, axis=1), cache
+
+
+def test_capabilities_declare_the_cache_and_refuse_arrays_without_it():
+    assert Capabilities().kv_cache is False and Capabilities().cache_arrays is False
+    with pytest.raises(ValueError, match="cache_arrays=True needs kv_cache=True"):
+        Capabilities(cache_arrays=True)
+    for name in DECODERS:
+        caps = resolve(name).backend.capabilities
+        assert caps.kv_cache and caps.cache_arrays, name
+    assert not resolve("torch-mha").backend.capabilities.kv_cache  # declares no cache
+
+
+@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_backends_decode_as_the_spec_for_every_prefill_and_chunking(name, causal):
+    info = resolve(name)
+    if info.skip_reason:
+        pytest.skip(info.skip_reason)
+    be = info.backend
+    cfg, params, x, kpm = _case(3, causal)
+    for t, chunks in ((1, [1] * 8), (4, [1] * 5), (2, [3, 1, 3]), (8, [1]), (5, [4])):
+        for m in (None, kpm):
+            got, cache = _decode(be, cfg, params, x, m, t, chunks)
+            want = decoded(x, params, cfg, m, t, tuple(chunks))
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, err_msg=f"{name} t={t} {chunks}")
+            k, v = (be.to_numpy(a) for a in be.cache_kv(cache))
+            _, k_spec, v_spec = spec.qkv_heads(x, params, cfg)
+            np.testing.assert_allclose(k, k_spec, atol=1e-12)
+            np.testing.assert_allclose(v, v_spec, atol=1e-12)
+
+
+def test_decode_orders_equal_the_spec_in_float64():
+    cfg, params, x, kpm = _case(4)
+    want = decoded(x, params, cfg, kpm, 3, (2, 1, 3))
+    for order in DECODE_ORDERS:
+        np.testing.assert_allclose(order(x, params, cfg, kpm, 3, (2, 1, 3)), want, atol=1e-12, err_msg=order.__name__)
+    # the top-left answer differs wherever a new token has more than its own index of keys
+    assert np.abs(decoded_top_left(x, params, cfg, None, 3, (2, 1, 3)) - decoded(x, params, cfg, None, 3, (2, 1, 3))).max() > 1e-3
+
+
+def test_sdpa_is_causal_aligns_top_left_which_is_why_the_backend_does_not_use_it():
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    from torch.nn.attention.bias import causal_lower_right
+
+    q, k, v = torch.randn(1, 1, 2, 4, dtype=torch.float64), *torch.randn(2, 1, 1, 5, 4, dtype=torch.float64)
+    top_left = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    lower_right = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(2, 5))
+    explicit = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(2, 5, dtype=torch.bool).tril(3))
+    assert torch.allclose(lower_right, explicit) and not torch.allclose(top_left, explicit)
+
+
+def test_cupy_decodes_through_the_shared_array_code(numpy_as_cupy):
+    be = numpy_as_cupy
+    cfg, params, x, kpm = _case(5)
+    got, cache = _decode(be, cfg, params, x, kpm, 2, [1, 3, 1, 2])
+    np.testing.assert_allclose(got, decoded(x, params, cfg, kpm, 2, (1, 3, 1, 2)), atol=1e-12)
+    assert be.cache_kv(cache)[0].shape == (2, 2, 9, 3)
+    assert be.capabilities.kv_cache and be.capabilities.cache_arrays
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_correct_backends_pass_the_cache_checks(name):
+    info = resolve(name)
+    if info.skip_reason:
+        pytest.skip(info.skip_reason)
+    for check in CACHE_CHECKS:
+        r = run_check(check, info.backend, "float32", seed=1)
+        assert r.outcome == "passed", f"{name} {check.name}: {r.reason}"
+
+
+def test_cache_checks_need_the_declared_cache():
+    for check in CACHE_CHECKS:
+        assert "Capabilities.kv_cache" in check.unsupported(resolve("torch-mha").backend, "float32")
+    assert "key padding" in get("decode_with_padding").unsupported(_NoPadding(), "float32")
+
+
+class _NoPadding(PlainBackend):
+    capabilities = Capabilities(dtypes=("float32",), kv_cache=True)
+
+
+def test_the_long_cache_check_reaches_4096_tokens():
+    case = get("decode_long_cache").explicit_cases(PlainBackend(), "float32")[0]
+    assert case.T == 4096 and case.extra["prefill"] == 4095
+
+
+@pytest.mark.parametrize("mutant", [PlainBackend, *CACHE_MUTANTS], ids=lambda m: m.name)
+def test_cache_checks_kill_each_cache_mutant_and_pass_the_control(mutant):
+    outcomes = {c.name: run_check(c, mutant(), "float32", seed=2) for c in CACHE_CHECKS}
+    failed = {n: r.reason for n, r in outcomes.items() if r.outcome == "failed"}
+    if mutant is PlainBackend:
+        assert not failed and all(r.outcome == "passed" for r in outcomes.values()), failed
+    else:
+        assert failed, f"{mutant.name} survived the cache checks"
+    # the forward alone never sees these bugs
+    assert run_check(get("matches_spec"), mutant(), "float32", seed=2).outcome == "passed"
+
+
+def test_a_top_left_decoder_fails_with_a_message_naming_the_alignment():
+    r = run_check(get("decode_token_by_token"), CacheTopLeft(), "float32", seed=1)
+    assert r.outcome == "failed"
+    assert "aligned top-left" in r.reason and "bottom-right" in r.reason, r.reason
