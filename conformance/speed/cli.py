@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
     a("--overhead", action="store_true", help="measure the harness's own cost per call on an empty backend and exit")
     a("--peak-size", type=str, metavar="N", help="size of the square matmul for the CPU peak (default 2048)")
     a("--seed", type=str, metavar="N", help="seed for inputs and weights (default 0)")
+    a("--decode", action="store_true",
+      help="time one KV-cache decode step at cache lengths 128..8192, B=1 and 8, against the copy "
+           "bandwidth (conformance/speed/decode.py); keeps the forward's cells in results.json")
     return p
 
 
@@ -195,6 +198,20 @@ def overhead() -> int:
     return 0
 
 
+def _decode(plan, quick: bool) -> int:
+    from conformance.speed.decode import run_decode, write_decode
+
+    decode = run_decode(plan.backends, plan.dtypes, quick=quick, out=sys.stdout)
+    if not decode["cells"]:
+        print(f"{PROG}: error: no backend declares KV-cache decoding (Capabilities.kv_cache) in "
+              f"{', '.join(plan.dtypes)}", file=sys.stderr)
+        return 2
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    write_decode(plan.out_dir / "results.json", plan.machine, plan.command, decode)
+    print(f"decode: {len(decode['cells'])} cells in {decode['duration_s']:.1f} s -> {plan.out_dir / 'results.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -214,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: no backend can run here: "
               + "; ".join(f"{s['backend']}: {s['reason']}" for s in plan.skipped), file=sys.stderr)
         return 2
+    if args.decode:
+        return _decode(plan, args.quick)
     try:
         if args.check_isolation:
             from conformance.speed.selfcheck import check

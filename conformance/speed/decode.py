@@ -1,0 +1,161 @@
+"""Decode speed (`nox -s bench -- --decode`): one KV-cache decode step at cache lengths 128 to 8192.
+
+Decoding is memory-bound: one new token's query meets every cached key and value, so a step
+reads the whole cache, 2 x B x H x L x head_dim entries, for about as many multiply-adds. Its
+figure is therefore bandwidth, not GFLOP/s: the bytes of K and V read per step, divided by
+the step's median time, and that as a fraction of this machine's memory bandwidth measured in
+the same run by a copy benchmark (`copy_bandwidth`, as `peak.py` measures the matmul peak).
+
+Each cell prefills a cache of L tokens once (untimed), then times `decode` of one new token
+on that same cache again and again: `decode` must leave the cache it is given usable (the
+spec's and the built-in backends' decode return a new cache and leave the old one as it was).
+The shape: d_out = 512 in 8 heads (head_dim 64), float32, causal, B = 1 and 8. d_in is 64:
+the input width only sets the new token's projection (a few microseconds) and the prefill's,
+which would dominate the run's time at B = 8, L = 8192 with d_in = 512. Backends are timed
+in this process, one after the other; only those declaring `kv_cache` are timed.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, TextIO
+
+import numpy as np
+
+from conformance.speed.harness import Entry, describe_error, first_call, summarize, time_chunk
+from spec.config import AttentionConfig, numpy_dtype
+from spec.params import init_params
+
+DECODE_LENGTHS = [128 * 2 ** i for i in range(7)]  # 128 ... 8192
+DECODE_BATCHES = (1, 8)
+D_IN, D_OUT, HEADS = 64, 512, 8
+FULL = {"lengths": DECODE_LENGTHS, "budget": 0.3, "min_samples": 8, "copy_mb": 256}
+QUICK = {"lengths": [128, 1024, 8192], "budget": 0.05, "min_samples": 3, "copy_mb": 128}
+_COPY_REPS = 5
+
+
+def kv_bytes(B: int, L: int, config: AttentionConfig, itemsize: int) -> int:
+    """Bytes of K and V one decode step reads: the L cached tokens and the new one."""
+    return 2 * B * config.n_heads * (L + 1) * config.head_dim * itemsize
+
+
+def copy_bandwidth(megabytes: int = 256, reps: int = _COPY_REPS) -> dict[str, Any]:
+    """The machine's memory bandwidth: the best of `reps` copies of a large array (NumPy and torch).
+
+    Counted as STREAM's copy counts it: bytes read plus bytes written, per second. The
+    array is far larger than any cache level, so the copy runs at the memory's speed.
+    """
+    n = megabytes * (1 << 20) // 4
+    out = []
+    src = np.random.default_rng(0).random(n, dtype=np.float32)
+    dst = np.empty_like(src)
+    out.append(_copy_record("numpy", n * 4, lambda: np.copyto(dst, src), reps))
+    try:
+        import torch  # lazily: only when installed
+
+        s, d = torch.from_numpy(src), torch.empty(n, dtype=torch.float32)
+        out.append(_copy_record("torch", n * 4, lambda: d.copy_(s), reps))
+    except ImportError:
+        pass
+    best = max(out, key=lambda m: m["gb_per_s"])
+    return {"gb_per_s": best["gb_per_s"], "library": best["library"], "bytes": n * 4, "measurements": out}
+
+
+def _copy_record(library: str, nbytes: int, run, reps: int) -> dict[str, Any]:
+    run()  # warm-up: pages faulted in, thread pools started
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    return {"library": library, "best_s": best, "reps": reps, "gb_per_s": 2 * nbytes / best / 1e9}
+
+
+def _cell(info, B: int, L: int, dtype: str, budget: float, min_samples: int, bandwidth: float) -> dict[str, Any]:
+    be = info.backend
+    config = AttentionConfig(d_in=D_IN, d_out=D_OUT, n_heads=HEADS, causal=True)
+    rng = np.random.default_rng(L + B)
+    x = rng.standard_normal((B, L + 1, D_IN)).astype(numpy_dtype(dtype))
+    itemsize = np.dtype(numpy_dtype(dtype)).itemsize
+    cell = {"backend": be.name, "dtype": dtype, "B": B, "L": L, "d_in": D_IN, "d_out": D_OUT, "n_heads": HEADS,
+            "kv_bytes": kv_bytes(B, L, config, itemsize), "error": None}
+    try:
+        w = be.prepare(init_params(config, seed=0), dtype)
+        cache = be.prefill(be.from_numpy(x[:, :L], dtype), w, config)  # untimed
+        x_new = be.from_numpy(x[:, L:], dtype)  # (B, 1, d_in)
+        be.synchronize()
+    except Exception as e:  # a backend crash is a result, not the end of the run
+        return {**cell, **summarize([]), "samples_s": [], "first_call_s": None, "error": describe_error(e),
+                "gb_per_s": None, "bandwidth_fraction": None}
+    entry = Entry(be.name, functools.partial(be.decode, x_new, cache, w, config), be.synchronize)
+    first_call(entry)
+    if entry.error is None:
+        time_chunk(entry, min_calls=min_samples, seconds=budget)
+    stats = summarize(entry.samples)
+    gbs = cell["kv_bytes"] / stats["median_s"] / 1e9 if stats["median_s"] else None
+    return {**cell, **stats, "samples_s": entry.samples, "first_call_s": entry.first_call_s, "error": entry.error,
+            "gb_per_s": gbs, "bandwidth_fraction": gbs / bandwidth if gbs and bandwidth else None}
+
+
+def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: TextIO | None = None) -> dict[str, Any]:
+    """Every cache-declaring backend at every (B, L): the "decode" part of the speed section."""
+    base = QUICK if quick else FULL
+    t0 = time.perf_counter()
+    bw = copy_bandwidth(base["copy_mb"])
+    _say(out, f"memory bandwidth (copy, {bw['library']}): {bw['gb_per_s']:.1f} GB/s")
+    timed = [i for i in backends if getattr(i.backend.capabilities, "kv_cache", False)]
+    skipped = [{"backend": i.backend.name, "reason": "KV-cache decoding not declared (Capabilities.kv_cache)"}
+               for i in backends if i not in timed]
+    cells = []
+    for dtype in dtypes:
+        for B in DECODE_BATCHES:
+            for L in base["lengths"]:
+                for info in timed:
+                    if dtype not in info.backend.capabilities.dtypes:
+                        continue
+                    c = _cell(info, B, L, dtype, base["budget"], base["min_samples"], bw["gb_per_s"])
+                    cells.append(c)
+                    _say(out, _line(c))
+    return {"dtypes": dtypes, "causal": True, "new_tokens": 1, "bandwidth": bw, "cells": cells, "skipped": skipped,
+            "duration_s": round(time.perf_counter() - t0, 2)}
+
+
+def write_decode(path, machine: str, command: str, decode: dict[str, Any]) -> None:
+    """Put `decode` into this machine's speed section of results.json, keeping the forward's cells."""
+    from conformance.results import update_section
+
+    section = _speed_section(path, machine)
+    if section is None:  # no forward run yet: a speed section holding only the decode figures
+        section = {"status": "complete", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
+                   "peak": {}, "cells": []}
+    update_section(path, machine, None, "speed", {**section, "decode": {**decode, "command": command}})
+
+
+def _line(c: dict[str, Any]) -> str:
+    head = f"decode {c['backend']:12s} {c['dtype']:8s} B={c['B']} L={c['L']:5d}  K+V {c['kv_bytes'] / 2**20:8.1f} MiB"
+    if c["error"] or not c["median_s"]:
+        return f"{head}  error: {c['error']}"
+    return (f"{head}  {c['median_s'] * 1e3:9.3f} ms  {c['gb_per_s']:6.1f} GB/s"
+            f"  {c['bandwidth_fraction']:6.1%} of copy bandwidth")
+
+
+def _say(out: TextIO | None, text: str) -> None:
+    if out is not None:
+        print(text, file=out, flush=True)
+
+
+def _speed_section(path, machine: str) -> dict[str, Any] | None:
+    """This machine's speed section in results.json, or None (no file, no run, no section)."""
+    import json
+    from pathlib import Path
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    run = next((r for r in runs or [] if isinstance(r, dict) and r.get("machine") == machine), None)
+    section = run.get("speed") if run else None
+    return section if isinstance(section, dict) else None
