@@ -12,6 +12,7 @@ from html import escape
 from reports import markdown as md
 from reports import semantic
 from reports.model import Report, conformance_summary, sig, step_title, totals_text
+from reports.speed_model import DECODE_INTRO, decode_head
 from reports.svg import speed_figures
 
 CSS = """
@@ -196,6 +197,14 @@ def _speed(report: Report) -> str:
             rows.append(f'<tr class="{cls.strip()}">{tds}</tr>')
         head = "".join(f'<th scope="col">{esc(h)}</th>' for h in md.speed_head(t))
         out.append(f'<table class="speed"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    for d in report.speed.decode:  # KV-cache decode speed, next to the forward's
+        head = "".join(f'<th scope="col">{esc(h)}</th>' for h in decode_head())
+        rows = ["<tr>" + "".join(f"<td><code>{esc(c)}</code></td>" if i == 1 else
+                                 f'<td class="num">{esc(c)}</td>' if 2 <= i <= 5 else f"<td>{esc(c)}</td>"
+                                 for i, c in enumerate(r)) + "</tr>" for r in d.rows]
+        out.append(f"<h3>{esc(d.machine)}: decode, {esc(d.dtype)}</h3><p>{esc(DECODE_INTRO)}</p>"
+                   f"<p>{esc(md.bandwidth_line(d))}</p>"
+                   f'<table class="speed"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
     return "\n".join(out) + "</section>"
 
 

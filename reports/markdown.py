@@ -12,7 +12,7 @@ import re
 
 from reports import semantic
 from reports.model import VERDICT, Report, conformance_summary, sig, step_title, totals_text
-from reports.speed_model import SpeedRow, SpeedTable
+from reports.speed_model import DECODE_INTRO, SpeedRow, SpeedTable, decode_head
 
 _SPECIAL = re.compile(r"([\\`*_\[\]])")
 
@@ -204,7 +204,17 @@ def _speed(report: Report) -> list[str]:
         out += [f"### {text(table_title(t))}", "", text(peak_line(t)), ""]
         body = [[code(c) if i == 1 else text(c) for i, c in enumerate(speed_cells(r, t))] for r in t.rows]
         out += _table(speed_head(t), body) + [""]
+    for d in report.speed.decode:  # KV-cache decode speed, next to the forward's
+        out += [f"### {text(d.machine)}: decode, {text(d.dtype)}", "", text(DECODE_INTRO),
+                "", text(bandwidth_line(d)), ""]
+        out += _table(decode_head(), [[code(c) if i == 1 else text(c) for i, c in enumerate(r)] for r in d.rows]) + [""]
     return out
+
+
+def bandwidth_line(d) -> str:
+    if d.bandwidth_gbs is None:
+        return "Memory bandwidth: not measured."
+    return f"Memory bandwidth: {sig(d.bandwidth_gbs)} GB/s ({d.bandwidth_source}, best of the run)."
 
 
 def render(report: Report) -> str:

@@ -5,7 +5,7 @@ Shared by Markdown, HTML and the SVG plots through reports.model, like the confo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reports.fmt import number, one_line, sig
@@ -78,9 +78,51 @@ class SpeedTable:
 
 
 @dataclass
+class DecodeTable:
+    """One machine's KV-cache decode cells in one dtype (`speed.decode`), against its copy bandwidth."""
+
+    machine: str
+    dtype: str
+    bandwidth_gbs: float | None
+    bandwidth_source: str
+    rows: list[list[str]]  # decode_head()'s columns, as text
+
+
+@dataclass
 class SpeedSection:
     tables: list[SpeedTable]
     notes: list[tuple[str, list[str]]]  # per machine: threads, budget, load, backends not timed
+    decode: list[DecodeTable] = field(default_factory=list)
+
+
+DECODE_INTRO = ("KV-cache decoding: one decode step of one new token over a cache of L tokens (d_out = 512, "
+                "8 heads). Decoding is memory-bound, so its figure is the bytes of K and V the step reads "
+                "divided by its median time, and that as a share of the memory bandwidth a copy reached "
+                "in the same run (bytes read + written per second).")
+
+
+def decode_head() -> list[str]:
+    return ["Cache", "Backend", "K+V read MiB", "Median ms (p25–p75)", "GB/s", "% of copy bandwidth", "Notes"]
+
+
+def _decode_row(c: dict[str, Any]) -> list[str]:
+    med, p25, p75 = (number(c.get(k)) for k in ("median_s", "p25_s", "p75_s"))
+    t = "—" if med is None else f"{sig(med * 1e3)}" + (f" ({sig(p25 * 1e3)}–{sig(p75 * 1e3)})" if p25 and p75 else "")
+    gbs, frac = number(c.get("gb_per_s")), number(c.get("bandwidth_fraction"))
+    return [f"B={c['B']} L={c['L']}", str(c["backend"]), sig(c["kv_bytes"] / 2**20), t,
+            "—" if gbs is None else sig(gbs), "—" if frac is None else f"{frac * 100:.1f}%",
+            f"error: {one_line(c['error'])}" if c.get("error") else ""]
+
+
+def _decode_tables(machine: str, dec: dict[str, Any]) -> list[DecodeTable]:
+    bw = dec.get("bandwidth") or {}
+    gbs = number(bw.get("gb_per_s"))
+    source = f"{bw.get('library', '?')} copy of {sig((bw.get('bytes') or 0) / 2**20)} MiB" if gbs else ""
+    out = []
+    for dtype in dict.fromkeys(c["dtype"] for c in dec.get("cells") or []):
+        cells = sorted((c for c in dec["cells"] if c["dtype"] == dtype), key=lambda c: (c["B"], c["L"]))
+        out.append(DecodeTable(machine, dtype, gbs, source, [_decode_row(c) for c in cells]))
+    return out
 
 
 def shape_text(c: dict[str, Any]) -> str:
@@ -157,11 +199,13 @@ def _speed_notes(sp: dict[str, Any], env: dict[str, Any]) -> list[str]:
 
 
 def build_speed(runs: list[dict[str, Any]]) -> SpeedSection:
-    tables, notes = [], []
+    tables, notes, decode = [], [], []
     for run in runs:
         sp = run.get("speed")
         if not sp:
             continue
+        if sp.get("decode"):
+            decode += _decode_tables(run["machine"], sp["decode"])
         notes.append((run["machine"], _speed_notes(sp, run.get("environment") or {})))
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for c in sp["cells"]:
@@ -184,4 +228,4 @@ def build_speed(runs: list[dict[str, Any]]) -> SpeedSection:
                     memory[c["memory_method"]].append(c["backend"])
             tables.append(SpeedTable(run["machine"], device, dtype, peak, source, base_name, timers,
                                      [f"{m} ({', '.join(bs)})" for m, bs in memory.items()], rows))
-    return SpeedSection(tables, notes)
+    return SpeedSection(tables, notes, decode)
