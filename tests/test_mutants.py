@@ -13,22 +13,27 @@ from conformance.suite.checks import catalogue
 from conformance.mutants import kill
 from conformance.mutants.__main__ import main
 from conformance.mutants.base import PlainBackend
+from conformance.mutants.cache import CACHE_MUTANTS
 from conformance.mutants.catalogue import MUTANTS
 from conformance.mutants.sized import SIZE_MUTANTS
 
 SEED = 0
+#: The KV-cache mutants' forward is right, so each passes every forward check before a cache
+#: check kills it (45 to 90 s per dtype on this loaded machine): tests/test_cache_checks.py
+#: kills them with the cache checks alone, and this run takes the rest of the catalogue.
+RUN = [m for m in MUTANTS if m not in CACHE_MUTANTS]
 
 
 @pytest.fixture(scope="module")
 def report() -> kill.Report:
-    return kill.run(MUTANTS, kill.DTYPES, profile="mutants", seed=SEED, processes=2, control=True)
+    return kill.run(RUN, kill.DTYPES, profile="mutants", seed=SEED, processes=2, control=True)
 
 
 def _verdict(report: kill.Report, name: str, dtype: str) -> kill.Verdict:
     return next(v for v in report.verdicts if v.mutant == name and v.dtype == dtype)
 
 
-@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
+@pytest.mark.parametrize("mutant", RUN, ids=[m.name for m in RUN])
 def test_mutant_is_killed(report, mutant):
     for dtype in kill.DTYPES:
         v = _verdict(report, mutant.name, dtype)
@@ -51,14 +56,14 @@ def test_table_lists_each_mutant(report):
     text = kill.table(report)
     lines = text.splitlines()
     assert [c.strip() for c in lines[0].split(" | ")][:2] == ["mutant", "bug"] and "float32" in lines[0] and "float16" in lines[0]
-    for m in MUTANTS + [PlainBackend]:
+    for m in RUN + [PlainBackend]:
         row = next((ln for ln in lines if ln.startswith(m.name + " ")), None)
         assert row is not None, f"{m.name} missing from the table"
         assert kill.bug(m) in row
         assert ("SURVIVED" not in row) and ("killed by" in row or m is PlainBackend)
-    assert f"float32: {len(MUTANTS)}/{len(MUTANTS)} killed" in text
-    na = sum(bool(m.float16_na) for m in MUTANTS)
-    assert f"float16: {len(MUTANTS) - na}/{len(MUTANTS) - na} killed ({na} n/a)" in text
+    assert f"float32: {len(RUN)}/{len(RUN)} killed" in text
+    na = sum(bool(m.float16_na) for m in RUN)
+    assert f"float16: {len(RUN) - na}/{len(RUN) - na} killed ({na} n/a)" in text
     assert report.to_dict()["mutants"][0]["name"] == PlainBackend.name
 
 
