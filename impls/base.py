@@ -134,8 +134,9 @@ class Backend:
     #     n >= 1 new tokens x_new [B, n, d_in] -> y_new [B, n, d_out] in x_new's dtype, the
     #     new queries attending over the t cached tokens and the new ones, causal aligned
     #     bottom-right (new token i is position t + i); key_padding_mask [B, n] covers the new
-    #     tokens only: the earlier tokens' padding lives in the cache. The cache passed in
-    #     may be reused or consumed: the suite passes each cache to decode once.
+    #     tokens only: the earlier tokens' padding lives in the cache. decode must leave the
+    #     cache it is given usable, as the spec's does (it returns a new one): the checks pass
+    #     each cache once, the decode bench times decode on one cache again and again.
     # cache_kv(cache) -> (K, V)  (Capabilities.cache_arrays)
     #     native arrays [B, H, t, head_dim]: each head's keys and values, as spec.cache.Cache.
 
