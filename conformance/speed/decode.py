@@ -6,13 +6,18 @@ figure is therefore bandwidth, not GFLOP/s: the bytes of K and V read per step, 
 the step's median time, and that as a fraction of this machine's memory bandwidth measured in
 the same run by a copy benchmark (`copy_bandwidth`, as `peak.py` measures the matmul peak).
 
-Each cell prefills a cache of L tokens once (untimed), then times `decode` of one new token
-on that same cache again and again: `decode` must leave the cache it is given usable (the
-spec's and the built-in backends' decode return a new cache and leave the old one as it was).
+The built-in backends concatenate past keys and values, so a step also copies the whole cache
+(reads it once more and writes it): they move about 3x the bytes counted here, which is
+where a preallocated cache written in place would gain. Each cell prefills a cache of L
+tokens once (untimed), then times `decode` of one new token on that same cache again and
+again: `decode` must leave the cache it is given usable (the spec's and the built-in
+backends' decode return a new cache and leave the old one as it was).
 The shape: d_out = 512 in 8 heads (head_dim 64), float32, causal, B = 1 and 8. d_in is 64:
 the input width only sets the new token's projection (a few microseconds) and the prefill's,
 which would dominate the run's time at B = 8, L = 8192 with d_in = 512. Backends are timed
-in this process, one after the other; only those declaring `kv_cache` are timed.
+in this process, each backend's cells one after the other (not alternating, so one library's
+spinning threads do not slow the next library's calls); only backends declaring `kv_cache`
+are timed.
 """
 
 from __future__ import annotations
@@ -109,12 +114,12 @@ def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: Text
     skipped = [{"backend": i.backend.name, "reason": "KV-cache decoding not declared (Capabilities.kv_cache)"}
                for i in backends if i not in timed]
     cells = []
-    for dtype in dtypes:
-        for B in DECODE_BATCHES:
-            for L in base["lengths"]:
-                for info in timed:
-                    if dtype not in info.backend.capabilities.dtypes:
-                        continue
+    # one backend's cells after another's, not alternating: a library's threads keep spinning
+    # after its call (README, "How backends are timed"), which would slow the next library's call
+    for info in timed:
+        for dtype in (d for d in dtypes if d in info.backend.capabilities.dtypes):
+            for B in DECODE_BATCHES:
+                for L in base["lengths"]:
                     c = _cell(info, B, L, dtype, base["budget"], base["min_samples"], bw["gb_per_s"])
                     cells.append(c)
                     _say(out, _line(c))
