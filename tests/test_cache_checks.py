@@ -143,3 +143,37 @@ def test_a_top_left_decoder_fails_with_a_message_naming_the_alignment():
     r = run_check(get("decode_token_by_token"), CacheTopLeft(), "float32", seed=1)
     assert r.outcome == "failed"
     assert "aligned top-left" in r.reason and "bottom-right" in r.reason, r.reason
+
+
+# -- decode speed: `python -m conformance.speed --decode` ------------------------------------------
+def test_decode_bench_quick_writes_its_figures_beside_the_forward_and_the_report_shows_them(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conformance.results import load, update_section
+    from reports import html, markdown
+    from reports.model import build
+
+    forward = {"status": "complete", "started": "2026-11-30T00:00:00", "command": "earlier forward run",
+               "peak": {}, "cells": []}
+    update_section(tmp_path / "results.json", "here", None, "speed", forward)
+    proc = subprocess.run([sys.executable, "-m", "conformance.speed", "--decode", "--quick", "--backend", "numpy",
+                           "--backend", "torch-mha", "--machine", "here", "--out", str(tmp_path)],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    speed = load(tmp_path)["runs"][0]["speed"]  # validated against the schema
+    assert speed["command"] == "earlier forward run"  # the forward's section is kept
+    dec = speed["decode"]
+    assert dec["bandwidth"]["gb_per_s"] > 0
+    assert {(c["B"], c["L"]) for c in dec["cells"]} == {(B, L) for B in (1, 8) for L in (128, 1024, 8192)}
+    for c in dec["cells"]:
+        assert c["backend"] == "numpy" and c["error"] is None
+        assert c["kv_bytes"] == 2 * c["B"] * 512 * (c["L"] + 1) * 4  # d_out = 512, float32
+        assert c["gb_per_s"] == pytest.approx(c["kv_bytes"] / c["median_s"] / 1e9)
+        assert c["bandwidth_fraction"] == pytest.approx(c["gb_per_s"] / dec["bandwidth"]["gb_per_s"])
+    assert dec["skipped"] == [{"backend": "torch-mha", "reason": "KV-cache decoding not declared (Capabilities.kv_cache)"}]
+    report = build(load(tmp_path))
+    md = markdown.render(report)
+    assert "decode, float32" in html.render(report)
+    assert "### here: decode, float32" in md and "% of copy bandwidth" in md and "B=8 L=8192" in md
