@@ -91,11 +91,30 @@ def _context_top_left(q: np.ndarray, k: np.ndarray, v: np.ndarray, config: Atten
 decoded_top_left = decoded_by(_context_top_left)
 
 
+def top_left_weights(attn_scores: np.ndarray, config: AttentionConfig,
+                     key_padding_mask: np.ndarray | None = None) -> np.ndarray:
+    """Step 8 with the causal mask aligned top-left (query i sees keys j <= i): the wrong answer."""
+    B, H, n, Tk = attn_scores.shape
+    square = np.zeros((B, H, Tk, Tk), dtype=attn_scores.dtype)  # the first n rows of the causal square
+    square[:, :, :n] = attn_scores
+    return S.attn_weights(square, config, key_padding_mask)[:, :, :n]  # (B, H, n, Tk)
+
+
+TOP_LEFT = ("the outputs match a causal mask aligned top-left (query i sees keys j <= i, as is_causal=True "
+            "does when Tq != Tk): the spec aligns it bottom-right (new token i is position Tk - Tq + i and "
+            "sees keys j <= Tk - Tq + i)")
+
+
+def close_to(got: np.ndarray, want: np.ndarray, allowed: float) -> bool:
+    """max |got - want| / max |want| <= allowed."""
+    scale = float(np.abs(want).max(initial=0.0)) or 1.0
+    return float(np.abs(got - want).max(initial=0.0)) / scale <= allowed
+
+
 def looks_top_left(case: Case, got: np.ndarray, allowed: float) -> bool:
     """True when a causal decoding's output is within `allowed` of the top-left-aligned answer."""
     if not case.config.causal:
         return False
     want = decoded_top_left(case.x, case.params, case.config, case.key_padding_mask,
                             case.extra["prefill"], tuple(case.extra["chunks"]))
-    scale = float(np.abs(want).max(initial=0.0)) or 1.0
-    return float(np.abs(got - want).max(initial=0.0)) / scale <= allowed
+    return close_to(got, want, allowed)
