@@ -214,7 +214,8 @@ def _speed(report: Report) -> list[str]:
 def bandwidth_line(d) -> str:
     if d.bandwidth_gbs is None:
         return "Memory bandwidth: not measured."
-    return f"Memory bandwidth: {sig(d.bandwidth_gbs)} GB/s ({d.bandwidth_source}, best of the run)."
+    load = f"; {d.load}" if d.load else ""
+    return f"Memory bandwidth: {sig(d.bandwidth_gbs)} GB/s ({d.bandwidth_source}, best of the run){load}."
 
 
 def render(report: Report) -> str:

@@ -86,6 +86,7 @@ class DecodeTable:
     bandwidth_gbs: float | None
     bandwidth_source: str
     rows: list[list[str]]  # decode_head()'s columns, as text
+    load: str = ""  # the load average during the run, when recorded
 
 
 @dataclass
@@ -121,7 +122,10 @@ def _decode_tables(machine: str, dec: dict[str, Any]) -> list[DecodeTable]:
     out = []
     for dtype in dict.fromkeys(c["dtype"] for c in dec.get("cells") or []):
         cells = sorted((c for c in dec["cells"] if c["dtype"] == dtype), key=lambda c: (c["B"], c["L"]))
-        out.append(DecodeTable(machine, dtype, gbs, source, [_decode_row(c) for c in cells]))
+        la = dec.get("load_average") or {}
+        load = (f"1-minute load average {sig(la['start'])} at start, {sig(la.get('end') or 0)} at the end"
+                if number(la.get("start")) is not None else "")
+        out.append(DecodeTable(machine, dtype, gbs, source, [_decode_row(c) for c in cells], load))
     return out
 
 

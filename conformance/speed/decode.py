@@ -108,6 +108,7 @@ def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: Text
     """Every cache-declaring backend at every (B, L): the "decode" part of the speed section."""
     base = QUICK if quick else FULL
     t0 = time.perf_counter()
+    load_start = _load()
     bw = copy_bandwidth(base["copy_mb"])
     _say(out, f"memory bandwidth (copy, {bw['library']}): {bw['gb_per_s']:.1f} GB/s")
     timed = [i for i in backends if getattr(i.backend.capabilities, "kv_cache", False)]
@@ -124,7 +125,17 @@ def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: Text
                     cells.append(c)
                     _say(out, _line(c))
     return {"dtypes": dtypes, "causal": True, "new_tokens": 1, "bandwidth": bw, "cells": cells, "skipped": skipped,
-            "duration_s": round(time.perf_counter() - t0, 2)}
+            "duration_s": round(time.perf_counter() - t0, 2),
+            "load_average": {"start": load_start, "end": _load()}}  # other processes on the cores
+
+
+def _load() -> float | None:
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not every platform has it
+        return None
 
 
 def write_decode(path, machine: str, command: str, decode: dict[str, Any]) -> None:
