@@ -14,6 +14,9 @@ also on the size regime's (a share of large T, H, head_dim, d_in, B x H); long c
 to sizes.MAX_TOKENS = 4096) decode only the last few tokens, with B x H x head_dim small, so
 the spec's cost stays that of a few rows of scores. Only these two draw large sizes: the
 others' large draws doubled the checks' time (measured) and test the same code paths.
+
+`steps_with_fewer_queries` needs no cache: a backend's exposed steps 7 to 12 get the last Tq
+of Tk tokens as queries, and must return the step table's (Tq, Tk) shapes and the spec's values.
 """
 
 from __future__ import annotations
