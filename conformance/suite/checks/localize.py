@@ -11,7 +11,6 @@ from conformance.suite.case import Case
 from conformance.suite.checks import CheckFailure
 from conformance.suite.reference import golden_and_plain, step_inputs
 from impls.base import exposed_steps
-from spec.shapes import expected_shapes
 from spec.table import STEPS, call_args
 
 
@@ -26,14 +25,10 @@ def first_wrong_step(run, case: Case) -> str | None:
         # per-tensor steps (5, 6) are replayed on V: Q and K take the same code path
         tensor = 2 if s.per_tensor else 0
         args, kwargs = call_args(n, trace, case.config, case.key_padding_mask, tensor=tensor)
-        b_args, b_kwargs = call_args(n, trace, case.config, case.key_padding_mask, tensor=tensor,
-                                     weights=run.weights(case.params) if "params" in s.inputs else None)
-        shapes = expected_shapes(n, case.config, case.B, case.T)
-        shapes = (shapes[tensor],) if s.per_tensor else shapes
         try:
-            got = run.step(s.name, *b_args, shapes=shapes, **b_kwargs)
+            got = run.table_step(n, case, trace, tensor=tensor)
             golden, plain = golden_and_plain(s.fn, case.dtype, *args, **kwargs)
-            if len(shapes) > 1:
+            if len(s.outputs) > 1 and not s.per_tensor:
                 for out_name, g_, a_, p_ in zip(s.outputs, golden, got, plain):
                     run.assert_close(f"step {n} {s.name} {out_name}", a_, g_, p_)
             else:
