@@ -14,6 +14,7 @@ from conformance.suite import strategies as cs
 from conformance.suite.case import round_to
 from conformance.suite.checks import CheckFailure, check, everyday_cases, requires_causal
 from conformance.suite.conditioning import decided_step8_rows
+from conformance.suite.checks.localize import step_matches_spec
 from conformance.suite.reference import golden_and_plain, step_inputs
 from impls.base import exposed_steps
 from spec import invariants as inv
@@ -65,10 +66,7 @@ def init_follows_nn_linear(run, case):
 @check(step=4, strategy=everyday_cases)
 def qkv_projection_matches_spec(run, case):
     """Q, K, V = x @ W.T (+ b): the projections match the spec in nn.Linear's layout."""
-    got = run.table_step(4, case, {"x": case.x})
-    golden, plain = golden_and_plain(S.project_qkv, case.dtype, case.x, case.params)
-    for name, a, g, p in zip("QKV", got, golden, plain):
-        run.assert_close(f"step 4 {name}", a, g, p)
+    step_matches_spec(run, case, 4, {"x": case.x, "params": case.params})
 
 
 @st.composite
@@ -148,10 +146,7 @@ def split_merge_round_trip(run, case):
 @check(step=7, strategy=everyday_cases)
 def scores_are_dot_products(run, case):
     """attn_scores[b, h, i, j] == Q[b, h, i] . K[b, h, j]: per-head dot products, unscaled."""
-    trace = step_inputs(case)
-    Q, K, got = trace["q"], trace["k"], run.table_step(7, case, trace)
-    golden, plain = golden_and_plain(S.attn_scores, case.dtype, Q, K)
-    run.assert_close("step 7 attn_scores", got, golden, plain)
+    step_matches_spec(run, case, 7, step_inputs(case))
 
 
 # -- step 8 ---------------------------------------------------------------------------------
@@ -162,10 +157,7 @@ def _weights(run, case, scores):
 @check(step=8, strategy=everyday_cases)
 def weights_match_spec(run, case):
     """attn_weights == softmax(mask(scores) / sqrt(head_dim)) along the key axis."""
-    scores = step_inputs(case)[7]
-    got = _weights(run, case, scores)
-    golden, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask)
-    run.assert_close("step 8 attn_weights", got, golden, plain)
+    step_matches_spec(run, case, 8, step_inputs(case))
 
 
 @check(step=8, strategy=everyday_cases)
@@ -234,10 +226,7 @@ def softmax_finite_for_large_logits(run, case):
 @check(step=9, strategy=everyday_cases)
 def context_matches_spec(run, case):
     """context = attn_weights @ V, per head."""
-    trace = step_inputs(case)
-    w, V, got = trace["attn_weights"], trace["v"], run.table_step(9, case, trace)
-    golden, plain = golden_and_plain(S.context, case.dtype, w, V)
-    run.assert_close("step 9 context", got, golden, plain)
+    step_matches_spec(run, case, 9, step_inputs(case))
 
 
 @check(step=9, strategy=everyday_cases)
@@ -267,7 +256,4 @@ def first_causal_row_equals_first_value(run, case):
 @check(step=12, strategy=everyday_cases)
 def out_proj_matches_spec(run, case):
     """output = context @ W_o.T + b_o, with the output bias."""
-    trace = step_inputs(case)
-    c, got = trace["context_concat"], run.table_step(12, case, trace)
-    golden, plain = golden_and_plain(S.out_proj, case.dtype, c, case.params)
-    run.assert_close("step 12 out_proj", got, golden, plain)
+    step_matches_spec(run, case, 12, step_inputs(case))
