@@ -301,7 +301,7 @@ def test_markdown_failures_verbatim(merged, report):
     assert [tuple(code_spans(s.title)) for s in subs] == [(label, check) for label, check, _ in FAILED]
     assert [numbers(s.title)[0] for s in subs] == [1, 2]  # numbered, in matrix column order
     first = subs[0]
-    assert "float16" in first.title.split() or "float16)" in first.title  # the failing dtype
+    assert "float16" in words(plain(first.title)) and "float32" in words(plain(subs[1].title))  # the failing dtypes
     assert "The output matches the float64 spec within the tolerance." in [plain(i).split(": ", 1)[-1]
                                                                           for i in first.items()]
     # max error, then tolerance, then their ratio
