@@ -25,9 +25,7 @@ DECODERS = ("numpy", "torch", "torch-sdpa")
 
 @pytest.fixture(autouse=True)
 def quick_profile():
-    profiles.load("quick")
-    yield
-    profiles.load("default")
+    profiles.load("quick")  # tests/conftest.py puts the previous profile back after each test
 
 
 def _case(seed: int, causal: bool = True, T: int = 9):

@@ -24,7 +24,8 @@ from conformance.semantics import probes
 from conformance.semantics.libraries import SpecSteps
 from impls.registry import resolve
 from conformance import results
-from reports import cli, html, markdown, model
+from reports import cli, html, markdown, model, semantic
+from tests import report_parse as rp
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = {"jax": "jax", "flax": "flax", "onnxruntime": "onnxruntime"}  # backend -> package it needs
@@ -236,11 +237,29 @@ def test_report_shows_the_profile(tmp_path):
     results.load(path)  # schema-valid
     out, report = cli.generate([tmp_path], tmp_path / "out")
     md = (out / "report.md").read_text()
-    assert "## Semantic profile" in md and "| `numpy` | numpy" in md and "bottom-right" in md
-    assert "jax is not &lt;installed&gt;" in md  # escaped
     page = (out / "index.html").read_text()
-    assert 'id="semantics"' in page and "bottom-right" in page and "jax is not &lt;installed&gt;" in page
-    assert raw.library in md
+    assert "jax is not &lt;installed&gt;" in md and "jax is not &lt;installed&gt;" in page  # escaped
+    # a row per backend, a column per measured point, each cell the value the probe measured
+    keys = [c["key"] for c in section["columns"]]
+    measured = [section["rows"][0]["entries"][k]["value"] for k in keys]
+    assert measured[keys.index("causal_alignment")] == "bottom-right"  # the spec's decision, measured on numpy
+    [table] = rp.section(md, semantic.TITLE).tables()
+    assert [rp.plain(h) for h in table.head[2:]] == [c["title"] for c in section["columns"]]
+    rows = {rp.code_spans(r[0])[0]: [rp.plain(c) for c in r[1:]] for r in table.rows}
+    assert list(rows) == ["numpy", "jax"]
+    assert rows["numpy"] == [raw.library, *measured]
+    # a library that is missing: nothing measured, and the reason under the table
+    assert rows["jax"][0] == "jax not installed" and len(set(rows["jax"][1:])) == 1
+    assert not set(rows["jax"][1:]) & set(measured)
+    jax_notes = [rp.plain(i) for i in rp.section(md, semantic.TITLE).items() if rp.code_spans(i)[:1] == ["jax"]]
+    assert jax_notes and all(n.endswith("jax is not <installed>") for n in jax_notes)
+    sem = rp.parse_html(page).root.one("section", id="semantics")
+    trs = {r[0].text: r[1:] for r in rp.html_rows(sem.one("table"))}
+    assert [td.text for td in trs["numpy"]] == [raw.library, *measured]
+    assert [td.attrs["title"] for td in trs["jax"][1:]] == ["jax is not <installed>"] * len(keys)
+    # no profile in the document: the section says so and names the command that measures one
     no_profile = model.build({"schema_version": "1.0", "kind": "mha-conformance-results", "runs": []})
-    assert "Semantic profile: not measured" in markdown.render(no_profile)
-    assert "Semantic profile: not measured" in html.render(no_profile)
+    empty = rp.section(markdown.render(no_profile), semantic.TITLE)
+    assert empty.tables() == [] and "python -m conformance.semantics" in empty.text
+    sem = rp.parse_html(html.render(no_profile)).root.one("section", id="semantics")
+    assert sem.all("table") == [] and "python -m conformance.semantics" in sem.text

@@ -2,7 +2,10 @@
 
 The documents are built here from the schema (two machines: a CPU box with a failure, an
 unsupported and a skipped backend, and a GPU box with CuPy and torch-cuda speed cells), so
-these tests need neither the conformance suite nor the speed harness.
+these tests need neither the conformance suite nor the speed harness. They assert facts (the model's
+counts, verdicts and cells; the rendered pages read back through tests/report_parse.py: a number in
+its row and column, a verdict token in its cell, data verbatim, hostile strings escaped), not the
+wording of the report's sentences.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import json
 import re
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conformance import results
-from reports import cli, markdown, model, speed_model
+from reports import cli, model, speed_model
+from tests.report_parse import (code_spans, html_head, html_rows, numbers, parse_html, plain, section,
+                                tables, words)
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = "<script>alert(1)</script>"
@@ -171,53 +175,23 @@ def write(tmp: Path, name: str, doc: dict) -> Path:
     return d
 
 
-class Checker(HTMLParser):
-    """Balanced non-void tags, ids seen, and resource references (src/href)."""
-    VOID = frozenset({"meta", "br", "hr", "img", "input", "link", "col", "wbr", "source", "area", "base"})
-    SVG_LEAVES = frozenset({"circle", "rect", "line", "path", "polyline", "polygon"})  # may be self-closed in SVG
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.stack: list[str] = []
-        self.errors: list[str] = []
-        self.ids: set[str] = set()
-        self.tags: list[str] = []
-        self.refs: list[str] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        a = dict(attrs)
-        if "id" in a:
-            self.ids.add(a["id"])
-        self.refs += [v for k, v in attrs if k in ("src", "href") and v]
-        if tag not in self.VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self.tags.append(tag)
-        if tag not in self.VOID and tag not in self.SVG_LEAVES:
-            self.errors.append(f"self-closed <{tag}/>")
-
-    def handle_endtag(self, tag):
-        if tag in self.VOID:
-            return
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
-        else:
-            self.stack.pop()
-
-    def handle_data(self, data):
-        self.text.append(data)
+def verdict(shown: str) -> tuple[str, list[str]]:
+    """(verdict word, bracketed extras) of a matrix cell's text: "❌ FAIL (float16)" -> ("FAIL", ["float16"]).
+    The symbol must be the one that travels with that word."""
+    m = re.fullmatch(r"(\S+) (.+?)(?: \((.*)\))?", shown.strip())
+    assert m, shown
+    assert (m.group(1), m.group(2)) in model.VERDICT.values(), shown
+    return m.group(2), m.group(3).split(", ") if m.group(3) else []
 
 
-def check_html(page: str) -> Checker:
-    c = Checker()
-    c.feed(page)
-    c.close()
-    assert not c.errors, c.errors[:5]
-    assert not c.stack, f"unclosed: {c.stack}"
-    return c
+def counts(shown: str) -> dict[str, int]:
+    """A totals cell as {outcome: records}: "24 passed, 0 failed" -> {"passed": 24, "failed": 0}."""
+    return {word: int(n) for n, word in re.findall(r"(\d+) ([A-Za-z][A-Za-z ]*?)(?=,|$|<)", shown.strip())}
+
+
+def preamble(md: str) -> list[str]:
+    """The lines between the title and the first section."""
+    return md.split("\n## ")[0].splitlines()[1:]
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +206,29 @@ def merged(tmp_path_factory):
     return out, (out / "report.md").read_text(), (out / "index.html").read_text()
 
 
+@pytest.fixture(scope="module")
+def report(merged):
+    return model.build(results.load(merged[0]), "Test report")
+
+
+LABELS = ["numpy @ cpu-box", "torch @ cpu-box", "torch-sdpa @ cpu-box", "torch-mha @ cpu-box",
+          f"{HOSTILE} @ cpu-box", "cupy @ cpu-box", "cupy @ gpu-box", "torch-cuda @ gpu-box"]
+FAILED = [("torch-mha @ cpu-box", "matches_spec", "float16"), (f"{HOSTILE} @ cpu-box", "causality", "float32")]
+
+
+def expected_totals() -> list[dict[str, int]]:
+    """Per column, the outcomes counted straight from the input documents."""
+    out = []
+    for doc in (cpu_doc(), gpu_doc()):
+        conf = doc["runs"][0]["conformance"]
+        for b in conf["backends"]:
+            n = {o: 0 for o in model.OUTCOME_RANK}
+            for r in conf["records"]:
+                n[r["outcome"]] += r["backend"] == b["name"]
+            out.append(n)
+    return out
+
+
 def test_merged_results_validate(merged):
     out, _, _ = merged
     doc = results.load(out)
@@ -241,86 +238,215 @@ def test_merged_results_validate(merged):
     assert (out / failed[0]["inputs"]).read_bytes() == b"npz"
 
 
-def test_summary_sentence_counts_backends(merged):
+def test_summary_counts_backends(merged, report):
     _, md, page = merged
-    sentence = "Conformance: 2 failed records; 5 of 8 backends conform, 2 fail, 1 skipped"
-    assert sentence in md and sentence in page
+    # the facts, from the model: 2 failed records; of 8 columns, 2 fail, 1 is skipped, the other 5 conform
+    assert [c.label for c in report.matrix.columns] == LABELS
+    assert [(f.label, f.check, f.dtype) for f in report.failures] == FAILED
+    assert [c.label for c in report.skipped_backends] == ["cupy @ cpu-box"]
+    summary = model.conformance_summary(report)
+    assert numbers(summary)[:5] == [2, 5, 8, 2, 1]  # failed records; conform of all; fail; skipped
+    # both pages show that summary, in the preamble (before any section)
+    assert [plain(ln) for ln in preamble(md) if plain(ln) == summary] == [summary]
+    assert parse_html(page).root.one("p", cls="summary").text == summary
 
 
-def test_markdown_matrix(merged):
+def test_markdown_matrix(merged, report):
     _, md, _ = merged
-    matrix = md.split("## Conformance")[1].split("## Failures")[0]
-    header = next(line for line in matrix.splitlines() if line.startswith("| Check"))
-    for label in ("numpy @ cpu-box", "torch @ cpu-box", "torch-sdpa @ cpu-box", "torch-mha @ cpu-box",
-                  "cupy @ cpu-box", "cupy @ gpu-box", "torch-cuda @ gpu-box"):
-        assert f"`{label}`" in header
-    positions = [matrix.index(f"`{name}`") for name, _, _ in CHECKS]
-    assert positions == sorted(positions[:6]) + sorted(positions[6:]) and max(positions[:6]) < min(positions[6:])
-    groups = [matrix.index(f"**{markdown.text(model.step_title(s))}**") for s in (1, 2, 5, 8, 9, None)]
-    assert groups == sorted(groups)
-    row = next(line for line in matrix.splitlines() if line.startswith("| `matches_spec`"))
-    cells = [c.strip() for c in row.strip("|").split(" | ")]
-    cols = [c.strip() for c in header.strip("|").split(" | ")]
-    assert cells[cols.index("`torch-mha @ cpu-box`")] == "❌ FAIL (float16)"
-    assert cells[cols.index("`numpy @ cpu-box`")] == "✅ pass"
-    assert cells[cols.index("`cupy @ cpu-box`")] == "⏭ skipped"
-    split_row = next(line for line in matrix.splitlines() if line.startswith("| `split_matches_index`"))
-    assert "— unsupported" in split_row
-    totals = next(line for line in matrix.splitlines() if "totals" in line)
-    assert "24 passed, 0 failed, 0 unsupported, 0 skipped" in totals      # numpy
-    assert "23 passed, 1 failed, 0 unsupported, 0 skipped" in totals      # the hostile plug-in
-    assert "5 passed, 1 failed, 18 unsupported, 0 skipped" in totals      # torch-mha: no steps exposed
-    assert "0 passed, 0 failed, 0 unsupported, 24 skipped" in totals
-    assert "CuPy not importable: no CUDA driver on this machine" in matrix
+    conf = section(md, "Conformance")
+    [table] = conf.tables()
+    assert [plain(h) for h in table.head[1:]] == LABELS  # the first column names the checks
+    col = {label: i + 1 for i, label in enumerate(LABELS)}
+    # group rows (a bold title, nothing else) in step order, each followed by its checks
+    groups: list[tuple[str, list[str]]] = []
+    for row in table.rows[:-1]:
+        if row[0].startswith("**") and not any(row[1:]):
+            groups.append((plain(row[0]), []))
+        else:
+            groups[-1][1].append(code_spans(row[0])[0])
+    by_step: dict = {}
+    for name, step, _ in CHECKS:
+        by_step.setdefault(step, []).append(name)
+    assert groups == [(model.step_title(s), by_step[s]) for s in (1, 2, 5, 8, 9, None)]
+    rows = {code_spans(r[0])[0]: r for r in table.rows if code_spans(r[0])}
+    # a check's row shows the first line of its doc, not the rest
+    assert "Step 1 rejects a wrong rank or a non-float dtype with ValueError." in plain(rows["input_rank_and_dtype"][0])
+    assert "More text" not in plain(rows["input_rank_and_dtype"][0])
+    # the verdict in the right row and column, agreeing with the model
+    assert verdict(plain(rows["matches_spec"][col["torch-mha @ cpu-box"]])) == ("FAIL", ["float16"])
+    assert verdict(plain(rows["causality"][col[f"{HOSTILE} @ cpu-box"]])) == ("FAIL", ["float32"])
+    assert verdict(plain(rows["matches_spec"][col["numpy @ cpu-box"]])) == ("pass", [])
+    assert verdict(plain(rows["matches_spec"][col["cupy @ cpu-box"]])) == ("skipped", [])
+    assert verdict(plain(rows["split_matches_index"][col["torch-mha @ cpu-box"]])) == ("unsupported", [])
+    for name, row in rows.items():
+        for i, label in enumerate(LABELS):
+            cell = report.matrix.cell(name, i)
+            assert plain(row[i + 1]) == cell.text and verdict(cell.text)[0] == cell.word, (name, label)
+    fails = {(LABELS[i], name) for (name, i), c in report.matrix.cells.items() if c.status == "fail"}
+    assert fails == {(label, check) for label, check, _ in FAILED}
+    # the totals row: every column's outcome counts, as counted from the input documents
+    totals = table.rows[-1]
+    assert [counts(plain(c)) for c in totals[1:]] == expected_totals()
+    assert counts(plain(totals[col["torch-mha @ cpu-box"]])) == {"passed": 5, "failed": 1, "unsupported": 18,
+                                                                  "skipped": 0}
+    assert counts(plain(totals[col["cupy @ cpu-box"]]))["skipped"] == 24
+    # the skipped backend is listed with its reason (data from the results file)
+    [item] = [i for i in conf.items() if code_spans(i)[:1] == ["cupy @ cpu-box"]]
+    assert plain(item).endswith("CuPy not importable: no CUDA driver on this machine")
 
 
-def test_markdown_failures_verbatim(merged):
+def test_markdown_failures_verbatim(merged, report):
     _, md, _ = merged
-    failures = md.split("## Failures")[1].split("## Speed")[0]
-    assert COUNTEREXAMPLE in failures and REPRO in failures
-    assert "0.0123 vs tolerance 0.00400" in failures
-    assert "The output matches the float64 spec within the tolerance." in failures
-    # the fence around a counterexample holding ``` is longer than any run inside it
-    assert "````text\n" + COUNTEREXAMPLE + "\n````" in failures
+    subs = section(md, "Failures").subsections()
+    assert [tuple(code_spans(s.title)) for s in subs] == [(label, check) for label, check, _ in FAILED]
+    assert [numbers(s.title)[0] for s in subs] == [1, 2]  # numbered, in matrix column order
+    first = subs[0]
+    assert "float16" in words(plain(first.title)) and "float32" in words(plain(subs[1].title))  # the failing dtypes
+    assert "The output matches the float64 spec within the tolerance." in [plain(i).split(": ", 1)[-1]
+                                                                          for i in first.items()]
+    # max error, then tolerance, then their ratio
+    [err] = [i for i in first.items() if 0.0123 in numbers(i)]
+    assert numbers(err) == [0.0123, 0.004, pytest.approx(0.0123 / 0.004, abs=0.005)]
+    assert [code_spans(i)[0] for i in first.items() if code_spans(i)] == [report.failures[0].inputs]
+    assert report.failures[0].inputs.endswith("inputs/torch-mha-matches_spec-float16.npz")
+    blocks = first.fences()
+    assert [b.body for b in blocks] == [COUNTEREXAMPLE, REPRO]
+    # the fence around a counterexample holding ``` is longer than any run of backticks inside it
+    for b in blocks:
+        assert len(b.fence) > max((len(r) for r in re.findall(r"`+", b.body)), default=0)
+    assert [b.body for b in subs[1].fences()] == [HOSTILE, f"run {HOSTILE}"]
 
 
-def test_markdown_speed(merged):
+def speed_table(md: str, machine: str, device: str, dtype: str):
+    """(heading section, table) of the speed table of that machine, device and dtype."""
+    found = [s for s in section(md, "Speed").subsections()
+             if {machine, device, dtype} <= set(words(plain(s.title)))]
+    assert len(found) == 1, (machine, device, dtype)
+    [table] = found[0].tables()
+    return found[0], table
+
+
+def speed_rows(table, T: int) -> dict[str, list[str]]:
+    """The rows of one T, by backend name."""
+    shape = table.column("Shape")
+    backend = table.column("Backend")
+    return {plain(r[backend]): r for r in table.rows if f"T={T}" in r[shape].split()}
+
+
+def test_markdown_speed(merged, report):
     _, md, _ = merged
-    sp = md.split("## Speed")[1]
-    assert "### cpu-box: cpu, float32" in sp and "### gpu-box: cuda, float16" in sp
-    assert "Measured matmul peak: 1500 GFLOP/s (numpy matmul 2048×2048×2048, best of 3; torch reached 1350)." in sp
-    assert "Measured matmul peak: 700000 GFLOP/s (torch matmul 8192×8192×8192" in sp
-    assert "BUSY" in sp and "not timed: torch-sdpa: dtype float64 not declared (4 cells)" in sp
-    rows = [r for r in sp.split("### cpu-box: cpu, float32")[1].split("###")[0].splitlines() if r.startswith("| B=")]
-    t128 = {r.split(" | ")[1]: r for r in rows if "T=128 " in r}
-    assert "| 1.00× |" in t128["`torch`"] and "| 2.00× |" in t128["`numpy`"] and "| 0.67× |" in t128["`torch-sdpa`"]
-    assert "| 2.6% |" in t128["`numpy`"] and "| 3.00 |" in t128["`numpy`"]  # % of peak, memory MiB
-    assert "NOT CONFORMING" in t128["`torch-mha`"]
-    assert t128["`torch-mha`"].split(" | ")[2:8] == ["—"] * 6  # no headline figure, no time at all
-    assert "conformance unverified" in t128[markdown.code(HOSTILE)]
-    assert any("⚠ noisy: spread 35%" in r for r in rows)
-    f64 = sp.split("### cpu-box: cpu, float64")[1].split("###")[0]
-    assert "| n/a |" in f64 and "No torch eager backend here" in f64 and "700 GFLOP/s" in f64
-    gpu = sp.split("### gpu-box: cuda, float32")[1].split("###")[0]
-    assert "against torch-cuda" in gpu and "| 1.67× |" in gpu and "Median µs" in gpu and "torch.cuda.Event" in gpu
+    assert [(t.machine, t.device, t.dtype) for t in report.speed.tables] == [
+        ("cpu-box", "cpu", "float32"), ("cpu-box", "cpu", "float64"),
+        ("gpu-box", "cuda", "float32"), ("gpu-box", "cuda", "float16")]
+    # the peak each table divides by, and where it was measured
+    cpu, table = speed_table(md, "cpu-box", "cpu", "float32")
+    peak = cpu.paragraphs()[0]
+    assert {1500, 2048, 3, 1350} <= set(numbers(peak)) and "2048×2048×2048" in peak
+    source = report.speed.tables[0].peak_source  # the peak's library first, then the other library's best
+    assert words(source)[0] == "numpy" and "torch" in words(source) and 1350 in numbers(source)
+    assert source in plain(peak)
+    _, gpu16 = speed_table(md, "gpu-box", "cuda", "float16")
+    gpu16_peak = speed_table(md, "gpu-box", "cuda", "float16")[0].paragraphs()[0]
+    assert 700000 in numbers(gpu16_peak) and "8192×8192×8192" in gpu16_peak
+    assert words(report.speed.tables[3].peak_source)[0] == "torch"
+    # the run's conditions: the CPU box was busy (load 12.5 on 16 cores), the GPU box was not
+    notes = section(md, "Speed").items()
+    [busy] = [n for n in notes if n.startswith("cpu-box") and 12.5 in numbers(n)]
+    [idle] = [n for n in notes if n.startswith("gpu-box") and 0.2 in numbers(n)]
+    assert numbers(busy) == [1, 12.5, 3.0] and "BUSY" in busy  # 1-minute load average, at start, at the end
+    assert "BUSY" not in idle
+    [sdpa] = [n for n in notes if "dtype float64 not declared" in n]
+    assert "torch-sdpa" in plain(sdpa) and numbers(plain(sdpa)) == [4]  # four cells not timed, one line
+    [cupy] = [n for n in notes if "CuPy not importable: no CUDA driver" in n]
+    assert "cupy" in plain(cupy) and numbers(plain(cupy)) == []
+    # T=128 on the CPU: ratios to torch, % of peak and memory in their columns
+    ratio, pct, mem = table.column("vs torch"), table.column("peak"), table.column("MiB")
+    t128 = speed_rows(table, 128)
+    assert numbers(t128["torch"][ratio]) == [1.0]
+    assert numbers(t128["numpy"][ratio]) == [pytest.approx(2.0, abs=0.005)]
+    assert numbers(t128["torch-sdpa"][ratio]) == [pytest.approx(80 / 120, abs=0.005)]
+    assert numbers(t128[HOSTILE][ratio]) == [pytest.approx(80 / 60, abs=0.005)]
+    numpy_cell = next(c for c in cpu_doc()["runs"][0]["speed"]["cells"] if c["backend"] == "numpy" and c["T"] == 128)
+    assert numbers(t128["numpy"][pct]) == [pytest.approx(2.6, abs=0.05)]
+    assert numbers(t128["numpy"][pct]) == [pytest.approx(numpy_cell["gflops"] / 1500 * 100, abs=0.05)]
+    assert numbers(t128["numpy"][mem]) == [3.0]  # 3 << 20 bytes
+    # a non-conforming backend: the verdict, and no figure at all in any timed column
+    notes_col = table.column("Notes")
+    assert "NOT CONFORMING" in t128["torch-mha"][notes_col]
+    timed = [table.column(w) for w in ("Median", "GFLOP/s", "peak", "vs torch", "First call", "MiB")]
+    assert all(numbers(t128["torch-mha"][i]) == [] for i in timed), t128["torch-mha"]
+    assert all(len(numbers(t128["numpy"][i])) >= 1 for i in timed)
+    assert "unverified" in t128[HOSTILE][notes_col] and "NOT CONFORMING" not in t128[HOSTILE][notes_col]
+    # only the noisy cell (numpy, T=64, spread 0.35) says so, with its spread in %
+    noisy = [(plain(r[table.column("Backend")]), r[notes_col]) for r in table.rows if "noisy" in r[notes_col]]
+    assert [(b, numbers(n)) for b, n in noisy] == [("numpy", [35])]
+    # float64 on the CPU: no torch cell, so no ratio; its own peak (700) is the denominator
+    f64, t64 = speed_table(md, "cpu-box", "cpu", "float64")
+    assert report.speed.tables[1].baseline is None and report.speed.tables[1].peak_gflops == 700
+    [row] = t64.rows
+    assert row[t64.column("vs torch")] == "n/a" and 700 in numbers(f64.paragraphs()[0])
+    f64_cell = next(c for c in cpu_doc()["runs"][0]["speed"]["cells"] if c["dtype"] == "float64")
+    assert numbers(row[t64.column("peak")]) == [pytest.approx(f64_cell["gflops"] / 700 * 100, abs=0.05)]
+    # the GPU tables: ratios against torch-cuda, times in µs, the CUDA event timer
+    g32, gpu32 = speed_table(md, "gpu-box", "cuda", "float32")
+    assert report.speed.tables[2].baseline == "torch-cuda"
+    g128 = speed_rows(gpu32, 128)
+    assert numbers(g128["torch-cuda"][gpu32.column("vs torch")]) == [1.0]
+    assert numbers(g128["cupy"][gpu32.column("vs torch")]) == [pytest.approx(15000 / 9000, abs=0.005)]
+    median = gpu32.column("Median")
+    assert "µs" in gpu32.head[median].split()
+    cupy_cell = next(c for c in gpu_doc()["runs"][0]["speed"]["cells"]
+                     if c["backend"] == "cupy" and c["T"] == 128 and c["dtype"] == "float32")
+    assert numbers(g128["cupy"][median])[0] == pytest.approx(cupy_cell["median_s"] * 1e6, rel=0.005)
+    assert "torch.cuda.Event" in g32.paragraphs()[0]
 
 
-def test_html_structure_and_plots(merged):
+def test_html_structure_and_plots(merged, report):
     _, _, page = merged
-    c = check_html(page)
-    assert {"environment", "conformance", "failures", "speed", "plots", "failure-1"} <= c.ids
-    assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
-    assert not [r for r in c.refs if not r.startswith("#")]
-    svgs = re.findall(r"<svg.*?</svg>", page, flags=re.DOTALL)
+    p = parse_html(page)
+    assert {"environment", "conformance", "failures", "speed", "plots", "failure-1", "failure-2"} <= p.ids
+    assert "http://" not in page and "https://" not in page and "link" not in p.tags and "script" not in p.tags
+    assert not [r for r in p.refs if not r.startswith("#")]
+    svgs = p.root.one("section", id="plots").all("svg")
     assert len(svgs) == 2  # one shape family: time and GFLOP/s
-    labels = set(re.findall(r'data-label="([^"]*)"', page))
-    assert {"numpy @ cpu-box, float32", "torch-cuda @ gpu-box, float16", "cupy @ gpu-box, float32"} <= labels
+    labels = {g.attrs["data-label"] for svg in svgs for g in svg.all("g", cls="series")}
+    for backend_name, machine, dtype in (("numpy", "cpu-box", "float32"), ("torch-cuda", "gpu-box", "float16"),
+                                         ("cupy", "gpu-box", "float32"), (HOSTILE, "cpu-box", "float32")):
+        assert any(backend_name in lb.split(" @ ")[0] and machine in lb and dtype in lb for lb in labels), (
+            backend_name, labels)
     assert not any("torch-mha" in lb for lb in labels)  # non-conforming: no curve
-    assert "matmul peak gpu-box, float16" in svgs[1] and 'stroke-dasharray="9 5"' in svgs[1]
-    assert "matmul peak cpu-box, float64: 700" in svgs[1]
-    assert "tokens T (log scale)" in svgs[0] and "<polyline" in svgs[0]
-    text = "".join(c.text)
-    assert COUNTEREXAMPLE in text and REPRO in text and "❌ FAIL (float16)" in text
+    # the time plot: a line through each series measured at several T (numpy float64: T=128 only),
+    # x ticks at the measured T; no peak line
+    series = svgs[0].all("g", cls="series")
+    assert len(series) == 9 and all(len(g.all("polyline")) <= 1 for g in series)
+    lone = [g.attrs["data-label"] for g in series if not g.all("polyline")]
+    assert len(lone) == 1 and {"numpy", "float64"} <= set(words(lone[0]))
+    assert {64, 128, 256, 512} <= {v for t in svgs[0].all("text") for v in numbers(t.text)}
+    assert svgs[0].all("g", cls="peak") == []
+    # the GFLOP/s plot: a dashed line per machine's measured peak, labelled with its value
+    peaks = [(g.one("title").text, g.one("line")) for g in svgs[1].all("g", cls="peak")]
+    assert all(line.attrs.get("stroke-dasharray") for _, line in peaks)
+    assert any("gpu-box" in t and "float16" in t and 700000 in numbers(t) for t, _ in peaks)
+    assert any("cpu-box" in t and "float64" in t and 700 in numbers(t) for t, _ in peaks)
+    # the matrix: the failing cells link to their failure, which holds the data verbatim
+    matrix = p.root.one("table", cls="matrix")
+    head = [h.text for h in html_head(matrix)]
+    assert head[1:] == LABELS
+    rows = {r[0].one("code").text: r for r in html_rows(matrix) if r[0].all("code")}
+    for n, (label, check, dtype) in enumerate(FAILED, 1):
+        td = rows[check][head.index(label)]
+        assert "fail" in td.classes and td.one("a").attrs["href"] == f"#failure-{n}"
+        assert verdict(td.text) == ("FAIL", [dtype])
+        art = p.root.one("article", id=f"failure-{n}")
+        assert [c.text for c in art.one("h3").all("code")] == [label, check]
+    art = p.root.one("article", id="failure-1")
+    assert art.one("pre", cls="counterexample").text == COUNTEREXAMPLE
+    assert art.one("pre", cls="repro").text == REPRO
+    numpy_td = rows["matches_spec"][head.index("numpy @ cpu-box")]
+    assert "pass" in numpy_td.classes and numpy_td.all("a") == [] and verdict(numpy_td.text) == ("pass", [])
+    totals = html_rows(matrix)[-1]
+    lines = [[c for c in td.children if isinstance(c, str)] for td in totals[1:]]  # one count a line
+    assert [counts(", ".join(ln)) for ln in lines] == expected_totals()
 
 
 def test_html_escapes_hostile_strings(merged):
@@ -329,44 +455,65 @@ def test_html_escapes_hostile_strings(merged):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "mismatch &amp;&lt;&gt;&quot;&#x27; at row 3" in page
     assert "&lt;script&gt;" in md or f"`{HOSTILE}" in md  # markdown: code span or escaped
+    # shown as text where it belongs, never as an element
+    p = parse_html(page)
+    assert "script" not in p.tags
+    assert f"{HOSTILE} @ cpu-box" in [h.text for h in html_head(p.root.one("table", cls="matrix"))]
+    assert p.root.one("article", id="failure-2").one("pre", cls="counterexample").text == HOSTILE
 
 
-def test_partial_run_is_flagged(tmp_path):
+def test_partial_run_is_flagged(tmp_path, merged):
     doc = cpu_doc()
     doc["runs"][0]["conformance"]["status"] = "running"
     d = write(tmp_path, "run", doc)
     assert cli.main([str(d)]) == 0
     md = (d / "report.md").read_text()
-    top = md.split("## Environment")[0]
-    assert "INCOMPLETE" in top and "conformance on cpu-box" in top
-    page = (d / "index.html").read_text()
-    assert 'class="warn"' in page and "INCOMPLETE" in page.split('id="environment"')[0]
+    [warning] = model.build(results.load(d)).warnings
+    assert {"conformance", "cpu-box", "INCOMPLETE"} <= set(words(warning))
+    # one loud line above everything else, in each page; a complete run has none
+    quoted = [plain(ln.lstrip("> ")) for ln in preamble(md) if ln.startswith(">")]
+    assert len(quoted) == 1 and quoted[0].endswith(warning)
+    assert not [ln for ln in preamble(merged[1]) if ln.startswith(">")]
+    page = parse_html((d / "index.html").read_text()).root
+    [div] = page.one("header").all("div", cls="warn")
+    assert warning in div.text and page.one("section", id="environment").all("div", cls="warn") == []
+    assert parse_html(merged[2]).root.all("div", cls="warn") == []
     # the single input's own results.json is left untouched
     assert json.loads((d / "results.json").read_text()) == doc
 
 
-@pytest.mark.parametrize("section", ["conformance", "speed"])
-def test_one_section_only(tmp_path, section):
+@pytest.mark.parametrize("section_run", ["conformance", "speed"])
+def test_one_section_only(tmp_path, section_run):
     doc = cpu_doc()
-    doc["runs"][0]["speed" if section == "conformance" else "conformance"] = None
+    doc["runs"][0]["speed" if section_run == "conformance" else "conformance"] = None
     d = write(tmp_path, "run", doc)
     assert cli.main([str(d), "--out", str(tmp_path / "o")]) == 0
     md = (tmp_path / "o" / "report.md").read_text()
-    page = (tmp_path / "o" / "index.html").read_text()
-    check_html(page)
-    missing = "Speed" if section == "conformance" else "Conformance"
-    assert f"{missing}: not run" in md and f"{missing}: not run" in page
-    if section == "speed":
-        assert "<svg" in page and "## Failures" in md
+    page = parse_html((tmp_path / "o" / "index.html").read_text()).root
+    rep = model.build(results.load(tmp_path / "o"))
+    missing, present = ("Speed", "Conformance") if section_run == "conformance" else ("Conformance", "Speed")
+    assert (rep.speed is None, rep.matrix is None) == ((True, False) if missing == "Speed" else (False, True))
+    # the missing section is there, says "not run" and holds no table; the other has its table
+    gone, kept = section(md, missing), section(md, present)
+    assert gone.tables() == [] and "not run" in gone.text and kept.tables()
+    html_gone = page.one("section", id=missing.lower())
+    assert html_gone.all("table") == [] and "not run" in html_gone.text
+    assert page.one("section", id=present.lower()).all("table")
+    if section_run == "speed":
+        assert page.all("svg") and section(md, "Failures").subsections() == []  # no conformance: no failure
     else:
-        assert "<svg" not in page and "FAIL (float16)" in md
+        assert page.all("svg") == [] and len(section(md, "Failures").subsections()) == 2
 
 
 def test_empty_document_renders(tmp_path):
     d = write(tmp_path, "run", results.empty_document())
     assert cli.main([str(d)]) == 0
-    assert "no runs" in (d / "report.md").read_text()
-    check_html((d / "index.html").read_text())
+    md = (d / "report.md").read_text()
+    rep = model.build(results.load(d))
+    assert rep.machines == [] and rep.matrix is None and rep.speed is None and len(rep.warnings) == 1
+    assert [ln for ln in preamble(md) if ln.startswith(">")] and not tables(md.splitlines())
+    page = parse_html((d / "index.html").read_text()).root
+    assert len(page.all("div", cls="warn")) == 1 and page.all("table") == []
 
 
 def _bad_inputs(tmp: Path) -> dict[str, Path]:
@@ -377,14 +524,24 @@ def _bad_inputs(tmp: Path) -> dict[str, Path]:
     return {"missing": tmp / "nope" / "results.json", "notjson": tmp / "notjson.json", "wrong": tmp / "wrong.json"}
 
 
-@pytest.mark.parametrize("kind,needle", [("missing", "no such results file"), ("notjson", "not JSON"),
-                                         ("wrong", "runs/0/environment")])
+def _json_error(text: str) -> str:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        return e.msg
+    raise AssertionError(text)
+
+
+# what each error names: the parser's own diagnosis, the JSON path of the bad field
+@pytest.mark.parametrize("kind,needle", [("missing", None), ("notjson", _json_error("{not json")),
+                                         ("wrong", "runs/0/environment")], ids=["missing", "notjson", "wrong"])
 def test_cli_bad_input_exits_2(tmp_path, capsys, kind, needle):
     bad = _bad_inputs(tmp_path)[kind]
     good = write(tmp_path, "good", cpu_doc())
     assert cli.main([str(good), str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and needle in err and str(bad) in err and "Traceback" not in err
+    assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
+    assert needle is None or needle in err
     assert not (tmp_path / "o" / "report.md").exists()
 
 
@@ -404,10 +561,17 @@ def test_module_entry_point_exit_status(tmp_path):
 def test_summarise_cell():
     recs = [record("x", "c", 1, "float32"), record("x", "c", 1, "float16", "failed"),
             record("x", "c", 1, "bfloat16", "failed"), record("x", "c", 1, "float64", "unsupported")]
-    assert model.summarise_cell(recs).text == "❌ FAIL (float16, bfloat16)"
-    assert model.summarise_cell(recs[:1] + recs[3:]).text == "✅ pass (unsupported: float64)"
+    fail = model.summarise_cell(recs)
+    assert fail.status == "fail" and verdict(fail.text) == ("FAIL", ["float16", "bfloat16"])
+    assert dict(p.split(": ") for p in fail.detail.split("; ")) == {
+        "float32": "passed", "float16": "failed", "bfloat16": "failed", "float64": "unsupported"}
+    # a pass names the dtype it did not test, so "pass" never hides it
+    part = model.summarise_cell(recs[:1] + recs[3:])
+    assert part.status == "pass" and verdict(part.text)[0] == "pass" and "float64" in verdict(part.text)[1][0]
+    assert "float64" not in model.summarise_cell(recs[:1]).text
     assert model.summarise_cell(recs[3:]).status == "unsupported"
-    assert model.summarise_cell([]).text == "○ not run"
+    empty = model.summarise_cell([])
+    assert empty.status == "none" and verdict(empty.text) == ("not run", [])
     # the same dtype checked twice keeps its worst outcome
     assert model.summarise_cell([recs[0], record("x", "c", 1, "float32", "failed")]).status == "fail"
 
@@ -425,7 +589,12 @@ def test_same_machine_twice_is_kept_apart(tmp_path):
     a, b = write(tmp_path, "a", cpu_doc()), write(tmp_path, "b", copy.deepcopy(cpu_doc()))
     assert cli.main([str(a), str(b), "--out", str(tmp_path / "o")]) == 0
     md = (tmp_path / "o" / "report.md").read_text()
-    assert "`numpy @ cpu-box (2)`" in md and "`numpy @ cpu-box`" in md
+    machines = [r["machine"] for r in results.load(tmp_path / "o")["runs"]]
+    assert len(set(machines)) == 2 and machines[0] == "cpu-box"
+    [table] = section(md, "Conformance").tables()
+    labels = [plain(h) for h in table.head[1:]]
+    names = [b["name"] for b in cpu_doc()["runs"][0]["conformance"]["backends"]]
+    assert labels == [f"{n} @ {m}" for m in machines for n in names]
 
 
 def test_screenshot_without_chromium(tmp_path, capsys, monkeypatch):
@@ -435,7 +604,7 @@ def test_screenshot_without_chromium(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(screenshot, "find_chromium", lambda: None)
     assert screenshot.main([str(page), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "apt-get install chromium" in err
+    assert err.count("\n") == 1 and "apt-get install chromium" in err  # the command that makes it valid
 
 
 def test_repro_follows_copied_inputs(tmp_path, monkeypatch):
@@ -452,4 +621,6 @@ def test_repro_follows_copied_inputs(tmp_path, monkeypatch):
     rec = next(r for r in out["runs"][0]["conformance"]["records"] if r["outcome"] == "failed")
     assert rec["inputs"] == "inputs/case.npz"
     assert rec["repro"] == "python -m conformance.repro published/cpu-x/inputs/case.npz"
-    assert "published/cpu-x/inputs/case.npz" in (tmp_path / "published" / "cpu-x" / "report.md").read_text()
+    md = (tmp_path / "published" / "cpu-x" / "report.md").read_text()
+    first = section(md, "Failures").subsections()[0]
+    assert first.fences()[-1].body == rec["repro"]

@@ -180,11 +180,24 @@ def test_summary_statistics():
     assert harness.summarize([])["median_s"] is None
 
 
-def test_harness_overhead_is_measured():
-    r = harness.measure_overhead(budget_s=0.05)
-    assert r["overhead_s"] > 0 and r["samples"] >= 100
-    print(f"\nharness overhead: {r['overhead_s'] * 1e6:.3f} us per timed call, "
-          f"{r['loop_s'] * 1e6:.3f} us per call with the loop")
+def test_harness_overhead_is_what_the_clock_reads_around_an_empty_call():
+    """The overhead figure is the median of the timed empty calls (none untimed, none lost),
+    whatever the clock: a clock that reads 1, 2, 3 or 10 us per call gives a median of 2 us."""
+    class Clock:
+        def __init__(self):
+            self.calls, self.readings = 0, [1e-6, 2e-6, 3e-6, 10e-6, 2e-6]
+
+        def time(self, fn, sync):
+            out = fn()
+            sync()
+            self.calls += 1
+            return self.readings[self.calls % len(self.readings)], out
+
+    clock = Clock()
+    r = harness.measure_overhead(budget_s=0.0, timer=clock)
+    assert r["samples"] >= 100 and clock.calls == r["samples"] + 1  # + the untimed first call
+    assert r["overhead_s"] == 2e-6 and r["p25_s"] == 2e-6 and r["p75_s"] == 3e-6
+    assert r["loop_s"] > 0
 
 
 def test_settle_returns_once_the_process_is_idle():

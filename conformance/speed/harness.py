@@ -110,7 +110,7 @@ class EmptyBackend:
         pass
 
 
-def measure_overhead(budget_s: float = 0.5) -> dict[str, float]:
+def measure_overhead(budget_s: float = 0.5, timer: Any = None) -> dict[str, float]:
     """Per-call cost of the harness, from timing an empty backend through `time_chunk`.
 
     overhead_s: median of the timed samples (what the harness adds to every figure it
@@ -120,7 +120,8 @@ def measure_overhead(budget_s: float = 0.5) -> dict[str, float]:
 
     b = EmptyBackend()
     x = np.zeros((1, 1, 1), dtype=np.float32)
-    entry = Entry("empty", functools.partial(b.forward, x, None, None), b.synchronize)
+    entry = Entry("empty", functools.partial(b.forward, x, None, None), b.synchronize,
+                  **({} if timer is None else {"timer": timer}))
     first_call(entry)
     t0 = time.perf_counter()
     time_chunk(entry, min_calls=100, seconds=budget_s, max_calls=200_000, rewarm=False)

@@ -16,6 +16,8 @@ from conformance.suite.checks import CheckFailure
 from conformance.suite.tolerance import compare
 from spec.config import numpy_dtype
 from spec.params import Params
+from spec.shapes import expected_shapes
+from spec.table import STEPS, call_args
 
 
 class Runner:
@@ -105,6 +107,20 @@ class Runner:
         if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
             raise CheckFailure(f"{name}: expected a tuple of {len(shapes)} arrays, got {type(out).__name__}")
         return tuple(self.to_float64(f"{name}[{i}]", o, s) for i, (o, s) in enumerate(zip(out, shapes)))
+
+    def table_step(self, n: int, case: Case, trace: dict[str, Any], *, tensor: int = 0) -> Any:
+        """The backend's step n on the trace's values, called and shaped as the step table says.
+
+        `trace` maps the step's input names to float64 arrays (`spec.table.call_args`); the
+        case gives the config, masks and weights. A per-tensor step (5, 6) gets the Q, K or V
+        that `tensor` picks.
+        """
+        s = STEPS[n]
+        weights = self.weights(case.params) if "params" in s.inputs else None
+        args, kwargs = call_args(n, trace, case.config, case.key_padding_mask, weights=weights,
+                                 tensor=tensor, dropout_mask=case.dropout_mask)
+        shapes = expected_shapes(n, case.config, case.B, case.T)
+        return self.step(s.name, *args, shapes=(shapes[tensor],) if s.per_tensor else shapes, **kwargs)
 
     # -- KV-cache decoding (Capabilities.kv_cache): the cache itself stays opaque ----------
     def prefill(self, x: np.ndarray, weights: Any, config: Any, key_padding_mask: np.ndarray | None = None) -> Any:

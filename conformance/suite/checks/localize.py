@@ -11,8 +11,23 @@ from conformance.suite.case import Case
 from conformance.suite.checks import CheckFailure
 from conformance.suite.reference import golden_and_plain, step_inputs
 from impls.base import exposed_steps
-from spec.shapes import expected_shapes
 from spec.table import STEPS, call_args
+
+
+def step_matches_spec(run, case: Case, n: int, trace: dict, *, tensor: int = 0, what: str = "") -> None:
+    """The backend's step n on the trace's values against the spec's step n, by the tolerance
+    model, each output compared on its own; a CheckFailure names the step and the output."""
+    s = STEPS[n]
+    args, kwargs = call_args(n, trace, case.config, case.key_padding_mask, tensor=tensor,
+                             dropout_mask=case.dropout_mask)
+    got = run.table_step(n, case, trace, tensor=tensor)
+    golden, plain = golden_and_plain(s.fn, case.dtype, *args, **kwargs)
+    label = f"step {n} {s.name}{what}"
+    if len(s.outputs) > 1 and not s.per_tensor:
+        for out_name, g_, a_, p_ in zip(s.outputs, golden, got, plain):
+            run.assert_close(f"{label} {out_name}", a_, g_, p_)
+    else:
+        run.assert_close(label, got, golden, plain)
 
 
 def first_wrong_step(run, case: Case) -> str | None:
@@ -23,21 +38,9 @@ def first_wrong_step(run, case: Case) -> str | None:
     trace = step_inputs(case)
     for n in steps:
         s = STEPS[n]
-        # per-tensor steps (5, 6) are replayed on V: Q and K take the same code path
-        tensor = 2 if s.per_tensor else 0
-        args, kwargs = call_args(n, trace, case.config, case.key_padding_mask, tensor=tensor)
-        b_args, b_kwargs = call_args(n, trace, case.config, case.key_padding_mask, tensor=tensor,
-                                     weights=run.weights(case.params) if "params" in s.inputs else None)
-        shapes = expected_shapes(n, case.config, case.B, case.T)
-        shapes = (shapes[tensor],) if s.per_tensor else shapes
         try:
-            got = run.step(s.name, *b_args, shapes=shapes, **b_kwargs)
-            golden, plain = golden_and_plain(s.fn, case.dtype, *args, **kwargs)
-            if len(shapes) > 1:
-                for out_name, g_, a_, p_ in zip(s.outputs, golden, got, plain):
-                    run.assert_close(f"step {n} {s.name} {out_name}", a_, g_, p_)
-            else:
-                run.assert_close(f"step {n} {s.name}", got, golden, plain)
+            # per-tensor steps (5, 6) are replayed on V: Q and K take the same code path
+            step_matches_spec(run, case, n, trace, tensor=2 if s.per_tensor else 0)
         except CheckFailure as e:
             return f"first wrong step: {n} ({s.name}): {e}"
     return f"every exposed step ({', '.join(map(str, steps))}) agrees with the spec on this example: " \

@@ -14,11 +14,11 @@ from conformance.suite import strategies as cs
 from conformance.suite.case import round_to
 from conformance.suite.checks import CheckFailure, check, everyday_cases, requires_causal
 from conformance.suite.conditioning import decided_step8_rows
+from conformance.suite.checks.localize import step_matches_spec
 from conformance.suite.reference import golden_and_plain, step_inputs
 from impls.base import exposed_steps
 from spec import invariants as inv
 from spec import steps as S
-from spec.shapes import expected_shape, expected_shapes
 
 
 def _causal_cases(caps, dtype):
@@ -66,11 +66,7 @@ def init_follows_nn_linear(run, case):
 @check(step=4, strategy=everyday_cases)
 def qkv_projection_matches_spec(run, case):
     """Q, K, V = x @ W.T (+ b): the projections match the spec in nn.Linear's layout."""
-    shapes = expected_shapes(4, case.config, case.B, case.T)
-    got = run.step("project_qkv", case.x, run.weights(case.params), shapes=shapes)
-    golden, plain = golden_and_plain(S.project_qkv, case.dtype, case.x, case.params)
-    for name, a, g, p in zip("QKV", got, golden, plain):
-        run.assert_close(f"step 4 {name}", a, g, p)
+    step_matches_spec(run, case, 4, {"x": case.x, "params": case.params})
 
 
 @st.composite
@@ -82,12 +78,10 @@ def _pair_cases(draw, caps, dtype):
 @check(step=4, strategy=_pair_cases)
 def projection_is_linear(run, case):
     """project_qkv(a + b) == project_qkv(a) + project_qkv(b) - bias: the projection is affine."""
-    shapes = expected_shapes(4, case.config, case.B, case.T)
     rng = np.random.default_rng(case.extra["x2_seed"])
     a = case.x
     b = round_to(rng.standard_normal(a.shape) * case.x_scale, case.dtype)
-    w = run.weights(case.params)
-    fa, fb = (run.step("project_qkv", v, w, shapes=shapes) for v in (a, b))
+    fa, fb = (run.table_step(4, case, {"x": v}) for v in (a, b))
     _, pa = golden_and_plain(S.project_qkv, case.dtype, a, case.params)
     _, pb = golden_and_plain(S.project_qkv, case.dtype, b, case.params)
     golden = S.project_qkv(a + b, case.params)  # exact a + b, in float64
@@ -103,32 +97,32 @@ def projection_is_linear(run, case):
 @check(step=5, strategy=everyday_cases)
 def split_heads_matches_index(run, case):
     """split_heads(Q)[b, t, h, d] == Q[b, t, h*head_dim + d] exactly."""
-    Q = step_inputs(case)[4][0]
-    got = run.step("split_heads", Q, case.config.n_heads, shapes=(expected_shape(5, case.config, case.B, case.T),))
+    trace = step_inputs(case)
+    Q, got = trace["Q"], run.table_step(5, case, trace)
     run.assert_exact("step 5 split_heads", inv.split_matches_index(Q, got, case.config.n_heads))
 
 
 @check(step=6, strategy=everyday_cases)
 def group_by_heads_is_permutation(run, case):
     """group_by_heads(s)[b, h, t, d] == s[b, t, h, d] exactly: heads grouped, nothing computed."""
-    s = step_inputs(case)[5][0]
-    got = run.step("group_by_heads", s, shapes=(expected_shape(6, case.config, case.B, case.T),))
+    trace = step_inputs(case)
+    s, got = trace["Q_split"], run.table_step(6, case, trace)
     run.assert_exact("step 6 group_by_heads", inv.grouped_matches_index(s, got))
 
 
 @check(step=10, strategy=everyday_cases)
 def permute_back_restores_order(run, case):
     """permute_back(c)[b, t, h, d] == c[b, h, t, d] exactly: token order restored."""
-    c = step_inputs(case)[9]
-    got = run.step("permute_back", c, shapes=(expected_shape(10, case.config, case.B, case.T),))
+    trace = step_inputs(case)
+    c, got = trace["context"], run.table_step(10, case, trace)
     run.assert_exact("step 10 permute_back", inv.permute_back_restores_order(c, got))
 
 
 @check(step=11, strategy=everyday_cases)
 def concat_heads_matches_index(run, case):
     """concat_heads(c)[b, t, h*head_dim + d] == c[b, t, h, d] exactly."""
-    c = step_inputs(case)[10]
-    got = run.step("concat_heads", c, shapes=(expected_shape(11, case.config, case.B, case.T),))
+    trace = step_inputs(case)
+    c, got = trace["context_tokens"], run.table_step(11, case, trace)
     run.assert_exact("step 11 concat_heads", inv.split_matches_index(got, c, case.config.n_heads))
 
 
@@ -140,12 +134,11 @@ def _requires_layout_steps(backend):
 @check(step=11, strategy=everyday_cases, requires=_requires_layout_steps)
 def split_merge_round_trip(run, case):
     """concat_heads(permute_back(group_by_heads(split_heads(x)))) == x: split and merge are inverse."""
-    x = step_inputs(case)[4][0]
-    B, T, cfg = case.B, case.T, case.config
-    s = run.step("split_heads", x, cfg.n_heads, shapes=(expected_shape(5, cfg, B, T),))
-    g = run.step("group_by_heads", s, shapes=(expected_shape(6, cfg, B, T),))
-    p = run.step("permute_back", g, shapes=(expected_shape(10, cfg, B, T),))
-    m = run.step("concat_heads", p, shapes=(expected_shape(11, cfg, B, T),))
+    x = step_inputs(case)["Q"]
+    s = run.table_step(5, case, {"Q": x})
+    g = run.table_step(6, case, {"Q_split": s})
+    p = run.table_step(10, case, {"context": g})
+    m = run.table_step(11, case, {"context_tokens": p})
     run.assert_exact("steps 5-6-10-11 round trip", inv.merge_inverts_split(x, m))
 
 
@@ -153,26 +146,18 @@ def split_merge_round_trip(run, case):
 @check(step=7, strategy=everyday_cases)
 def scores_are_dot_products(run, case):
     """attn_scores[b, h, i, j] == Q[b, h, i] . K[b, h, j]: per-head dot products, unscaled."""
-    Q, K, _ = step_inputs(case)[6]
-    got = run.step("attn_scores", Q, K, shapes=(expected_shape(7, case.config, case.B, case.T),))
-    golden, plain = golden_and_plain(S.attn_scores, case.dtype, Q, K)
-    run.assert_close("step 7 attn_scores", got, golden, plain)
+    step_matches_spec(run, case, 7, step_inputs(case))
 
 
 # -- step 8 ---------------------------------------------------------------------------------
 def _weights(run, case, scores):
-    shape = expected_shape(8, case.config, case.B, case.T)
-    kw = {} if case.key_padding_mask is None else {"key_padding_mask": case.key_padding_mask}
-    return run.step("attn_weights", scores, case.config, shapes=(shape,), **kw)
+    return run.table_step(8, case, {"attn_scores": scores})
 
 
 @check(step=8, strategy=everyday_cases)
 def weights_match_spec(run, case):
     """attn_weights == softmax(mask(scores) / sqrt(head_dim)) along the key axis."""
-    scores = step_inputs(case)[7]
-    got = _weights(run, case, scores)
-    golden, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask)
-    run.assert_close("step 8 attn_weights", got, golden, plain)
+    step_matches_spec(run, case, 8, step_inputs(case))
 
 
 @check(step=8, strategy=everyday_cases)
@@ -241,18 +226,14 @@ def softmax_finite_for_large_logits(run, case):
 @check(step=9, strategy=everyday_cases)
 def context_matches_spec(run, case):
     """context = attn_weights @ V, per head."""
-    w, (_, _, V) = step_inputs(case)[8], step_inputs(case)[6]
-    got = run.step("context", w, V, shapes=(expected_shape(9, case.config, case.B, case.T),))
-    golden, plain = golden_and_plain(S.context, case.dtype, w, V)
-    run.assert_close("step 9 context", got, golden, plain)
+    step_matches_spec(run, case, 9, step_inputs(case))
 
 
 @check(step=9, strategy=everyday_cases)
 def context_in_convex_hull(run, case):
     """Each context vector lies in the convex hull of the value rows it may attend to."""
-    inputs = step_inputs(case)
-    w, V = inputs[8], inputs[6][2]
-    got = run.step("context", w, V, shapes=(expected_shape(9, case.config, case.B, case.T),))
+    trace = step_inputs(case)
+    w, V, got = trace["attn_weights"], trace["v"], run.table_step(9, case, trace)
     _, plain = golden_and_plain(S.context, case.dtype, w, V)
     excursion = inv.context_in_convex_hull(got, V, _ok_mask(case))
     # the plain reference's own excursion, worst of its runs
@@ -266,9 +247,8 @@ def context_in_convex_hull(run, case):
 @check(step=9, strategy=_causal_cases, requires=requires_causal)
 def first_causal_row_equals_first_value(run, case):
     """With the causal mask, query 0 sees only key 0: context[:, :, 0] == V[:, :, 0]."""
-    inputs = step_inputs(case)
-    w, V = inputs[8], inputs[6][2]
-    got = run.step("context", w, V, shapes=(expected_shape(9, case.config, case.B, case.T),))
+    trace = step_inputs(case)
+    V, got = trace["v"], run.table_step(9, case, trace)
     run.assert_close("step 9 first causal row", got[:, :, 0], V[:, :, 0], V[:, :, 0])
 
 
@@ -276,8 +256,4 @@ def first_causal_row_equals_first_value(run, case):
 @check(step=12, strategy=everyday_cases)
 def out_proj_matches_spec(run, case):
     """output = context @ W_o.T + b_o, with the output bias."""
-    c = step_inputs(case)[11]
-    got = run.step("out_proj", c, run.weights(case.params),
-                   shapes=(expected_shape(12, case.config, case.B, case.T),))
-    golden, plain = golden_and_plain(S.out_proj, case.dtype, c, case.params)
-    run.assert_close("step 12 out_proj", got, golden, plain)
+    step_matches_spec(run, case, 12, step_inputs(case))
