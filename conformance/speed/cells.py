@@ -75,7 +75,7 @@ class WorkerUnit:
 
     def request(self, op: str, **kw: Any) -> dict[str, Any]:
         if self.proc is None or self.proc.poll() is not None:
-            if op != "prepare":  # a dead worker holds no cell to work on
+            if not op.startswith("prepare"):  # a dead worker holds no cell to work on
                 raise WorkerDied(f"worker process for {self.name} is not running")
             self.start()
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
@@ -137,7 +137,7 @@ class Timing:
     chunks: int = 0
 
 
-def _ask(unit: Any, t: Timing, op: str, **kw: Any) -> dict[str, Any] | None:
+def ask(unit: Any, t: Timing, op: str, **kw: Any) -> dict[str, Any] | None:
     """One request; an error (raised, replied, or the worker's death) lands in t.error."""
     try:
         r = unit.request(op, **kw)
@@ -161,7 +161,7 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
     after its first call, has nothing to re-warm)."""
     timings = [Timing(u.name) for u in units]
     for u, t in zip(units, timings):
-        r = _ask(u, t, "prepare", shape=list(shape), dtype=dtype, causal=causal, seed=seed)
+        r = ask(u, t, "prepare", shape=list(shape), dtype=dtype, causal=causal, seed=seed)
         if r is not None:
             t.first_call_s, t.timer = r["first_call_s"], r["timer"]
     live = [i for i, t in enumerate(timings) if t.error is None]
@@ -173,7 +173,7 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
         for i in live[k:] + live[:k]:
             t = timings[i]
             last = t.samples[-1] if t.samples else t.first_call_s
-            reply = _ask(units[i], t, "time", min_calls=per_chunk, seconds=budget_s / rounds,
+            reply = ask(units[i], t, "time", min_calls=per_chunk, seconds=budget_s / rounds,
                          max_calls=max(1, max_samples // rounds),
                          rewarm=rewarm and (last is None or last < REWARM_BELOW_S))
             if reply is not None:

@@ -201,7 +201,7 @@ def overhead() -> int:
 def _decode(plan, quick: bool) -> int:
     from conformance.speed.decode import run_decode, write_decode
 
-    decode = run_decode(plan.backends, plan.dtypes, quick=quick, out=sys.stdout)
+    decode = run_decode(plan.backends, plan.dtypes, quick=quick, out=sys.stdout, threads=plan.threads)
     if not decode["cells"]:
         print(f"{PROG}: error: no backend declares KV-cache decoding (Capabilities.kv_cache) in "
               f"{', '.join(plan.dtypes)}", file=sys.stderr)

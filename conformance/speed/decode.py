@@ -14,21 +14,20 @@ again: `decode` must leave the cache it is given usable (the spec's and the buil
 backends' decode return a new cache and leave the old one as it was).
 The shape: d_out = 512 in 8 heads (head_dim 64), float32, causal, B = 1 and 8. d_in is 64:
 the input width only sets the new token's projection (a few microseconds) and the prefill's,
-which would dominate the run's time at B = 8, L = 8192 with d_in = 512. Backends are timed
-in this process, each backend's cells one after the other (not alternating, so one library's
-spinning threads do not slow the next library's calls); only backends declaring `kv_cache`
-are timed.
+which would dominate the run's time at B = 8, L = 8192 with d_in = 512. Each backend is timed
+in its own worker process, as the forward bench times it (`conformance.speed.cells`), its
+cells one after the other; only backends declaring `kv_cache` are timed.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, TextIO
 
 import numpy as np
 
-from conformance.speed.harness import Entry, describe_error, first_call, summarize, time_chunk
+from conformance.speed.cells import Timing, WorkerDied, WorkerUnit, ask
+from conformance.speed.harness import summarize
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import init_params
 
@@ -78,34 +77,44 @@ def _copy_record(library: str, nbytes: int, run, reps: int) -> dict[str, Any]:
     return {"library": library, "best_s": best, "reps": reps, "gb_per_s": 2 * nbytes / best / 1e9}
 
 
-def _cell(info, B: int, L: int, dtype: str, budget: float, min_samples: int, bandwidth: float) -> dict[str, Any]:
-    be = info.backend
+def decode_inputs(B: int, L: int, dtype: str, seed: int = 0) -> tuple[AttentionConfig, Any, np.ndarray]:
+    """(config, float64 params, x) of one decode cell: x holds the L prompt tokens and the new one."""
     config = AttentionConfig(d_in=D_IN, d_out=D_OUT, n_heads=HEADS, causal=True)
-    rng = np.random.default_rng(L + B)
-    x = rng.standard_normal((B, L + 1, D_IN)).astype(numpy_dtype(dtype))
+    x = np.random.default_rng(seed + L + B).standard_normal((B, L + 1, D_IN))  # (B, L + 1, d_in)
+    return config, init_params(config, seed=seed), x
+
+
+def _cell(unit: Any, name: str, B: int, L: int, dtype: str, budget: float, min_samples: int,
+          bandwidth: float) -> dict[str, Any]:
+    """One (backend, B, L) cell timed in the backend's worker: prefill, first decode, warm decodes."""
+    config = decode_inputs(B, L, dtype)[0]
     itemsize = np.dtype(numpy_dtype(dtype)).itemsize
-    cell = {"backend": be.name, "dtype": dtype, "B": B, "L": L, "d_in": D_IN, "d_out": D_OUT, "n_heads": HEADS,
-            "kv_bytes": kv_bytes(B, L, config, itemsize), "error": None}
+    cell = {"backend": name, "dtype": dtype, "B": B, "L": L, "d_in": D_IN, "d_out": D_OUT, "n_heads": HEADS,
+            "kv_bytes": kv_bytes(B, L, config, itemsize)}
+    t = Timing(name)
+    r = ask(unit, t, "prepare_decode", B=B, L=L, dtype=dtype, seed=0)
+    if r is not None:
+        t.first_call_s = r["first_call_s"]
+        reply = ask(unit, t, "time", min_calls=min_samples, seconds=budget, rewarm=False)
+        if reply is not None:
+            t.samples = reply["samples"]
     try:
-        w = be.prepare(init_params(config, seed=0), dtype)
-        cache = be.prefill(be.from_numpy(x[:, :L], dtype), w, config)  # untimed
-        x_new = be.from_numpy(x[:, L:], dtype)  # (B, 1, d_in)
-        be.synchronize()
-    except Exception as e:  # a backend crash is a result, not the end of the run
-        return {**cell, **summarize([]), "samples_s": [], "first_call_s": None, "error": describe_error(e),
-                "gb_per_s": None, "bandwidth_fraction": None}
-    entry = Entry(be.name, functools.partial(be.decode, x_new, cache, w, config), be.synchronize)
-    first_call(entry)
-    if entry.error is None:
-        time_chunk(entry, min_calls=min_samples, seconds=budget)
-    stats = summarize(entry.samples)
+        unit.request("release")
+    except WorkerDied:
+        pass  # recorded in t.error; the worker is started again for the next cell
+    stats = summarize(t.samples)
     gbs = cell["kv_bytes"] / stats["median_s"] / 1e9 if stats["median_s"] else None
-    return {**cell, **stats, "samples_s": entry.samples, "first_call_s": entry.first_call_s, "error": entry.error,
+    return {**cell, **stats, "samples_s": t.samples, "first_call_s": t.first_call_s, "error": t.error,
             "gb_per_s": gbs, "bandwidth_fraction": gbs / bandwidth if gbs and bandwidth else None}
 
 
-def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: TextIO | None = None) -> dict[str, Any]:
-    """Every cache-declaring backend at every (B, L): the "decode" part of the speed section."""
+def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: TextIO | None = None,
+               threads: int | None = None) -> dict[str, Any]:
+    """Every cache-declaring backend at every (B, L): the "decode" part of the speed section.
+
+    Each backend runs in its own worker process (`conformance.speed.worker`), as in the forward
+    bench: no library's thread pools, allocator or caches are shared with another's.
+    """
     base = QUICK if quick else FULL
     t0 = time.perf_counter()
     load_start = _load()
@@ -115,17 +124,20 @@ def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: Text
     skipped = [{"backend": i.backend.name, "reason": "KV-cache decoding not declared (Capabilities.kv_cache)"}
                for i in backends if i not in timed]
     cells = []
-    # one backend's cells after another's, not alternating: a library's threads keep spinning
-    # after its call (README, "How backends are timed"), which would slow the next library's call
     for info in timed:
-        for dtype in (d for d in dtypes if d in info.backend.capabilities.dtypes):
-            for B in DECODE_BATCHES:
-                for L in base["lengths"]:
-                    c = _cell(info, B, L, dtype, base["budget"], base["min_samples"], bw["gb_per_s"])
-                    cells.append(c)
-                    _say(out, _line(c))
+        unit = WorkerUnit(info.backend.name, info.spec, threads)
+        try:
+            for dtype in (d for d in dtypes if d in info.backend.capabilities.dtypes):
+                for B in DECODE_BATCHES:
+                    for L in base["lengths"]:
+                        c = _cell(unit, info.backend.name, B, L, dtype, base["budget"], base["min_samples"],
+                                  bw["gb_per_s"])
+                        cells.append(c)
+                        _say(out, _line(c))
+        finally:
+            unit.close()
     return {"dtypes": dtypes, "causal": True, "new_tokens": 1, "bandwidth": bw, "cells": cells, "skipped": skipped,
-            "duration_s": round(time.perf_counter() - t0, 2),
+            "layout": WorkerUnit.layout, "duration_s": round(time.perf_counter() - t0, 2),
             "load_average": {"start": load_start, "end": _load()}}  # other processes on the cores
 
 

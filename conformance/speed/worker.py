@@ -2,7 +2,8 @@
 
 `python -m conformance.speed.worker SPEC THREADS` resolves one backend and answers JSON
 requests, one per line on stdin, with one JSON line each on its stdout: "prepare"
-(build a cell's inputs, time the first call), "time" (a chunk of warm calls, then wait until
+(build a cell's inputs, time the first call), "prepare_decode" (prefill a KV cache, time the
+first decode step), "time" (a chunk of warm calls, then wait until
 this process is idle), "memory" (one untimed call), "threads", "release". A backend's own
 prints go to stderr, never into the replies. `Handler` is the same logic for a backend timed
 inside the calling process (`--in-process`).
@@ -122,6 +123,32 @@ class Handler:
         self.entry = Entry(b.name, functools.partial(b.forward, x, weights, config), sync, timer, native=x)
         harness.first_call(self.entry)
         self._limit()  # and pools the first call loaded lazily
+        return {"first_call_s": self.entry.first_call_s, "timer": timer.kind, "error": self.entry.error,
+                "settle_s": settle()}
+
+    def op_prepare_decode(self, B: int, L: int, dtype: str, seed: int) -> dict[str, Any]:
+        """Prefill a cache of L tokens (untimed), then time the first decode of one new token."""
+        import functools
+
+        from conformance.speed.decode import decode_inputs
+        from conformance.speed.timers import select_timer
+
+        self.entry = None
+        b = self.backend
+        sync = getattr(b, "synchronize", None) or (lambda: None)
+        try:
+            config, params, x = decode_inputs(B, L, dtype, seed)
+            w = b.prepare(params, dtype)
+            cache = b.prefill(b.from_numpy(x[:, :L], dtype), w, config)
+            x_new = b.from_numpy(x[:, L:], dtype)  # (B, 1, d_in)
+            sync()
+            timer = select_timer(b.capabilities.device, x_new)
+        except Exception as e:  # prefill is third-party code too
+            return {"first_call_s": None, "timer": None, "error": "prefill: " + describe_error(e)}
+        self._limit()
+        self.entry = Entry(b.name, functools.partial(b.decode, x_new, cache, w, config), sync, timer, native=x_new)
+        harness.first_call(self.entry)
+        self._limit()
         return {"first_call_s": self.entry.first_call_s, "timer": timer.kind, "error": self.entry.error,
                 "settle_s": settle()}
 
