@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from impls.base import Backend, Capabilities
+from impls.torch_grad import TorchAutograd
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
 
@@ -153,7 +154,7 @@ def query_has_key(config: AttentionConfig, key_padding_mask: torch.Tensor, Tq: i
     return seen[:, Tk - Tq:]  # (B, Tq): query i sees keys up to i + Tk - Tq
 
 
-class TorchBackend(TorchEdges, TorchLinearSteps):
+class TorchBackend(TorchAutograd, TorchEdges, TorchLinearSteps):
     name = "torch"
     device = "cpu"
     capabilities = Capabilities(
@@ -162,6 +163,7 @@ class TorchBackend(TorchEdges, TorchLinearSteps):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="replay",
+        gradients=True,  # through autograd (impls.torch_grad)
         notes="PyTorch eager, the source document's code; fully masked rows give weight 0 "
               "(softmax NaN replaced); to_numpy returns bfloat16 as ml_dtypes.bfloat16.",
     )

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from impls.base import Capabilities
+from impls.torch_grad import TorchAutograd
 from impls.torch_backend import (
     CPU_DTYPES,
     CUDA_DTYPES,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # annotations only: torch stays optional
     import torch
 
 
-class TorchSdpaBackend(TorchEdges, TorchLinearSteps):
+class TorchSdpaBackend(TorchAutograd, TorchEdges, TorchLinearSteps):
     name = "torch-sdpa"
     device = "cpu"
     capabilities = Capabilities(
@@ -43,6 +44,7 @@ class TorchSdpaBackend(TorchEdges, TorchLinearSteps):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="rng",
+        gradients=True,  # through autograd (impls.torch_grad)
         notes="torch.nn.functional.scaled_dot_product_attention for steps 7-9; fully masked "
               "rows zeroed after the call; dropout only with SDPA's own RNG.",
     )
