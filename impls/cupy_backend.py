@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from impls.array_backward import ArrayBackward
 from impls.array_steps import ArraySteps
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
@@ -40,7 +41,7 @@ def cupy_missing() -> str | None:
     return None
 
 
-class CupyBackend(ArraySteps, Backend):
+class CupyBackend(ArrayBackward, ArraySteps, Backend):
     name = "cupy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),
@@ -48,6 +49,7 @@ class CupyBackend(ArraySteps, Backend):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="replay",
+        gradients=True,  # FlashAttention-2's backward, blocked (impls.array_backward)
         notes="float16 inputs are computed in float32 and rounded back, as the NumPy backend.",
     )
 
