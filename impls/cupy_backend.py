@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from impls.array_backward import ArrayBackward
+from impls.array_backward import ArrayBackward, ArrayVJPs
 from impls.array_steps import ArraySteps
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
@@ -41,7 +41,7 @@ def cupy_missing() -> str | None:
     return None
 
 
-class CupyBackend(ArrayBackward, ArraySteps, Backend):
+class CupyBackend(ArrayBackward, ArrayVJPs, ArraySteps, Backend):
     name = "cupy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from impls.array_backward import ArrayBackward
+from impls.array_backward import ArrayBackward, ArrayVJPs
 from impls.array_steps import ArraySteps
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, numpy_dtype
@@ -28,7 +28,7 @@ _BLOCK = 128  # query rows per block (causal skipping granularity): 64 and 256 m
 _BUDGET = 2 << 20  # bytes of the scores of all heads of one block: about one core's L2
 
 
-class NumpyBackend(ArrayBackward, ArraySteps, Backend):
+class NumpyBackend(ArrayBackward, ArrayVJPs, ArraySteps, Backend):
     name = "numpy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),

@@ -152,8 +152,8 @@ def large_logit_target(dtype: str) -> float:
 
 
 @st.composite
-def large_logit_cases(draw, caps: Capabilities, dtype: str) -> Case:
-    """A Case whose scores reach large_logit_target(dtype): naive softmax overflows to NaN."""
+def large_logit_cases(draw, caps: Capabilities, dtype: str, target: float | None = None) -> Case:
+    """A Case whose scores reach `target` (default large_logit_target(dtype)): naive softmax overflows to NaN."""
     case = draw(cases(caps, dtype, padding=False))
     from spec import steps  # the golden scores decide how far to scale x
 
@@ -161,7 +161,7 @@ def large_logit_cases(draw, caps: Capabilities, dtype: str) -> Case:
     peak = float(np.max(np.abs(Q[:, :, None, :] * K[:, None, :, :]).sum(-1), initial=0.0))
     if peak == 0.0:
         return case
-    factor = np.sqrt(large_logit_target(dtype) / peak)  # scores are quadratic in x
+    factor = np.sqrt((target or large_logit_target(dtype)) / peak)  # scores are quadratic in x
     x = round_to(case.x * factor, dtype)
     return case.with_(x=x, x_scale=case.x_scale * float(factor))
 
