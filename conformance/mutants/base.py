@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance.mutants.plain_backward import PlainBackward
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import Params
@@ -24,7 +25,7 @@ def work_dtype(dt: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dt) == np.float16 else np.dtype(dt)
 
 
-class PlainBackend(Backend):
+class PlainBackend(PlainBackward, Backend):
     """Correct reference-style attention in NumPy; every step exposed, every piece overridable."""
 
     name = "plain"
@@ -34,6 +35,7 @@ class PlainBackend(Backend):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="replay",
+        gradients=True,  # backward composed of its step VJPs (conformance.mutants.plain_backward)
         notes="the base of the mutants: simple and correct; float16 computed in float32.",
     )
     #: Why this backend's bug cannot exist in float16 (mutants only); None: it can.
