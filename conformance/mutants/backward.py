@@ -15,7 +15,13 @@ import numpy as np
 from conformance.mutants.base import PlainBackend
 
 
-class NoRowTerm(PlainBackend):
+class BackwardMutant(PlainBackend):
+    """A mutant whose forward is right: the gradient checks run first (`kill.run_backend`)."""
+
+    checks_first = "gradients"
+
+
+class NoRowTerm(BackwardMutant):
     """Softmax backward without its row term: dS = P * dP instead of P * (dP - rowsum(P * dP))."""
 
     name = "mutant-bwd-no-row-term"
@@ -24,7 +30,7 @@ class NoRowTerm(PlainBackend):
         return np.zeros_like(P[..., :1])  # (B, H, Tq, 1)
 
 
-class NoScaleInDK(PlainBackend):
+class NoScaleInDK(BackwardMutant):
     """The 1/sqrt(head_dim) scale missing in dK: dk from the unscaled score gradient, dq right."""
 
     name = "mutant-bwd-no-scale-dk"
@@ -34,7 +40,7 @@ class NoScaleInDK(PlainBackend):
         return dq, dk * np.sqrt(q.shape[-1])  # undo the scale on the key path only
 
 
-class NoCausalMaskInBackward(PlainBackend):
+class NoCausalMaskInBackward(BackwardMutant):
     """No causal mask in backward: the weights recomputed for the softmax Jacobian see future keys."""
 
     name = "mutant-bwd-no-causal-mask"
@@ -44,7 +50,7 @@ class NoCausalMaskInBackward(PlainBackend):
                                         dropout_mask)
 
 
-class DropoutRedrawn(PlainBackend):
+class DropoutRedrawn(BackwardMutant):
     """Dropout mask redrawn in backward: a fresh keep mask with the same p instead of the forward's."""
 
     name = "mutant-bwd-dropout-redrawn"
@@ -55,7 +61,7 @@ class DropoutRedrawn(PlainBackend):
         return np.random.default_rng().random(keep.shape) >= config.dropout_p
 
 
-class DKDVSwapped(PlainBackend):
+class DKDVSwapped(BackwardMutant):
     """dK and dV swapped on their way into the projection's backward (dW_k gets dV, dW_v gets dK)."""
 
     name = "mutant-bwd-dk-dv-swapped"
@@ -64,7 +70,7 @@ class DKDVSwapped(PlainBackend):
         return dQ, dV, dK
 
 
-class WeightGradTransposed(PlainBackend):
+class WeightGradTransposed(BackwardMutant):
     """dW_q transposed: x^T @ dQ, [d_in, d_out], instead of dQ^T @ x (visible when d_in != d_out)."""
 
     name = "mutant-bwd-dwq-transposed"
@@ -75,7 +81,7 @@ class WeightGradTransposed(PlainBackend):
         return dx, d
 
 
-class BiasGradWrongAxis(PlainBackend):
+class BiasGradWrongAxis(BackwardMutant):
     """db_o summed over the token axis only: the batch axis is left unreduced and element 0 kept."""
 
     name = "mutant-bwd-bias-wrong-axis"
@@ -86,7 +92,7 @@ class BiasGradWrongAxis(PlainBackend):
         return d_context, d
 
 
-class GradsAccumulated(PlainBackend):
+class GradsAccumulated(BackwardMutant):
     """Gradients accumulated across calls: each backward adds to the previous call's (no zero_grad)."""
 
     name = "mutant-bwd-accumulated"
@@ -101,7 +107,7 @@ class GradsAccumulated(PlainBackend):
         return out
 
 
-class DxQueryPathOnly(PlainBackend):
+class DxQueryPathOnly(BackwardMutant):
     """dx from the query path only: dQ @ W_q, the key and value paths' dK @ W_k + dV @ W_v dropped."""
 
     name = "mutant-bwd-dx-query-only"

@@ -65,8 +65,8 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
                 rescored: bool = False) -> tuple:
     """FlashAttention-2's backward order in x's dtype, the block's gradients as a tuple in ORDER.
 
-    `rescored`: the backward's recomputed scores round differently from the forward's, by up to
-    one ulp each (another blocking or kernel for q @ k^T, the scale applied elsewhere), so the
+    `rescored`: the backward's recomputed scores, and each row's lse, round differently from the
+    forward's, by an ulp each (another blocking or kernel for q @ k^T, the scale applied elsewhere), so the
     recomputed weights exp(s - lse) are off by about eps * |s| relative: what PyTorch's CPU
     SDPA backward shows (its dV off by ~30 float32 ulps at scores near 60, measured).
     """
@@ -89,10 +89,13 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         total = np.exp(s - m).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1)
         lse = (m + np.log(total)).astype(x.dtype)  # the row statistic FA2 saves
-        if rescored:  # the backward's own rounding of each score: one ulp either way
+        if rescored:  # the backward's own rounding of each score and of each row's lse: an ulp either way
+            rng = np.random.default_rng(1)
             ulp = np.abs(s).astype(np.float64) * eps(x.dtype.name)
-            moved = np.random.default_rng(1).choice([-1.0, 1.0], s.shape) * np.where(np.isfinite(s), ulp, 0)
+            moved = rng.choice([-1.0, 1.0], s.shape) * np.where(np.isfinite(s), ulp, 0)
             s = (s + moved.astype(x.dtype)).astype(x.dtype)
+            row = rng.choice([-1.0, 1.0], lse.shape) * np.abs(lse).astype(np.float64) * eps(x.dtype.name)
+            lse = (lse + np.where(np.isfinite(lse), row, 0).astype(x.dtype)).astype(x.dtype)
         P = np.where(total > 0, np.exp(s - np.where(total > 0, lse, dt(0))), dt(0)).astype(x.dtype)
     keep = dt(1.0 / (1.0 - config.dropout_p))
     Pd = P if dropout_mask is None else np.where(dropout_mask, P * keep, dt(0)).astype(x.dtype)
