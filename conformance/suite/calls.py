@@ -149,6 +149,11 @@ class Runner:
         if not c.ok:
             raise CheckFailure(f"{what}: {c.summary()}", max_error=c.err, tolerance=c.allowed)
 
+    def judge(self, what: str, c: Any) -> Any:
+        """A tolerance comparison a check made on its own scale (gradients): returned as it is;
+        the calibration's recording runner keeps it, as it keeps assert_close's."""
+        return c
+
     def assert_exact(self, what: str, measure: float, detail: str = "") -> None:
         """An invariant that must hold exactly (index bookkeeping, masked zeros)."""
         if measure != 0.0:

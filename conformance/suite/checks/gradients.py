@@ -77,8 +77,8 @@ def assert_grads_close(run, case, got: dict, grad_out: np.ndarray, what: str, dr
     size = sizes(case, grad_out, dropout)
     bad, worst = [], None
     for name, g in golden.items():
-        c = compare_on_scale(got[name], g, plain[name], case.dtype,
-                             max(size[name], float(np.max(np.abs(g), initial=0.0))))
+        c = run.judge(f"{what} {name}", compare_on_scale(got[name], g, plain[name], case.dtype,
+                                                         max(size[name], float(np.max(np.abs(g), initial=0.0)))))
         if not c.ok:
             bad.append(f"{name}: {c.summary()} (scale {c.scale:.3g})")
             worst = c if worst is None or c.err / c.allowed > worst.err / worst.allowed else worst
