@@ -59,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     a("--overhead", action="store_true", help="measure the harness's own cost per call on an empty backend and exit")
     a("--peak-size", type=str, metavar="N", help="size of the square matmul for the CPU peak (default 2048)")
     a("--seed", type=str, metavar="N", help="seed for inputs and weights (default 0)")
+    a("--backward", action="store_true",
+      help="also time forward + backward for the backends with gradients (conformance/speed/backward.py)")
     return p
 
 
@@ -219,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             from conformance.speed.selfcheck import check
 
             return 1 if any(r.flagged for r in check(plan, sys.stdout)) else 0
-        run(plan)
+        if args.backward:
+            from conformance.speed.backward import run_backward
+
+            run_backward(plan)
+        else:
+            run(plan)
     except NothingToTime as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
