@@ -66,7 +66,8 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     """FlashAttention-2's backward order in x's dtype, the block's gradients as a tuple in ORDER.
 
     `rescored`: the backward's recomputed scores, and each row's lse, round differently from the
-    forward's, by an ulp each (another blocking or kernel for q @ k^T, the scale applied elsewhere), so the
+    forward's: a score by two roundings of its terms (|q| . |k| * scale; the forward's and the
+    backward's each carry one), each row's lse as much as its largest score (another blocking or kernel for q @ k^T, the scale applied elsewhere), so the
     recomputed weights exp(s - lse) are off by about eps * |s| relative: what PyTorch's CPU
     SDPA backward shows (its dV off by ~30 float32 ulps at scores near 60, measured).
     """
@@ -91,10 +92,14 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
         lse = (m + np.log(total)).astype(x.dtype)  # the row statistic FA2 saves
         if rescored:  # the backward's own rounding of each score and of each row's lse: an ulp either way
             rng = np.random.default_rng(1)
-            ulp = np.abs(s).astype(np.float64) * eps(x.dtype.name)
+            # a score's rounding is eps times its terms' size, |q| @ |k|^T * scale; the forward's
+            # and the backward's scores each carry one, so they may differ by two
+            terms = S._mm(np.abs(q).astype(np.float64), np.abs(k).astype(np.float64).swapaxes(-2, -1))
+            ulp = 2 * np.maximum(np.abs(s).astype(np.float64), terms / np.sqrt(hd)) * eps(x.dtype.name)
             moved = rng.choice([-1.0, 1.0], s.shape) * np.where(np.isfinite(s), ulp, 0)
             s = (s + moved.astype(x.dtype)).astype(x.dtype)
-            row = rng.choice([-1.0, 1.0], lse.shape) * np.abs(lse).astype(np.float64) * eps(x.dtype.name)
+            big = np.max(np.where(np.isfinite(ulp), ulp, 0), axis=-1, keepdims=True)  # (B, H, Tq, 1)
+            row = rng.choice([-1.0, 1.0], lse.shape) * np.maximum(np.abs(lse).astype(np.float64) * eps(x.dtype.name), big)
             lse = (lse + np.where(np.isfinite(lse), row, 0).astype(x.dtype)).astype(x.dtype)
         P = np.where(total > 0, np.exp(s - np.where(total > 0, lse, dt(0))), dt(0)).astype(x.dtype)
     keep = dt(1.0 / (1.0 - config.dropout_p))
