@@ -178,3 +178,32 @@ def test_first_wrong_vjp_names_the_step(mutant, step):
     assert msg.startswith(f"first wrong step of the backward: {step} "), msg
     ok = first_wrong_vjp(Runner(PlainBackend(), "float32"), case, _grad_out(case))
     assert ok.startswith("every exposed VJP"), ok
+
+
+def test_report_groups_gradient_checks_and_shows_fwd_bwd_next_to_the_forward():
+    from reports.markdown import speed_cells, speed_head
+    from reports.model import GRADIENTS, _check_rows
+    from reports.speed_model import SpeedTable, _row
+
+    checks = [{"name": "matches_spec", "step": None, "doc": "d", "group": "forward"},
+              {"name": "grads_match_spec", "step": None, "doc": "d", "group": "gradients"}]
+    groups = _check_rows([{"conformance": {"checks": checks, "records": []}}])
+    assert [(title, [r.name for r in rows]) for title, rows in groups] == \
+        [("end to end", ["matches_spec"]), (GRADIENTS, ["grads_match_spec"])]
+    cell = {"backend": "numpy", "device": "cpu", "dtype": "float32", "B": 4, "T": 512, "d_in": 512, "d_out": 512,
+            "n_heads": 8, "causal": True, "median_s": 0.1, "p25_s": 0.09, "p75_s": 0.11, "first_call_s": 0.2,
+            "samples_s": [0.1] * 8, "flops": 1e10, "gflops": 100.0, "conforming": True,
+            "fwd_bwd_median_s": 0.3, "fwd_bwd_gflops": 100.0}
+    row = _row(cell, None, None)
+    table = SpeedTable("m", "cpu", "float32", None, "", None, [], [], [row])
+    head, cells = speed_head(table), speed_cells(row, table)
+    assert head[3:6] == ["GFLOP/s", "Fwd+bwd ms", "Fwd+bwd GFLOP/s"] and cells[4:6] == ["300", "100"]
+
+
+def test_fwd_bwd_timing_and_flops():
+    from conformance.speed.backward import fwd_bwd_flops, time_fwd_bwd
+    from conformance.speed.flops import useful_flops
+
+    assert fwd_bwd_flops(2, 64, 32, 32, 4, True) == 3 * useful_flops(2, 64, 32, 32, 4, True)
+    s = time_fwd_bwd(resolve("numpy").backend, (2, 64, 32, 32, 4), "float32", True, budget_s=0.01, min_samples=3)
+    assert len(s) >= 3 and all(t > 0 for t in s)
