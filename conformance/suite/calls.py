@@ -13,8 +13,10 @@ import numpy as np
 
 from conformance.suite.case import Case
 from conformance.suite.checks import CheckFailure
+from conformance.suite.grad_reference import grad_shapes
 from conformance.suite.tolerance import compare
 from spec.config import numpy_dtype
+from impls.base import GRAD_NAMES
 from spec.params import Params
 
 
@@ -101,9 +103,6 @@ class Runner:
         qkv_bias) in its parameter's shape and the dtype under test; the keep mask is replayed
         as in `forward`. "out" holds forward_for_grad's output.
         """
-        from impls.base import GRAD_NAMES
-        from conformance.suite.grad_reference import grad_shapes
-
         kwargs: dict[str, Any] = {}
         if case.key_padding_mask is not None:
             kwargs["key_padding_mask"] = self.native(case.key_padding_mask)
