@@ -86,7 +86,17 @@ def assert_grads_close(run, case, got: dict, grad_out: np.ndarray, what: str, dr
                            worst.err, worst.allowed)
 
 
-@check(step=None, strategy=grad_cases, requires=_requires_gradients, group=GROUP)
+#: A gradient example costs about 16 forwards (the backend's backward, the golden, three plain
+#: runs and the magnitudes): the size regime's large shapes are drawn within 1/16 of its budget.
+GRAD_BUDGET_SCALE = 1 / 16
+
+
+@st.composite
+def _sized_grad_cases(draw, caps, dtype):
+    return _with_grad_seed(draw, draw(cs.cases(caps, dtype, large=True, budget_scale=GRAD_BUDGET_SCALE)))
+
+
+@check(step=None, strategy=_sized_grad_cases, requires=_requires_gradients, group=GROUP)
 def grads_match_spec(run, case):
     """Every gradient (dx, dW_q, dW_k, dW_v, dW_o, db_o, db_q/k/v) matches the spec's backward."""
     g = grad_out_for(case)
