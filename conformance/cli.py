@@ -103,7 +103,7 @@ def _header(infos, states: dict, args, seed: int, checks: list[str], dtypes: lis
     command = f"{PROG} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     k, n = args.shard_kn
     return {"profile": args.profile, "seed": seed, "command": command.strip(), "backends": backends,
-            "checks": [{"name": c, "step": docs[c].step, "doc": docs[c].doc} for c in checks],
+            "checks": [{"name": c, "step": docs[c].step, "doc": docs[c].doc, "group": docs[c].group} for c in checks],
             "dtypes": dtypes, "plan": {"id": pid, "shard": k, "shards": n, "total": total}}
 
 

@@ -35,6 +35,7 @@ class Capabilities:
     max_tokens: the largest T it accepts, if limited. deterministic: same inputs, same bits.
     kv_cache: defines `prefill` and `decode` (KV-cache decoding, see `Backend.prefill`);
     cache_arrays: also `cache_kv`, so the suite checks the cache's K and V against the spec's.
+    gradients: provides `forward_for_grad` and `backward` (the block's gradients).
     """
 
     dtypes: tuple[str, ...] = ("float64", "float32")
@@ -49,6 +50,7 @@ class Capabilities:
     deterministic: bool = True
     kv_cache: bool = False
     cache_arrays: bool = False
+    gradients: bool = False
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -139,6 +141,32 @@ class Backend:
     #     each cache once, the decode bench times decode on one cache again and again.
     # cache_kv(cache) -> (K, V)  (Capabilities.cache_arrays)
     #     native arrays [B, H, t, head_dim]: each head's keys and values, as spec.cache.Cache.
+    # -- gradients (optional; declare Capabilities(gradients=True)) -------------------------
+    def forward_for_grad(self, x: Any, weights: Any, config: AttentionConfig, *,
+                         key_padding_mask: Any = None, dropout_mask: Any = None,
+                         training: bool = False) -> tuple[Any, Any]:
+        """forward's output and `saved`: whatever `backward` needs (autograd's graph, or a fused
+        kernel's own residuals such as the softmax's log-sum-exp). Same arguments as forward."""
+        raise NotImplementedError
+
+    def backward(self, saved: Any, grad_out: Any) -> Any:
+        """The gradients of sum(grad_out * out) for the `saved` of one forward_for_grad call.
+
+        Returns a `spec.block.Grads`, or a mapping with its field names (dx, dW_q, dW_k, dW_v,
+        dW_o, db_o; db_q, db_k, db_v when qkv_bias), native arrays in x's dtype, in the spec's
+        parameter layout (W_q as [d_out, d_in], ...) whatever the backend packs internally.
+        Step VJPs (optional) are named as in the step table, `<step>_vjp` (spec.backward).
+        """
+        raise NotImplementedError
+
+
+#: The block's gradients by name, as `backward` returns them (spec.block.Grads' fields).
+GRAD_NAMES = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v")
+
+
+def exposed_vjps(backend: object) -> tuple[int, ...]:
+    """The step numbers whose VJPs (`<step>_vjp`) the backend defines, in order."""
+    return tuple(n for n, s in STEPS.items() if s.vjp is not None and callable(getattr(backend, s.vjp.__name__, None)))
 
 
 REQUIRED = ("name", "capabilities", "from_numpy", "to_numpy", "forward")

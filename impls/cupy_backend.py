@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from impls.array_cache import ArrayCache
+from impls.array_backward import ArrayBackward, ArrayVJPs
 from impls.array_steps import ArraySteps
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
@@ -41,7 +42,7 @@ def cupy_missing() -> str | None:
     return None
 
 
-class CupyBackend(ArrayCache, ArraySteps, Backend):
+class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
     name = "cupy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),
@@ -49,6 +50,7 @@ class CupyBackend(ArrayCache, ArraySteps, Backend):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="replay",
+        gradients=True,  # FlashAttention-2's backward, blocked (impls.array_backward)
         kv_cache=True,
         cache_arrays=True,
         notes="float16 inputs are computed in float32 and rounded back, as the NumPy backend; "

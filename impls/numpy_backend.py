@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from impls.array_cache import ArrayCache
+from impls.array_backward import ArrayBackward, ArrayVJPs
 from impls.array_steps import ArraySteps
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, numpy_dtype
@@ -29,7 +30,7 @@ _BLOCK = 128  # query rows per block (causal skipping granularity): 64 and 256 m
 _BUDGET = 2 << 20  # bytes of the scores of all heads of one block: about one core's L2
 
 
-class NumpyBackend(ArrayCache, ArraySteps, Backend):
+class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
     name = "numpy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),
@@ -37,6 +38,7 @@ class NumpyBackend(ArrayCache, ArraySteps, Backend):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="replay",
+        gradients=True,  # FlashAttention-2's backward, blocked (impls.array_backward)
         kv_cache=True,
         cache_arrays=True,
         notes="float16 inputs are computed in float32 and rounded back (NumPy has no float16 BLAS); "

@@ -21,6 +21,7 @@ import numpy as np
 
 from impls.base import Backend, Capabilities
 from impls.torch_cache import TorchCache
+from impls.torch_grad import TorchAutograd
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
 
@@ -154,7 +155,7 @@ def query_has_key(config: AttentionConfig, key_padding_mask: torch.Tensor, Tq: i
     return seen[:, Tk - Tq:]  # (B, Tq): query i sees keys up to i + Tk - Tq
 
 
-class TorchBackend(TorchCache, TorchEdges, TorchLinearSteps):
+class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
     name = "torch"
     device = "cpu"
     capabilities = Capabilities(
@@ -165,6 +166,7 @@ class TorchBackend(TorchCache, TorchEdges, TorchLinearSteps):
         dropout="replay",
         kv_cache=True,
         cache_arrays=True,
+        gradients=True,  # through autograd (impls.torch_grad)
         notes="PyTorch eager, the source document's code; fully masked rows give weight 0 "
               "(softmax NaN replaced); to_numpy returns bfloat16 as ml_dtypes.bfloat16; "
               "decode concatenates past keys and values (torch.cat).",

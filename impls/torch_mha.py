@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from impls.base import Capabilities
+from impls.torch_grad import TorchMhaAutograd
 from impls.torch_backend import CPU_DTYPES, TorchEdges, query_has_key, torch_dtype
 from spec.config import AttentionConfig
 from spec.params import Params
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # annotations only: torch stays optional
     import torch
 
 
-class TorchMhaBackend(TorchEdges):
+class TorchMhaBackend(TorchMhaAutograd, TorchEdges):
     name = "torch-mha"
     device = "cpu"
     capabilities = Capabilities(
@@ -39,6 +40,7 @@ class TorchMhaBackend(TorchEdges):
         qkv_bias=True,
         dropout="rng",
         d_in_equals_d_out=True,
+        gradients=True,  # through autograd, the packed in_proj split back (impls.torch_grad)
         notes="torch.nn.MultiheadAttention(batch_first=True), weights packed from the spec's; "
               "padding mask inverted (its True = ignore); NaN rows of fully masked queries set to b_o.",
     )

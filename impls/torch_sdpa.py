@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from impls.base import Capabilities
 from impls.array_cache import ArrayKV
+from impls.torch_grad import TorchAutograd
 from impls.torch_backend import (
     CPU_DTYPES,
     CUDA_DTYPES,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # annotations only: torch stays optional
     import torch
 
 
-class TorchSdpaBackend(TorchCache, TorchEdges, TorchLinearSteps):
+class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
     name = "torch-sdpa"
     device = "cpu"
     capabilities = Capabilities(
@@ -53,6 +54,7 @@ class TorchSdpaBackend(TorchCache, TorchEdges, TorchLinearSteps):
         dropout="rng",
         kv_cache=True,
         cache_arrays=True,
+        gradients=True,  # through autograd (impls.torch_grad)
         notes="torch.nn.functional.scaled_dot_product_attention for steps 7-9; fully masked "
               "rows zeroed after the call; dropout only with SDPA's own RNG; decode passes "
               "causal_lower_right (or an explicit bottom-right mask), since is_causal aligns "

@@ -163,9 +163,15 @@ def table_title(t: SpeedTable) -> str:
     return f"{t.machine}: {t.device}, {t.dtype}"
 
 
+def has_backward(t: SpeedTable) -> bool:
+    """Whether any row has forward + backward timings (`nox -s bench -- --backward`)."""
+    return any(r.fwd_bwd_ms is not None for r in t.rows)
+
+
 def speed_head(t: SpeedTable) -> list[str]:
     unit = time_unit(t)[0]
-    return ["Shape", "Backend", f"Median {unit} (p25–p75)", "GFLOP/s", "% of peak", "Time vs torch",
+    bwd = [f"Fwd+bwd {unit}", "Fwd+bwd GFLOP/s"] if has_backward(t) else []
+    return ["Shape", "Backend", f"Median {unit} (p25–p75)", "GFLOP/s", *bwd, "% of peak", "Time vs torch",
             f"First call {unit}", "Memory MiB", "Samples", "Notes"]
 
 
@@ -178,7 +184,9 @@ def speed_cells(r: SpeedRow, t: SpeedTable) -> list[str]:
     pct = "—" if r.peak_pct is None else f"{r.peak_pct:.1f}%"
     first = "—" if r.first_ms is None else sig(r.first_ms * scale)
     mem = "—" if r.memory_mib is None else sig(r.memory_mib)
-    return [r.shape, r.backend, range_time(r, scale), "—" if r.gflops is None else sig(r.gflops), pct,
+    bwd = ([("—" if r.fwd_bwd_ms is None else sig(r.fwd_bwd_ms * scale)),
+            ("—" if r.fwd_bwd_gflops is None else sig(r.fwd_bwd_gflops))] if has_backward(t) else [])
+    return [r.shape, r.backend, range_time(r, scale), "—" if r.gflops is None else sig(r.gflops), *bwd, pct,
             ratio_text(r), first, mem, str(r.samples), "; ".join(r.notes)]
 
 

@@ -23,6 +23,10 @@ VERDICT = {"fail": ("❌", "FAIL"), "pass": ("✅", "pass"), "unsupported": ("�
 OUTCOME_RANK = {"failed": 0, "passed": 1, "unsupported": 2, "skipped": 3}
 
 
+#: The matrix's group of the gradient checks (Check.group "gradients"), after end to end.
+GRADIENTS = "gradients (backward, spec.block.grads)"
+
+
 def step_title(step: int | None) -> str:
     if step is None:
         return END_TO_END
@@ -172,17 +176,23 @@ def _columns(runs: list[dict[str, Any]], multi: bool) -> list[Column]:
 
 def _check_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[CheckRow]]]:
     rows: dict[str, CheckRow] = {}
+    grad_names: set[str] = set()
     for run in runs:
         conf = run.get("conformance") or {}
         for c in conf.get("checks", []):
             rows.setdefault(c["name"], CheckRow(c["name"], c.get("step"), one_line(c.get("doc"))))
+            if c.get("group") == "gradients":  # their own group in the matrix, after end to end
+                grad_names.add(c["name"])
         for r in conf.get("records", []):  # undeclared checks are still shown
             rows.setdefault(r["check"], CheckRow(r["check"], r.get("step"), ""))
     steps = sorted({r.step for r in rows.values() if r.step is not None})
     groups = [(step_title(s), [r for r in rows.values() if r.step == s]) for s in steps]
-    e2e = [r for r in rows.values() if r.step is None]
+    e2e = [r for r in rows.values() if r.step is None and r.name not in grad_names]
     if e2e:
         groups.append((step_title(None), e2e))
+    grads = [r for r in rows.values() if r.name in grad_names]
+    if grads:
+        groups.append((GRADIENTS, grads))
     return groups
 
 

@@ -62,6 +62,8 @@ class SpeedRow:
     headline: bool            # conforming (or not known to fail) and measured without error
     notes: list[str]
     samples: int
+    fwd_bwd_ms: float | None = None  # forward + backward median (`--backward`), next to the forward's
+    fwd_bwd_gflops: float | None = None
 
 
 @dataclass
@@ -169,7 +171,8 @@ def _row(c: dict[str, Any], base: dict[str, Any] | None, peak: float | None) -> 
         ms(med), ms(p25), ms(p75), ms(c.get("first_call_s")), gflops if headline else None,
         c["flops"] / p75 / 1e9 if headline and p75 else None, c["flops"] / p25 / 1e9 if headline and p25 else None,
         frac * 100 if headline and frac is not None else None, med / bmed if headline and bmed else None,
-        mem / 2**20 if headline and mem is not None else None, headline, notes, len(c.get("samples_s") or []))
+        mem / 2**20 if headline and mem is not None else None, headline, notes, len(c.get("samples_s") or []),
+        ms(c.get("fwd_bwd_median_s")), c.get("fwd_bwd_gflops") if headline else None)
 
 
 def _speed_notes(sp: dict[str, Any], env: dict[str, Any]) -> list[str]:

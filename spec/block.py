@@ -83,6 +83,20 @@ def grads(
     VJP from 12 down to 4 maps its outputs' cotangents to its inputs'. Dropout is replayed with
     the same `dropout_mask` as the forward's.
     """
+    cotangents = backward_trace(x, params, config, grad_out, key_padding_mask, dropout_mask)
+    return Grads.from_cotangents(cotangents["x"], cotangents["params"])
+
+
+def backward_trace(
+    x: np.ndarray,
+    params: Params,
+    config: AttentionConfig,
+    grad_out: np.ndarray,
+    key_padding_mask: np.ndarray | None = None,
+    dropout_mask: np.ndarray | None = None,
+) -> dict:
+    """Every trace entry's cotangent by name (`cot["attn_scores"]`, `cot["params"]` a dict by
+    field name), as `grads` computes them: what the backward's step-by-step checks compare."""
     trace = intermediates(x, params, config, key_padding_mask, dropout_mask)
     out = trace["out"]
     if getattr(grad_out, "shape", None) != out.shape:
@@ -97,7 +111,7 @@ def grads(
             result = s.vjp(*args, **kw)
             for name, value in zip(names, result if len(names) > 1 else (result,)):
                 _accumulate(cotangents, name, value)
-    return Grads.from_cotangents(cotangents["x"], cotangents["params"])
+    return cotangents
 
 
 def sample_dropout_mask(shape: tuple[int, ...], p: float, seed: int = 0) -> np.ndarray:

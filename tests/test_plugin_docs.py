@@ -44,6 +44,7 @@ def mypkg(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "attn.py").write_text(first_block(section(EXAMPLE_HEADING), "python"))
+    (pkg / "attn_grad.py").write_text(first_block(section("## Gradients"), "python"))  # the gradient example
     for mod in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -145,3 +146,25 @@ def test_cached_example_passes_the_cache_checks_through_the_suite(mypkg, tmp_pat
     for unsupported in ("decode_with_padding", "steps_with_fewer_queries"):  # no padding, no steps
         assert outcome.pop((unsupported, "float32")) == outcome.pop((unsupported, "float64")) == "unsupported"
     assert set(outcome.values()) == {"passed"}, outcome
+
+
+def test_gradient_example_matches_the_spec_and_passes_the_gradient_checks(mypkg, tmp_path):
+    """The Gradients section's example: the spec's gradients, then the suite's grads_* checks as documented."""
+    from conformance.suite.calls import Runner
+    from conformance.suite.checks import catalogue
+    from conformance.suite.strategies import case_from
+
+    backend = resolve("mypkg.attn_grad:Backend").backend
+    for causal in (True, False):
+        case = case_from(spec.AttentionConfig(d_in=6, d_out=8, n_heads=2, causal=causal, qkv_bias=causal), 2, 5,
+                         "float64", seed=1)
+        g = np.random.default_rng(2).standard_normal((2, 5, 8))
+        got = Runner(backend, "float64").grads(case, g)
+        for name, want in spec.block.grads(case.x, case.params, case.config, g).arrays().items():
+            np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-12 * max(1.0, np.abs(want).max()), err_msg=name)
+    checks = [a for c in catalogue() if c.group == "gradients" for a in ("--check", c.name)]
+    proc = subprocess.run([sys.executable, "-m", "conformance", "--backend", "mypkg.attn_grad:Backend", *checks,
+                           "--profile", "quick", "--seed", "5", "--out", str(tmp_path / "out")],
+                          cwd=DOC.parent.parent, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(mypkg)})
+    assert proc.returncode == 0 and "conforms" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from impls.array_cache import ArrayCache
+from conformance.mutants.plain_backward import PlainBackward
 from impls.base import Backend, Capabilities
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import Params
@@ -25,7 +26,7 @@ def work_dtype(dt: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dt) == np.float16 else np.dtype(dt)
 
 
-class PlainBackend(ArrayCache, Backend):
+class PlainBackend(ArrayCache, PlainBackward, Backend):
     """Correct reference-style attention in NumPy; every step exposed, every piece overridable."""
 
     name = "plain"
@@ -37,6 +38,7 @@ class PlainBackend(ArrayCache, Backend):
         dropout="replay",
         kv_cache=True,  # prefill / decode / cache_kv composed from the step methods (impls.array_cache)
         cache_arrays=True,
+        gradients=True,  # backward composed of its step VJPs (conformance.mutants.plain_backward)
         notes="the base of the mutants: simple and correct; float16 computed in float32.",
     )
     #: Why this backend's bug cannot exist in float16 (mutants only); None: it can.

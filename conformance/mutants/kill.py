@@ -118,7 +118,10 @@ def run_backend(backend: object, dtype: str, seed: int, stop_at_first: bool = Tr
     # quiet: no "Falsifying example" prints or repr-size warnings between the table's rows
     with with_reporter(lambda text: None), warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", HypothesisWarning)
-        for check in catalogue():
+        # a mutant may name the group of checks that can kill it (`checks_first`, e.g. the
+        # backward mutants: "gradients"), run first so the early stop comes without the rest
+        first = getattr(backend, "checks_first", None)
+        for check in sorted(catalogue(), key=lambda c: first is not None and c.group != first):
             result = run_check(check, backend, dtype, seed=seed)
             out.append((check, result))
             if stop_at_first and result.outcome == "failed":

@@ -62,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     a("--decode", action="store_true",
       help="time one KV-cache decode step at cache lengths 128..8192, B=1 and 8, against the copy "
            "bandwidth (conformance/speed/decode.py); keeps the forward's cells in results.json")
+    a("--backward", action="store_true",
+      help="also time forward + backward for the backends with gradients (conformance/speed/backward.py)")
     return p
 
 
@@ -238,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             from conformance.speed.selfcheck import check
 
             return 1 if any(r.flagged for r in check(plan, sys.stdout)) else 0
-        run(plan)
+        if args.backward:
+            from conformance.speed.backward import run_backward
+
+            run_backward(plan)
+        else:
+            run(plan)
     except NothingToTime as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -13,8 +13,10 @@ import numpy as np
 
 from conformance.suite.case import Case
 from conformance.suite.checks import CheckFailure
+from conformance.suite.grad_reference import grad_shapes
 from conformance.suite.tolerance import compare
 from spec.config import numpy_dtype
+from impls.base import GRAD_NAMES
 from spec.params import Params
 from spec.shapes import expected_shapes
 from spec.table import STEPS, call_args
@@ -96,6 +98,38 @@ class Runner:
         self.call("synchronize", self.backend.synchronize)
         return self.to_float64("forward", out, (case.B, case.T, case.config.d_out))
 
+    def grads(self, case: Case, grad_out: np.ndarray, *, training: bool = False) -> dict[str, np.ndarray]:
+        """The backend's gradients (forward_for_grad, then backward) on the case, float64 by name.
+
+        Every gradient the spec has for the case must come back (db_q/db_k/db_v exactly when
+        qkv_bias) in its parameter's shape and the dtype under test; the keep mask is replayed
+        as in `forward`. "out" holds forward_for_grad's output.
+        """
+        kwargs: dict[str, Any] = {}
+        if case.key_padding_mask is not None:
+            kwargs["key_padding_mask"] = self.native(case.key_padding_mask)
+        if training and case.dropout_mask is not None:
+            kwargs["dropout_mask"] = self.native(case.dropout_mask)
+        if training:
+            kwargs["training"] = True
+        res = self.call("forward_for_grad", self.backend.forward_for_grad, self.native(case.x),
+                        self.weights(case.params), case.config, **kwargs)
+        if not isinstance(res, (tuple, list)) or len(res) != 2:
+            raise CheckFailure(f"forward_for_grad: expected (out, saved), got {type(res).__name__}")
+        got = self.call("backward", self.backend.backward, res[1], self.native(grad_out))
+        self.call("synchronize", self.backend.synchronize)
+        got = got.arrays() if hasattr(got, "arrays") and callable(got.arrays) else got
+        if not hasattr(got, "keys"):
+            raise CheckFailure(f"backward: expected a spec.block.Grads or a mapping by {', '.join(GRAD_NAMES)}, "
+                               f"got {type(got).__name__}")
+        shapes = grad_shapes(case)
+        present = {k for k in got.keys() if got[k] is not None}
+        if present != set(shapes):
+            raise CheckFailure(f"backward: returned gradients {sorted(present)}, expected {sorted(shapes)}")
+        out = {"out": self.to_float64("forward_for_grad", res[0], (case.B, case.T, case.config.d_out))}
+        out.update({k: self.to_float64(f"backward {k}", got[k], s) for k, s in shapes.items()})
+        return out
+
     def step(self, name: str, *args: Any, shapes: tuple[tuple[int, ...], ...], **kwargs: Any):
         """Call the backend's step method `name`; NumPy arrays in args are converted first."""
         conv = [self.native(a) if isinstance(a, np.ndarray) else a for a in args]
@@ -154,6 +188,11 @@ class Runner:
         c = compare(actual, golden, plain, self.dtype, floor_scale)
         if not c.ok:
             raise CheckFailure(f"{what}: {c.summary()}", max_error=c.err, tolerance=c.allowed)
+
+    def judge(self, what: str, c: Any) -> Any:
+        """A tolerance comparison a check made on its own scale (gradients): returned as it is;
+        the calibration's recording runner keeps it, as it keeps assert_close's."""
+        return c
 
     def assert_exact(self, what: str, measure: float, detail: str = "") -> None:
         """An invariant that must hold exactly (index bookkeeping, masked zeros)."""

@@ -116,13 +116,15 @@ def class_representatives(caps: Capabilities, dtype: str) -> list[Case]:
 @st.composite
 def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
           padding: bool = True, min_tokens: int = 1, max_batch: int = 3, min_batch: int = 1,
-          large: bool = False) -> Case:
+          large: bool = False, budget_scale: float = 1.0) -> Case:
     """A Case with moderate values: the everyday input of the equality properties.
 
-    `large`: shapes from the size regime, the profile's share of them at large sizes.
+    `large`: shapes from the size regime, the profile's share of them at large sizes, each within
+    the profile's forward budget times `budget_scale` (a check doing more per example scales it down).
     """
     if large:
-        shape = draw(sz.sizes(dtype, *profiles.large_regime(), equal_d=caps.d_in_equals_d_out,
+        share, budget = profiles.large_regime()
+        shape = draw(sz.sizes(dtype, share, budget * budget_scale, equal_d=caps.d_in_equals_d_out,
                               min_tokens=min_tokens, min_batch=min_batch, max_batch=max_batch,
                               max_tokens=caps.max_tokens))
         config = draw(configs(caps, causal=causal, shape=shape))
@@ -152,8 +154,8 @@ def large_logit_target(dtype: str) -> float:
 
 
 @st.composite
-def large_logit_cases(draw, caps: Capabilities, dtype: str) -> Case:
-    """A Case whose scores reach large_logit_target(dtype): naive softmax overflows to NaN."""
+def large_logit_cases(draw, caps: Capabilities, dtype: str, target: float | None = None) -> Case:
+    """A Case whose scores reach `target` (default large_logit_target(dtype)): naive softmax overflows to NaN."""
     case = draw(cases(caps, dtype, padding=False))
     from spec import steps  # the golden scores decide how far to scale x
 
@@ -161,7 +163,7 @@ def large_logit_cases(draw, caps: Capabilities, dtype: str) -> Case:
     peak = float(np.max(np.abs(Q[:, :, None, :] * K[:, None, :, :]).sum(-1), initial=0.0))
     if peak == 0.0:
         return case
-    factor = np.sqrt(large_logit_target(dtype) / peak)  # scores are quadratic in x
+    factor = np.sqrt((target or large_logit_target(dtype)) / peak)  # scores are quadratic in x
     x = round_to(case.x * factor, dtype)
     return case.with_(x=x, x_scale=case.x_scale * float(factor))
 

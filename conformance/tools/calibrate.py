@@ -71,6 +71,11 @@ class RecordingRunner(Runner):
                                 FLOOR[self.dtype] * floor_scale, c.allowed, self.case))
         super().assert_close(what, actual, golden, plain, floor_scale)
 
+    def judge(self, what: str, c: Any) -> Any:
+        self.sink.append(Sample(self.backend.name, self.dtype, self.check_name, what, c.err, c.plain_err,
+                                FLOOR[self.dtype], c.allowed, self.case))
+        return c
+
 
 def calibrate_one(spec: str, dtype: str, examples: int, seed: int,
                   only: tuple[str, ...] = ()) -> tuple[list[Sample], list[str], int]:

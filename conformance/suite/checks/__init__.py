@@ -36,6 +36,7 @@ class Check:
     needs_step: bool  # the backend must expose `step`
     requires: Callable  # (backend) -> reason it is unsupported, or None
     examples: Callable | None = None  # (capabilities, dtype) -> cases run first, before the drawn ones
+    group: str = "forward"  # the report's group of checks: "forward" or "gradients"
 
     def unsupported(self, backend: object, dtype: str) -> str | None:
         caps = backend.capabilities
@@ -72,7 +73,7 @@ def everyday_cases(caps, dtype: str):
 
 
 def check(step: int | None, strategy: Callable, needs_step: bool = True,
-          requires: Callable = _no_requirement, examples: Callable | None = None):
+          requires: Callable = _no_requirement, examples: Callable | None = None, group: str = "forward"):
     """Register `fn` as a check; its name is the function name, its doc the docstring's line.
 
     `examples(capabilities, dtype)` gives fixed cases Hypothesis runs before drawing any.
@@ -83,7 +84,7 @@ def check(step: int | None, strategy: Callable, needs_step: bool = True,
         if not doc:
             raise ValueError(f"check {fn.__name__} needs a one-line docstring")
         CHECKS[fn.__name__] = Check(fn.__name__, step, doc, fn, strategy,
-                                    needs_step and step is not None, requires, examples)
+                                    needs_step and step is not None, requires, examples, group)
         return fn
 
     return register
@@ -92,6 +93,7 @@ def check(step: int | None, strategy: Callable, needs_step: bool = True,
 def catalogue() -> list[Check]:
     """Every check, in running order (importing the modules that define them)."""
     from conformance.suite.checks import dropout, end_to_end, steps  # noqa: F401  (registration)
+    from conformance.suite.checks import gradients  # noqa: F401  (registration)
     from conformance.suite.checks import cache  # noqa: F401, I001  (registered last: run after the forward's checks)
 
     index = {name: i for i, name in enumerate(CHECKS)}

@@ -1,0 +1,123 @@
+"""Backward mutants: `PlainBackend` with one bug in its backward, forward untouched.
+
+Each changes one step VJP or hook of `conformance.mutants.plain_backward.PlainBackward`, so
+every forward check passes and only the gradient checks can kill it. The bugs are the classes
+real attention backwards have had: a Jacobian term dropped, a scale or mask forgotten on one
+path, dropout redrawn, outputs swapped or transposed, state kept between calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from conformance.mutants.base import PlainBackend
+
+
+class BackwardMutant(PlainBackend):
+    """A mutant whose forward is right: the gradient checks run first (`kill.run_backend`)."""
+
+    checks_first = "gradients"
+
+
+class NoRowTerm(BackwardMutant):
+    """Softmax backward without its row term: dS = P * dP instead of P * (dP - rowsum(P * dP))."""
+
+    name = "mutant-bwd-no-row-term"
+
+    def row_term(self, P, dP):
+        return np.zeros_like(P[..., :1])  # (B, H, Tq, 1)
+
+
+class NoScaleInDK(BackwardMutant):
+    """The 1/sqrt(head_dim) scale missing in dK: dk from the unscaled score gradient, dq right."""
+
+    name = "mutant-bwd-no-scale-dk"
+
+    def attn_scores_vjp(self, d_scores, q, k):
+        dq, dk = super().attn_scores_vjp(d_scores, q, k)
+        return dq, dk * np.sqrt(q.shape[-1])  # undo the scale on the key path only
+
+
+class NoCausalMaskInBackward(BackwardMutant):
+    """No causal mask in backward: the weights recomputed for the softmax Jacobian see future keys."""
+
+    name = "mutant-bwd-no-causal-mask"
+
+    def attn_weights_vjp(self, d_weights, attn_scores, config, key_padding_mask=None, dropout_mask=None):
+        return super().attn_weights_vjp(d_weights, attn_scores, replace(config, causal=False), key_padding_mask,
+                                        dropout_mask)
+
+
+class DropoutRedrawn(BackwardMutant):
+    """Dropout mask redrawn in backward: a fresh keep mask with the same p instead of the forward's."""
+
+    name = "mutant-bwd-dropout-redrawn"
+
+    def backward_dropout_mask(self, keep, config):
+        if keep is None:
+            return None
+        return np.random.default_rng().random(keep.shape) >= config.dropout_p
+
+
+class DKDVSwapped(BackwardMutant):
+    """dK and dV swapped on their way into the projection's backward (dW_k gets dV, dW_v gets dK)."""
+
+    name = "mutant-bwd-dk-dv-swapped"
+
+    def qkv_cotangents(self, dQ, dK, dV):
+        return dQ, dV, dK
+
+
+class WeightGradTransposed(BackwardMutant):
+    """dW_q transposed: x^T @ dQ, [d_in, d_out], instead of dQ^T @ x (visible when d_in != d_out)."""
+
+    name = "mutant-bwd-dwq-transposed"
+
+    def project_qkv_vjp(self, dQ, dK, dV, x, weights):
+        dx, d = super().project_qkv_vjp(dQ, dK, dV, x, weights)
+        d["W_q"] = d["W_q"].T  # the bug: (d_in, d_out)
+        return dx, d
+
+
+class BiasGradWrongAxis(BackwardMutant):
+    """db_o summed over the token axis only: the batch axis is left unreduced and element 0 kept."""
+
+    name = "mutant-bwd-bias-wrong-axis"
+
+    def out_proj_vjp(self, d_out, context_concat, weights):
+        d_context, d = super().out_proj_vjp(d_out, context_concat, weights)
+        d["b_o"] = d_out.sum(axis=1)[0]  # (d_out,): batch element 0's sum, not the whole batch's
+        return d_context, d
+
+
+class GradsAccumulated(BackwardMutant):
+    """Gradients accumulated across calls: each backward adds to the previous call's (no zero_grad)."""
+
+    name = "mutant-bwd-accumulated"
+
+    def finish_grads(self, grads):
+        acc = self.__dict__.setdefault("_acc", {})
+        out = {}
+        for n, a in grads.items():
+            key = (n, a.shape, a.dtype.str)
+            acc[key] = acc[key] + a if key in acc else a.copy()
+            out[n] = acc[key].copy()
+        return out
+
+
+class DxQueryPathOnly(BackwardMutant):
+    """dx from the query path only: dQ @ W_q, the key and value paths' dK @ W_k + dV @ W_v dropped."""
+
+    name = "mutant-bwd-dx-query-only"
+
+    def project_qkv_vjp(self, dQ, dK, dV, x, weights):
+        _, d = super().project_qkv_vjp(dQ, dK, dV, x, weights)
+        return dQ @ weights.W_q, d
+
+
+#: The backward mutants, in table order.
+BACKWARD_MUTANTS: list[type[PlainBackend]] = [NoRowTerm, NoScaleInDK, NoCausalMaskInBackward, DropoutRedrawn,
+                                              DKDVSwapped, WeightGradTransposed, BiasGradWrongAxis,
+                                              GradsAccumulated, DxQueryPathOnly]

@@ -1,0 +1,113 @@
+"""`PlainBackward`: the plain backend's backward, composed of its own step VJPs.
+
+As `PlainBackend.forward` is composed of its step methods, `backward` is composed of the
+step VJPs (spec/backward.py's names and signatures), each small and overridable, so a
+backward mutant (`conformance.mutants.backward`) changes one piece by a few lines, and a bug
+planted in a VJP is named by the suite's backward localisation. float16 runs in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from spec.config import AttentionConfig
+from spec.params import Params
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1, a.shape[-1])  # (B*T, features)
+
+
+class PlainBackward:
+    """forward_for_grad / backward and the step VJPs for `PlainBackend`."""
+
+    # -- the step VJPs (4..12), spec.backward's signatures ---------------------------------
+    def project_qkv_vjp(self, dQ, dK, dV, x, weights: Params):
+        dx = dQ @ weights.W_q + dK @ weights.W_k + dV @ weights.W_v  # (B, T, d_in): three paths
+        d = {"W_q": _flat(dQ).T @ _flat(x), "W_k": _flat(dK).T @ _flat(x), "W_v": _flat(dV).T @ _flat(x)}
+        if weights.b_q is not None:
+            d.update(b_q=dQ.sum(axis=(0, 1)), b_k=dK.sum(axis=(0, 1)), b_v=dV.sum(axis=(0, 1)))
+        return dx, d
+
+    def split_heads_vjp(self, dQ_split, Q, n_heads: int):
+        return dQ_split.reshape(Q.shape)  # (B, T, d_out)
+
+    def group_by_heads_vjp(self, dq, Q_split):
+        return dq.transpose(0, 2, 1, 3)  # (B, T, H, hd)
+
+    def attn_scores_vjp(self, d_scores, q, k):
+        return d_scores @ k, d_scores.swapaxes(-1, -2) @ q  # dq (B, H, Tq, hd), dk (B, H, Tk, hd)
+
+    def row_term(self, P: np.ndarray, dP: np.ndarray) -> np.ndarray:
+        """The softmax backward's row term rowsum(P * dP): [B, H, Tq, 1]."""
+        return (P * dP).sum(axis=-1, keepdims=True)
+
+    def attn_weights_vjp(self, d_weights, attn_scores, config: AttentionConfig, key_padding_mask=None,
+                         dropout_mask=None):
+        P = self.attn_weights(attn_scores, config, key_padding_mask)  # recomputed, before dropout
+        dP = d_weights if dropout_mask is None else self.dropout(d_weights, dropout_mask, config.dropout_p)
+        dS = P * (dP - self.row_term(P, dP))  # (B, H, Tq, Tk): gradient of the scaled scores
+        return (dS * self.scale(config)).astype(P.dtype)
+
+    def context_vjp(self, d_context, attn_weights, v):
+        return d_context @ v.swapaxes(-1, -2), attn_weights.swapaxes(-1, -2) @ d_context
+
+    def permute_back_vjp(self, d_tokens, context):
+        return d_tokens.transpose(0, 2, 1, 3)  # (B, H, T, hd)
+
+    def concat_heads_vjp(self, d_concat, context_tokens):
+        return d_concat.reshape(context_tokens.shape)  # (B, T, H, hd)
+
+    def out_proj_vjp(self, d_out, context_concat, weights: Params):
+        return d_out @ weights.W_o, {"W_o": _flat(d_out).T @ _flat(context_concat), "b_o": d_out.sum(axis=(0, 1))}
+
+    # -- hooks a mutant may override ----------------------------------------------------------
+    def backward_dropout_mask(self, keep: np.ndarray | None, config: AttentionConfig) -> np.ndarray | None:
+        """The keep mask the backward applies: the forward's (replayed)."""
+        return keep
+
+    def qkv_cotangents(self, dQ, dK, dV):
+        """dQ, dK, dV in the order step 4's VJP takes them."""
+        return dQ, dK, dV
+
+    def finish_grads(self, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The gradients as returned; a hook for state kept across calls (none here)."""
+        return grads
+
+    # -- the contract ---------------------------------------------------------------------------
+    def forward_for_grad(self, x, weights: Params, config: AttentionConfig, *, key_padding_mask=None,
+                         dropout_mask=None, training: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+        B, T = x.shape[:2]
+        keep = self.forward_dropout_mask((B, config.n_heads, T, T), config, dropout_mask, training)
+        out = self.forward(x, weights, config, key_padding_mask=key_padding_mask, dropout_mask=keep,
+                           training=keep is not None)
+        return out, {"x": x, "weights": weights, "config": config, "kpm": key_padding_mask, "keep": keep}
+
+    def backward(self, saved: dict[str, Any], grad_out: np.ndarray) -> dict[str, np.ndarray]:
+        """Steps 12 down to 4, each step's VJP on the recomputed forward values."""
+        x, config, kpm = saved["x"], saved["config"], saved["kpm"]
+        H, dt = config.n_heads, x.dtype
+        work = np.float32 if dt == np.float16 else dt
+        w = saved["weights"].map(lambda a: a.astype(work))
+        xw = x.astype(work)
+        Q, K, V = self.project_qkv(xw, w)  # (B, T, d_out)
+        Qs, Ks, Vs = (self.split_heads(a, H) for a in (Q, K, V))  # (B, T, H, hd)
+        q, k, v = (self.group_by_heads(a) for a in (Qs, Ks, Vs))  # (B, H, T, hd)
+        scores = self.attn_scores(q, k)
+        weights = self.attn_weights(scores, config, kpm, saved["keep"])
+        context = self.context(weights, v)
+        tokens = self.permute_back(context)
+        concat = self.concat_heads(tokens)
+        d_concat, d_out_params = self.out_proj_vjp(grad_out.astype(work), concat, w)       # step 12
+        d_context = self.permute_back_vjp(self.concat_heads_vjp(d_concat, tokens), context)  # 11, 10
+        d_weights, dv = self.context_vjp(d_context, weights, v)                            # step 9
+        d_scores = self.attn_weights_vjp(d_weights, scores, config, kpm,
+                                         self.backward_dropout_mask(saved["keep"], config))  # step 8
+        dq, dk = self.attn_scores_vjp(d_scores, q, k)                                      # step 7
+        dQ, dK, dV = (self.split_heads_vjp(self.group_by_heads_vjp(d, s), a, H)            # steps 6, 5
+                      for d, s, a in ((dq, Qs, Q), (dk, Ks, K), (dv, Vs, V)))
+        dx, d_in_params = self.project_qkv_vjp(*self.qkv_cotangents(dQ, dK, dV), xw, w)    # step 4
+        grads = {"dx": dx, **{"d" + n: a for n, a in {**d_in_params, **d_out_params}.items()}}
+        return self.finish_grads({n: a.astype(dt) for n, a in grads.items()})

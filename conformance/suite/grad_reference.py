@@ -1,0 +1,179 @@
+"""The gradients' golden and plain reference, and the scale each gradient is compared on.
+
+The golden is `spec.block.grads` in float64 (long double when float64 is under test, as for
+the forward). The plain reference (`reference.golden_and_plain`) spans, in dtype D: the spec's
+order on the inputs; the spec's order on ulp-moved inputs (x, the weights and grad_out: the
+problem's conditioning); and FlashAttention-2's order (`grads_flash`): the scale applied after
+the score matmul and again to dq and dk, the softmax recomputed from its row log-sum-exp, and
+the softmax backward's row term computed as rowsum(dO * O) instead of rowsum(P * dP); and the
+same with the backward's recomputed scores rounded differently from the forward's, by an ulp
+(`grads_flash_rescored`), as recomputing kernels do.
+
+Scale. A gradient is a sum of products (dW_q sums dQ * x over every token); where those
+products cancel, the gradient is near zero relative to its own terms and its rounding error is
+relative to the terms, not to the result. db_k is the clearest case: the softmax does not change
+when one adds the same q . b_k to every score of a row, so db_k is exactly 0 in exact arithmetic
+and pure rounding in D. Every gradient is therefore compared on the scale
+max(max |golden|, size), where size is the largest sum of magnitudes of the terms of one entry
+(`sizes`: the backward run on magnitudes, e.g. |dQ| @ |W_q| + |dK| @ |W_k| + |dV| @ |W_v| for
+dx, |dQ|^T |x| for dW_q, sum |dQ| for db_q, with |dQ| itself from magnitudes), so the softmax
+backward's own cancellation (exact where the weights are one-hot) is measured on its terms too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from conformance.suite.case import Case
+from conformance.suite.reference import golden_and_plain
+from conformance.suite.tolerance import FLOOR, K, Comparison, eps, plain_error
+from spec import backward as BW
+from spec import steps as S
+from spec.block import intermediates
+from spec.block import grads as spec_grads
+from spec.config import AttentionConfig
+from spec.params import Params
+
+#: The gradients in a fixed order; the bias ones only when qkv_bias.
+ORDER = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v")
+
+
+def grad_shapes(case: Case) -> dict[str, tuple[int, ...]]:
+    """Each gradient the spec has for the case, by name, with its shape."""
+    c = case.config
+    shapes = {"dx": case.x.shape, "dW_q": (c.d_out, c.d_in), "dW_k": (c.d_out, c.d_in),
+              "dW_v": (c.d_out, c.d_in), "dW_o": (c.d_out, c.d_out), "db_o": (c.d_out,)}
+    if case.params.b_q is not None:
+        shapes.update(db_q=(c.d_out,), db_k=(c.d_out,), db_v=(c.d_out,))
+    return shapes
+
+
+def _names(params: Params) -> tuple[str, ...]:
+    return ORDER if params.b_q is not None else ORDER[:6]
+
+
+def spec_order(x, params, config, grad_out, key_padding_mask=None, dropout_mask=None) -> tuple:
+    """spec.block.grads as a tuple in ORDER (what golden_and_plain compares run by run)."""
+    g = spec_grads(x, params, config, grad_out, key_padding_mask, dropout_mask).arrays()
+    return tuple(g[k] for k in _names(params))
+
+
+def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out: np.ndarray,
+                key_padding_mask: np.ndarray | None = None, dropout_mask: np.ndarray | None = None,
+                rescored: bool = False) -> tuple:
+    """FlashAttention-2's backward order in x's dtype, the block's gradients as a tuple in ORDER.
+
+    `rescored`: the backward's recomputed scores, and each row's lse, round differently from the
+    forward's: a score by two roundings of its terms (|q| . |k| * scale; the forward's and the
+    backward's each carry one), each row's lse as much as its largest score (another blocking or kernel for q @ k^T, the scale applied elsewhere), so the
+    recomputed weights exp(s - lse) are off by about eps * |s| relative: what PyTorch's CPU
+    SDPA backward shows (its dV off by ~30 float32 ulps at scores near 60, measured).
+    """
+    dt = x.dtype.type
+    H, hd = config.n_heads, config.head_dim
+    heads = lambda a: S.group_by_heads(S.split_heads(a, H))  # noqa: E731  (B, T, d_out) -> (B, H, T, hd)
+    Q, K_, V = S.project_qkv(x, params)  # (B, T, d_out)
+    q, k, v = heads(Q), heads(K_), heads(V)  # (B, H, T, hd)
+    scale = dt(1.0 / np.sqrt(hd))
+    s = S._mm(q, k.swapaxes(-2, -1)) * scale  # (B, H, Tq, Tk): FA2 scales the product
+    B, _, Tq, Tk = s.shape
+    masked = np.zeros((B, 1, Tq, Tk), dtype=bool)
+    if config.causal:
+        masked = masked | S.causal_mask(Tq, Tk)
+    if key_padding_mask is not None:
+        masked = masked | ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
+    s = np.where(masked, dt(-np.inf), s)
+    m = s.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, dt(0))
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        total = np.exp(s - m).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1)
+        lse = (m + np.log(total)).astype(x.dtype)  # the row statistic FA2 saves
+        if rescored:  # the backward's own rounding of each score and of each row's lse: an ulp either way
+            rng = np.random.default_rng(1)
+            # a score's rounding is eps times its terms' size, |q| @ |k|^T * scale; the forward's
+            # and the backward's scores each carry one, so they may differ by two
+            terms = S._mm(np.abs(q).astype(np.float64), np.abs(k).astype(np.float64).swapaxes(-2, -1))
+            ulp = 2 * np.maximum(np.abs(s).astype(np.float64), terms / np.sqrt(hd)) * eps(x.dtype.name)
+            moved = rng.choice([-1.0, 1.0], s.shape) * np.where(np.isfinite(s), ulp, 0)
+            s = (s + moved.astype(x.dtype)).astype(x.dtype)
+            big = np.max(np.where(np.isfinite(ulp), ulp, 0), axis=-1, keepdims=True)  # (B, H, Tq, 1)
+            row = rng.choice([-1.0, 1.0], lse.shape) * np.maximum(np.abs(lse).astype(np.float64) * eps(x.dtype.name), big)
+            lse = (lse + np.where(np.isfinite(lse), row, 0).astype(x.dtype)).astype(x.dtype)
+        P = np.where(total > 0, np.exp(s - np.where(total > 0, lse, dt(0))), dt(0)).astype(x.dtype)
+    keep = dt(1.0 / (1.0 - config.dropout_p))
+    Pd = P if dropout_mask is None else np.where(dropout_mask, P * keep, dt(0)).astype(x.dtype)
+    O = S._mm(Pd, v)  # (B, H, Tq, hd)
+    concat = S.concat_heads(S.permute_back(O))  # (B, T, d_out)
+    d_concat, d_p = BW.out_proj_vjp(grad_out, concat, params)
+    dO = heads(d_concat)  # (B, H, Tq, hd)
+    dv = S._mm(Pd.swapaxes(-2, -1), dO)  # (B, H, Tk, hd)
+    dPd = S._mm(dO, v.swapaxes(-2, -1))  # (B, H, Tq, Tk)
+    dP = dPd if dropout_mask is None else np.where(dropout_mask, dPd * keep, dt(0)).astype(x.dtype)
+    D = (dO * O).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1): FA2's row term, rowsum(dO * O)
+    dS = (P * (dP - D)).astype(x.dtype)
+    dq = S._mm(dS, k) * scale  # (B, H, Tq, hd)
+    dk = S._mm(dS.swapaxes(-2, -1), q) * scale  # (B, H, Tk, hd)
+    back = lambda a: a.transpose(0, 2, 1, 3).reshape(Q.shape)  # noqa: E731  (B, H, T, hd) -> (B, T, d_out)
+    dx, d_in = BW.project_qkv_vjp(back(dq), back(dk), back(dv), x, params)
+    g = {"dx": dx, **{"d" + n: a for n, a in {**d_in, **d_p}.items()}}
+    return tuple(np.asarray(g[n]).astype(x.dtype, copy=False) for n in _names(params))
+
+
+def grads_flash_rescored(*args, **kwargs) -> tuple:
+    """grads_flash with the backward's scores rounded differently from the forward's (see there)."""
+    return grads_flash(*args, **kwargs, rescored=True)
+
+
+#: The backward's correct orders besides the spec's own (same signature as spec_order).
+ORDERS = (grads_flash, grads_flash_rescored)
+
+
+def golden_and_plain_grads(case: Case, grad_out: np.ndarray, dropout: bool = False) -> tuple[dict, dict]:
+    """(golden, plain) by gradient name for the case (its keep mask replayed when `dropout`)."""
+    dmask = case.dropout_mask if dropout else None
+    golden, plain = golden_and_plain(spec_order, case.dtype, case.x, case.params, case.config, grad_out,
+                                     case.key_padding_mask, dmask, orders=ORDERS)
+    names = _names(case.params)
+    return dict(zip(names, golden)), dict(zip(names, plain))
+
+
+def sizes(case: Case, grad_out: np.ndarray, dropout: bool = False) -> dict[str, float]:
+    """Per gradient, the largest sum of |terms| of one entry: the backward run on magnitudes.
+
+    Each linear step's VJP applied to |cotangent| and |forward values| gives, per entry, the sum
+    of the magnitudes of the products it adds up. The softmax backward dS = P * (dP - rowsum(P * dP))
+    cancels (exactly, where P is one-hot), so its magnitude is P * (|dP| + rowsum(P * |dP|)). In
+    float64, from the spec's own forward trace.
+    """
+    dmask = case.dropout_mask if dropout else None
+    c, p, H = case.config, case.params.map(np.abs), case.config.n_heads
+    tr = intermediates(case.x, case.params, c, case.key_padding_mask, dmask)
+    a = {k: np.abs(tr[k]) for k in ("x", "Q", "q", "k", "v", "attn_weights", "context_concat")}
+    heads = lambda t: S.group_by_heads(S.split_heads(t, H))  # noqa: E731  (B, T, d_out) -> (B, H, T, hd)
+    back = lambda t: t.transpose(0, 2, 1, 3).reshape(a["Q"].shape)  # noqa: E731  (B, H, T, hd) -> (B, T, d_out)
+    d_concat, d_o = BW.out_proj_vjp(np.abs(grad_out), a["context_concat"], p)
+    d_w, dv = BW.context_vjp(heads(d_concat), a["attn_weights"], a["v"])  # (B, H, Tq, Tk), (B, H, Tk, hd)
+    P = S.attn_weights(tr["attn_scores"], c, case.key_padding_mask)  # before dropout
+    dP = d_w if dmask is None else np.where(dmask, d_w / (1.0 - c.dropout_p), 0.0)
+    dS = P * (dP + (P * dP).sum(axis=-1, keepdims=True)) / np.sqrt(c.head_dim)
+    dq, dk = BW.attn_scores_vjp(dS, a["q"], a["k"])
+    dx, d_in = BW.project_qkv_vjp(back(dq), back(dk), back(dv), a["x"], p)
+    out = {"dx": dx, **{"d" + k: v for k, v in {**d_in, **d_o}.items()}}
+    return {n: float(np.max(out[n], initial=0.0)) for n in _names(case.params)}
+
+
+def compare_on_scale(actual: np.ndarray, golden: np.ndarray, plain: Any, dtype: str, scale: float) -> Comparison:
+    """The tolerance model (K, FLOOR unchanged) with errors relative to `scale`, not max |golden|."""
+    actual = np.asarray(actual, dtype=np.float64)
+    golden = np.asarray(golden, dtype=np.float64)
+    diff = np.abs(actual - golden)
+    diff = np.where(np.isnan(diff) | np.isinf(diff), np.inf, diff)
+    scale = scale if scale > 0 else 1.0
+    err = float(np.max(diff, initial=0.0)) / scale
+    plain_err = plain_error(golden, plain) / scale
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
+    return Comparison(err, plain_err, K * plain_err + FLOOR[dtype], scale, idx,
+                      float(actual[idx]) if idx is not None else None,
+                      float(golden[idx]) if idx is not None else None)
