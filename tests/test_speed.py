@@ -131,18 +131,43 @@ def _entry(b: FakeBackend) -> harness.Entry:
     return harness.Entry(b.name, lambda: b.forward(x, None, None), b.synchronize)
 
 
-def test_chunks_alternate_in_rotating_order_each_after_a_rewarm_call():
+def test_chunks_alternate_in_rotating_order_each_after_an_untimed_call():
     log: list[str] = []
     units = [cells.LocalUnit(FakeBackend(n, log)) for n in "ABC"]
     ts = cells.time_cell(units, (1, 4, 8, 8, 2), "float32", True, 0, budget_s=0.0, min_samples=6, rounds=3)
-    assert log[:3] == ["A", "B", "C"]  # first calls, apart from the rounds
-    chunks = log[3:3 + 27]  # 3 rounds x 3 backends x (1 re-warm + 2 timed calls)
+    # first calls, apart from the rounds; a fresh process builds its first cell twice
+    assert log[:6] == ["A", "A", "B", "B", "C", "C"]
+    # 3 rounds x 3 backends x (1 untimed call + 2 timed): the re-warm call in round 0, the
+    # first call on inputs built anew in rounds 1 and 2
+    chunks = log[6:6 + 27]
     order = [chunks[i] for i in range(0, 27, 3)]
     assert order == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
     assert all(chunks[i:i + 3] == [chunks[i]] * 3 for i in range(0, 27, 3))  # a chunk is one backend's
     assert all(len(t.samples) == 6 and t.chunks == 3 and t.error is None for t in ts)
-    assert len(log) == 3 + 27 + 3  # then one untimed call each for memory
-    assert all(len(t.settle_s) == 1 + 3 + 1 for t in ts)  # after the first call, each chunk, memory
+    assert len(log) == 6 + 27 + 3  # then one untimed call each for memory
+    # settled after: the first call, each chunk, each rebuild (rounds 1, 2), the memory call
+    assert all(len(t.settle_s) == 1 + 3 + 2 + 1 for t in ts)
+
+
+def test_each_round_times_inputs_built_anew():
+    """A cell's samples come from `rounds` builds of its inputs (memory placements), not one."""
+    seen: list[int] = []
+
+    class Tracking(FakeBackend):
+        builds = 0
+
+        def from_numpy(self, a, dtype=None):
+            self.builds += a.ndim == 3  # x: one per build of the cell's inputs
+            return super().from_numpy(a, dtype)
+
+        def forward(self, x, weights, config, **kw):
+            seen.append(self.builds)
+            return super().forward(x, weights, config, **kw)
+
+    cells.time_cell([cells.LocalUnit(Tracking("T"))], (1, 4, 8, 8, 2), "float32", True, 0, budget_s=0.0,
+                    min_samples=6, memory=False, rounds=3)
+    # the throwaway build's call, then per round an untimed call and 2 timed on one build
+    assert seen == [1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 4]
 
 
 def test_slow_calls_get_no_rewarm_call(monkeypatch):
@@ -150,7 +175,8 @@ def test_slow_calls_get_no_rewarm_call(monkeypatch):
     b = FakeBackend("slow")
     (t,) = cells.time_cell([cells.LocalUnit(b)], (1, 4, 8, 8, 2), "float32", True, 0, budget_s=0.0, min_samples=6,
                            memory=False, rounds=3)
-    assert b.calls == 1 + 6 and len(t.samples) == 6  # the first call, then timed calls only
+    # the throwaway build's call, the first call, the first calls of rounds 1 and 2, 6 timed
+    assert b.calls == 2 + 2 + 6 and len(t.samples) == 6
 
 
 def test_first_call_is_reported_apart():

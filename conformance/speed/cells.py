@@ -3,9 +3,11 @@
 The process layout (pyperf and asv do the same): one long-lived worker process per backend,
 so no backend shares its process, thread pools or allocator with another. At a cell every
 worker times its first call, then the cell runs `ROUNDS` rounds; in round r every worker in
-turn, in an order rotated by r, runs one chunk (an untimed re-warm call, then warm calls for
-budget / ROUNDS seconds and at least min_samples / ROUNDS calls; no re-warm call
-where calls take REWARM_BELOW_S or more) and answers only once its
+turn, in an order rotated by r, runs one chunk (warm calls for budget / ROUNDS seconds and at
+least min_samples / ROUNDS calls, after an untimed call: the re-warm call in the first round,
+none where calls take REWARM_BELOW_S or more; in later rounds the first call on inputs built
+anew, because a call's time depends on where its arrays landed in memory and a cell's figure
+must not hang on one placement) and answers only once its
 threads have gone idle. Only one worker computes at any moment, slow drift (thermal, other
 processes) is spread over all backends, and a worker that crashes costs its own cells only:
 it is started again for the next cell.
@@ -160,8 +162,9 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
     rewarm=False: chunks start without the untimed call (a lone process, called back to back
     after its first call, has nothing to re-warm)."""
     timings = [Timing(u.name) for u in units]
+    prepare = {"shape": list(shape), "dtype": dtype, "causal": causal, "seed": seed}
     for u, t in zip(units, timings):
-        r = ask(u, t, "prepare", shape=list(shape), dtype=dtype, causal=causal, seed=seed)
+        r = ask(u, t, "prepare", **prepare)
         if r is not None:
             t.first_call_s, t.timer = r["first_call_s"], r["timer"]
     live = [i for i, t in enumerate(timings) if t.error is None]
@@ -172,10 +175,14 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
         k = r % len(live)
         for i in live[k:] + live[:k]:
             t = timings[i]
+            # inputs built anew each round: a call's time depends on where its arrays landed
+            # in memory, so a cell's figure is pooled over `rounds` placements, not one
+            if r > 0 and (ask(units[i], t, "release") is None or ask(units[i], t, "prepare", **prepare) is None):
+                continue
             last = t.samples[-1] if t.samples else t.first_call_s
             reply = ask(units[i], t, "time", min_calls=per_chunk, seconds=budget_s / rounds,
-                         max_calls=max(1, max_samples // rounds),
-                         rewarm=rewarm and (last is None or last < REWARM_BELOW_S))
+                        max_calls=max(1, max_samples // rounds),
+                        rewarm=rewarm and r == 0 and (last is None or last < REWARM_BELOW_S))
             if reply is not None:
                 t.samples.extend(reply["samples"])
                 t.chunks += 1

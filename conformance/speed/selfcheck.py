@@ -2,8 +2,9 @@
 
 Each backend is timed two ways at each cell: inside the harness (its worker among the other
 backends' workers, chunks alternating, exactly as the bench runs) and alone (a fresh process
-that loads only that backend: one warm-up call, then warm calls back to back for the same
-budget and at least as many calls). The two ways alternate, harness first in even passes and
+that loads only that backend, with no other backend's process beside it, timed by the same
+chunks for the same budget and at least as many calls). What differs between the ways is
+only the company a backend keeps, which is what the bench must not depend on. The two ways alternate, harness first in even passes and
 alone first in odd ones, so drift in the machine's load hits both alike. Samples of all passes
 are pooled per way; a cell whose harness median is off its alone median by more than
 `LIMIT` is flagged, and the command exits 1.
@@ -47,11 +48,12 @@ class Row:
 
 def alone(name: str, spec: str, shape: tuple[int, ...], dtype: str, causal: bool, seed: int, budget_s: float,
           min_samples: int, threads: int | None) -> cells_mod.Timing:
-    """One backend at one cell in a fresh process of its own: warm-up, then calls back to back."""
+    """One backend at one cell in a fresh process of its own, with no other backend's process
+    beside it: its first call, then the same chunks as in the harness (inputs built anew for
+    each, so both ways pool the same number of memory placements)."""
     unit = cells_mod.WorkerUnit(name, spec, threads)
     try:
-        (t,) = cells_mod.time_cell([unit], shape, dtype, causal, seed, budget_s, min_samples, memory=False, rounds=1,
-                                   rewarm=False)
+        (t,) = cells_mod.time_cell([unit], shape, dtype, causal, seed, budget_s, min_samples, memory=False)
     finally:
         unit.close()
     return t
