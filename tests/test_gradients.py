@@ -201,9 +201,17 @@ def test_report_groups_gradient_checks_and_shows_fwd_bwd_next_to_the_forward():
 
 
 def test_fwd_bwd_timing_and_flops():
-    from conformance.speed.backward import fwd_bwd_flops, time_fwd_bwd
+    from conformance.speed.backward import fwd_bwd_flops
     from conformance.speed.flops import useful_flops
 
     assert fwd_bwd_flops(2, 64, 32, 32, 4, True) == 3 * useful_flops(2, 64, 32, 32, 4, True)
-    s = time_fwd_bwd(resolve("numpy").backend, (2, 64, 32, 32, 4), "float32", True, budget_s=0.01, min_samples=3)
-    assert len(s) >= 3 and all(t > 0 for t in s)
+    from conformance.speed.cells import LocalUnit, time_cell
+
+    calls = []
+    be = resolve("numpy").backend
+    backward = be.backward
+    be.backward = lambda saved, g: calls.append(1) or backward(saved, g)  # counts what is timed
+    (t,) = time_cell([LocalUnit(be)], (2, 64, 32, 32, 4), "float32", True, 0, budget_s=0.01, min_samples=3,
+                     memory=False, op="prepare_fwd_bwd")
+    assert t.error is None and len(t.samples) >= 3 and all(s > 0 for s in t.samples)
+    assert len(calls) >= len(t.samples)  # each timed sample ran a backward

@@ -12,23 +12,19 @@ matmul FLOPs (projections: dx and dW; attention: dS @ K and dS^T @ Q for dQ, dK,
 dO @ V^T for dV and dP), and forward plus backward is 3x `useful_flops`. The causal discount
 applies to the backward's attention term as to the forward's. A backend that recomputes the
 weights in backward (FlashAttention, the NumPy backend) does more work than that and gets no
-credit for it. Timing is in this process with perf_counter (one warm-up call, then at least
-`min_samples` calls or the budget): less isolated than the forward's worker processes.
+credit for it. Timing uses the forward's harness (`conformance.speed.cells`): a worker process
+per backend, chunks alternating between them, inputs built anew each round.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from typing import Any, TextIO
 
-import numpy as np
-
 from conformance.results import update_section
+from conformance.speed.cells import time_cell
 from conformance.speed.flops import gflops, useful_flops
-from spec.config import AttentionConfig
-from spec.params import init_params
+from conformance.speed.harness import summarize
 
 
 def fwd_bwd_flops(B: int, T: int, d_in: int, d_out: int, n_heads: int, causal: bool = True) -> float:
@@ -36,50 +32,43 @@ def fwd_bwd_flops(B: int, T: int, d_in: int, d_out: int, n_heads: int, causal: b
     return 3.0 * useful_flops(B, T, d_in, d_out, n_heads, causal)
 
 
-def time_fwd_bwd(backend: Any, shape: tuple, dtype: str, causal: bool, budget_s: float, min_samples: int,
-                 seed: int = 0) -> list[float]:
-    """Seconds of forward_for_grad + backward + synchronize, warm, at least min_samples of them."""
-    B, T, d_in, d_out, H = shape
-    config = AttentionConfig(d_in=d_in, d_out=d_out, n_heads=H, causal=causal)
-    rng = np.random.default_rng(seed)
-    x = backend.from_numpy(rng.standard_normal((B, T, d_in)), dtype)
-    g = backend.from_numpy(rng.standard_normal((B, T, d_out)), dtype)
-    w = backend.prepare(init_params(config, seed), dtype)
-
-    def step() -> float:
-        t = time.perf_counter()
-        _, saved = backend.forward_for_grad(x, w, config)
-        backend.backward(saved, g)
-        backend.synchronize()
-        return time.perf_counter() - t
-
-    step()  # warm-up: first-call costs (allocation, kernel choice) are not the steady state
-    samples, t0 = [], time.perf_counter()
-    while len(samples) < min_samples or time.perf_counter() - t0 < budget_s:
-        samples.append(step())
-    return samples
+def _fill(c: dict[str, Any], t: Any, shape: tuple, causal: bool, out: TextIO) -> None:
+    """Add one backend's forward + backward figures to its forward speed cell."""
+    if t.error or not t.samples:
+        c.update(fwd_bwd_error=t.error or "no samples")
+        print(f"  {c['backend']:12s} {c['dtype']:8s} B={c['B']} T={c['T']}: forward + backward failed: "
+              f"{c['fwd_bwd_error']}", file=out, flush=True)
+        return
+    stats = summarize(t.samples)
+    flops = fwd_bwd_flops(*shape, causal=causal)
+    c.update(fwd_bwd_median_s=stats["median_s"], fwd_bwd_p25_s=stats["p25_s"], fwd_bwd_p75_s=stats["p75_s"],
+             fwd_bwd_flops=flops, fwd_bwd_gflops=gflops(flops, stats["median_s"]))
+    print(f"  {c['backend']:12s} {c['dtype']:8s} B={c['B']} T={c['T']} d={c['d_in']} H={c['n_heads']}: "
+          f"forward {c['median_s'] * 1e3:8.2f} ms, forward+backward {c['fwd_bwd_median_s'] * 1e3:8.2f} ms "
+          f"({c['fwd_bwd_gflops']:.1f} useful GFLOP/s)", file=out, flush=True)
 
 
 def run_backward(plan: Any, out: TextIO | None = None) -> dict[str, Any]:
     """The forward sweep, then forward + backward on its cells for the backends with gradients."""
-    from conformance.speed.bench import run
+    from conformance.speed.bench import make_units, run
 
     out = out or sys.stdout
     section = run(plan, out)
-    infos = {i.backend.name: i for i in plan.backends}
-    print("\nforward + backward (in this process):", file=out)
+    graded = [i for i in plan.backends if getattr(i.backend.capabilities, "gradients", False)]
+    print("\nforward + backward (a worker process per backend, as the forward):", file=out)
+    by_cell: dict[tuple, list[dict[str, Any]]] = {}
     for c in section["cells"]:
-        info = infos.get(c["backend"])
-        if info is None or c.get("error") or not info.backend.capabilities.gradients:
-            continue
-        shape = (c["B"], c["T"], c["d_in"], c["d_out"], c["n_heads"])
-        s = time_fwd_bwd(info.backend, shape, c["dtype"], c["causal"], plan.budget_s, plan.min_samples, plan.seed)
-        q = statistics.quantiles(s, n=4) if len(s) > 1 else [s[0]] * 3
-        flops = fwd_bwd_flops(*shape, causal=c["causal"])
-        c.update(fwd_bwd_median_s=statistics.median(s), fwd_bwd_p25_s=q[0], fwd_bwd_p75_s=q[2],
-                 fwd_bwd_flops=flops, fwd_bwd_gflops=gflops(flops, statistics.median(s)))
-        print(f"  {c['backend']:12s} {c['dtype']:8s} B={c['B']} T={c['T']} d={c['d_in']} H={c['n_heads']}: "
-              f"forward {c['median_s'] * 1e3:8.2f} ms, forward+backward {c['fwd_bwd_median_s'] * 1e3:8.2f} ms "
-              f"({c['fwd_bwd_gflops']:.1f} useful GFLOP/s)", file=out, flush=True)
+        if not c.get("error") and c["backend"] in {i.backend.name for i in graded}:
+            by_cell.setdefault((c["dtype"], c["B"], c["T"], c["d_in"], c["d_out"], c["n_heads"], c["causal"]), []).append(c)
+    units = dict(zip((i.backend.name for i in graded), make_units(plan, graded)))
+    try:
+        for (dtype, *shape, causal), cs in by_cell.items():
+            timings = time_cell([units[c["backend"]] for c in cs], tuple(shape), dtype, causal, plan.seed,
+                                plan.budget_s, plan.min_samples, plan.max_samples, memory=False, op="prepare_fwd_bwd")
+            for c, t in zip(cs, timings):
+                _fill(c, t, tuple(shape), causal, out)
+    finally:
+        for u in units.values():
+            u.close()
     update_section(plan.out_dir / "results.json", plan.machine, None, "speed", section)  # environment kept
     return section

@@ -156,15 +156,18 @@ def ask(unit: Any, t: Timing, op: str, **kw: Any) -> dict[str, Any] | None:
 
 def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool, seed: int, budget_s: float,
               min_samples: int, max_samples: int = 2000, memory: bool = True, rounds: int = ROUNDS,
-              rewarm: bool = True) -> list[Timing]:
+              rewarm: bool = True, op: str = "prepare") -> list[Timing]:
     """Time every unit at one cell; the Timings come back in the units' order.
+
+    op: the worker request that builds the timed call, "prepare" (forward) or
+    "prepare_fwd_bwd" (forward plus backward).
 
     rewarm=False: chunks start without the untimed call (a lone process, called back to back
     after its first call, has nothing to re-warm)."""
     timings = [Timing(u.name) for u in units]
     prepare = {"shape": list(shape), "dtype": dtype, "causal": causal, "seed": seed}
     for u, t in zip(units, timings):
-        r = ask(u, t, "prepare", **prepare)
+        r = ask(u, t, op, **prepare)
         if r is not None:
             t.first_call_s, t.timer = r["first_call_s"], r["timer"]
     live = [i for i, t in enumerate(timings) if t.error is None]
@@ -177,7 +180,7 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
             t = timings[i]
             # inputs built anew each round: a call's time depends on where its arrays landed
             # in memory, so a cell's figure is pooled over `rounds` placements, not one
-            if r > 0 and (ask(units[i], t, "release") is None or ask(units[i], t, "prepare", **prepare) is None):
+            if r > 0 and (ask(units[i], t, "release") is None or ask(units[i], t, op, **prepare) is None):
                 continue
             last = t.samples[-1] if t.samples else t.first_call_s
             reply = ask(units[i], t, "time", min_calls=per_chunk, seconds=budget_s / rounds,

@@ -2,8 +2,8 @@
 
 `python -m conformance.speed.worker SPEC THREADS` resolves one backend and answers JSON
 requests, one per line on stdin, with one JSON line each on its stdout: "prepare"
-(build a cell's inputs, time the first call), "prepare_decode" (prefill a KV cache, time the
-first decode step), "time" (a chunk of warm calls, then wait until
+(build a cell's inputs, time the first call), "prepare_fwd_bwd" (the same for forward plus
+backward), "prepare_decode" (prefill a KV cache, time the first decode step), "time" (a chunk of warm calls, then wait until
 this process is idle), "memory" (one untimed call), "threads", "release". A backend's own
 prints go to stderr, never into the replies. `Handler` is the same logic for a backend timed
 inside the calling process (`--in-process`).
@@ -117,6 +117,28 @@ class Handler:
             x = b.from_numpy(x64, dtype)
             weights = b.prepare(params, dtype) if hasattr(b, "prepare") else params.map(lambda a: b.from_numpy(a, dtype))
             return (lambda: b.forward(x, weights, config)), x
+
+        return self._prepare(build, "preparing inputs")
+
+    def op_prepare_fwd_bwd(self, shape: list[int], dtype: str, causal: bool, seed: int) -> dict[str, Any]:
+        """Build a training step's attention work, forward_for_grad then backward; time the first."""
+        if self.fresh:  # see _prepare: a fresh process's first cell is built twice
+            self.fresh = False
+            self.op_prepare_fwd_bwd(shape, dtype, causal, seed)
+            self.op_release()
+        from spec.config import AttentionConfig
+        from spec.params import init_params
+
+        B, T, d_in, d_out, H = shape
+        config = AttentionConfig(d_in, d_out, H, causal=causal)
+        params = init_params(config, seed)
+        rng = np.random.default_rng(seed)
+        x64, g64 = rng.standard_normal((B, T, d_in)), rng.standard_normal((B, T, d_out))
+        b = self.backend
+
+        def build() -> tuple[Any, Any]:
+            x, g, w = b.from_numpy(x64, dtype), b.from_numpy(g64, dtype), b.prepare(params, dtype)
+            return (lambda: b.backward(b.forward_for_grad(x, w, config)[1], g)), x
 
         return self._prepare(build, "preparing inputs")
 
