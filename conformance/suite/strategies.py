@@ -17,7 +17,7 @@ from conformance.suite import profiles
 from conformance.suite import sizes as sz
 from conformance.suite.case import Case, round_to
 from impls.base import Capabilities
-from spec.config import AttentionConfig, numpy_dtype
+from spec.config import AttentionConfig
 from spec.params import init_params
 
 #: Token counts past the small range: primes and block-size edges (64/128 +- 1).
@@ -166,7 +166,3 @@ def large_logit_cases(draw, caps: Capabilities, dtype: str, target: float | None
     factor = np.sqrt((target or large_logit_target(dtype)) / peak)  # scores are quadratic in x
     x = round_to(case.x * factor, dtype)
     return case.with_(x=x, x_scale=case.x_scale * float(factor))
-
-
-def dtype_info(dtype: str) -> np.finfo:
-    return np.finfo(numpy_dtype(dtype)) if dtype != "bfloat16" else np.finfo(numpy_dtype("bfloat16"))
