@@ -86,6 +86,15 @@ class Runner:
         The case's keep mask is passed only with `training=True` (dropout replayed); training
         without a keep mask asks for the backend's own random dropout.
         """
+        kwargs = self._mask_kwargs(case, training)
+        out = self.call("forward", self.backend.forward, self.native(case.x), self.weights(case.params),
+                        case.config, **kwargs)
+        self.call("synchronize", self.backend.synchronize)
+        return self.to_float64("forward", out, (case.B, case.T, case.config.d_out))
+
+    def _mask_kwargs(self, case: Case, training: bool) -> dict[str, Any]:
+        """forward's keyword arguments for the case: its padding mask, and its keep mask and
+        training=True when training (without a keep mask: the backend's own random dropout)."""
         kwargs: dict[str, Any] = {}
         if case.key_padding_mask is not None:
             kwargs["key_padding_mask"] = self.native(case.key_padding_mask)
@@ -93,10 +102,7 @@ class Runner:
             kwargs["dropout_mask"] = self.native(case.dropout_mask)
         if training:
             kwargs["training"] = True
-        out = self.call("forward", self.backend.forward, self.native(case.x), self.weights(case.params),
-                        case.config, **kwargs)
-        self.call("synchronize", self.backend.synchronize)
-        return self.to_float64("forward", out, (case.B, case.T, case.config.d_out))
+        return kwargs
 
     def grads(self, case: Case, grad_out: np.ndarray, *, training: bool = False) -> dict[str, np.ndarray]:
         """The backend's gradients (forward_for_grad, then backward) on the case, float64 by name.
@@ -105,13 +111,7 @@ class Runner:
         qkv_bias) in its parameter's shape and the dtype under test; the keep mask is replayed
         as in `forward`. "out" holds forward_for_grad's output.
         """
-        kwargs: dict[str, Any] = {}
-        if case.key_padding_mask is not None:
-            kwargs["key_padding_mask"] = self.native(case.key_padding_mask)
-        if training and case.dropout_mask is not None:
-            kwargs["dropout_mask"] = self.native(case.dropout_mask)
-        if training:
-            kwargs["training"] = True
+        kwargs = self._mask_kwargs(case, training)
         res = self.call("forward_for_grad", self.backend.forward_for_grad, self.native(case.x),
                         self.weights(case.params), case.config, **kwargs)
         if not isinstance(res, (tuple, list)) or len(res) != 2:
