@@ -32,6 +32,7 @@ from impls.registry import (
     resolve_all,
 )
 from spec.config import FLOAT_DTYPES
+from spec.conventions import departures
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "plugin"  # the pytest side of a run: conftest.py and the one test
@@ -107,7 +108,7 @@ def _header(infos, states: dict, args, seed: int, checks: list[str], dtypes: lis
             "dtypes": dtypes, "plan": {"id": pid, "shard": k, "shards": n, "total": total}}
 
 
-def _verdict(n: dict[str, int], skip_reason: str | None) -> str:
+def _verdict(n: dict[str, int], skip_reason: str | None, conventions: dict | None = None) -> str:
     bad = []
     if n["failed"]:
         bad.append("FAILS")
@@ -118,12 +119,20 @@ def _verdict(n: dict[str, int], skip_reason: str | None) -> str:
     if skip_reason:
         return f"skipped: {skip_reason}"
     if n["passed"]:
-        return "conforms"
+        declared = ", ".join(f"{k}={v}" for k, v in departures(conventions or {}).items())
+        return f"conforms under declared conventions: {declared}" if declared else "conforms"
     return "nothing supported" if n["unsupported"] else "not run"
 
 
+def _conventions(backend) -> dict:
+    try:
+        return dict(backend.capabilities.conventions)
+    except Exception:  # noqa: BLE001  (a backend's odd capabilities: no declaration shown)
+        return {}
+
+
 def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict, elapsed: float, out: Path,
-              planned: int) -> None:
+              planned: int, findings: list[dict] | None = None) -> None:
     zero = {"passed": 0, "failed": 0, "unsupported": 0, "skipped": 0, "missing": 0}
     by: dict[str, dict[str, int]] = {}
     for r in records:
@@ -137,8 +146,11 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
         n = by.get(name, zero)
         shown = name if name.isprintable() else repr(name)
         print(f"{shown:{w}s} {n['passed']:7d} {n['failed']:7d} {n['unsupported']:8d} {n['skipped']:8d} "
-              f"{n['missing']:8d}  {_verdict(n, states[info.spec][0])}")
+              f"{n['missing']:8d}  {_verdict(n, states[info.spec][0], _conventions(info.backend))}")
     failed = [r for r in records if r["outcome"] == "failed"]
+    if findings:
+        print_findings(findings, records)
+        failed = [r for r in failed if not r.get("finding")]
     for r in failed[:20]:
         where = "end to end" if r.get("step") is None else f"step {r['step']}"
         print(f"\nFAILED {r['backend']} [{r['dtype']}] {r['check']} ({where})\n  {r['reason']}")
@@ -155,6 +167,65 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
               f"{shown}{more}")
     print(f"\nchecked {len(records)} of {planned} planned (backend, dtype, check) combinations in {elapsed:.1f} s; "
           f"results: {out / 'results.json'}")
+
+
+#: Seconds the diagnosis may spend probing and re-running failed examples; the process is
+#: killed DIAGNOSIS_GRACE_S later, and the failures then stay as they are, ungrouped.
+DIAGNOSIS_BUDGET_S, DIAGNOSIS_GRACE_S = 120.0, 60.0
+
+
+def diagnose(out: Path, machine: str | None, records: list[dict]) -> list[dict]:
+    """Group the run's failures into findings (`python -m conformance.findings`, its own process:
+    a backend that crashes or hangs there costs only the grouping); the findings written."""
+    import subprocess
+
+    if not any(r["outcome"] == "failed" for r in records):
+        return []
+    cmd = [sys.executable, "-m", "conformance.findings", "--out", str(out), "--budget", str(DIAGNOSIS_BUDGET_S)]
+    if machine:
+        cmd += ["--machine", machine]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), str(HERE.parent), env.get("PYTHONPATH")) if p)
+    print("\ndiagnosing the failures (findings by cause) ...", flush=True)
+    try:
+        done = subprocess.run(cmd, env=env, timeout=DIAGNOSIS_BUDGET_S + DIAGNOSIS_GRACE_S, capture_output=True,
+                              text=True, errors="replace")
+    except subprocess.TimeoutExpired:
+        print("  the diagnosis ran out of time: failures are listed one by one")
+        return []
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        print(f"  the diagnosis failed (exit {done.returncode}: {tail[0][:200]}): failures are listed one by one")
+        return []
+    from conformance.results import load
+
+    try:
+        run = next(r for r in load(out / "results.json")["runs"] if r.get("conformance"))
+    except Exception:  # noqa: BLE001  (the summary still prints the failures)
+        return []
+    by_key = {(r["backend"], r["dtype"], r["check"]): r.get("finding") for r in run["conformance"]["records"]}
+    for r in records:
+        r["finding"] = by_key.get((r["backend"], r["dtype"], r["check"]))
+    return run["conformance"].get("findings", [])
+
+
+def print_findings(findings: list[dict], records: list[dict]) -> None:
+    """One block per finding: its title, the checks and dtypes it explains, one example to reproduce."""
+    print(f"\n{len(findings)} finding{'s' * (len(findings) != 1)} (failures grouped by cause):")
+    for f in findings:
+        by_check: dict[str, list[str]] = {}
+        for c in f["checks"]:
+            by_check.setdefault(c["check"], []).append(c["dtype"])
+        checks = "; ".join(f"{k} [{', '.join(v)}]" for k, v in by_check.items())
+        print(f"\n{f['id']} {f['backend']}: {f['title']}\n  explains {len(f['checks'])} failed checks: {checks}")
+        if f.get("convention"):
+            c = f["convention"]
+            print(f"  if intended, declare it: Capabilities(conventions={{{c['name']!r}: {c['value']!r}}})")
+        ex = f.get("example") or {}
+        if ex.get("reason"):
+            print(f"  e.g. [{ex.get('dtype')}] {ex.get('check')}: {ex['reason'][:400]}")
+        if ex.get("repro"):
+            print(f"  reproduce: {ex['repro']}")
 
 
 def _resolve(specs: list[str]):
@@ -256,7 +327,8 @@ def run(args, infos, states: dict, out: Path) -> int:
         signal.signal(signal.SIGINT, previous)
     interrupted = user["sigint"]
     missing = recorder.finish(interrupted=interrupted)
-    summarise(recorder.records, missing, infos, states, time.monotonic() - t0, out, len(keys))
+    findings = [] if interrupted else diagnose(out, args.machine, recorder.records)
+    summarise(recorder.records, missing, infos, states, time.monotonic() - t0, out, len(keys), findings)
     if interrupted:
         print(f"INTERRUPTED by the user: results so far are in {out / 'results.json'} (status interrupted)")
         return EXIT_INTERRUPTED

@@ -10,11 +10,12 @@ module import time: a missing library is a skip, not a crash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from spec import conventions as conv
 from spec.config import FLOAT_DTYPES, AttentionConfig
 from spec.params import Params
 from spec.table import STEPS
@@ -36,6 +37,9 @@ class Capabilities:
     kv_cache: defines `prefill` and `decode` (KV-cache decoding, see `Backend.prefill`);
     cache_arrays: also `cache_kv`, so the suite checks the cache's K and V against the spec's.
     gradients: provides `forward_for_grad` and `backward` (the block's gradients).
+    conventions: known, intended departures from the spec, from the fixed menu in
+    `spec.conventions.MENU` (e.g. `{"fully_masked_rows": "mean_v"}`): the suite judges
+    everything else against the spec adjusted for them, and reports show them beside the verdict.
     """
 
     dtypes: tuple[str, ...] = ("float64", "float32")
@@ -51,6 +55,7 @@ class Capabilities:
     kv_cache: bool = False
     cache_arrays: bool = False
     gradients: bool = False
+    conventions: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -63,6 +68,7 @@ class Capabilities:
             raise ValueError("Capabilities must support causal or non_causal attention (or both)")
         if self.cache_arrays and not self.kv_cache:
             raise ValueError("Capabilities.cache_arrays=True needs kv_cache=True (cache_kv reads the cache)")
+        object.__setattr__(self, "conventions", conv.validate(self.conventions or {}))
 
     def unsupported(self, config: AttentionConfig, T: int | None = None,
                     key_padding_mask: bool = False, dropout: bool = False) -> str | None:
@@ -84,7 +90,8 @@ class Capabilities:
         return None
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v)
+                for k, v in self.__dict__.items()}
 
 
 class Backend:

@@ -14,7 +14,8 @@ import numpy as np
 from conformance.suite.case import Case
 from conformance.suite.checks import CheckFailure
 from conformance.suite.grad_reference import grad_shapes
-from conformance.suite.tolerance import compare
+from conformance.suite.judgement import active
+from conformance.suite.tolerance import compare, compare_pair
 from spec.config import numpy_dtype
 from impls.base import GRAD_NAMES
 from spec.params import Params
@@ -188,6 +189,22 @@ class Runner:
         c = compare(actual, golden, plain, self.dtype, floor_scale)
         if not c.ok:
             raise CheckFailure(f"{what}: {c.summary()}", max_error=c.err, tolerance=c.allowed)
+
+    def assert_same(self, what: str, actual: np.ndarray, baseline: np.ndarray, golden: np.ndarray,
+                    plain: Any, rows: np.ndarray | None = None) -> None:
+        """A property: two runs of this backend agree (`tolerance.compare_pair`), on `rows`
+        ([B, T] bool over the arrays' first two axes; None: all). Checks leave out the rows a
+        declared convention decides (`property_rows`): matches_spec judges those."""
+        if rows is not None:
+            actual, baseline, golden, plain = actual[rows], baseline[rows], golden[rows], plain[rows]
+        c = compare_pair(actual, baseline, golden, plain, self.dtype)
+        if not c.ok:
+            raise CheckFailure(f"{what}: the backend disagrees with itself: {c.summary()}",
+                               max_error=c.err, tolerance=c.allowed)
+
+    def property_rows(self, config: Any, key_padding_mask: np.ndarray | None, B: int, T: int) -> np.ndarray:
+        """[B, T]: the output rows a property judges, those no declared row convention decides."""
+        return ~active().governed(config, B, T, key_padding_mask)
 
     def judge(self, what: str, c: Any) -> Any:
         """A tolerance comparison a check made on its own scale (gradients): returned as it is;

@@ -21,6 +21,7 @@ from conformance.suite.checks import Check, CheckFailure
 from conformance.suite.process_state import restored_state
 from conformance.suite.profiles import EXAMPLE_TIMEOUT_S
 from conformance.suite.calls import Runner
+from conformance.suite.judgement import Judgement, declared, judged_under
 from conformance.suite.watchdog import BackendHang, time_limit
 
 
@@ -58,11 +59,17 @@ def _escaped(e: BaseException) -> str:
             f"stop the process; the run went on)")
 
 
-def run_once(check: Check, backend: Any, case: Case) -> Result:
-    """Run the check on one given case (no Hypothesis): what repro commands do."""
+def run_once(check: Check, backend: Any, case: Case, judgement: Judgement | None = None,
+             limit_s: float | None = None) -> Result:
+    """Run the check on one given case (no Hypothesis): what repro commands and the diagnosis do.
+
+    `judgement`: the reading of the spec to judge under (default: the backend's declared conventions).
+    """
     t0 = time.perf_counter()
+    judgement = declared(backend) if judgement is None else judgement
+    limit = EXAMPLE_TIMEOUT_S["first"] if limit_s is None else limit_s
     try:
-        with restored_state(), time_limit(EXAMPLE_TIMEOUT_S["first"], f"{check.name} on {backend.name}"):
+        with restored_state(), judged_under(judgement), time_limit(limit, f"{check.name} on {backend.name}"):
             check.fn(Runner(backend, case.dtype), case)
     except CheckFailure as e:
         return Result("failed", str(e), e.max_error, e.tolerance, case, 1, time.perf_counter() - t0)
@@ -85,6 +92,7 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
         return Result("unsupported", reason)
     limits = timeouts or EXAMPLE_TIMEOUT_S
     runner = Runner(backend, dtype)
+    judgement = declared(backend)  # everything is judged against the spec adjusted for these
     state: dict[str, Any] = {"n": 0, "case": None}
 
     def body(case: Case) -> None:
@@ -93,7 +101,7 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
         state["case"] = case  # the last case run: after a failure, the shrunk example
         # each example puts back the process state the backend changed: the spec's own
         # arithmetic and the next backend in this worker see the state the run started with
-        with restored_state(), time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
+        with restored_state(), judged_under(judgement), time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
             check.fn(runner, case)
 
     for case in check.explicit_cases(backend, dtype):  # run before the drawn examples

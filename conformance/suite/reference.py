@@ -7,9 +7,11 @@ from typing import Any, Callable
 import numpy as np
 
 from conformance.suite.case import Case, round_to
+from conformance.suite.judgement import active
 from conformance.suite.orders import FORWARD_ORDERS, ORDERS
 from conformance.suite.tolerance import Plain, eps
 from spec import block as spec_forward
+from spec import conventions as conv
 from spec.config import numpy_dtype
 from spec.params import Params
 from spec.table import Trace
@@ -78,10 +80,11 @@ def golden_and_plain(fn: Callable, dtype: str, *args: Any, orders: tuple[Callabl
     golden = to_f64(fn(*(_golden_cast(a, dtype) for a in args),
                        **{k: _golden_cast(v, dtype) for k, v in kwargs.items()}))
     rng = np.random.default_rng(0)
+    d = active().plain_dtype(dtype)  # D, or the dtype a declared convention or a hypothesis computes in
 
     def run(f: Callable, moved: bool) -> Any:
-        a_ = [cast(_perturb(a, dtype, rng) if moved else a, dtype) for a in args]
-        kw = {k: cast(_perturb(v, dtype, rng) if moved else v, dtype) for k, v in kwargs.items()}
+        a_ = [cast(_perturb(a, d, rng) if moved else a, d) for a in args]
+        kw = {k: cast(_perturb(v, d, rng) if moved else v, d) for k, v in kwargs.items()}
         with np.errstate(all="ignore"):  # a run that overflows in D counts as no error (see plain_error)
             return to_f64(f(*a_, **kw))
 
@@ -110,12 +113,26 @@ def _round(v: Any, dtype: str) -> Any:
     return v
 
 
-def forward_golden_and_plain(case: Case, **overrides: Any) -> tuple[np.ndarray, np.ndarray]:
-    """spec.forward on the case (or overrides) in float64 and in the case's dtype."""
+def forward_golden_and_plain(case: Case, **overrides: Any) -> tuple[np.ndarray, Plain]:
+    """spec.forward on the case (or overrides) in float64 and in the case's dtype.
+
+    Under a judgement (`conformance.suite.judgement`) the padding mask is read as it says and
+    the rows a convention decides hold the convention's values, in the golden and every plain run.
+    """
+    j = active()
     x = overrides.get("x", case.x)
     params = overrides.get("params", case.params)
     config = overrides.get("config", case.config)
-    kpm = overrides.get("key_padding_mask", case.key_padding_mask)
+    kpm = j.mask(overrides.get("key_padding_mask", case.key_padding_mask))
     dmask = overrides.get("dropout_mask", case.dropout_mask)
-    return golden_and_plain(spec_forward.forward, case.dtype, x, params, config, kpm, dmask,
-                            orders=FORWARD_ORDERS)
+    golden, plain = golden_and_plain(spec_forward.forward, case.dtype, x, params, config, kpm, dmask,
+                                     orders=FORWARD_ORDERS)
+    adjusted = conv.adjusted_rows(j.conventions, x, params, config, kpm)
+    if adjusted is None:
+        return golden, plain
+    rows, values = adjusted
+    d = j.plain_dtype(case.dtype)
+    with np.errstate(invalid="ignore"):
+        rounded = round_to(values, d)
+    golden = np.where(rows[..., None], values, golden)
+    return golden, Plain(tuple(np.where(rows[..., None], rounded, r) for r in plain.runs))

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conformance.suite.judgement import active
+
 K = 6.0
 _EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 _FLOOR_EPS = {"float64": 64, "float32": 16, "float16": 4, "bfloat16": 4}
@@ -156,8 +158,33 @@ def compare(actual: np.ndarray, golden: np.ndarray, plain: "Plain | np.ndarray",
     diff = np.where(np.isnan(golden) & np.isnan(actual), 0.0, diff)  # both NaN: not this check's business
     err = float(np.max(diff, initial=0.0)) / scale
     plain_err = plain_error(golden, plain) / scale
-    allowed = K * plain_err + FLOOR[dtype] * floor_scale
+    # the floor of the dtype the plain reference ran in: D, unless a declared convention
+    # (float64 computed in float32) or the diagnosis's precision hypothesis says otherwise
+    allowed = K * plain_err + FLOOR[active().plain_dtype(dtype)] * floor_scale
     idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
     return Comparison(err, plain_err, allowed, scale, idx,
                       float(actual[idx]) if idx is not None else None,
                       float(golden[idx]) if idx is not None else None)
+
+
+def compare_pair(actual: np.ndarray, baseline: np.ndarray, golden: np.ndarray, plain: "Plain | np.ndarray",
+                 dtype: str) -> Comparison:
+    """Two runs of one backend that a property says are equal: |actual - baseline| within twice the
+    tolerance model's allowance on the golden's scale (each run may carry its own error).
+
+    A property judged this way holds or fails whatever the backend's agreement with the spec:
+    a backend that is wrong the same way in both runs keeps the property. NaN in both at one
+    place is equal; NaN or inf in one only is an infinite difference.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    baseline = np.asarray(baseline, dtype=np.float64)
+    ref = compare(baseline, golden, plain, dtype)  # the allowance, on the golden's scale
+    if actual.shape != baseline.shape:
+        return Comparison(float("inf"), ref.plain_err, 2 * ref.allowed, ref.scale, None, None, None)
+    same = (actual == baseline) | (np.isnan(actual) & np.isnan(baseline))
+    diff = np.where(same, 0.0, np.abs(actual - baseline))
+    diff = np.where(np.isfinite(diff), diff, np.inf)
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
+    return Comparison(float(np.max(diff, initial=0.0)) / ref.scale, ref.plain_err, 2 * ref.allowed, ref.scale, idx,
+                      float(actual[idx]) if idx is not None else None,
+                      float(baseline[idx]) if idx is not None else None)

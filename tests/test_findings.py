@@ -1,0 +1,140 @@
+"""Findings and conventions: one cause reads as one finding; a property check judges its property;
+a declared convention is judged as declared and shown as such."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance.findings import probes
+from conformance.results import load
+from conformance.suite.checks import get
+from conformance.suite.engine import run_once
+from conformance.suite.judgement import Judgement
+from conformance.suite.strategies import case_from
+from impls.base import Capabilities
+from spec import conventions as conv
+from spec.config import AttentionConfig
+from tests import convention_backends as cb
+
+ROOT = Path(__file__).resolve().parent.parent
+MOD = "tests.convention_backends"
+PROPERTY_CHECKS = ("causality", "prefix_consistency", "batch_independence", "permutation_equivariance",
+                   "head_permutation_invariance")
+CHECKS = ("matches_spec", "output_dtype_and_shape", *PROPERTY_CHECKS, "zero_wq_uniform_attention",
+          "fully_masked_queries_give_bias", "deterministic_on_repeat")
+BACKENDS = ("MeanVRows", "MeanVRowsDeclared", "ZeroPaddedQueries", "Float32Inside", "UpcastWithMask", "WrongScale")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path_factory.mktemp("findings")
+    args = [a for b in BACKENDS for a in ("--backend", f"{MOD}:{b}")]
+    args += [a for c in CHECKS for a in ("--check", c)]
+    args += ["--dtype", "float64", "--dtype", "float32", "--dtype", "float16", "--profile", "quick",
+             "--seed", "3", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "conformance", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return proc, load(out)["runs"][0]["conformance"]
+
+
+def _findings(section: dict, backend: str) -> list[dict]:
+    return [f for f in section.get("findings", []) if f["backend"] == backend]
+
+
+def _failed(section: dict, backend: str) -> list[dict]:
+    return [r for r in section["records"] if r["backend"] == backend and r["outcome"] == "failed"]
+
+
+@pytest.mark.parametrize("backend, cause, convention", [
+    ("conv-mean-v", "fully_masked_rows", {"name": "fully_masked_rows", "value": "mean_v"}),
+    ("conv-zero-padded-queries", "padded_query_rows", {"name": "padded_query_rows", "value": "zero_output"}),
+    ("conv-float32-inside", "precision", {"name": "float64_compute", "value": "float32"}),
+    ("conv-upcast-with-mask", "output_dtype", None),
+    ("bug-wrong-scale", "unexplained", None),
+])
+def test_one_cause_reads_as_one_finding_that_explains_every_failure(run, backend, cause, convention):
+    proc, section = run
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    found = _findings(section, backend)
+    assert len(found) == 1, [f["title"] for f in found]
+    f = found[0]
+    assert f["cause"] == cause and f["convention"] == convention
+    failed = _failed(section, backend)
+    assert failed and all(r["finding"] == f["id"] for r in failed)
+    assert sorted((c["check"], c["dtype"]) for c in f["checks"]) == sorted((r["check"], r["dtype"]) for r in failed)
+    assert f["id"] in proc.stdout and f["title"] in proc.stdout  # the summary leads with it
+
+
+def test_a_backend_that_keeps_every_property_passes_every_property_check(run):
+    _, section = run
+    for backend in ("conv-zero-padded-queries", "conv-float32-inside"):
+        for r in section["records"]:
+            if r["backend"] == backend and r["check"] in PROPERTY_CHECKS and r["dtype"] != "float64":
+                assert r["outcome"] == "passed", r
+    zeroed = [r for r in section["records"] if r["backend"] == "conv-zero-padded-queries"
+              and r["check"] in PROPERTY_CHECKS]
+    assert zeroed and all(r["outcome"] == "passed" for r in zeroed)
+
+
+def test_a_declared_convention_conforms_and_says_so(run):
+    proc, section = run
+    recs = [r for r in section["records"] if r["backend"] == "conv-mean-v-declared"]
+    assert recs and all(r["outcome"] in ("passed", "unsupported") for r in recs)
+    header = next(b for b in section["backends"] if b["name"] == "conv-mean-v-declared")
+    assert header["capabilities"]["conventions"] == {"fully_masked_rows": "mean_v"}
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("conv-mean-v-declared"))
+    assert line.rstrip().endswith("conforms under declared conventions: fully_masked_rows=mean_v")
+
+
+def _padded_case(dtype: str = "float32"):
+    config = AttentionConfig(d_in=8, d_out=8, n_heads=2, causal=True)
+    kpm = np.ones((2, 6), dtype=bool)
+    kpm[0, :2] = False  # queries 0 and 1 of batch element 0 have no visible key
+    case = case_from(config, 2, 6, dtype, seed=5).with_(key_padding_mask=kpm)
+    return case.with_(extra={"t": 1, "perturb_seed": 7})
+
+
+def test_causality_fails_where_a_row_averages_future_keys_unless_declared():
+    check, case = get("causality"), _padded_case()
+    assert run_once(check, cb.MeanVRows(), case).outcome == "failed"  # the row sees future tokens: a true finding
+    assert run_once(check, cb.MeanVRowsDeclared(), case).outcome == "passed"
+    assert run_once(check, cb.ZeroPaddedQueries(), case).outcome == "passed"  # zeroed rows keep causality
+
+
+def test_matches_spec_judges_a_declared_value_and_rejects_another():
+    check, case = get("matches_spec"), _padded_case()
+    declared = Judgement({"fully_masked_rows": "mean_v"})
+    assert run_once(check, cb.MeanVRows(), case, declared).outcome == "passed"
+    assert run_once(check, cb.NanRows(), case, declared).outcome == "failed"
+    assert run_once(check, cb.NanRows(), case, Judgement({"fully_masked_rows": "nan"})).outcome == "passed"
+
+
+@pytest.mark.parametrize("backend, value", [(cb.MeanVRows, "mean_v"), (cb.NanRows, "nan"),
+                                            (cb.ZeroPaddedQueries, "zero_output"), (cb.WrongScale, "zero_context")])
+def test_the_fully_masked_row_probe_names_what_the_backend_does(backend, value):
+    assert probes.fully_masked_rows(backend())[0] == value
+
+
+def test_probes_through_the_contract_on_a_plain_backend():
+    seen = probes.run_all(cb._Wrapped())
+    assert seen["fully_masked_rows"][0] == "zero_context"
+    assert seen["padded_query_rows"][0] == "computed"
+    assert seen["mask_polarity"][0] == "True = may attend"
+    assert seen["float64_compute"][0] == "float64"
+    assert probes.run_all(cb.Float32Inside())["float64_compute"][0] == "float32"
+    assert "float16 with a mask -> float32" in probes.output_dtypes(cb.UpcastWithMask())[1]
+
+
+def test_a_convention_off_the_menu_is_an_error_naming_the_valid_ones():
+    with pytest.raises(ValueError, match="fully_masked_rows='zeros' is not on the menu; valid: zero_context"):
+        Capabilities(conventions={"fully_masked_rows": "zeros"})
+    with pytest.raises(ValueError, match="unknown convention 'masked_rows'; valid: fully_masked_rows"):
+        Capabilities(conventions={"masked_rows": "nan"})
+    assert conv.departures({"fully_masked_rows": "zero_context", "float64_compute": "float32"}) == \
+        {"float64_compute": "float32"}
