@@ -93,7 +93,8 @@ def _header(report: Report) -> str:
     out.append(f'<p class="meta">Generated from {", ".join(parts) if parts else "no runs"}.</p>')
     if report.matrix is not None:
         out.append(f'<p class="summary"><strong>{esc(conformance_summary(report))}</strong></p>')
-    out.append('<nav><a href="#findings">Findings</a><a href="#environment">Environment</a><a href="#conformance">Conformance</a>'
+    out.append('<nav><a href="#findings">Findings</a><a href="#environment">Environment</a>'
+               '<a href="#conformance">Conformance</a>'
                '<a href="#failures">Failures</a><a href="#semantics">Semantics</a><a href="#speed">Speed</a><a href="#plots">Plots</a></nav>')
     return "<header>" + "\n".join(out) + "</header>"
 
@@ -147,6 +148,7 @@ def _matrix(report: Report) -> str:
     out.append("<p>Legend: " + md.legend() +
                " (failed dtypes in brackets; unsupported = outside the backend's declared capabilities, "
                "skipped = this machine lacks something).</p>")
+    out.append(f"<p>{esc(md.VERDICT_LEGEND)}</p>")
     anchors = _failure_anchors(report)
     cols = len(m.columns)
     head = '<th scope="col">Check</th>' + "".join(
@@ -191,7 +193,8 @@ def _findings(report: Report) -> str:
         verdict = f" — {esc(backend_verdict(report.matrix, col).text)}" if col >= 0 else ""
         out.append(f"<h3><code>{esc(found[0].label)}</code>{verdict}</h3>")
         for x in found:
-            dl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in md.finding_lines(x))
+            dl = "".join(f"<dt>{esc(k)}</dt><dd>" + "".join(f"<code>{esc(t)}</code>" if c else esc(t) for t, c in v)
+                         + "</dd>" for k, v in md.finding_lines(x))
             rows = [[f"<code>{esc(r[0])}</code>"] + [esc(c) for c in r[1:]] for r in md.finding_rows(x, steps)]
             ex = ""
             if x.example:

@@ -13,7 +13,7 @@ import re
 from reports import findings as fnd
 from reports import semantic
 from reports.environment import backend_rows
-from reports.model import (VERDICT, Report, backend_verdict, conformance_summary, sig, step_title,
+from reports.model import (BACKEND_VERDICT, VERDICT, Report, backend_verdict, conformance_summary, sig, step_title,
                            totals_text)
 from reports.speed_model import DECODE_INTRO, SpeedRow, SpeedTable, decode_head
 
@@ -45,6 +45,11 @@ def fenced(body: str, lang: str = "") -> str:
 
 def legend() -> str:
     return " · ".join(f"{VERDICT[k][0]} {VERDICT[k][1]}" for k in ("pass", "fail", "unsupported", "skipped", "incomplete", "none"))
+
+
+VERDICT_LEGEND = ("Verdict row (a backend over all its records): " + " · ".join(
+    f"{s} {w}" for s, w in BACKEND_VERDICT.values()) + "; conforms under declared conventions = no check failed "
+    "when judged against the spec adjusted for the deviations the backend declares (named), not a plain pass.")
 
 
 def _row(cells: list[str]) -> str:
@@ -99,7 +104,7 @@ def _matrix(report: Report) -> list[str]:
             out.append(f"- {text(h.machine)}: {code(h.conformance['command'])}")
     out += ["", "Legend: " + legend() +
             " (failed dtypes in brackets; unsupported = outside the backend's declared capabilities, "
-            "skipped = this machine lacks something).", ""]
+            "skipped = this machine lacks something).", "", text(VERDICT_LEGEND), ""]
     head = ["Check"] + [code(c.label) for c in m.columns]
     rows = [["**verdict**"] + [text(backend_verdict(m, i).text) for i in range(len(m.columns))]]
     for title, checks in m.groups:
@@ -120,23 +125,24 @@ def ratio(x: float | None) -> str:
     return "—" if x is None else f"{x:.3g}×"
 
 
-def finding_lines(x: fnd.Finding) -> list[tuple[str, str]]:
-    """(what, value) lines of a finding, plain text shared by md and html: cause, convention
-    (with the line that declares it), detail, how many records it explains."""
-    out = []
+def finding_lines(x: fnd.Finding) -> list[tuple[str, list[tuple[str, bool]]]]:
+    """(what, pieces) lines of a finding, shared by md and html: cause, convention (with the line
+    that declares it), detail, how many records it explains. A piece is (raw text, is code)."""
+    out: list[tuple[str, list[tuple[str, bool]]]] = []
     if x.diagnosed:
-        out.append(("Cause", f"{x.cause} ({x.cause_label})"))
+        out.append(("Cause", [(x.cause, True), (f" ({x.cause_label})", False)]))
         if x.convention:
             name, value = x.convention
-            out.append(("Convention", f"{name}={value} ({fnd.convention_label(name, value)}); if intended, "
-                                      f"declare it: {fnd.declare_hint(name, value)}"))
+            out.append(("Convention", [(f"{name}={value}", True), (f" ({fnd.convention_label(name, value)}); "
+                                        "if intended, declare it: ", False), (fnd.declare_hint(name, value), True)]))
         else:
-            out.append(("Convention", "none on the menu explains it"))
+            out.append(("Convention", [("none on the menu explains it", False)]))
         if x.detail:
-            out.append(("Detail", x.detail))
+            out.append(("Detail", [(x.detail, False)]))
     n = len(x.failures)
-    out.append(("Explains", f"{n} failed record{'s' if n != 1 else ''}"
-                + ("" if x.diagnosed else "; no finding explains them: each is shown in full under Failures")))
+    out.append(("Explains", [(f"{n} failed record{'s' if n != 1 else ''}"
+                              + ("" if x.diagnosed else "; no finding explains them: each is shown in full "
+                                 "under Failures"), False)]))
     return out
 
 
@@ -164,6 +170,14 @@ def by_backend(report: Report) -> list[tuple[int, list[fnd.Finding]]]:
     return [(cols.get(k, -1), v) for k, v in out.items()]
 
 
+def _piece(p: tuple[str, bool]) -> str:
+    """A piece of a finding's line: code, or text keeping its edge spaces (text() trims them)."""
+    t, is_code = p
+    if is_code:
+        return code(t)
+    return (" " if t[:1].isspace() else "") + text(t) + (" " if t[-1:].isspace() and t.strip() else "")
+
+
 def _findings(report: Report) -> list[str]:
     out = ["## Findings", ""]
     if report.matrix is None:
@@ -177,7 +191,7 @@ def _findings(report: Report) -> list[str]:
         out += [f"### {code(found[0].label)}{verdict}", ""]
         for x in found:
             out += [f"#### {text(x.heading)}", ""]
-            out += [f"- {k}: {text(v)}" for k, v in finding_lines(x)]
+            out += [f"- {k}: " + "".join(map(_piece, v)) for k, v in finding_lines(x)]
             out += [""] + _table(FINDING_HEAD, [[code(r[0])] + [text(c) for c in r[1:]]
                                                 for r in finding_rows(x, steps)]) + [""]
             if x.example:
@@ -194,18 +208,22 @@ def _failures(report: Report) -> list[str]:
         return out + ["Conformance: not run.", ""]
     if not report.failures:
         return out + ["No check failed.", ""]
-    for _, found in by_backend(report):
-        for x in found:
-            n = len(x.failures)
-            if x.diagnosed:  # the finding above lists them; one line here, the details in results.json
-                out += [f"- {code(x.label)}: {text(x.id)}, {n} failed record{'s' if n != 1 else ''} "
-                        f"(the finding's checks are listed under Findings; each record's details are in "
-                        f"results.json and index.html)"]
-                continue
-            out += ["", f"### {code(x.label)}: {text(fnd.NOT_DIAGNOSED)} ({n} failed record{'s' if n != 1 else ''})", ""]
+    found = [x for _, xs in by_backend(report) for x in xs]
+    for x in found:  # first one line per finding (it lists its checks); its records' details in results.json
+        if x.diagnosed:
+            out.append(f"- {code(x.label)}: {text(x.id)}, {_records(x)} (the finding's checks are listed under "
+                       "Findings; each record's details are in results.json and index.html)")
+    for x in found:  # then, per backend, what no finding explains, in full
+        if not x.diagnosed:
+            out += ["", f"### {code(x.label)}: {text(fnd.NOT_DIAGNOSED)} ({_records(x)})", ""]
             for f in x.failures:
                 out += _failure(f)
     return out + [""]
+
+
+def _records(x: fnd.Finding) -> str:
+    n = len(x.failures)
+    return f"{n} failed record{'s' if n != 1 else ''}"
 
 
 def _failure(f) -> list[str]:

@@ -365,7 +365,8 @@ def conformance_summary(report: Report) -> str:
     if count["declared"]:
         named = "; ".join(f"{c.label}: {fnd.conventions_text(c.conventions)}"
                           for c, s in zip(m.columns, verdicts) if s == "declared")
-        text += f"{count['declared']} conform{'s' if count['declared'] == 1 else ''} under declared conventions ({named}), "
+        k = count["declared"]
+        text += f"{k} conform{'s' if k == 1 else ''} under declared conventions ({named}), "
     text += f"{count['fails']} fail, "
     if count["incomplete"]:
         text += f"{count['incomplete']} incomplete (checks not run), "
