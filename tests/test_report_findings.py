@@ -312,3 +312,37 @@ def test_schema_types_the_new_keys(tmp_path):
     assert cli.main([str(d)]) == 0
     assert json.loads((d / "results.json").read_text()) == doc
     assert section((d / "report.md").read_text(), "Findings").subsections()
+
+
+def test_shards_findings_merge_by_cause():
+    """Each shard numbers its findings from F1: merged, one cause is one finding, and another
+    cause under a taken id keeps its records apart."""
+    whole = finding_doc()
+    half = {c for c, _ in FAILING[:10]}
+    shards = []
+    for k in (1, 2):
+        doc = copy.deepcopy(whole)
+        conf = doc["runs"][0]["conformance"]
+        conf["plan"] = {"id": "p", "shard": k, "shards": 2, "total": len(conf["records"])}
+        conf["records"] = [r for r in conf["records"] if (r["check"] in half) == (k == 1)]
+        [f1] = conf["findings"]
+        f1["checks"] = [c for c in f1["checks"] if (c["check"] in half) == (k == 1)]
+        shards.append(doc)
+    # shard 2: F1 is another cause (a crash on one check), F2 the masked rows
+    conf2 = shards[1]["runs"][0]["conformance"]
+    crash = FAILING[-1][0]
+    masked = dict(conf2["findings"][0], id="F2",
+                  checks=[c for c in conf2["findings"][0]["checks"] if c["check"] != crash])
+    conf2["findings"] = [{"id": "F1", "backend": BAD, "cause": "crash", "title": "raises on T=1",
+                          "checks": [{"check": crash, "dtype": d} for d in DTYPES]}, masked]
+    for r in conf2["records"]:
+        if r.get("finding"):
+            r["finding"] = "F1" if r["check"] == crash else "F2"
+    merged = results.merge(shards)
+    results.validate(merged)
+    rep, md, _ = render(merged)
+    by = {(x.id, x.cause): {f.check for f in x.failures} for x in rep.findings}
+    assert by == {("F1", "fully_masked_rows"): {c for c, _ in FAILING} - {crash}, ("F1.shard2", "crash"): {crash}}
+    [bk] = section(md, "Findings").subsections()
+    assert [plain(s.title) for s in bk.subsections()] == [f"F1. {TITLE}", "F1.shard2. raises on T=1"]
+    assert set(check_table(bk.subsections()[0])) == {c for c, _ in FAILING} - {crash}
