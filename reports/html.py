@@ -12,7 +12,7 @@ from html import escape
 from reports import markdown as md
 from reports import semantic
 from reports.environment import backend_rows
-from reports.model import Report, backend_verdict, conformance_summary, sig, step_title, totals_text
+from reports.model import Failure, Report, backend_verdict, conformance_summary, sig, step_title, totals_text
 from reports.speed_model import DECODE_INTRO, decode_head
 from reports.svg import speed_figures
 
@@ -208,7 +208,7 @@ def _findings(report: Report) -> str:
     return "\n".join(out) + "</section>"
 
 
-def _failure(f) -> str:
+def _failure(f: Failure) -> str:
     """One failed record in full, as an article the matrix and the findings link to."""
     ratio = (f" ({f.max_error / f.tolerance:.3g}× the tolerance)" if f.max_error is not None and f.tolerance else "")
     dl = [("Backend", f"<code>{esc(f.label)}</code>"), ("Check", f"<code>{esc(f.check)}</code>"),

@@ -13,7 +13,7 @@ import re
 from reports import findings as fnd
 from reports import semantic
 from reports.environment import backend_rows
-from reports.model import (BACKEND_VERDICT, VERDICT, Report, backend_verdict, conformance_summary, sig, step_title,
+from reports.model import (BACKEND_VERDICT, VERDICT, Failure, Report, backend_verdict, conformance_summary, sig, step_title,
                            totals_text)
 from reports.speed_model import DECODE_INTRO, SpeedRow, SpeedTable, decode_head
 
@@ -226,7 +226,7 @@ def _records(x: fnd.Finding) -> str:
     return f"{n} failed record{'s' if n != 1 else ''}"
 
 
-def _failure(f) -> list[str]:
+def _failure(f: Failure) -> list[str]:
     """One failed record in full (no finding explains it)."""
     out = [f"#### {f.number}. {code(f.label)}: {code(f.check)} ({text(step_title(f.step))}, {text(f.dtype)})", ""]
     if f.doc:
