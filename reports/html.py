@@ -203,6 +203,7 @@ def _findings(report: Report) -> str:
                       f'<pre class="counterexample"><code>{esc(e.counterexample or "(none recorded)")}</code></pre>'
                       f'<pre class="repro"><code>{esc(e.repro or "(none recorded)")}</code></pre>')
             cls = "finding" if x.diagnosed else "finding undiagnosed"
+            dl += f'<dt>Records</dt><dd><a href="#records-{anchors[id(x)]}">each in full, under Failures</a></dd>'
             out.append(f'<article class="{cls}" id="{anchors[id(x)]}"><h4>{esc(x.heading)}</h4><dl>{dl}</dl>'
                        + _table([esc(h) for h in md.FINDING_HEAD], rows, "finding-checks") + ex + "</article>")
     return "\n".join(out) + "</section>"
@@ -232,16 +233,18 @@ def _failures(report: Report) -> str:
         return out[0] + "<p>Conformance: not run.</p></section>"
     if not report.failures:
         return out[0] + "<p>No check failed.</p></section>"
+    anchors = _finding_anchors(report)
     for _, found in md.by_backend(report):
         for x in found:
             n = len(x.failures)
             records = "".join(_failure(f) for f in x.failures)
             what = f"{n} failed record{'s' if n != 1 else ''}"
             if x.diagnosed:
-                out.append(f'<details class="records"><summary><code>{esc(x.label)}</code>: {esc(x.heading)} '
+                out.append(f'<details class="records" id="records-{anchors[id(x)]}"><summary><code>{esc(x.label)}</code>: {esc(x.heading)} '
                            f"({what})</summary>{records}</details>")
             else:
-                out.append(f"<h3><code>{esc(x.label)}</code>: {esc(md.fnd.NOT_DIAGNOSED)} ({what})</h3>{records}")
+                out.append(f'<h3 id="records-{anchors[id(x)]}"><code>{esc(x.label)}</code>: '
+                           f"{esc(md.fnd.NOT_DIAGNOSED)} ({what})</h3>{records}")
     return "\n".join(out) + "</section>"
 
 

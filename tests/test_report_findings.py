@@ -165,9 +165,13 @@ def test_failed_records_stay_in_full_in_html_folded(pages):
     assert fails.subsections() == [] and fails.fences() == []
     [line] = fails.items()
     assert code_spans(line)[0] == BAD and 80 in numbers(plain(line))
-    # HTML: every record in full, inside the finding's fold
-    p = parse_html(page).root
+    # HTML: every record in full, inside the finding's fold; every link lands on an id of the page
+    page_tree = parse_html(page)
+    assert {r[1:] for r in page_tree.refs} <= page_tree.ids
+    p = page_tree.root
     [fold] = p.one("section", id="failures").all("details", cls="records")
+    # the finding links to its fold
+    assert fold.attrs["id"] in {a.attrs["href"][1:] for a in p.one("article", id="finding-1").all("a")}
     arts = fold.all("article", cls="failure")
     assert len(arts) == 80 and [a.attrs["id"] for a in arts] == [f"failure-{n}" for n in range(1, 81)]
     shown = {(a.all("code")[1].text, a.one("pre", cls="repro").text) for a in arts}
@@ -234,7 +238,9 @@ def test_older_file_renders_every_record_under_not_diagnosed():
     recs = g.subsections()
     assert len(recs) == 80 and {b.body for s in recs for b in s.fences()} == (
         {counterexample(d, n) for n in range(20) for d in DTYPES} | {repro(c, d) for c, _ in FAILING for d in DTYPES})
-    p = parse_html(page).root
+    tree = parse_html(page)
+    assert {r[1:] for r in tree.refs} <= tree.ids
+    p = tree.root
     assert p.one("section", id="failures").all("details") == [] and len(p.all("article", cls="failure")) == 80
 
 
