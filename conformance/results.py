@@ -159,6 +159,8 @@ def _first_shard(run: dict[str, Any]) -> dict[str, Any]:
     conf["plan"] = dict(conf["plan"], arrived=[conf["plan"]["shard"]])
     conf["records"] = list(conf["records"])
     conf["missing"] = list(conf.get("missing", []))
+    if "findings" in conf:
+        conf["findings"] = [dict(f, checks=list(f["checks"])) for f in conf["findings"]]
     conf["statuses"] = [conf["status"]]
     return dict(run, conformance=conf)
 
@@ -168,7 +170,7 @@ def _add_shard(run: dict[str, Any], other: dict[str, Any]) -> None:
     if more["plan"]["shard"] in conf["plan"]["arrived"]:
         return  # the same shard given twice: its records are already here
     conf["plan"]["arrived"].append(more["plan"]["shard"])
-    conf["records"] += more["records"]
+    conf["records"] += _add_findings(conf, more)
     conf["missing"] += more.get("missing", [])
     conf["statuses"].append(more["status"])
     conf["planned"] = conf.get("planned", 0) + more.get("planned", 0)
@@ -176,6 +178,31 @@ def _add_shard(run: dict[str, Any], other: dict[str, Any]) -> None:
         run["machine"] = f"{run['machine']} + {other['machine']}"
     if run.get("speed") is None:
         run["speed"] = other.get("speed")
+
+
+def _add_findings(conf: dict[str, Any], more: dict[str, Any]) -> list[dict[str, Any]]:
+    """Merge another shard's findings into conf's; return its records pointing at the merged ids.
+
+    Each shard diagnoses its own records and numbers its findings from F1, so ids collide: a
+    finding with the same backend, cause and convention as one already here is the same cause
+    (its checks join that one's); another keeps its id, suffixed with its shard if taken.
+    """
+    if "findings" not in more:
+        return list(more["records"])
+    mine = conf.setdefault("findings", [])
+    rename: dict[str, str] = {}
+    for f in more["findings"]:
+        same = [g for g in mine if (g["backend"], g["cause"], g.get("convention")) ==
+                (f["backend"], f["cause"], f.get("convention"))]
+        if same:
+            same[0]["checks"] += f["checks"]
+            rename[f["id"]] = same[0]["id"]
+            continue
+        new = f["id"] if f["id"] not in {g["id"] for g in mine} else f"{f['id']}.shard{more['plan']['shard']}"
+        mine.append(dict(f, id=new, checks=list(f["checks"])))
+        rename[f["id"]] = new
+    return [dict(r, finding=rename.get(r["finding"], r["finding"])) if r.get("finding") else r
+            for r in more["records"]]
 
 
 def _close_shards(conf: dict[str, Any]) -> None:

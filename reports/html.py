@@ -11,7 +11,8 @@ from html import escape
 
 from reports import markdown as md
 from reports import semantic
-from reports.model import Report, conformance_summary, sig, step_title, totals_text
+from reports.environment import backend_rows
+from reports.model import Failure, Report, backend_verdict, conformance_summary, sig, step_title, totals_text
 from reports.speed_model import DECODE_INTRO, decode_head
 from reports.svg import speed_figures
 
@@ -46,6 +47,13 @@ td.pass { background: var(--pass); } td.fail { background: var(--fail); font-wei
 td.unsupported { background: var(--unsup); color: var(--muted); } td.skipped { background: var(--skip); }
 td.none { color: var(--muted); } td.incomplete { background: var(--skip); font-weight: 600; }
 td.fail a { color: inherit; }
+td.declared { background: #ddf4ff; font-weight: 600; }
+.finding { border: 1px solid var(--line); border-left: 5px solid #bf8700; border-radius: 6px;
+  padding: 4px 16px 10px; margin: 14px 0; }
+.finding.undiagnosed { border-left-color: #cf222e; }
+.finding dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: .5em 0; }
+.finding dt { font-weight: 600; } .finding dd { margin: 0; }
+details.records { margin: 10px 0; } details.records > summary { cursor: pointer; font-weight: 600; }
 tfoot td, tfoot th { background: var(--head); font-size: .9em; }
 tr.noheadline td { color: var(--muted); }
 table.speed td:first-child { white-space: nowrap; }
@@ -85,7 +93,8 @@ def _header(report: Report) -> str:
     out.append(f'<p class="meta">Generated from {", ".join(parts) if parts else "no runs"}.</p>')
     if report.matrix is not None:
         out.append(f'<p class="summary"><strong>{esc(conformance_summary(report))}</strong></p>')
-    out.append('<nav><a href="#environment">Environment</a><a href="#conformance">Conformance</a>'
+    out.append('<nav><a href="#findings">Findings</a><a href="#environment">Environment</a>'
+               '<a href="#conformance">Conformance</a>'
                '<a href="#failures">Failures</a><a href="#semantics">Semantics</a><a href="#speed">Speed</a><a href="#plots">Plots</a></nav>')
     return "<header>" + "\n".join(out) + "</header>"
 
@@ -98,13 +107,33 @@ def _environment(report: Report) -> str:
     values = [dict(rows) for _, rows in report.environments]
     head = [""] + [esc(m) for m, _ in report.environments]
     rows = [[f"<strong>{esc(k)}</strong>"] + [esc(v.get(k, "—")) for v in values] for k in keys]
-    return out[0] + _table(head, rows, "env") + "</section>"
+    out.append(_table(head, rows, "env"))
+    m = report.matrix
+    if m is not None and m.columns:  # what each backend declares and reports about itself
+        verdicts = [backend_verdict(m, i).text for i in range(len(m.columns))]
+        rows = [[f"<code>{esc(b)}</code>", esc(v), esc(c), esc(x)] for b, v, c, x in backend_rows(m.columns, verdicts)]
+        out.append("<p>Backends, as each declares and reports itself:</p>"
+                   + _table(["Backend", "Verdict", "Declared conventions", "Versions"], rows, "backends"))
+    return "".join(out) + "</section>"
+
+
+#: a backend verdict's CSS class (the matrix cells' classes, plus "declared")
+VERDICT_CLASS = {"fails": "fail", "conforms": "pass", "declared": "declared", "incomplete": "incomplete",
+                 "skipped": "skipped", "none": "none"}
+
+
+def _finding_anchors(report: Report) -> dict[int, str]:
+    return {id(x): f"finding-{k}" for k, x in enumerate(report.findings, 1)}
 
 
 def _failure_anchors(report: Report) -> dict[tuple[str, str, str], str]:
+    """Where a failing matrix cell links: its first record's finding, else that record in full."""
+    ids = _finding_anchors(report)
+    finding = {(x.machine, x.backend, x.id): ids[id(x)] for x in report.findings if x.diagnosed}
     anchors: dict[tuple[str, str, str], str] = {}
-    for n, f in enumerate(report.failures, 1):
-        anchors.setdefault((f.machine, f.backend, f.check), f"failure-{n}")
+    for f in report.failures:
+        anchors.setdefault((f.machine, f.backend, f.check),
+                           finding.get((f.machine, f.backend, f.finding), f"failure-{f.number}"))
     return anchors
 
 
@@ -119,10 +148,14 @@ def _matrix(report: Report) -> str:
     out.append("<p>Legend: " + md.legend() +
                " (failed dtypes in brackets; unsupported = outside the backend's declared capabilities, "
                "skipped = this machine lacks something).</p>")
+    out.append(f"<p>{esc(md.VERDICT_LEGEND)}</p>")
     anchors = _failure_anchors(report)
     cols = len(m.columns)
     head = '<th scope="col">Check</th>' + "".join(
         f'<th scope="col" title="{esc(c.source)}"><code>{esc(c.label)}</code></th>' for c in m.columns)
+    verdicts = [backend_verdict(m, i) for i in range(cols)]
+    head += '</tr><tr class="verdict"><th scope="row">verdict</th>' + "".join(
+        f'<td class="{VERDICT_CLASS[v.status]}">{esc(v.text)}</td>' for v in verdicts)
     body = []
     for title, checks in m.groups:
         rows = [f'<tr><th class="group" colspan="{cols + 1}" scope="rowgroup">{esc(title)}</th></tr>']
@@ -148,26 +181,70 @@ def _matrix(report: Report) -> str:
     return "\n".join(out) + "</section>"
 
 
+def _findings(report: Report) -> str:
+    out = ['<section id="findings"><h2>Findings</h2>']
+    if report.matrix is None:
+        return out[0] + "<p>Conformance: not run.</p></section>"
+    if not report.findings:
+        return out[0] + "<p>No check failed.</p></section>"
+    out.append(f"<p>{esc(md.FINDINGS_INTRO)}</p>")
+    steps, anchors = md.steps_of(report), _finding_anchors(report)
+    for col, found in md.by_backend(report):
+        verdict = f" — {esc(backend_verdict(report.matrix, col).text)}" if col >= 0 else ""
+        out.append(f"<h3><code>{esc(found[0].label)}</code>{verdict}</h3>")
+        for x in found:
+            dl = "".join(f"<dt>{esc(k)}</dt><dd>" + "".join(f"<code>{esc(t)}</code>" if c else esc(t) for t, c in v)
+                         + "</dd>" for k, v in md.finding_lines(x))
+            rows = [[f"<code>{esc(r[0])}</code>"] + [esc(c) for c in r[1:]] for r in md.finding_rows(x, steps)]
+            ex = ""
+            if x.example:
+                e = x.example
+                ex = (f'<p class="example">Example (<code>{esc(e.check)}</code>, {esc(e.dtype)}): {esc(e.reason)}</p>'
+                      f'<pre class="counterexample"><code>{esc(e.counterexample or "(none recorded)")}</code></pre>'
+                      f'<pre class="repro"><code>{esc(e.repro or "(none recorded)")}</code></pre>')
+            cls = "finding" if x.diagnosed else "finding undiagnosed"
+            dl += f'<dt>Records</dt><dd><a href="#records-{anchors[id(x)]}">each in full, under Failures</a></dd>'
+            out.append(f'<article class="{cls}" id="{anchors[id(x)]}"><h4>{esc(x.heading)}</h4><dl>{dl}</dl>'
+                       + _table([esc(h) for h in md.FINDING_HEAD], rows, "finding-checks") + ex + "</article>")
+    return "\n".join(out) + "</section>"
+
+
+def _failure(f: Failure) -> str:
+    """One failed record in full, as an article the matrix and the findings link to."""
+    ratio = (f" ({f.max_error / f.tolerance:.3g}× the tolerance)" if f.max_error is not None and f.tolerance else "")
+    dl = [("Backend", f"<code>{esc(f.label)}</code>"), ("Check", f"<code>{esc(f.check)}</code>"),
+          ("What it checks", esc(f.doc or "—")), ("Step", esc(step_title(f.step))), ("dtype", esc(f.dtype)),
+          ("Max error", f"{esc(sig(f.max_error))} vs tolerance {esc(sig(f.tolerance))}{esc(ratio)}"),
+          ("Reason", esc(f.reason))]
+    if f.inputs:
+        dl.append(("Saved inputs", f"<code>{esc(f.inputs)}</code>"))
+    return (f'<article class="failure" id="failure-{f.number}"><h4>{f.number}. <code>{esc(f.label)}</code>: '
+            f"<code>{esc(f.check)}</code> ({esc(step_title(f.step))}, {esc(f.dtype)})</h4>"
+            "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in dl) + "</dl>"
+            f'<p>Counterexample:</p><pre class="counterexample"><code>{esc(f.counterexample or "(none recorded)")}</code></pre>'
+            f'<p>Reproduce:</p><pre class="repro"><code>{esc(f.repro or "(none recorded)")}</code></pre></article>')
+
+
 def _failures(report: Report) -> str:
+    """Every failed record in full: a finding's records folded (the finding says what they share),
+    the not-diagnosed ones open under one heading per backend."""
     out = ['<section id="failures"><h2>Failures</h2>']
     if report.matrix is None:
         return out[0] + "<p>Conformance: not run.</p></section>"
     if not report.failures:
         return out[0] + "<p>No check failed.</p></section>"
-    for n, f in enumerate(report.failures, 1):
-        ratio = (f" ({f.max_error / f.tolerance:.3g}× the tolerance)" if f.max_error is not None and f.tolerance else "")
-        dl = [("Backend", f"<code>{esc(f.label)}</code>"), ("Check", f"<code>{esc(f.check)}</code>"),
-              ("What it checks", esc(f.doc or "—")), ("Step", esc(step_title(f.step))), ("dtype", esc(f.dtype)),
-              ("Max error", f"{esc(sig(f.max_error))} vs tolerance {esc(sig(f.tolerance))}{esc(ratio)}"),
-              ("Reason", esc(f.reason))]
-        if f.inputs:
-            dl.append(("Saved inputs", f"<code>{esc(f.inputs)}</code>"))
-        out.append(
-            f'<article class="failure" id="failure-{n}"><h3>{n}. <code>{esc(f.label)}</code>: '
-            f"<code>{esc(f.check)}</code> ({esc(step_title(f.step))}, {esc(f.dtype)})</h3>"
-            "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in dl) + "</dl>"
-            f'<p>Counterexample:</p><pre class="counterexample"><code>{esc(f.counterexample or "(none recorded)")}</code></pre>'
-            f'<p>Reproduce:</p><pre class="repro"><code>{esc(f.repro or "(none recorded)")}</code></pre></article>')
+    anchors = _finding_anchors(report)
+    for _, found in md.by_backend(report):
+        for x in found:
+            n = len(x.failures)
+            records = "".join(_failure(f) for f in x.failures)
+            what = f"{n} failed record{'s' if n != 1 else ''}"
+            if x.diagnosed:
+                out.append(f'<details class="records" id="records-{anchors[id(x)]}"><summary><code>{esc(x.label)}</code>: {esc(x.heading)} '
+                           f"({what})</summary>{records}</details>")
+            else:
+                out.append(f'<h3 id="records-{anchors[id(x)]}"><code>{esc(x.label)}</code>: '
+                           f"{esc(md.fnd.NOT_DIAGNOSED)} ({what})</h3>{records}")
     return "\n".join(out) + "</section>"
 
 
@@ -225,7 +302,7 @@ def _plots(report: Report) -> str:
 
 
 def render(report: Report) -> str:
-    body = "\n".join([_header(report), _environment(report), _matrix(report), _failures(report),
+    body = "\n".join([_header(report), _findings(report), _environment(report), _matrix(report), _failures(report),
                       semantic.html(report, esc), _speed(report), _plots(report)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import re
 
+from reports import findings as fnd
 from reports import semantic
-from reports.model import VERDICT, Report, conformance_summary, sig, step_title, totals_text
+from reports.environment import backend_rows
+from reports.model import (BACKEND_VERDICT, VERDICT, Failure, Report, backend_verdict, conformance_summary, sig, step_title,
+                           totals_text)
 from reports.speed_model import DECODE_INTRO, SpeedRow, SpeedTable, decode_head
 
 _SPECIAL = re.compile(r"([\\`*_\[\]])")
@@ -42,6 +45,11 @@ def fenced(body: str, lang: str = "") -> str:
 
 def legend() -> str:
     return " · ".join(f"{VERDICT[k][0]} {VERDICT[k][1]}" for k in ("pass", "fail", "unsupported", "skipped", "incomplete", "none"))
+
+
+VERDICT_LEGEND = ("Verdict row (a backend over all its records): " + " · ".join(
+    f"{s} {w}" for s, w in BACKEND_VERDICT.values()) + "; conforms under declared conventions = no check failed "
+    "when judged against the spec adjusted for the deviations the backend declares (named), not a plain pass.")
 
 
 def _row(cells: list[str]) -> str:
@@ -75,7 +83,15 @@ def _environment(report: Report) -> list[str]:
     values = [dict(rows) for _, rows in report.environments]
     head = [""] + [text(m) for m, _ in report.environments]
     body = [[f"**{k}**"] + [text(v.get(k, "—")) for v in values] for k in keys]
-    return out + _table(head, body) + [""]
+    out += _table(head, body) + [""]
+    m = report.matrix
+    if m is not None and m.columns:  # what each backend declares and reports about itself
+        verdicts = [backend_verdict(m, i).text for i in range(len(m.columns))]
+        out += ["Backends, as each declares and reports itself:", ""]
+        out += _table(["Backend", "Verdict", "Declared conventions", "Versions"],
+                      [[code(b), text(v), text(c), text(x)] for b, v, c, x in backend_rows(m.columns, verdicts)])
+        out.append("")
+    return out
 
 
 def _matrix(report: Report) -> list[str]:
@@ -88,9 +104,9 @@ def _matrix(report: Report) -> list[str]:
             out.append(f"- {text(h.machine)}: {code(h.conformance['command'])}")
     out += ["", "Legend: " + legend() +
             " (failed dtypes in brackets; unsupported = outside the backend's declared capabilities, "
-            "skipped = this machine lacks something).", ""]
+            "skipped = this machine lacks something).", "", text(VERDICT_LEGEND), ""]
     head = ["Check"] + [code(c.label) for c in m.columns]
-    rows = []
+    rows = [["**verdict**"] + [text(backend_verdict(m, i).text) for i in range(len(m.columns))]]
     for title, checks in m.groups:
         rows.append([f"**{text(title)}**"] + [""] * len(m.columns))
         for row in checks:
@@ -105,25 +121,125 @@ def _matrix(report: Report) -> list[str]:
     return out
 
 
+def ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g}×"
+
+
+def finding_lines(x: fnd.Finding) -> list[tuple[str, list[tuple[str, bool]]]]:
+    """(what, pieces) lines of a finding, shared by md and html: cause, convention (with the line
+    that declares it), detail, how many records it explains. A piece is (raw text, is code)."""
+    out: list[tuple[str, list[tuple[str, bool]]]] = []
+    if x.diagnosed:
+        out.append(("Cause", [(x.cause, True), (f" ({x.cause_label})", False)]))
+        if x.convention:
+            name, value = x.convention
+            out.append(("Convention", [(f"{name}={value}", True), (f" ({fnd.convention_label(name, value)}); "
+                                        "if intended, declare it: ", False), (fnd.declare_hint(name, value), True)]))
+        else:
+            out.append(("Convention", [("none on the menu explains it", False)]))
+        if x.detail:
+            out.append(("Detail", [(x.detail, False)]))
+    n = len(x.failures)
+    out.append(("Explains", [(f"{n} failed record{'s' if n != 1 else ''}"
+                              + ("" if x.diagnosed else "; no finding explains them: each is shown in full "
+                                 "under Failures"), False)]))
+    return out
+
+
+def finding_rows(x: fnd.Finding, steps: dict[str, int | None]) -> list[list[str]]:
+    """The finding's check x dtype list: check, step, dtypes, worst error / tolerance."""
+    return [[c, step_title(steps.get(c)), ", ".join(d or "-" for d in ds), ratio(x.worst(c))] for c, ds in x.checks]
+
+
+FINDING_HEAD = ["Check", "Step", "dtypes", "Worst error / tolerance"]
+FINDINGS_INTRO = ("Failed records grouped by cause, per backend: what each cause is, the convention that would "
+                  "explain it, the checks it fails and one example. Every failed record's details are in "
+                  "results.json and, folded, in index.html.")
+
+
+def steps_of(report: Report) -> dict[str, int | None]:
+    return {r.name: r.step for _, rows in report.matrix.groups for r in rows} if report.matrix else {}
+
+
+def by_backend(report: Report) -> list[tuple[int, list[fnd.Finding]]]:
+    """(matrix column, its findings) for each backend with a finding, in column order."""
+    cols = {(c.machine, c.backend): i for i, c in enumerate(report.matrix.columns)} if report.matrix else {}
+    out: dict[tuple[str, str], list[fnd.Finding]] = {}
+    for x in report.findings:
+        out.setdefault((x.machine, x.backend), []).append(x)
+    return [(cols.get(k, -1), v) for k, v in out.items()]
+
+
+def _piece(p: tuple[str, bool]) -> str:
+    """A piece of a finding's line: code, or text keeping its edge spaces (text() trims them)."""
+    t, is_code = p
+    if is_code:
+        return code(t)
+    return (" " if t[:1].isspace() else "") + text(t) + (" " if t[-1:].isspace() and t.strip() else "")
+
+
+def _findings(report: Report) -> list[str]:
+    out = ["## Findings", ""]
+    if report.matrix is None:
+        return out + ["Conformance: not run.", ""]
+    if not report.findings:
+        return out + ["No check failed.", ""]
+    out += [FINDINGS_INTRO, ""]
+    steps = steps_of(report)
+    for col, found in by_backend(report):
+        verdict = f" — {text(backend_verdict(report.matrix, col).text)}" if col >= 0 else ""
+        out += [f"### {code(found[0].label)}{verdict}", ""]
+        for x in found:
+            out += [f"#### {text(x.heading)}", ""]
+            out += [f"- {k}: " + "".join(map(_piece, v)) for k, v in finding_lines(x)]
+            out += [""] + _table(FINDING_HEAD, [[code(r[0])] + [text(c) for c in r[1:]]
+                                                for r in finding_rows(x, steps)]) + [""]
+            if x.example:
+                e = x.example
+                out += [f"Example ({code(e.check)}, {text(e.dtype)}): {text(e.reason)}", ""]
+                out += [fenced(e.counterexample or "(none recorded)", "text"), "",
+                        fenced(e.repro or "(none recorded)", "sh"), ""]
+    return out
+
+
 def _failures(report: Report) -> list[str]:
     out = ["## Failures", ""]
     if report.matrix is None:
         return out + ["Conformance: not run.", ""]
     if not report.failures:
         return out + ["No check failed.", ""]
-    for n, f in enumerate(report.failures, 1):
-        out += [f"### {n}. {code(f.label)}: {code(f.check)} ({text(step_title(f.step))}, {text(f.dtype)})", ""]
-        if f.doc:
-            out.append(f"- Check: {text(f.doc)}")
-        ratio = (f" ({f.max_error / f.tolerance:.3g}× the tolerance)"
-                 if f.max_error is not None and f.tolerance else "")
-        out.append(f"- Max error: {sig(f.max_error)} vs tolerance {sig(f.tolerance)}{ratio}")
-        out.append(f"- Reason: {text(f.reason)}")
-        if f.inputs:
-            out.append(f"- Saved inputs: {code(f.inputs)}")
-        out.append("")
-        out += ["Counterexample:", "", fenced(f.counterexample or "(none recorded)", "text"), ""]
-        out += ["Reproduce:", "", fenced(f.repro or "(none recorded)", "sh"), ""]
+    found = [x for _, xs in by_backend(report) for x in xs]
+    for x in found:  # first one line per finding (it lists its checks); its records' details in results.json
+        if x.diagnosed:
+            out.append(f"- {code(x.label)}: {text(x.id)}, {_records(x)} (the finding's checks are listed under "
+                       "Findings; each record's details are in results.json and index.html)")
+    for x in found:  # then, per backend, what no finding explains, in full
+        if not x.diagnosed:
+            out += ["", f"### {code(x.label)}: {text(fnd.NOT_DIAGNOSED)} ({_records(x)})", ""]
+            for f in x.failures:
+                out += _failure(f)
+    return out + [""]
+
+
+def _records(x: fnd.Finding) -> str:
+    n = len(x.failures)
+    return f"{n} failed record{'s' if n != 1 else ''}"
+
+
+def _failure(f: Failure) -> list[str]:
+    """One failed record in full (no finding explains it)."""
+    out = [f"#### {f.number}. {code(f.label)}: {code(f.check)} ({text(step_title(f.step))}, {text(f.dtype)})", ""]
+    if f.doc:
+        out.append(f"- Check: {text(f.doc)}")
+    ratio = (f" ({f.max_error / f.tolerance:.3g}× the tolerance)"
+             if f.max_error is not None and f.tolerance else "")
+    out.append(f"- Max error: {sig(f.max_error)} vs tolerance {sig(f.tolerance)}{ratio}")
+    out.append(f"- Reason: {text(f.reason)}")
+    if f.inputs:
+        out.append(f"- Saved inputs: {code(f.inputs)}")
+    out.append("")
+    out += ["Counterexample:", "", fenced(f.counterexample or "(none recorded)", "text"), ""]
+    out += ["Reproduce:", "", fenced(f.repro or "(none recorded)", "sh"), ""]
     return out
 
 
@@ -235,6 +351,6 @@ def render(report: Report) -> str:
     out += [generated_from(report), ""]
     if report.matrix is not None:
         out += [f"**{text(conformance_summary(report))}**", ""]
-    out += _environment(report) + _matrix(report) + _failures(report)
+    out += _findings(report) + _environment(report) + _matrix(report) + _failures(report)
     out += semantic.markdown(report, text, code) + _speed(report)
     return "\n".join(out).rstrip() + "\n"

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from reports import findings as fnd
+from reports.environment import environment_rows, short_commit
+from reports.findings import Finding
 from reports.fmt import one_line, sig  # noqa: F401  (sig: renderers format numbers through model)
 from reports.speed_model import SpeedSection, build_speed
 from spec.table import STEPS  # the step titles come from the spec's step table
@@ -21,6 +24,11 @@ END_TO_END = "end to end"
 VERDICT = {"fail": ("❌", "FAIL"), "pass": ("✅", "pass"), "unsupported": ("—", "unsupported"),
            "skipped": ("⏭", "skipped"), "incomplete": ("◐", "INCOMPLETE"), "none": ("○", "not run")}
 OUTCOME_RANK = {"failed": 0, "passed": 1, "unsupported": 2, "skipped": 3}
+#: A backend's verdict over all its records (the summary and the matrix header): "declared" is a
+#: pass judged against the spec adjusted for declared conventions, never shown as a plain pass.
+BACKEND_VERDICT = {"fails": ("❌", "FAILS"), "conforms": ("✅", "conforms"),
+                   "declared": ("☑", "conforms under declared conventions"), "incomplete": ("◐", "INCOMPLETE"),
+                   "skipped": ("⏭", "skipped"), "none": ("○", "nothing passed")}
 
 
 #: The matrix's group of the gradient checks (Check.group "gradients"), after end to end.
@@ -42,6 +50,8 @@ class Column:
     source: str = ""
     skip_reason: str | None = None
     missing: int = 0  # planned records of this backend that do not exist (not run, never passed)
+    conventions: dict[str, str] = field(default_factory=dict)  # declared deviations from the spec
+    versions: dict[str, str] = field(default_factory=dict)     # as the backend reports them; {}: none
 
 
 @dataclass
@@ -94,6 +104,8 @@ class Failure:
     counterexample: str | None
     repro: str | None
     inputs: str | None
+    finding: str | None = None  # id of the finding that explains it; None: not diagnosed
+    number: int = 0             # 1-based position in the report's failures (HTML anchors)
 
 
 @dataclass
@@ -118,6 +130,7 @@ class Report:
     speed: SpeedSection | None             # None: no run has a speed section
     multi_machine: bool = field(default=False)
     semantics: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (machine, section)
+    findings: list[Finding] = field(default_factory=list)  # per backend, its not-diagnosed group last
 
 
 def _verdict_text(status: str, dtypes: list[str] | None = None) -> str:
@@ -170,7 +183,8 @@ def _columns(runs: list[dict[str, Any]], multi: bool) -> list[Column]:
             b = declared.get(name, {})
             label = f"{name} @ {run['machine']}" if multi else name
             cols.append(Column(run["machine"], name, label, b.get("source", ""), b.get("skip_reason"),
-                               sum(m["backend"] == name for m in conf.get("missing", []))))
+                               sum(m["backend"] == name for m in conf.get("missing", [])),
+                               fnd.declared(b.get("capabilities")), fnd.versions(b)))
     return cols
 
 
@@ -231,49 +245,9 @@ def build_failures(runs: list[dict[str, Any]], matrix: Matrix) -> list[Failure]:
                 run["machine"], labels[(run["machine"], r["backend"])], r["backend"], r["check"],
                 row.doc if row is not None else "", step, r["dtype"], r.get("max_error"),
                 r.get("tolerance"), r.get("reason", ""), r.get("counterexample"), r.get("repro"),
-                r.get("inputs")))
+                r.get("inputs"), r.get("finding")))
     out.sort(key=lambda f: (order[(f.machine, f.backend)], 99 if f.step is None else f.step))
     return out
-
-
-def _short_commit(commit: str | None) -> str | None:
-    return commit[:12] if commit else commit
-
-
-def environment_rows(env: dict[str, Any]) -> list[tuple[str, str]]:
-    """The environment block as (what, value) lines a reader compares across machines."""
-    rows = [("OS", str(env.get("os", "?"))),
-            ("CPU", str(env.get("cpu", "?")) + (f" ({env['cpu_count']} logical cores)"
-                                               if env.get("cpu_count") else ""))]
-    gpu = env.get("gpu")
-    if gpu:
-        parts = [str(gpu.get("name", "?"))]
-        if gpu.get("memory_bytes"):
-            parts.append(f"{gpu['memory_bytes'] / 2**30:.0f} GiB")
-        for key, word in (("driver", "driver"), ("cuda_runtime", "CUDA"), ("capability", "sm")):
-            if gpu.get(key):
-                parts.append(f"{word} {gpu[key]}")
-        rows.append(("GPU", ", ".join(parts)))
-    else:
-        rows.append(("GPU", "none"))
-    rows.append(("Python", str(env.get("python", "?"))))
-    libs = env.get("libraries") or {}
-    if libs:
-        rows.append(("Libraries", ", ".join(f"{k} {v}" for k, v in libs.items() if v)))
-    blas = [", ".join(str(b[k]) for k in ("internal_api", "version", "threading_layer") if b.get(k))
-            + (f" ({b['num_threads']} threads)" if b.get("num_threads") is not None else "")
-            for b in env.get("blas") or []]
-    if blas:
-        rows.append(("BLAS", "; ".join(blas)))
-    threads = env.get("threads") or {}
-    simple = [f"{k}={v}" for k, v in threads.items() if v is not None and not isinstance(v, (list, dict))]
-    if simple:
-        rows.append(("Threads", ", ".join(simple)))
-    commit = env.get("commit")
-    dirty = env.get("dirty")
-    rows.append(("Commit", (_short_commit(commit) or "unknown")
-                 + (" (dirty: uncommitted changes)" if dirty else "" if dirty is False else " (dirty: unknown)")))
-    return rows
 
 
 def _section_header(sec: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
@@ -308,8 +282,22 @@ def _warnings(runs: list[dict[str, Any]]) -> list[str]:
         env = run.get("environment") or {}
         if env.get("dirty"):
             out.append(f"{run['machine']} ran from a checkout with uncommitted changes "
-                       f"(commit {_short_commit(env.get('commit'))}, dirty)")
+                       f"(commit {short_commit(env.get('commit'))}, dirty)")
     return out
+
+
+def _findings(runs: list[dict[str, Any]], matrix: Matrix, multi: bool) -> tuple[list[Failure], list[Finding]]:
+    """The failed records, numbered in the order the report shows them (by backend, then by
+    finding, the not-diagnosed last, then by step), and the findings that group them."""
+    failures = build_failures(runs, matrix)
+    labels = {(c.machine, c.backend): c.label for c in matrix.columns}
+    order = {row.name: i for i, row in enumerate(r for _, rows in matrix.groups for r in rows)}
+    found = fnd.build(runs, labels, failures, order, multi)
+    rank = {id(f): i for i, x in enumerate(found) for f in x.failures}
+    failures.sort(key=lambda f: rank[id(f)])  # stable: the step order holds within a finding
+    for n, f in enumerate(failures, 1):
+        f.number = n
+    return failures, found
 
 
 def build(doc: dict[str, Any], title: str | None = None) -> Report:
@@ -320,40 +308,68 @@ def build(doc: dict[str, Any], title: str | None = None) -> Report:
     has_conf = any(r.get("conformance") for r in runs)
     matrix = build_matrix(runs, multi) if has_conf else None
     headers = [RunHeader(
-        r["machine"], _short_commit(r["environment"].get("commit")), r["environment"].get("dirty"),
+        r["machine"], short_commit(r["environment"].get("commit")), r["environment"].get("dirty"),
         _section_header(r.get("conformance"), ("status", "profile", "seed", "command", "started", "duration_s")),
         _section_header(r.get("speed"), ("status", "command", "started", "duration_s"))) for r in runs]
     speed = build_speed(runs) if any(r.get("speed") for r in runs) else None
+    failures, found = _findings(runs, matrix, multi) if matrix else ([], [])
     return Report(
         title=title or "Multi-head attention: conformance and speed",
         machines=machines, headers=headers, warnings=_warnings(runs),
         environments=[(r["machine"], environment_rows(r["environment"])) for r in runs],
         matrix=matrix,
         skipped_backends=[c for c in (matrix.columns if matrix else []) if c.skip_reason],
-        failures=build_failures(runs, matrix) if matrix else [],
-        speed=speed, multi_machine=multi,
-        semantics=[(r["machine"], r["semantics"]) for r in runs if r.get("semantics")])
+        failures=failures, speed=speed, multi_machine=multi,
+        semantics=[(r["machine"], r["semantics"]) for r in runs if r.get("semantics")], findings=found)
+
+
+@dataclass
+class BackendVerdict:
+    status: str  # a key of BACKEND_VERDICT
+    text: str    # symbol + word (+ the declared conventions)
+
+    @property
+    def word(self) -> str:
+        return BACKEND_VERDICT[self.status][1]
+
+
+def backend_verdict(matrix: Matrix, i: int) -> BackendVerdict:
+    """The verdict on column i over all its records, the one the summary and both matrix headers
+    show: any failure, then anything planned missing, then a skip, then a pass. A pass under
+    declared conventions has its own word and names them; a failure names them too."""
+    c, t = matrix.columns[i], matrix.totals[i]
+    status = ("fails" if t["failed"] else "incomplete" if c.missing else "skipped" if c.skip_reason
+              else ("declared" if c.conventions else "conforms") if t["passed"] else "none")
+    symbol, word = BACKEND_VERDICT[status]
+    conv = fnd.conventions_text(c.conventions)
+    if status == "declared":
+        return BackendVerdict(status, f"{symbol} {word}: {conv}")
+    return BackendVerdict(status, f"{symbol} {word}" + (f" (declared conventions: {conv})" if conv else ""))
 
 
 def conformance_summary(report: Report) -> str:
-    """One sentence: failed records, then how many backends conform, fail and were skipped."""
+    """One sentence: failed records, then how many backends conform (plainly, then under
+    declared conventions, named), fail, are incomplete and were skipped."""
     if report.matrix is None:
         return "Conformance: not run."
-    n = len(report.failures)
-    failing = {(f.machine, f.backend) for f in report.failures}
     m = report.matrix
-    cols = m.columns
-    unfinished = [c for c in cols if c.missing and (c.machine, c.backend) not in failing]
-    skipped = [c for c in cols if c.skip_reason and not c.missing and (c.machine, c.backend) not in failing]
-    # conforming: something passed, nothing failed, nothing planned is missing
-    conform = [c for i, c in enumerate(cols) if not c.skip_reason and not c.missing and m.totals[i]["passed"]
-               and (c.machine, c.backend) not in failing]
-    other = len(cols) - len(conform) - len(failing) - len(unfinished) - len(skipped)
-    text = (f"Conformance: {n} failed record{'s' if n != 1 else ''}; {len(conform)} of {len(cols)} backends "
-            f"conform, {len(failing)} fail, ")
-    if unfinished:
-        text += f"{len(unfinished)} incomplete (checks not run), "
-    if other:
-        text += f"{other} with no check passed or run, "
-    return text + f"{len(skipped)} skipped (library or device missing)."
-
+    n = len(report.failures)
+    verdicts = [backend_verdict(m, i).status for i in range(len(m.columns))]
+    count = {s: verdicts.count(s) for s in BACKEND_VERDICT}
+    diagnosed = [x for x in report.findings if x.diagnosed]
+    text = f"Conformance: {n} failed record{'s' if n != 1 else ''}"
+    if diagnosed:  # only where a diagnosis ran: older files read as before
+        rest = sum(len(x.failures) for x in report.findings if not x.diagnosed)
+        text += f" ({len(diagnosed)} finding{'s' if len(diagnosed) != 1 else ''} by cause, {rest} not diagnosed)"
+    text += f"; {count['conforms']} of {len(m.columns)} backends conform, "
+    if count["declared"]:
+        named = "; ".join(f"{c.label}: {fnd.conventions_text(c.conventions)}"
+                          for c, s in zip(m.columns, verdicts) if s == "declared")
+        k = count["declared"]
+        text += f"{k} conform{'s' if k == 1 else ''} under declared conventions ({named}), "
+    text += f"{count['fails']} fail, "
+    if count["incomplete"]:
+        text += f"{count['incomplete']} incomplete (checks not run), "
+    if count["none"]:
+        text += f"{count['none']} with no check passed or run, "
+    return text + f"{count['skipped']} skipped (library or device missing)."

@@ -282,4 +282,5 @@ def html_rows(table: Node) -> list[list[Node]]:
 
 
 def html_head(table: Node) -> list[Node]:
-    return table.one("thead").all("th")
+    """The header cells of a table's first head row (a matrix has a verdict row under it)."""
+    return table.one("thead").all("tr")[0].all("th")

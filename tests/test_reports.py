@@ -258,8 +258,14 @@ def test_markdown_matrix(merged, report):
     assert [plain(h) for h in table.head[1:]] == LABELS  # the first column names the checks
     col = {label: i + 1 for i, label in enumerate(LABELS)}
     # group rows (a bold title, nothing else) in step order, each followed by its checks
+    # the first row: each backend's verdict over all its records, the model's
+    assert plain(table.rows[0][0]) == "verdict"
+    assert [plain(c) for c in table.rows[0][1:]] == [model.backend_verdict(report.matrix, i).text
+                                                   for i in range(len(LABELS))]
+    assert [model.backend_verdict(report.matrix, i).word for i in range(len(LABELS))] == [
+        "conforms", "conforms", "conforms", "FAILS", "FAILS", "skipped", "conforms", "conforms"]
     groups: list[tuple[str, list[str]]] = []
-    for row in table.rows[:-1]:
+    for row in table.rows[1:-1]:
         if row[0].startswith("**") and not any(row[1:]):
             groups.append((plain(row[0]), []))
         else:
@@ -297,7 +303,12 @@ def test_markdown_matrix(merged, report):
 
 def test_markdown_failures_verbatim(merged, report):
     _, md, _ = merged
-    subs = section(md, "Failures").subsections()
+    # no finding in these files: each failing backend's records under one "not diagnosed" heading
+    groups = section(md, "Failures").subsections()
+    assert [(code_spans(g.title), numbers(plain(g.title).rsplit(": ", 1)[1])) for g in groups] == [
+        ([label], [1]) for label, _, _ in FAILED]  # one failed record each
+    assert all("not diagnosed" in plain(g.title) for g in groups)
+    subs = [s for g in groups for s in g.subsections()]
     assert [tuple(code_spans(s.title)) for s in subs] == [(label, check) for label, check, _ in FAILED]
     assert [numbers(s.title)[0] for s in subs] == [1, 2]  # numbered, in matrix column order
     first = subs[0]
@@ -438,7 +449,7 @@ def test_html_structure_and_plots(merged, report):
         assert "fail" in td.classes and td.one("a").attrs["href"] == f"#failure-{n}"
         assert verdict(td.text) == ("FAIL", [dtype])
         art = p.root.one("article", id=f"failure-{n}")
-        assert [c.text for c in art.one("h3").all("code")] == [label, check]
+        assert [c.text for c in art.one("h4").all("code")] == [label, check]
     art = p.root.one("article", id="failure-1")
     assert art.one("pre", cls="counterexample").text == COUNTEREXAMPLE
     assert art.one("pre", cls="repro").text == REPRO
