@@ -21,6 +21,7 @@ from conformance.suite.checks.dropout import P_VALUES
 from conformance.suite.checks.localize_backward import first_wrong_vjp
 from conformance.suite.conditioning import decided_output_rows
 from conformance.suite.grad_reference import compare_on_scale, golden_and_plain_grads, sizes
+from conformance.suite.judgement import active
 from spec import invariants as inv
 from spec.block import sample_dropout_mask
 from spec.config import numpy_dtype
@@ -54,7 +55,11 @@ def _requires_deterministic_gradients(backend) -> str | None:
 def grad_out_for(case, seed: int | None = None) -> np.ndarray:
     """A standard normal grad_out [B, T, d_out] from the case's grad seed, rounded to the dtype."""
     rng = np.random.default_rng(case.extra["grad_seed"] if seed is None else seed)
-    return round_to(rng.standard_normal((case.B, case.T, case.config.d_out)), case.dtype)
+    g = round_to(rng.standard_normal((case.B, case.T, case.config.d_out)), case.dtype)
+    # rows a declared convention decides (a query with no visible key, a padded query) take no
+    # part in the gradients: their forward values are the convention's, their VJP the backend's own
+    g[active().governed(case.config, case.B, case.T, case.key_padding_mask)] = 0.0
+    return g
 
 
 def _with_grad_seed(draw, case):
