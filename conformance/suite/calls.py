@@ -188,7 +188,7 @@ class Runner:
         """Tolerance model: err(actual) <= K * err(plain in D) + floor(D), relative to |golden|."""
         c = compare(actual, golden, plain, self.dtype, floor_scale)
         if not c.ok:
-            raise CheckFailure(f"{what}: {c.summary()}", max_error=c.err, tolerance=c.allowed)
+            raise CheckFailure(f"{what}: {c.summary()}", max_error=c.err, tolerance=c.allowed, where=c.worst_index)
 
     def assert_same(self, what: str, actual: np.ndarray, baseline: np.ndarray, golden: np.ndarray,
                     plain: Any, rows: np.ndarray | None = None) -> None:

@@ -20,10 +20,12 @@ from spec.table import STEPS
 class CheckFailure(AssertionError):
     """A property does not hold; the message says which, by how much, and where."""
 
-    def __init__(self, message: str, max_error: float | None = None, tolerance: float | None = None):
+    def __init__(self, message: str, max_error: float | None = None, tolerance: float | None = None,
+                 where: tuple[int, ...] | None = None):
         super().__init__(message)
         self.max_error = max_error
         self.tolerance = tolerance
+        self.where = where  # index of the worst element in the compared array, when one was compared
 
 
 @dataclass(frozen=True)

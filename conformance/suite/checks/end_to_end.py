@@ -55,10 +55,28 @@ def matches_spec(run, case):
     try:
         run.assert_close("forward", got, golden, plain)
     except CheckFailure as e:
+        words = row_in_words(case, e.where)
+        if words:  # the probe of this row says more than any step could
+            raise CheckFailure(f"{e}; {words}", e.max_error, e.tolerance, e.where) from None
         diagnosis = first_wrong_step(run, case)
         if diagnosis is None:
             raise
-        raise CheckFailure(f"{e}; {diagnosis}", e.max_error, e.tolerance) from None
+        raise CheckFailure(f"{e}; {diagnosis}", e.max_error, e.tolerance, e.where) from None
+
+
+def row_in_words(case, where: tuple[int, ...] | None) -> str | None:
+    """What is special about the output row of the worst element [b, t, :], in plain words, or None."""
+    if where is None or len(where) != 3 or case.key_padding_mask is None:
+        return None
+    b, t = where[0], where[1]
+    if conv.empty_rows(case.config, case.B, case.T, case.T, case.key_padding_mask)[b, t]:
+        return (f"query {t} of batch element {b} has no visible key (every key "
+                f"{'up to it ' if case.config.causal else ''}is padding): the spec gives it a zero context, "
+                f"so its output is b_o")
+    if not case.key_padding_mask[b, t]:
+        return (f"query {t} of batch element {b} is a padded token that sees keys: the spec computes its output "
+                f"like any other row (the padding mask masks keys, not queries)")
+    return None
 
 
 @check(step=None, strategy=_sized_cases)
@@ -282,5 +300,6 @@ def fully_masked_queries_give_bias(run, case):
     golden, plain = forward_golden_and_plain(case)
     empty = ~inv.attendable(case.config, case.B, case.T, case.T, case.key_padding_mask)[:, 0].any(-1)  # (B, T)
     run.assert_exact("forward finite with fully masked queries", inv.all_finite(got[_rows(run, case)]))
-    run.assert_close("outputs of fully masked queries", got[empty], golden[empty], plain[empty])
+    run.assert_close(f"outputs of the {int(empty.sum())} queries with no visible key (the spec: b_o)", got[empty],
+                     golden[empty], plain[empty])
     run.assert_close("forward with padding", got, golden, plain)
