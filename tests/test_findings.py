@@ -138,3 +138,20 @@ def test_a_convention_off_the_menu_is_an_error_naming_the_valid_ones():
         Capabilities(conventions={"masked_rows": "nan"})
     assert conv.departures({"fully_masked_rows": "zero_context", "float64_compute": "float32"}) == \
         {"float64_compute": "float32"}
+
+
+def test_the_bench_gate_names_declared_conventions_and_wants_a_pass(tmp_path):
+    import json
+
+    from conformance.speed.gate import conformance_status
+
+    def rec(backend, outcome):
+        return {"backend": backend, "check": "matches_spec", "dtype": "float32", "outcome": outcome, "reason": ""}
+
+    section = {"backends": [{"name": "decl", "capabilities": {"conventions": {"fully_masked_rows": "mean_v"}}},
+                            {"name": "none", "capabilities": {}}],
+               "records": [rec("decl", "passed"), rec("none", "unsupported")], "missing": []}
+    (tmp_path / "results.json").write_text(json.dumps({"runs": [{"machine": "m", "conformance": section}]}))
+    status = conformance_status(tmp_path / "results.json", "m", ["decl", "none"])
+    assert status["decl"][0] is True and "declared conventions: fully_masked_rows=mean_v" in status["decl"][1]
+    assert status["none"][0] is None and "no conformance check passed" in status["none"][1]

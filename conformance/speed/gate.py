@@ -3,8 +3,10 @@
 Conformance is read from the run directory's results.json, this machine's run, its
 "conformance" section: any record with outcome "failed" for a backend makes it
 nonconforming (False); records without a failure make it conforming (True), unless some of
-its planned checks have no record (the section's "missing"): then, as with no records or no
-conformance section, it is unknown (None). A nonconforming
+its planned checks have no record (the section's "missing"), or none of its records passed:
+then, as with no records or no conformance section, it is unknown (None). A backend that
+conforms under declared conventions (`spec.conventions`) is conforming, and its note names
+them, so the speed table shows them beside its figure. A nonconforming
 backend is timed only when the user asks for it (--include-nonconforming), and is marked.
 """
 
@@ -28,6 +30,18 @@ def _conformance_section(results: Path, machine: str) -> dict[str, Any] | None:
     return None
 
 
+def _declared(section: dict[str, Any], name: str) -> str:
+    """The backend's declared departures from the spec, as `name=value, ...` ('' when none)."""
+    from spec.conventions import SPEC
+
+    for b in section.get("backends", []):
+        if isinstance(b, dict) and b.get("name") == name:
+            conv = (b.get("capabilities") or {}).get("conventions") or {}
+            if isinstance(conv, dict):
+                return ", ".join(f"{k}={v}" for k, v in conv.items() if SPEC.get(k) != v)
+    return ""
+
+
 def conformance_status(results: Path, machine: str, names: list[str]) -> dict[str, tuple[bool | None, str]]:
     """name -> (conforming, note): True/False/None and a short reason for the table."""
     section = _conformance_section(results, machine)
@@ -44,8 +58,12 @@ def conformance_status(results: Path, machine: str, names: list[str]) -> dict[st
             # planned checks without a record: not shown to conform, so no headline figure
             n = sum(1 for m in section["missing"] if isinstance(m, dict) and m.get("backend") == name)
             out[name] = (None, f"conformance incomplete: {n} planned check(s) have no record")
+        elif mine and not any(r.get("outcome") == "passed" for r in mine):
+            out[name] = (None, "no conformance check passed (every record unsupported or skipped)")
         elif mine:
-            out[name] = (True, f"{len(mine)} conformance records, none failed")
+            declared = _declared(section, name)
+            under = f", under declared conventions: {declared}" if declared else ""
+            out[name] = (True, f"{len(mine)} conformance records, none failed{under}")
         else:
             out[name] = (None, "conformance not run for this backend on this machine")
     return out
