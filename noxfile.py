@@ -46,7 +46,7 @@ def conformance(session: nox.Session) -> None:
     same --out and --machine), then the suite.
     """
     install(session)
-    session.run("python", "-m", "conformance.semantics", *session.posargs)
+    session.run("python", "-m", "conformance", "semantics", *session.posargs)
     session.run("python", "-m", "conformance", *session.posargs)
 
 
@@ -61,28 +61,28 @@ def tests(session: nox.Session) -> None:
 def mutants(session: nox.Session) -> None:
     """Run the suite on every deliberately broken backend and print which checks kill each."""
     install(session)
-    session.run("python", "-m", "conformance.mutants", *session.posargs)
+    session.run("python", "-m", "conformance", "mutants", *session.posargs)
 
 
 @nox.session
 def sweep(session: nox.Session) -> None:
     """Run the default profile on many fresh random seeds over the correct backends; count failures."""
     install(session)
-    session.run("python", "-m", "conformance.sweep", *session.posargs)
+    session.run("python", "-m", "conformance", "sweep", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Time every available, conforming backend side by side; writes the speed section."""
     install(session)
-    session.run("python", "-m", "conformance.speed", *session.posargs)
+    session.run("python", "-m", "conformance", "bench", *session.posargs)
 
 
 @nox.session
 def report(session: nox.Session) -> None:
     """Render results.json (one or several run directories) as report.md and index.html."""
     install(session, torch=False)
-    session.run("python", "-m", "reports", *session.posargs)
+    session.run("python", "-m", "conformance", "report", *session.posargs)
 
 
 @nox.session
@@ -96,4 +96,4 @@ def screenshot(session: nox.Session) -> None:
 def gpu(session: nox.Session) -> None:
     """On a GPU machine: conformance and speed of cupy, torch-cuda and torch-sdpa-cuda."""
     install(session, cupy=True)
-    session.run("python", "-m", "conformance.gpu_check", *session.posargs)
+    session.run("python", "-m", "conformance", "gpu-check", *session.posargs)

@@ -1,7 +1,7 @@
-"""`python -m conformance`: see conformance/cli.py."""
+"""`python -m conformance [COMMAND] [options]`: see conformance/commands.py (no command: run)."""
 
 import sys
 
-from conformance.cli import main
+from conformance.commands import main
 
 sys.exit(main())

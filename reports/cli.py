@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.usage import OneLineParser as _Parser
+from conformance import usage
 from conformance.usage import UsageError
 from conformance import results
 from reports import html, markdown, model
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         out, report = generate(args.inputs, args.out, args.title)
     except (ResultsError, UsageError) as e:
-        print(f"python -m reports: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{usage.INVOKED_AS or 'python -m reports'}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"wrote {out / 'report.md'}, {out / 'index.html'} and {out / 'results.json'} "
           f"({len(report.machines)} run(s): {', '.join(report.machines) or 'none'}; "

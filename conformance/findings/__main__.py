@@ -9,13 +9,13 @@ Exit status: 0 written (also when nothing failed); 2 a usage error or an unreada
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from conformance.findings.diagnose import Diagnosis
+from conformance.usage import OneLineParser, UsageError, report
 
 PROG = "python -m conformance.findings"
 
@@ -59,11 +59,16 @@ def diagnose_run_dir(out: Path, machine: str | None = None, budget_s: float = 12
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--out", default="reports/latest", help="run directory holding results.json")
     p.add_argument("--machine", default=None, help="the run's machine label (default: this host's)")
     p.add_argument("--budget", type=float, default=120.0, help="seconds for probing and re-running (default 120)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = p.parse_args(sys.argv[1:] if argv is None else argv)
+        if not args.budget > 0:
+            raise UsageError(f"--budget must be a positive number of seconds, got {args.budget}")
+    except UsageError as e:
+        return report(p.prog, e)
     try:
         findings = diagnose_run_dir(Path(args.out), args.machine, args.budget)
     except (OSError, ValueError, json.JSONDecodeError) as e:

@@ -15,7 +15,7 @@ from conformance.suite import profiles
 from conformance.mutants.base import PlainBackend
 from conformance.mutants.catalogue import MUTANTS, by_name
 from conformance.mutants.kill import DEFAULT_SEED, DTYPES, run, table
-from conformance.usage import OneLineParser, UsageError, report
+from conformance.usage import OneLineParser, UsageError, add_workers, report, workers_count
 from spec.config import FLOAT_DTYPES
 
 
@@ -31,7 +31,7 @@ def parse_args(argv: list[str]):
     p.add_argument("--dtype", action="extend", nargs="+", default=[],
                    help=f"dtypes (default {' '.join(DTYPES)})")
     p.add_argument("--out", default=None, help="also write <out>/mutants.json")
-    p.add_argument("-j", "--processes", type=int, default=2, help="worker processes (default 2; 1: in process)")
+    add_workers(p, 2, "worker processes (1: in process)", aliases=("-j", "--processes"))
     p.add_argument("--no-control", action="store_true", help="skip the control run of the correct PlainBackend")
     p.add_argument("--every-check", action="store_true",
                    help="run every check on every mutant (no early stop) and list all the checks that kill it")
@@ -56,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     errors += [f"unknown dtype {d!r}; valid: {', '.join(FLOAT_DTYPES)}" for d in args.dtype if d not in FLOAT_DTYPES]
     errors += [f"dtype {d!r}: the mutants compute in float64, float32, float16 only"
                for d in args.dtype if d in FLOAT_DTYPES and d not in PlainBackend.capabilities.dtypes]
-    if args.processes < 1:
-        errors.append(f"--processes must be at least 1, got {args.processes}")
+    try:
+        args.workers = workers_count(args.workers)
+    except UsageError as e:
+        errors.append(str(e))
     if errors:
         return report(PROG, UsageError(errors[0]))
     mutants = [known[m] for m in dict.fromkeys(args.mutant)] or MUTANTS
-    result = run(mutants, list(dict.fromkeys(args.dtype)) or DTYPES, args.profile, args.seed, args.processes,
+    result = run(mutants, list(dict.fromkeys(args.dtype)) or DTYPES, args.profile, args.seed, args.workers,
                  control=not args.no_control, every=args.every_check)
     print(table(result))
     if args.out:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from conformance.results import REPO_ROOT, machine_label
+from conformance import usage
 from conformance.usage import OneLineParser, UsageError
 from impls.registry import DEFAULT_BACKENDS, BackendSpecError, resolve, resolve_all
 from spec.config import FLOAT_DTYPES, AttentionConfig
@@ -205,7 +206,7 @@ def _decode(plan, quick: bool) -> int:
 
     decode = run_decode(plan.backends, plan.dtypes, quick=quick, out=sys.stdout, threads=plan.threads)
     if not decode["cells"]:
-        print(f"{PROG}: error: no backend declares KV-cache decoding (Capabilities.kv_cache) in "
+        print(f"{usage.INVOKED_AS or PROG}: error: no backend declares KV-cache decoding (Capabilities.kv_cache) in "
               f"{', '.join(plan.dtypes)}", file=sys.stderr)
         return 2
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             return overhead()
         plan = build_plan(args, argv)
     except (UsageError, BackendSpecError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{usage.INVOKED_AS or PROG}: error: {e}", file=sys.stderr)
         return 2
     from conformance.speed.bench import (  # lazily: keeps argument errors instant
         NothingToTime,
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if not plan.backends:
-        print(f"{PROG}: error: no backend can run here: "
+        print(f"{usage.INVOKED_AS or PROG}: error: no backend can run here: "
               + "; ".join(f"{s['backend']}: {s['reason']}" for s in plan.skipped), file=sys.stderr)
         return 2
     if args.decode:
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run(plan)
     except NothingToTime as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{usage.INVOKED_AS or PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -15,7 +15,6 @@ are tight enough.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 from conformance.suite.checks import CheckFailure, catalogue
 from conformance.suite.calls import Runner
 from conformance.suite.tolerance import FLOOR, K, compare
+from conformance.usage import OneLineParser, UsageError, add_workers, report, workers_count
 
 DEFAULT_BACKENDS = ("numpy", "torch", "torch-sdpa", "torch-mha")
 
@@ -156,19 +156,22 @@ def _print(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m conformance.calibrate", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m conformance calibrate", description=__doc__.splitlines()[0])
     p.add_argument("--backend", action="append", default=[], help=f"default: {' '.join(DEFAULT_BACKENDS)}")
     p.add_argument("--dtype", action="append", default=[], help="default: every dtype a backend declares")
     p.add_argument("--cases", type=int, default=5000,
                    help="cases per dtype, spread evenly over its (backend, check) pairs (default 5000)")
     p.add_argument("--check", action="append", default=[], help="default: every check")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
-    p.add_argument("-j", "--jobs", type=int, default=2, help="worker processes (default 2)")
+    add_workers(p, 2, aliases=("-j", "--jobs"))
     p.add_argument("--json", default=None, help="also write the summary to this file")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.cases < 1 or args.jobs < 1:
-        print(f"error: --cases ({args.cases}) and --jobs ({args.jobs}) must be at least 1", file=sys.stderr)
-        return 2
+    try:
+        args = p.parse_args(sys.argv[1:] if argv is None else argv)
+        args.workers = workers_count(args.workers)
+        if args.cases < 1:
+            raise UsageError(f"--cases must be at least 1, got {args.cases}")
+    except UsageError as e:
+        return report(p.prog, e)
     from impls.registry import BackendSpecError, resolve_all
 
     try:
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[Sample] = []
     failures: list[str] = []
     cases: dict[str, int] = defaultdict(int)
-    with ProcessPoolExecutor(args.jobs, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
         futures = [(spec, dtype, pool.submit(calibrate_one, spec, dtype, examples[dtype], args.seed,
                                                         tuple(args.check)))
                    for spec, dtype in jobs]

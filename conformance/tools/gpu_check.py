@@ -13,11 +13,11 @@ spent on it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
+from conformance.usage import OneLineParser, UsageError, add_workers, report, workers_count
 
 BACKENDS = ("cupy", "torch-cuda", "torch-sdpa-cuda")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -54,12 +54,16 @@ def run_part(name: str, argv: list[str], limit_s: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m conformance.gpu_check", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m conformance gpu-check", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="reports/latest", help="run directory (default reports/latest)")
     p.add_argument("--machine", default=None, help="label in reports (default: gpu-<GPU name>)")
-    p.add_argument("--workers", default="4", help="pytest-xdist workers for the conformance part")
+    add_workers(p, "4", "pytest-xdist workers for the conformance part")
     p.add_argument("--quick", action="store_true", help="quick profile and a small sweep (a smoke test)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = p.parse_args(sys.argv[1:] if argv is None else argv)
+        workers_count(args.workers)
+    except UsageError as e:
+        return report(p.prog, e)
     machine = args.machine or gpu_label()
     os.environ["MHA_MACHINE"] = machine
     print(f"gpu_check: machine {machine!r}, output {args.out}")

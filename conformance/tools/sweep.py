@@ -9,13 +9,13 @@ the seed that reproduces it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import subprocess
 import sys
 import time
 from pathlib import Path
+from conformance.usage import OneLineParser, UsageError, report
 
 CORRECT = ("numpy", "torch", "torch-sdpa", "torch-mha")
 
@@ -31,16 +31,18 @@ def _failed_records(out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m conformance.sweep", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m conformance sweep", description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=30, help="suite runs, each with a fresh random seed (default 30)")
     p.add_argument("--backend", action="append", default=[], help=f"default: {' '.join(CORRECT)}")
     p.add_argument("--profile", default="default", help="Hypothesis profile of each run (default: default)")
     p.add_argument("--seed", action="append", type=int, default=[], help="run these seeds instead of random ones")
     p.add_argument("--out", default="reports/sweep", help="where each run's directory goes (default reports/sweep)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.runs < 1:
-        print(f"error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
-        return 2
+    try:
+        args = p.parse_args(sys.argv[1:] if argv is None else argv)
+        if args.runs < 1:
+            raise UsageError(f"--runs must be at least 1, got {args.runs}")
+    except UsageError as e:
+        return report(p.prog, e)
     seeds = args.seed or [random.SystemRandom().randrange(2**31) for _ in range(args.runs)]
     backends = [a for b in (args.backend or CORRECT) for a in ("--backend", b)]
     t0 = time.perf_counter()
