@@ -17,9 +17,10 @@ nox.options.sessions = ["conformance"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 DEPENDENCIES: list[str] = PYPROJECT["project"]["dependencies"]
-TORCH: list[str] = nox.project.dependency_groups(PYPROJECT, "torch")
-CUPY: list[str] = nox.project.dependency_groups(PYPROJECT, "cupy")
-PEERS: list[str] = nox.project.dependency_groups(PYPROJECT, "peers")  # jax, flax, onnxruntime
+EXTRAS: dict[str, list[str]] = PYPROJECT["project"]["optional-dependencies"]  # the pins, written once
+TORCH: list[str] = EXTRAS["torch"]
+CUPY: list[str] = EXTRAS["cupy"]
+PEERS: list[str] = EXTRAS["peers"]  # jax, flax, onnxruntime
 
 
 def install(session: nox.Session, *, torch: bool = True, cupy: bool = False) -> None:

@@ -34,7 +34,6 @@ from typing import Any
 SCHEMA_VERSION = "1.0"
 KIND = "mha-conformance-results"
 SCHEMA_PATH = Path(__file__).parent / "results.schema.json"
-OUTCOMES = ("passed", "failed", "unsupported", "skipped")
 
 
 class ResultsError(ValueError):

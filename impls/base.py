@@ -177,7 +177,6 @@ def exposed_vjps(backend: object) -> tuple[int, ...]:
 
 
 REQUIRED = ("name", "capabilities", "from_numpy", "to_numpy", "forward")
-OPTIONAL_METHODS = ("availability", "synchronize", "prepare")
 
 
 def _defined(obj: object, attr: str) -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 from impls.base import Backend, Capabilities
 from impls.torch_cache import TorchCache
 from impls.torch_grad import TorchAutograd
+from impls.torch_masks import query_has_key  # noqa: F401  (re-exported: torch_mha, peers)
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
 
@@ -138,21 +139,6 @@ class TorchLinearSteps:
 
     def out_proj(self, context: torch.Tensor, weights: Params) -> torch.Tensor:
         return context @ weights.W_o.T + weights.b_o  # (B, T, d_out)
-
-
-def query_has_key(config: AttentionConfig, key_padding_mask: torch.Tensor, Tq: int) -> torch.Tensor:
-    """Bool [B, Tq]: True where query i has at least one attendable key.
-
-    Causal alone never empties a row (key i is always visible to query i, bottom-right
-    aligned), so only padding can: query i is empty when no key j <= i + Tk - Tq is kept.
-    """
-    import torch
-
-    Tk = key_padding_mask.shape[-1]
-    if not config.causal:
-        return key_padding_mask.any(-1, keepdim=True).expand(-1, Tq)  # (B, Tq)
-    seen = torch.cumsum(key_padding_mask.to(torch.int32), -1) > 0  # (B, Tk): any kept key in 0..j
-    return seen[:, Tk - Tq:]  # (B, Tq): query i sees keys up to i + Tk - Tq
 
 
 class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):

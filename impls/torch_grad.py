@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from impls.torch_masks import query_has_key
 from spec.config import AttentionConfig
 from spec.params import Params
 
@@ -73,7 +74,6 @@ class TorchMhaAutograd:
         out, _ = torch.func.functional_call(mha, state, (xl, xl, xl), dict(
             key_padding_mask=ignore, attn_mask=attn_mask, need_weights=False, is_causal=config.causal))
         if key_padding_mask is not None:  # rows with no attendable key: zero context -> b_o
-            from impls.torch_backend import query_has_key
 
             has_key = query_has_key(config, key_padding_mask, T)[:, :, None]  # (B, T, 1)
             out = torch.where(has_key, out, leaves["b_o"])

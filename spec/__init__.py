@@ -12,12 +12,12 @@ from spec.block import attend, forward, grads, intermediates, qkv_heads, sample_
 from spec.cache import Cache, decode, prefill
 from spec.config import FLOAT_DTYPES, AttentionConfig, numpy_dtype, validate_input
 from spec.params import Params, init_params
-from spec.shapes import SHAPES, expected_shape, expected_shapes
+from spec.shapes import expected_shape, expected_shapes
 from spec.table import STEPS, Step, Trace
 
 __all__ = [
     "FLOAT_DTYPES", "AttentionConfig", "numpy_dtype", "validate_input", "forward", "grads", "Grads",
-    "intermediates", "sample_dropout_mask", "Params", "init_params", "SHAPES",
+    "intermediates", "sample_dropout_mask", "Params", "init_params",
     "expected_shape", "expected_shapes", "STEPS", "Step", "Trace", "attend", "qkv_heads", "Cache",
     "prefill", "decode",
 ]

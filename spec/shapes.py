@@ -8,11 +8,7 @@ keys differ in length (Tq = T queries over Tk keys, as in KV-cache decoding).
 from __future__ import annotations
 
 from spec.config import AttentionConfig
-from spec.table import STEPS, step
-
-#: Step -> the shape of each output, in symbols (read from the step table).
-SHAPES: dict[int, tuple[tuple[str, ...], ...]] = {n: s.shapes for n, s in STEPS.items()}
-
+from spec.table import step
 
 def symbols(config: AttentionConfig, B: int, T: int, Tk: int | None = None) -> dict[str, int]:
     """The value of every shape symbol for one configuration and input size."""

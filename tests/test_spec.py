@@ -187,12 +187,14 @@ def test_init_follows_nn_linear_bounds():
     assert not np.array_equal(p.W_q, p.W_k)
 
 
-# -- oracles nobody here wrote -------------------------------------------------------------
-torch = pytest.importorskip("torch", reason="torch is not installed: the torch oracles need it")
+# -- oracles nobody here wrote (these two tests need torch; the spec tests above do not) ----
+def _torch():
+    return pytest.importorskip("torch", reason="torch is not installed: the torch oracles need it")
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_matches_torch_multihead_attention_in_float64(seed):
+    torch = _torch()
     rng = np.random.default_rng(seed)
     H = int(rng.integers(1, 4))
     d = H * int(rng.integers(1, 6))
@@ -217,6 +219,7 @@ def test_matches_torch_multihead_attention_in_float64(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_matches_torch_sdpa_in_float64(seed):
+    torch = _torch()
     F = torch.nn.functional
     rng = np.random.default_rng(100 + seed)
     H = int(rng.integers(1, 5))

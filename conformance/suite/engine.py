@@ -27,7 +27,7 @@ from conformance.suite.watchdog import BackendHang, time_limit
 
 @dataclass
 class Result:
-    outcome: str  # passed | failed | unsupported | skipped
+    outcome: str  # passed | failed | unsupported (skipped is decided before a check runs: plugin)
     reason: str = ""
     max_error: float | None = None
     tolerance: float | None = None

@@ -11,7 +11,7 @@ budget; `tests/test_sizes.py` checks it), and `representatives` gives fixed case
 class's edges that `matches_spec` runs first, so every class is reached on every run.
 
 The budget is the CPU time and memory of `forward_golden_and_plain` on one example,
-estimated by `reference_cost_s` from measured rates. `python -m conformance.suite.sizes` measures
+estimated by `reference_cost_s` from measured rates. `python -m conformance.tools.size_costs` measures
 that cost again on this machine and prints it beside the model's estimate.
 """
 
@@ -42,7 +42,7 @@ SMALL_TOKENS = tuple(t for t in TILE_EDGES if t <= 129)  # 15, 16, 17, ..., 127,
 #: matmuls, per score element and 16 head_dim entries). The second unit is
 #: B*H*T*T*(1 + head_dim/16): each score costs a few elementwise passes, and the online-softmax
 #: order rescales its (T, head_dim) accumulator once per 16-key block. Measured with `python
-#: -m conformance.suite.sizes` (process time, one BLAS thread, 2-core AMD EPYC shared with other
+#: -m conformance.tools.size_costs` (process time, one BLAS thread, 2-core AMD EPYC shared with other
 #: jobs at load 15-20, so CPU times vary by up to 3x run to run), non-negative least squares
 #: over 8 shapes from (B, T, d_in, H, head_dim) = (1, 2048, 4, 1, 4) to (1, 512, 1, 2, 128),
 #: rounded up. float64's golden runs in long double and float16's plain runs in NumPy's
@@ -292,47 +292,3 @@ def sizes(draw, dtype: str, large_share: float, budget_s: float, *, equal_d: boo
         value = _large(draw, d, dim) if big else None
         d.set(**{dim: draw(_small(d, dim, max_batch)) if value is None else value})
     return d.s
-
-
-def measure(shapes: list[Sizes], dtypes: list[str], repeats: int = 2) -> list[dict]:
-    """CPU seconds of forward_golden_and_plain per shape and dtype (best of `repeats`, one BLAS
-    thread), beside what the model (RATES_NS) estimates."""
-    import time
-
-    from threadpoolctl import threadpool_limits
-
-    from conformance.suite.reference import forward_golden_and_plain
-    from conformance.suite.strategies import case_from
-    from spec.config import AttentionConfig
-
-    rows = []
-    with threadpool_limits(1):
-        for s in shapes:
-            config = AttentionConfig(d_in=s.d_in, d_out=s.d_out, n_heads=s.H)
-            for dtype in dtypes:
-                case = case_from(config, s.B, s.T, dtype, seed=0)
-                times = []
-                for _ in range(repeats):
-                    t0 = time.process_time()  # CPU time: the machine may be shared
-                    forward_golden_and_plain(case)
-                    times.append(time.process_time() - t0)
-                rows.append({"sizes": s, "dtype": dtype, "seconds": min(times), "model_s": reference_cost_s(dtype, s)})
-    return rows
-
-
-#: Shapes `python -m conformance.suite.sizes` measures: long T, wide heads, many heads, wide d_in.
-MEASURED_SHAPES = [Sizes(1, 1025, 1, 1, 1), Sizes(1, 513, 16, 8, 8), Sizes(1, 256, 16, 1, 128),
-                   Sizes(1, 64, 1000, 1, 64), Sizes(3, 17, 16, 32, 8), Sizes(2, 300, 130, 17, 8),
-                   Sizes(1, 2048, 4, 1, 4), Sizes(4, 128, 70, 9, 24)]
-
-
-def main() -> None:
-    """Print measured against modelled seconds of the reference (the reasons for RATES_NS)."""
-    print(f"{'sizes (B, T, d_in, H, head_dim)':34s} {'dtype':8s} {'measured s':>10s} {'model s':>8s}")
-    for r in measure(MEASURED_SHAPES, list(RATES_NS)):
-        s = r["sizes"]
-        print(f"{str((s.B, s.T, s.d_in, s.H, s.head_dim)):34s} {r['dtype']:8s} {r['seconds']:10.3f} {r['model_s']:8.3f}")
-
-
-if __name__ == "__main__":
-    main()
