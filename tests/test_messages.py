@@ -1,0 +1,130 @@
+"""Failure messages show the difference: enough digits, the statistic, its bound and its meaning."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from conformance.suite.case import Case
+from conformance.suite.checks import get
+from conformance.suite.engine import run_once
+from conformance.suite.tolerance import compare, distinct_digits, got_expected
+from impls.numpy_backend import NumpyBackend
+from impls.base import Capabilities
+from spec.config import AttentionConfig
+from spec.params import Params
+from spec.steps import init_params
+
+NUM = r"(-?[0-9.]+(?:e[-+]?\d+)?)"
+
+
+def test_values_one_ulp_apart_print_differently():
+    a = -1.0738312345678
+    b = float(np.nextafter(a, 0.0))
+    text = got_expected(a, b)
+    got, expected, diff = (float(v) for v in re.fullmatch(
+        rf"got {NUM}, expected {NUM} \(difference {NUM}\)", text).groups())
+    assert got != expected  # the printed numbers differ, as the values do
+    assert got < expected
+    assert diff == pytest.approx(abs(a - b), rel=1e-2)
+
+
+def test_digits_grow_only_as_needed():
+    assert distinct_digits(1.5, 2.0) == 6
+    assert distinct_digits(1.0, 1.0 + 2**-52) == 17
+    assert distinct_digits(1.0, 1.0) == 17  # equal values: the most float64 can show
+    assert distinct_digits(100.0, 100.0001) == 9  # differ at the 7th digit: two more shown
+
+
+def test_comparison_summary_shows_the_worst_elements_difference():
+    golden = np.array([1.0, -1.0738312345678])
+    actual = golden.copy()
+    actual[1] = golden[1] - 3e-9  # equal to 6 digits: "got -1.07383, expected -1.07383" before
+    c = compare(actual, golden, golden, "float64")
+    assert not c.ok
+    m = re.search(rf"at index \(1,\) \(got {NUM}, expected {NUM} \(difference {NUM}\)\)", c.summary())
+    got, expected, diff = (float(v) for v in m.groups())
+    assert got != expected
+    assert abs(got - actual[1]) < abs(actual[1] - golden[1])  # printed closer to each value than they are apart
+    assert abs(expected - golden[1]) < abs(actual[1] - golden[1])
+    assert diff == pytest.approx(abs(actual[1] - golden[1]), rel=1e-2)
+
+
+class _RateDropout(NumpyBackend):
+    """Own-RNG dropout that drops at `rate` whatever p is asked (a wrong rate)."""
+
+    name = "rate-dropout"
+    capabilities = Capabilities(dtypes=("float64",), dropout="rng")
+    rate = 0.3
+
+    def forward(self, x, weights, config, *, key_padding_mask=None, dropout_mask=None, training=False):
+        if training and config.dropout_p:
+            B, T = x.shape[0], x.shape[1]
+            keep = np.random.default_rng(0).random((B, config.n_heads, T, T)) >= self.rate
+            # the check's identity case has one head: dropping weights = dropping the output rows' entries
+            p = config.dropout_p
+            out = super().forward(x, weights, config)
+            return out * keep[:, 0] / (1 - p)
+        return super().forward(x, weights, config)
+
+
+def _identity_case(T: int, p: float) -> Case:
+    eye = np.eye(T)
+    config = AttentionConfig(d_in=T, d_out=T, n_heads=1, causal=False, dropout_p=p)
+    params = Params(W_q=np.zeros((T, T)), W_k=eye.copy(), W_v=eye.copy(), W_o=eye.copy(), b_o=np.zeros(T))
+    return Case(config=config, dtype="float64", x=np.broadcast_to(eye, (4, T, T)).copy(), params=params)
+
+
+def test_dropout_statistics_message_says_fraction_p_value_bound_and_meaning():
+    case = _identity_case(32, 0.1)
+    result = run_once(get("dropout_statistics"), _RateDropout(), case)
+    assert result.outcome == "failed"
+    m = re.search(rf"dropped fraction {NUM} \((\d+) of (\d+) weights\), expected p = {NUM}: "
+                  rf"two-sided binomial test p-value {NUM} < {NUM} \(each weight", result.reason)
+    assert m, result.reason
+    frac, dropped, n, p, pv, bound = (float(v) for v in m.groups())
+    assert n == 4 * 32 * 32 and p == 0.1 and bound == 1e-6
+    assert frac == pytest.approx(dropped / n, abs=1e-4)
+    assert abs(frac - 0.3) < 0.03  # the rate it really dropped at
+    assert pv < bound
+
+
+def test_dropout_statistics_message_for_a_stray_weight_shows_distinct_digits():
+    class Stray(_RateDropout):
+        rate = 0.1
+
+        def forward(self, x, weights, config, **kw):
+            out = super().forward(x, weights, config, **kw)
+            out[0, 0, 0] = out[0, 0, 1] * (1 + 1e-9) if out[0, 0, 1] else 1 / 32 / 0.9 * (1 + 1e-9)
+            return out
+
+    result = run_once(get("dropout_statistics"), Stray(), _identity_case(32, 0.1))
+    m = re.search(rf"= {NUM} is neither 0 nor w/\(1-p\) = {NUM}", result.reason)
+    assert m, result.reason
+    assert float(m.group(1)) != float(m.group(2))
+
+
+class _SkewedInit(NumpyBackend):
+    """init_params in the right layout and bound, but from U(0, bound): not symmetric."""
+
+    name = "skewed-init"
+
+    def init_params(self, config, seed=0):
+        p = init_params(config, seed)
+        return p.map(lambda a: np.abs(a))
+
+
+def test_init_uniformity_message_says_statistic_p_value_bound_and_meaning():
+    config = AttentionConfig(d_in=32, d_out=32, n_heads=4)
+    case = Case(config=config, dtype="float64", x=np.zeros((1, 4, 32)), params=init_params(config, 0),
+                extra={"init_seed": 3})
+    result = run_once(get("init_follows_nn_linear"), _SkewedInit(), case)
+    assert result.outcome == "failed"
+    m = re.search(rf"Kolmogorov-Smirnov statistic D = {NUM} over (\d+) values, p-value {NUM} < {NUM} \(",
+                  result.reason)
+    assert m, result.reason
+    D, n, pv, bound = (float(v) for v in m.groups())
+    assert n == 32 * 32 and bound == 1e-6 and pv < bound
+    assert 0.4 < D <= 0.55  # |U(-1, 1)| has CDF gap 1/2 from U(-1, 1)
