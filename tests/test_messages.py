@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +134,46 @@ def test_init_uniformity_message_says_statistic_p_value_bound_and_meaning():
     D, n, pv, bound = (float(v) for v in m.groups())
     assert n == 32 * 32 and bound == 1e-6 and pv < bound
     assert 0.4 < D <= 0.55  # |U(-1, 1)| has CDF gap 1/2 from U(-1, 1)
+
+
+# -- the repro line runs as printed, for a module:attr plug-in from a directory on PYTHONPATH ------
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = '''
+from impls.numpy_backend import NumpyBackend
+
+
+class Backend(NumpyBackend):
+    """Off by 0.1%: fails matches_spec."""
+
+    name = "off-by-a-little"
+
+    def forward(self, x, weights, config, **kw):
+        return super().forward(x, weights, config, **kw) * 1.001
+'''
+
+
+def test_repro_line_of_a_plugin_from_pythonpath_runs_as_printed(tmp_path):
+    plug = tmp_path / "plugdir" / "offpkg"
+    plug.mkdir(parents=True)
+    (plug / "__init__.py").write_text("")
+    (plug / "attn.py").write_text(PLUGIN)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "conformance", "--backend", "offpkg.attn:Backend",
+                           "--check", "matches_spec", "--dtype", "float64", "--profile", "quick", "--seed", "1",
+                           "-n", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONPATH": str(tmp_path / "plugdir")})
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rec = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]["records"][0]
+    assert rec["outcome"] == "failed"
+    _, meta = Case.load(out / rec["inputs"])
+    assert meta["import_path"] == [str((tmp_path / "plugdir").resolve())]
+    # as printed, from the run's working directory, without the run's PYTHONPATH
+    again = subprocess.run(rec["repro"], shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "result   FAILED: forward" in again.stdout
+    # the plug-in's directory gone: one line naming it, exit 2
+    shutil.rmtree(tmp_path / "plugdir")
+    gone = subprocess.run(rec["repro"], shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1
+    assert "cannot import module 'offpkg.attn'" in gone.stderr and "no longer exists" in gone.stderr
