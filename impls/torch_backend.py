@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from impls.base import Backend, Capabilities
+from impls.base import Backend, Capabilities, library_versions
 from impls.torch_cache import TorchCache
 from impls.torch_grad import TorchAutograd
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
@@ -68,6 +68,9 @@ class TorchEdges(Backend):
 
     def availability(self) -> str | None:
         return cuda_missing() if self.device == "cuda" else torch_missing()
+
+    def versions(self) -> dict[str, str]:
+        return library_versions('torch')
 
     def from_numpy(self, a: np.ndarray, dtype: str | None = None) -> torch.Tensor:
         import torch

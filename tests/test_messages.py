@@ -166,6 +166,8 @@ def test_repro_line_of_a_plugin_from_pythonpath_runs_as_printed(tmp_path):
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     rec = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]["records"][0]
     assert rec["outcome"] == "failed"
+    backend = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]["backends"][0]
+    assert backend["versions"] == {"numpy": np.__version__}  # the plug-in inherits NumpyBackend.versions
     _, meta = Case.load(out / rec["inputs"])
     assert meta["import_path"] == [str((tmp_path / "plugdir").resolve())]
     # as printed, from the run's working directory, without the run's PYTHONPATH
@@ -177,3 +179,53 @@ def test_repro_line_of_a_plugin_from_pythonpath_runs_as_printed(tmp_path):
     gone = subprocess.run(rec["repro"], shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1
     assert "cannot import module 'offpkg.attn'" in gone.stderr and "no longer exists" in gone.stderr
+
+
+# -- what was tested: each backend's library versions -----------------------------------------------
+def test_builtin_backends_report_their_libraries_without_importing_them():
+    code = ("import sys\n"
+            "from impls.registry import BUILTINS, _load_module_attr\n"
+            "out = {n: _load_module_attr(s)().versions() for n, s in BUILTINS.items()}\n"
+            "assert not {'torch', 'jax', 'cupy', 'onnxruntime', 'flax'} & set(sys.modules), sys.modules.keys()\n"
+            "import json; print(json.dumps(out))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["numpy"] == {"numpy": np.__version__}
+    from importlib import metadata
+
+    torch_version = metadata.version("torch")  # the test environment has torch
+    for name in ("torch", "torch-cuda", "torch-sdpa", "torch-sdpa-cuda", "torch-mha"):
+        assert got[name] == {"torch": torch_version}, name
+    for name, libs in (("jax", {"jax", "jaxlib"}), ("flax", {"flax", "jax", "jaxlib"}),
+                       ("onnxruntime", {"onnxruntime", "onnx"})):
+        assert set(got[name]) <= libs, name  # only what is installed here
+    assert all(k.startswith("cupy") for k in got["cupy"])
+
+
+class _V:
+    def __init__(self, fn):
+        self.versions = fn
+
+
+def _raise_exit():
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("fn, want", [
+    (lambda: {"mylib": "1.2"}, {"mylib": "1.2"}),
+    (lambda: {"mylib": (1, 2)}, {"mylib": "(1, 2)"}),
+    (lambda: ["mylib 1.2"], {"error": "versions() returned list, expected a dict of library -> version"}),
+    (lambda: 1 / 0, {"error": "versions() raised ZeroDivisionError: division by zero"}),
+    (_raise_exit, {"error": "versions() raised SystemExit: 3"}),
+])
+def test_versions_are_recorded_or_an_error_never_a_crash(fn, want):
+    from conformance.cli import backend_versions
+
+    assert backend_versions(_V(fn)) == want
+
+
+def test_a_backend_without_versions_reports_none():
+    from conformance.cli import backend_versions
+
+    assert backend_versions(object()) == {}
