@@ -176,6 +176,15 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
           f"results: {out / 'results.json'}")
 
 
+HYPOTHESIS_DIR_VAR = "HYPOTHESIS_STORAGE_DIRECTORY"  # Hypothesis's own setting, read by the workers
+
+
+def hypothesis_dir(out: Path) -> Path:
+    """Where a run's Hypothesis files go unless $HYPOTHESIS_STORAGE_DIRECTORY says: `<out>/.hypothesis`,
+    so runs on the same --out replay each other's failing examples first."""
+    return Path(out).resolve() / ".hypothesis"
+
+
 def _resolve(specs: list[str]):
     """Resolve the backends in this process (import, construct, availability()); one-line errors."""
     try:
@@ -254,6 +263,9 @@ def run(args, infos, states: dict, out: Path) -> int:
     if args.verbose:
         pytest_args.append("-v")
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # Hypothesis's example database (and its other files) live with the run, not in the
+    # directory the run started from (the checkout); HYPOTHESIS_STORAGE_DIRECTORY chooses
+    os.environ.setdefault(HYPOTHESIS_DIR_VAR, str(hypothesis_dir(out)))
     # one thread per worker: xdist already runs a worker per core, and BLAS or OpenMP pools
     # on top oversubscribe the cores (torch bfloat16 ran 7x slower that way)
     for var in THREAD_VARS:

@@ -229,3 +229,29 @@ def test_a_backend_without_versions_reports_none():
     from conformance.cli import backend_versions
 
     assert backend_versions(object()) == {}
+
+
+# -- pytest's last line in the suite's words; Hypothesis's files kept out of the starting directory ----
+@pytest.mark.parametrize("chosen", [False, True])
+def test_suite_line_counts_unsupported_and_hypothesis_files_stay_with_the_run(tmp_path, chosen):
+    cwd, out = tmp_path / "cwd", tmp_path / "out"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYPOTHESIS_STORAGE_DIRECTORY")}
+    env["PYTHONPATH"] = str(ROOT)  # started outside the checkout: nothing may land in cwd
+    if chosen:
+        env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(tmp_path / "chosen")
+    proc = subprocess.run([sys.executable, "-m", "conformance", "--backend", "numpy", "--backend", "cupy",
+                           "--check", "init_follows_nn_linear", "--dtype", "float64", "--dtype", "bfloat16",
+                           "--profile", "quick", "--seed", "1", "-n", "1", "--out", str(out)],
+                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    records = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]["records"]
+    n = {o: sum(r["outcome"] == o for r in records) for o in ("passed", "unsupported", "skipped")}
+    assert n == {"passed": 1, "unsupported": 1, "skipped": 2}  # numpy has no bfloat16; no cupy here
+    line = next(ln for ln in proc.stdout.splitlines() if re.search(r"\d+ passed", ln))
+    words = dict((w, int(c)) for c, w in re.findall(r"(\d+) (\w+)", line))
+    assert words == n, line
+    assert list(cwd.iterdir()) == []
+    where = tmp_path / "chosen" if chosen else out / ".hypothesis"
+    assert where.is_dir() and any(where.iterdir())
+    assert (out / ".hypothesis").exists() == (not chosen)
