@@ -255,3 +255,14 @@ def test_suite_line_counts_unsupported_and_hypothesis_files_stay_with_the_run(tm
     where = tmp_path / "chosen" if chosen else out / ".hypothesis"
     assert where.is_dir() and any(where.iterdir())
     assert (out / ".hypothesis").exists() == (not chosen)
+
+
+# -- python -m conformance.semantics: a real help, one-line errors ---------------------------------
+def test_semantics_help_lists_its_options_and_errors_are_one_line():
+    run = [sys.executable, "-m", "conformance.semantics"]
+    helped = subprocess.run([*run, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m conformance.semantics")
+    assert {"--out", "--machine", "--backend"} <= set(re.findall(r"--\w+", helped.stdout))
+    bad = subprocess.run([*run, "--out"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "--out" in bad.stderr
