@@ -58,6 +58,15 @@ def test_comparison_summary_shows_the_worst_elements_difference():
     assert diff == pytest.approx(abs(actual[1] - golden[1]), rel=1e-2)
 
 
+def test_assert_exact_shows_every_digit_of_the_violation():
+    from conformance.suite.calls import Runner
+    from conformance.suite.checks import CheckFailure
+
+    with pytest.raises(CheckFailure) as e:
+        Runner(NumpyBackend(), "float64").assert_exact("masked zeros", 1.0000001)
+    assert float(re.search(rf"violated by {NUM} ", str(e.value)).group(1)) == 1.0000001  # .6g showed 1
+
+
 class _RateDropout(NumpyBackend):
     """Own-RNG dropout that drops at `rate` whatever p is asked (a wrong rate)."""
 
