@@ -148,6 +148,6 @@ def import_path(spec: str) -> list[str]:
     standard = {str(Path(d).resolve()) for d in [*site.getsitepackages(), site.getusersitepackages(), _CHECKOUT]}
     out = [root] if root and root not in standard else []
     for d in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        if d and str(Path(d).resolve()) not in out:
+        if d and str(Path(d).resolve()) not in out and str(Path(d).resolve()) not in standard:
             out.append(str(Path(d).resolve()))
     return out

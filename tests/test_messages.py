@@ -275,3 +275,13 @@ def test_semantics_help_lists_its_options_and_errors_are_one_line():
     bad = subprocess.run([*run, "--out"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "--out" in bad.stderr
+
+
+def test_import_path_is_empty_for_what_every_process_imports(monkeypatch):
+    from impls.registry import import_path, resolve
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the checkout itself: never needed in a bundle
+    resolve("numpy")
+    resolve("impls.numpy_backend:NumpyBackend")
+    assert import_path("numpy") == []
+    assert import_path("impls.numpy_backend:NumpyBackend") == []
