@@ -95,11 +95,30 @@ def print_checks() -> None:
         print(f"{c.name:40s} {where:11s} {c.doc}")
 
 
+def backend_versions(backend: object) -> dict[str, str]:
+    """The backend's `versions()` (library -> version) for results.json; anything but a dict
+    (or an exception) is recorded as {"error": "<one line>"}, never a crash of the run."""
+    fn = getattr(backend, "versions", None)
+    if fn is None:
+        return {}
+    try:
+        got = fn()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # third-party code: SystemExit included
+        line = (str(e).splitlines() or [""])[0][:200]
+        return {"error": f"versions() raised {type(e).__name__}: {line}".rstrip(": ")}
+    if not isinstance(got, dict):
+        return {"error": f"versions() returned {type(got).__name__}, expected a dict of library -> version"}
+    return {str(k)[:200]: str(v)[:200] for k, v in got.items()}
+
+
 def _header(infos, states: dict, args, seed: int, checks: list[str], dtypes: list[str], pid: str,
             total: int) -> dict:
     backends = [{"name": i.backend.name, "spec": i.spec, "source": i.source,
                  "capabilities": i.backend.capabilities.to_dict(), "exposed_steps": list(exposed_steps(i.backend)),
-                 "skip_reason": states[i.spec][0], "error": states[i.spec][1]} for i in infos]
+                 "skip_reason": states[i.spec][0], "error": states[i.spec][1],
+                 "versions": backend_versions(i.backend)} for i in infos]
     docs = {c.name: c for c in catalogue()}
     command = f"{PROG} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     k, n = args.shard_kn
@@ -228,6 +247,15 @@ def print_findings(findings: list[dict], records: list[dict]) -> None:
             print(f"  reproduce: {ex['repro']}")
 
 
+HYPOTHESIS_DIR_VAR = "HYPOTHESIS_STORAGE_DIRECTORY"  # Hypothesis's own setting, read by the workers
+
+
+def hypothesis_dir(out: Path) -> Path:
+    """Where a run's Hypothesis files go unless $HYPOTHESIS_STORAGE_DIRECTORY says: `<out>/.hypothesis`,
+    so runs on the same --out replay each other's failing examples first."""
+    return Path(out).resolve() / ".hypothesis"
+
+
 def _resolve(specs: list[str]):
     """Resolve the backends in this process (import, construct, availability()); one-line errors."""
     try:
@@ -306,6 +334,9 @@ def run(args, infos, states: dict, out: Path) -> int:
     if args.verbose:
         pytest_args.append("-v")
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # Hypothesis's example database (and its other files) live with the run, not in the
+    # directory the run started from (the checkout); HYPOTHESIS_STORAGE_DIRECTORY chooses
+    os.environ.setdefault(HYPOTHESIS_DIR_VAR, str(hypothesis_dir(out)))
     # one thread per worker: xdist already runs a worker per core, and BLAS or OpenMP pools
     # on top oversubscribe the cores (torch bfloat16 ran 7x slower that way)
     for var in THREAD_VARS:

@@ -31,6 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from conformance.same_machine import combine
+
 SCHEMA_VERSION = "1.0"
 KIND = "mha-conformance-results"
 SCHEMA_PATH = Path(__file__).parent / "results.schema.json"
@@ -124,7 +126,8 @@ def update_section(path: Path, machine: str, environment: dict | None, section: 
 
 
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One document holding every run of `docs`; runs with the same machine label get a suffix.
+    """One document holding every run of `docs`; runs with the same machine label get a suffix,
+    unless they are one machine in two environments (`conformance.same_machine`): then one run.
 
     Shards of one run (conformance sections with the same plan id, `--shard K/N`) become one
     run again: their records together, and the keys of any shard that never arrived listed as
@@ -142,6 +145,12 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
                 run = _first_shard(run)
                 shards[plan["id"]] = run
             label = run["machine"]
+            if label in seen and plan.get("shards", 1) <= 1:  # one machine in another environment?
+                i = next(i for i, r in enumerate(out["runs"]) if r["machine"] == label)
+                both = combine(out["runs"][i], run)
+                if both is not None:
+                    out["runs"][i] = both
+                    continue
             seen[label] = seen.get(label, 0) + 1
             if seen[label] > 1:
                 run = dict(run, machine=f"{label} ({seen[label]})")

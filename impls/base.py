@@ -121,6 +121,12 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work to finish; a no-op on synchronous backends."""
 
+    def versions(self) -> dict[str, str]:
+        """The libraries this backend computes with, name -> version (e.g. {"torch": "2.13.0"}),
+        recorded with the run (results.json) so a report says what was tested. Read them without
+        importing the framework: `library_versions("torch")`. Default: none reported."""
+        return {}
+
     def prepare(self, params: Params, dtype: str) -> Any:
         """Convert float64 NumPy parameters to whatever `forward` and the steps take."""
         return params.map(lambda a: self.from_numpy(a, dtype))
@@ -165,6 +171,20 @@ class Backend:
         Step VJPs (optional) are named as in the step table, `<step>_vjp` (spec.backward).
         """
         raise NotImplementedError
+
+
+def library_versions(*dists: str) -> dict[str, str]:
+    """Installed versions of the distributions `dists` (importlib.metadata: nothing imported);
+    the ones not installed are left out."""
+    from importlib import metadata
+
+    out = {}
+    for d in dists:
+        try:
+            out[d] = metadata.version(d)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 #: The block's gradients by name, as `backward` returns them (spec.block.Grads' fields).

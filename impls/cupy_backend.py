@@ -19,7 +19,7 @@ import numpy as np
 from impls.array_cache import ArrayCache
 from impls.array_backward import ArrayBackward, ArrayVJPs
 from impls.array_steps import ArraySteps
-from impls.base import Backend, Capabilities
+from impls.base import Backend, Capabilities, library_versions
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
 
@@ -59,6 +59,9 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
 
     def availability(self) -> str | None:
         return cupy_missing()
+
+    def versions(self) -> dict[str, str]:
+        return library_versions('cupy', 'cupy-cuda12x', 'cupy-cuda11x', 'cupy-cuda13x')
 
     # -- edges -------------------------------------------------------------------------
     def from_numpy(self, a: np.ndarray, dtype: str | None = None) -> cupy.ndarray:

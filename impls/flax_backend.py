@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from impls.base import Capabilities
+from impls.base import Capabilities, library_versions
 from impls.jax_backend import EAGER_DTYPES, JAX_DTYPES, JaxEdges, has_key, jax_missing, x64
 from spec.config import AttentionConfig
 from spec.params import Params
@@ -76,6 +76,9 @@ class FlaxBackend(JaxEdges):
 
     def availability(self) -> str | None:
         return jax_missing(FLAX_PINS, "flax")
+
+    def versions(self) -> dict[str, str]:
+        return library_versions('flax', 'jax', 'jaxlib')
 
     def prepare(self, params: Params, dtype: str) -> dict[str, Any]:
         """The weights in dtype, once; the module itself needs n_heads, so it is built on first use."""

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from impls.base import Backend, Capabilities
+from impls.base import Backend, Capabilities, library_versions
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
 
@@ -104,6 +104,9 @@ class JaxEdges(Backend):
 
     def availability(self) -> str | None:
         return jax_missing()
+
+    def versions(self) -> dict[str, str]:
+        return library_versions('jax', 'jaxlib')
 
     def check_dtype(self, dtype: str) -> None:
         if dtype not in self.capabilities.dtypes:

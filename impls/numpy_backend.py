@@ -22,7 +22,7 @@ import numpy as np
 from impls.array_cache import ArrayCache
 from impls.array_backward import ArrayBackward, ArrayVJPs
 from impls.array_steps import ArraySteps
-from impls.base import Backend, Capabilities
+from impls.base import Backend, Capabilities, library_versions
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import Params
 
@@ -44,6 +44,9 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         notes="float16 inputs are computed in float32 and rounded back (NumPy has no float16 BLAS); "
               "decode concatenates past keys and values (impls.array_cache).",
     )
+
+    def versions(self) -> dict[str, str]:
+        return library_versions("numpy")
 
     # -- edges -------------------------------------------------------------------------
     def from_numpy(self, a: np.ndarray, dtype: str | None = None) -> np.ndarray:

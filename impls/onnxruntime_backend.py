@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from impls.base import Backend, Capabilities
+from impls.base import Backend, Capabilities, library_versions
 from impls.jax_backend import PEERS_SWITCH
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
@@ -126,6 +126,9 @@ class OnnxRuntimeBackend(Backend):
 
     def availability(self) -> str | None:
         return ort_missing()
+
+    def versions(self) -> dict[str, str]:
+        return library_versions('onnxruntime', 'onnx')
 
     def check_dtype(self, dtype: str) -> None:
         if dtype not in self.capabilities.dtypes:

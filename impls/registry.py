@@ -10,12 +10,17 @@ traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import site
+import sys
 from importlib import metadata
+from pathlib import Path
 
 from impls.base import BackendInfo, missing_parts
 
 ENTRY_POINT_GROUP = "mha_conformance.backends"
+_CHECKOUT = str(Path(__file__).resolve().parent.parent)  # always importable: runs start here
 
 #: Built-in backends: name -> "module:attr" inside this checkout.
 BUILTINS: dict[str, str] = {
@@ -119,3 +124,30 @@ def resolve_all(specs: list[str] | tuple[str, ...]) -> list[BackendInfo]:
         seen[name] = spec
         infos.append(info)
     return infos
+
+
+def import_path(spec: str) -> list[str]:
+    """The sys.path entries a fresh process needs to import `spec`'s module as this one did.
+
+    For a `module.path:attr` backend: the directory its top-level package was imported from,
+    unless that is on every process's path anyway (site-packages, this checkout), then the
+    entries of $PYTHONPATH (what the plug-in itself may import). Empty for built-ins and entry
+    points (installed), and when nothing extra is needed. A failure bundle stores it, so
+    `python -m conformance.repro` replays a plug-in from a directory that was on PYTHONPATH.
+    """
+    if spec in BUILTINS or not _MODULE_ATTR.match(spec):
+        return []
+    top = sys.modules.get(spec.split(":")[0].split(".")[0])
+    where = getattr(top, "__file__", None)
+    if where is None:  # a namespace package: its first directory
+        paths = list(getattr(top, "__path__", []) or [])
+        root = str(Path(paths[0]).parent) if paths else None
+    else:
+        f = Path(where).resolve()
+        root = str(f.parent.parent if f.name == "__init__.py" else f.parent)
+    standard = {str(Path(d).resolve()) for d in [*site.getsitepackages(), site.getusersitepackages(), _CHECKOUT]}
+    out = [root] if root and root not in standard else []
+    for d in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if d and str(Path(d).resolve()) not in out and str(Path(d).resolve()) not in standard:
+            out.append(str(Path(d).resolve()))
+    return out

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from impls.base import Backend, Capabilities
+from impls.base import Backend, Capabilities, library_versions
 from impls.torch_cache import TorchCache
 from impls.torch_grad import TorchAutograd
 from impls.torch_masks import query_has_key  # noqa: F401  (re-exported: torch_mha, peers)
@@ -69,6 +69,9 @@ class TorchEdges(Backend):
 
     def availability(self) -> str | None:
         return cuda_missing() if self.device == "cuda" else torch_missing()
+
+    def versions(self) -> dict[str, str]:
+        return library_versions('torch')
 
     def from_numpy(self, a: np.ndarray, dtype: str | None = None) -> torch.Tensor:
         import torch

@@ -168,3 +168,49 @@ def test_gradient_example_matches_the_spec_and_passes_the_gradient_checks(mypkg,
                           cwd=DOC.parent.parent, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(mypkg)})
     assert proc.returncode == 0 and "conforms" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+# -- failure bundles and the spec as a reference --------------------------------------------------
+BUNDLE_HEADING = "## Failure bundles and the spec as your reference"
+
+
+def test_bundle_and_spec_example_runs_and_loads_a_real_bundle(tmp_path, capsys):
+    from conformance.suite.case import Case
+    from conformance.suite.strategies import case_from
+
+    code = first_block(section(BUNDLE_HEADING), "python")
+    ns: dict = {}
+    exec(compile(code, "bundle-example", "exec"), ns)
+    assert capsys.readouterr().out.split() == ["(2,", "5,", "8)", "(2,", "5,", "8)", "(8,", "8)"]
+    want = spec.forward(ns["x"], ns["params"], ns["config"], key_padding_mask=ns["mask"])
+    np.testing.assert_array_equal(ns["y"], want)
+    # the doc's loader reads what the suite saves
+    case = case_from(spec.AttentionConfig(d_in=6, d_out=8, n_heads=2, causal=True, qkv_bias=True), 2, 5,
+                     "float32", seed=3)
+    case = case.with_(key_padding_mask=np.array([[True] * 5, [True, False, True, True, False]]))
+    path = case.save(tmp_path / "b.npz", {"backend": "b", "backend_spec": "m:B", "import_path": [], "check": "c",
+                                          "reason": "r"})
+    x, params, config, mask, meta = ns["load_bundle"](path)
+    loaded, meta2 = Case.load(path)
+    assert meta == meta2 and config == loaded.config
+    np.testing.assert_array_equal(x, loaded.x)
+    np.testing.assert_array_equal(mask, loaded.key_padding_mask)
+    for k, v in loaded.params.arrays().items():
+        np.testing.assert_array_equal(getattr(params, k), v)
+
+
+def test_bundle_table_names_every_array_and_meta_key_the_suite_saves(tmp_path):
+    from conformance.suite.strategies import case_from
+
+    table = section(BUNDLE_HEADING)
+    documented = set(re.findall(r"`(\w+)`", table.split("```python")[0]))
+    case = case_from(spec.AttentionConfig(d_in=4, d_out=4, n_heads=1, causal=False, qkv_bias=True), 1, 3,
+                     "float64", seed=1)
+    case = case.with_(key_padding_mask=np.ones((1, 3), bool), dropout_mask=np.ones((1, 1, 3, 3), bool))
+    meta = {"backend": "b", "backend_spec": "m:B", "import_path": [], "check": "c", "reason": "r"}
+    path = case.save(tmp_path / "b.npz", meta)
+    with np.load(path) as z:
+        arrays = set(z.files)
+        keys = set(json.loads(bytes(z["meta"]).decode()))
+    assert arrays <= documented, arrays - documented
+    assert keys <= documented, keys - documented

@@ -24,6 +24,7 @@ from conformance.suite.engine import run_check
 from conformance.suite.process_state import OutputTail, restored_state
 from conformance.suite.plan import Key
 from conformance.suite.recorder import crashed_during, write_record
+from impls.registry import import_path
 
 
 def _slug(text: str) -> str:
@@ -55,7 +56,7 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
                 "examples": result.examples, "duration_s": round(result.duration_s, 4)})
     if result.outcome == "failed" and result.case is not None:
         path = out_dir / "failures" / f"{_slug(key.backend)}__{key.dtype}__{check.name}.npz"
-        result.case.save(path, {"backend": key.backend, "backend_spec": key.spec,
+        result.case.save(path, {"backend": key.backend, "backend_spec": key.spec, "import_path": import_path(key.spec),
                                 "check": check.name, "reason": result.reason})
         rec["inputs"] = str(path.relative_to(out_dir))
         rec["repro"] = f"python -m conformance.repro {shlex.quote(str(path))}"

@@ -4,14 +4,15 @@ Runs the semantic-profile probes on every CPU backend's library (or the named on
 stores the table as the "semantics" section of this machine's run in `<out>/results.json`
 (the conformance and speed sections of that run are kept). A library that is not installed
 gets a row saying so. Other options of `python -m conformance` are accepted and ignored, so
-`nox -s conformance` can pass its arguments to both; with --list-checks, --list-backends or
---help among them nothing is probed. Backends without a probe (GPU names, module:attr specs)
-are left out; the exit status is 0 (the suite, not this step, validates the arguments).
+`nox -s conformance` can pass its arguments to both; with --list-checks or --list-backends
+among them nothing is probed, --help prints this command's help (nox's conformance session then
+leaves this step out). Backends without a probe (GPU names, module:attr specs)
+are left out. Exit status 0 (the suite, not this step, validates the suite's arguments); 2 with
+a one-line error when one of this command's own options is malformed (--out with no value).
 """
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
@@ -21,8 +22,10 @@ from typing import Any
 
 from conformance.semantics.libraries import all_raw
 from conformance.semantics.probes import COLUMNS, profile
+from conformance.usage import OneLineParser, UsageError, report
 
-QUIET = ("--list-checks", "--list-backends", "-h", "--help")
+QUIET = ("--list-checks", "--list-backends")
+PROG = "python -m conformance.semantics"
 
 
 def adapter_notes(name: str) -> str:
@@ -57,15 +60,29 @@ def write(out: Path, machine: str | None, section: dict[str, Any]) -> Path:
     return path
 
 
+def parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n", 1)[1].replace("\n", " "))
+    p.add_argument("--out", default="reports/latest", help="run directory whose results.json gets the "
+                   "semantics section (default reports/latest)")
+    p.add_argument("--machine", default=None, help="label of this machine's run (default: $MHA_MACHINE or the host name)")
+    p.add_argument("--backend", "-b", action="append", default=[], metavar="NAME",
+                   help=f"probe only this library's backend (repeatable; default all: "
+                        f"{', '.join(r.name for r in all_raw())})")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in QUIET for a in argv):
+    p = parser()
+    if any(a in ("-h", "--help") for a in argv):
+        p.print_help()
         return 0
-    p = argparse.ArgumentParser(prog="python -m conformance.semantics", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="reports/latest")
-    p.add_argument("--machine", default=None)
-    p.add_argument("--backend", "-b", action="append", default=[])
-    args, _ = p.parse_known_args(argv)
+    if any(a in QUIET for a in argv):  # the suite's listing options: nothing to probe
+        return 0
+    try:
+        args, _ = p.parse_known_args(argv)  # the suite's other options are accepted and ignored
+    except UsageError as e:
+        return report(PROG, e)
     known = [r.name for r in all_raw()]
     names = [b for b in args.backend if b in known]  # other specs (module:attr, GPU names) have no probe
     if args.backend and not names:

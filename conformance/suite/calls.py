@@ -214,5 +214,6 @@ class Runner:
     def assert_exact(self, what: str, measure: float, detail: str = "") -> None:
         """An invariant that must hold exactly (index bookkeeping, masked zeros)."""
         if measure != 0.0:
-            raise CheckFailure(f"{what}: violated by {measure:.6g} (must be exactly 0){detail}",
+            # repr: the shortest text that reads back as the same float, so no digit is hidden
+            raise CheckFailure(f"{what}: violated by {float(measure)!r} (must be exactly 0){detail}",
                                max_error=float(measure), tolerance=0.0)

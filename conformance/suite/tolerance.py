@@ -43,6 +43,7 @@ on 2 cores, seeds 1 and 5 (`--cases 5000 --seed S`), 20,194 cases each, no failu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,29 @@ FLOOR = {d: _EPS[d] * _FLOOR_EPS[d] for d in _EPS}
 
 def eps(dtype: str) -> float:
     return _EPS[dtype]
+
+
+def distinct_digits(a: float, b: float, least: int = 6) -> int:
+    """Significant digits that print a and b differently (at least `least`, at most 17:
+    float64's round-trip precision), so a message never reads "got 1.07383, expected 1.07383":
+    from the relative difference, two digits past the first one where they differ."""
+    n = least
+    mag, diff = max(abs(a), abs(b)), abs(a - b)
+    if math.isfinite(mag) and 0 < diff and mag > 0:
+        n = max(n, math.ceil(math.log10(mag / diff)) + 2)
+    n = min(n, 17)
+    while n < 17 and f"{a:.{n}g}" == f"{b:.{n}g}":
+        n += 1
+    return n
+
+
+def got_expected(actual: float | None, expected: float | None) -> str:
+    """"got A, expected E (difference D)", with enough digits to see where A and E differ."""
+    if actual is None or expected is None:
+        return f"got {actual}, expected {expected}"
+    n = distinct_digits(actual, expected)
+    diff = abs(actual - expected)
+    return f"got {actual:.{n}g}, expected {expected:.{n}g} (difference {diff:.3g})"
 
 
 @dataclass(frozen=True)
@@ -77,7 +101,7 @@ class Comparison:
 
     def summary(self) -> str:
         where = "" if self.worst_index is None else (
-            f" at index {self.worst_index} (got {self.actual:.6g}, expected {self.expected:.6g})")
+            f" at index {self.worst_index} ({got_expected(self.actual, self.expected)})")
         return (f"max relative error {self.err:.3g} > allowed {self.allowed:.3g} "
                 f"(= {K:g} x plain-reference error {self.plain_err:.3g} + floor {self.allowed - K * self.plain_err:.3g})"
                 f"{where}")

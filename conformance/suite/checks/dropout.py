@@ -17,12 +17,14 @@ from conformance.suite import strategies as cs
 from conformance.suite.checks import CheckFailure, check
 from conformance.suite.checks.localize import step_matches_spec
 from conformance.suite.reference import forward_golden_and_plain, step_inputs
-from conformance.suite.tolerance import eps
+from conformance.suite.tolerance import distinct_digits, eps
 from spec.block import sample_dropout_mask
 from spec.config import AttentionConfig
 from spec.params import Params
 
 P_VALUES = (0.1, 0.5, 0.9)
+#: the binomial test's significance level: a correct backend fails it once in a million runs
+ALPHA = 1e-6
 
 
 def _requires_replay(backend):
@@ -97,13 +99,24 @@ def dropout_statistics(run, case):
     stray = ok & ~is_zero & ~is_kept
     if stray.any():
         b, i, j = (int(v) for v in np.argwhere(stray)[0])
-        raise CheckFailure(f"weight [{b}, {i}, {j}] = {got[b, i, j]:.6g} is neither 0 nor w/(1-p) = {kept[i, 0]:.6g}")
-    if (np.abs(got) * ~ok).max(initial=0.0) > 0:
-        raise CheckFailure("dropout made a masked (future) position non-zero")
+        g, k = float(got[b, i, j]), float(kept[i, 0])
+        n = distinct_digits(g, k)
+        raise CheckFailure(f"weight [{b}, {i}, {j}] = {g:.{n}g} is neither 0 nor w/(1-p) = {k:.{n}g} "
+                           f"(w = 1/{int(ok[i].sum())} uniform, p = {p}; allowed rounding {tol * kept[i, 0] * 4:.3g}): "
+                           f"inverted dropout keeps a weight scaled by 1/(1-p) or drops it to 0",
+                           max_error=abs(g - k), tolerance=float(tol * kept[i, 0] * 4))
+    future = np.abs(got) * ~ok
+    if future.max(initial=0.0) > 0:
+        b, i, j = (int(v) for v in np.argwhere(future > 0)[0])
+        raise CheckFailure(f"dropout made a masked (future) position non-zero: weight [{b}, {i}, {j}] = "
+                           f"{got[b, i, j]:.6g}, must be exactly 0 (query {i} cannot see key {j} > {i})",
+                           max_error=float(future.max()), tolerance=0.0)
     n = int(np.broadcast_to(ok, got.shape).sum())
     dropped = int((is_zero & ok).sum())
-    # two-sided binomial test at 1e-6: runs often, so a correct backend must essentially never fail
+    # two-sided binomial test at ALPHA: runs often, so a correct backend must essentially never fail
     pv = stats.binomtest(dropped, n, p).pvalue
-    if pv < 1e-6:
-        raise CheckFailure(f"dropped {dropped} of {n} weights ({dropped / n:.3f}), expected p = {p} "
-                           f"(binomial test p-value {pv:.2g})", max_error=abs(dropped / n - p))
+    if pv < ALPHA:
+        raise CheckFailure(f"dropped fraction {dropped / n:.4f} ({dropped} of {n} weights), expected p = {p}: "
+                           f"two-sided binomial test p-value {pv:.2g} < {ALPHA:g} (each weight must be dropped "
+                           f"independently with probability p; a fraction this far from p is that unlikely)",
+                           max_error=abs(dropped / n - p))

@@ -16,6 +16,7 @@ from conformance.suite.checks import CheckFailure, check, everyday_cases, requir
 from conformance.suite.conditioning import decided_step8_rows
 from conformance.suite.checks.localize import step_matches_spec
 from conformance.suite.reference import golden_and_plain, step_inputs
+from conformance.suite.tolerance import distinct_digits
 from impls.base import exposed_steps
 from spec import invariants as inv
 from spec import steps as S
@@ -31,6 +32,10 @@ def _ok_mask(case):
 
 
 # -- step 3 ---------------------------------------------------------------------------------
+#: the uniformity test's significance level: a correct init fails it once in a million draws
+INIT_ALPHA = 1e-6
+
+
 @st.composite
 def _init_cases(draw, caps, dtype):
     case = draw(cs.cases(caps, dtype, padding=False, max_batch=1))
@@ -52,14 +57,19 @@ def init_follows_nn_linear(run, case):
         a = np.asarray(a, dtype=np.float64)
         worst = float(np.max(np.abs(a), initial=0.0))
         if worst > bound * (1 + 1e-6):
-            raise CheckFailure(f"{name}: |value| {worst:.4g} exceeds nn.Linear's bound 1/sqrt({fan_in}) = {bound:.4g}",
+            n = distinct_digits(worst, bound, least=4)
+            raise CheckFailure(f"{name}: |value| {worst:.{n}g} exceeds nn.Linear's bound 1/sqrt({fan_in}) = "
+                               f"{bound:.{n}g} (init draws from U(-bound, bound); allowed rounding 1e-6 relative)",
                                max_error=worst, tolerance=bound)
         if a.size >= 64:
-            # 1e-6: this runs thousands of times; a correct init must essentially never fail
-            p_value = stats.kstest(a.ravel() / bound, "uniform", args=(-1, 2)).pvalue
-            if p_value < 1e-6:
-                raise CheckFailure(f"{name}: not uniform on (-{bound:.4g}, {bound:.4g}): "
-                                   f"Kolmogorov-Smirnov p = {p_value:.2g} over {a.size} values")
+            # INIT_ALPHA: this runs thousands of times; a correct init must essentially never fail
+            ks = stats.kstest(a.ravel() / bound, "uniform", args=(-1, 2))
+            if ks.pvalue < INIT_ALPHA:
+                raise CheckFailure(f"{name}: not uniform on (-{bound:.4g}, {bound:.4g}): Kolmogorov-Smirnov "
+                                   f"statistic D = {ks.statistic:.3g} over {a.size} values, p-value "
+                                   f"{ks.pvalue:.2g} < {INIT_ALPHA:g} (the largest gap between the values' "
+                                   f"distribution and U(-bound, bound) is that unlikely for a uniform draw)",
+                                   max_error=float(ks.statistic))
 
 
 # -- step 4 ---------------------------------------------------------------------------------
