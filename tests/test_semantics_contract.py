@@ -53,6 +53,14 @@ def test_a_plugin_row_names_its_one_behaviour(attr, differs):
     assert {k: got[k] for k in expected} == expected
 
 
+def test_a_declared_convention_is_kept_with_the_row_and_shown_in_the_notes():
+    row = sem_rows.contract_row(f"{CB}:MeanVRowsDeclared")
+    assert row["conventions"] == {"fully_masked_rows": "mean_v"}
+    assert row["entries"]["fully_masked_row"]["value"] == "mean_v"  # measured, whatever is declared
+    section = {"columns": sem_rows.columns(), "rows": [row]}
+    assert semantic.notes(section) == [("conv-mean-v-declared", "declares fully_masked_rows=mean_v")]
+
+
 def test_a_wrong_scale_is_named_and_the_dtypes_carry_their_error():
     row = sem_rows.contract_row(f"{CB}:WrongScale")
     assert row["entries"]["default_scale"]["value"] == "1/sqrt(d_out)"
