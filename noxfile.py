@@ -43,7 +43,7 @@ def install(session: nox.Session, *, torch: bool = True, cupy: bool = False) -> 
 def conformance(session: nox.Session) -> None:
     """Check every available backend against the spec; writes reports/latest/results.json.
 
-    First the semantic profile of the CPU backends' libraries (seconds; also into results.json,
+    First the semantic profile of every backend, its library and its contract (seconds; also into results.json,
     same --out and --machine), then the suite.
     """
     install(session)

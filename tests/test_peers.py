@@ -21,6 +21,7 @@ import pytest
 import spec
 from conformance.semantics import __main__ as sem_cli
 from conformance.semantics import probes
+from conformance.semantics import rows as sem_rows
 from conformance.semantics.libraries import SpecSteps
 from impls.registry import resolve
 from conformance import results
@@ -74,9 +75,10 @@ def test_missing_package_is_a_skip_with_its_reason(name, hidden, expected):
 def test_missing_library_is_a_row_that_says_why(monkeypatch):
     raw = SpecSteps("numpy", "numpy")
     monkeypatch.setattr(raw, "missing", lambda: "jax is not installed: test")
-    monkeypatch.setattr(sem_cli, "all_raw", lambda: [raw])
-    row = sem_cli.measure()["rows"][0]
-    assert row["skip_reason"] == "jax is not installed: test" and row["entries"] == {}
+    monkeypatch.setattr(sem_rows, "all_raw", lambda: [raw])
+    lib, con = sem_cli.measure(["numpy"])["rows"]
+    assert lib["via"] == "library" and lib["skip_reason"] == "jax is not installed: test" and lib["entries"] == {}
+    assert con["via"] == "contract" and con["skip_reason"] is None  # the adapter is measured all the same
 
 
 # -- adapters, where their package is installed ----------------------------------------------
@@ -223,7 +225,7 @@ def test_semantics_section_written_beside_conformance(tmp_path):
     assert sem_cli.main(["--out", str(tmp_path), "--machine", "box", "--backend", "numpy", "--profile", "quick"]) == 0
     run = json.loads((tmp_path / "results.json").read_text())["runs"][0]
     assert run["speed"] == {"kept": True}
-    assert [r["backend"] for r in run["semantics"]["rows"]] == ["numpy"]
+    assert [(r["backend"], r["via"]) for r in run["semantics"]["rows"]] == [("numpy", "library"), ("numpy", "contract")]
     assert sem_cli.main(["--list-checks", "--out", str(tmp_path / "none")]) == 0
     assert not (tmp_path / "none").exists()
 
@@ -231,8 +233,8 @@ def test_semantics_section_written_beside_conformance(tmp_path):
 def test_report_shows_the_profile(tmp_path):
     raw = SpecSteps("numpy", "numpy")
     section = sem_cli.measure(["numpy"])
-    section["rows"].append({"backend": "jax", "library": "jax not installed", "skip_reason": "jax is not <installed>",
-                            "entries": {}})
+    section["rows"].append({"backend": "jax", "via": "library", "library": "jax not installed",
+                            "skip_reason": "jax is not <installed>", "entries": {}})
     path = sem_cli.write(tmp_path, "box", section)
     results.load(path)  # schema-valid
     out, report = cli.generate([tmp_path], tmp_path / "out")
@@ -244,19 +246,19 @@ def test_report_shows_the_profile(tmp_path):
     measured = [section["rows"][0]["entries"][k]["value"] for k in keys]
     assert measured[keys.index("causal_alignment")] == "bottom-right"  # the spec's decision, measured on numpy
     [table] = rp.section(md, semantic.TITLE).tables()
-    assert [rp.plain(h) for h in table.head[2:]] == [c["title"] for c in section["columns"]]
-    rows = {rp.code_spans(r[0])[0]: [rp.plain(c) for c in r[1:]] for r in table.rows}
-    assert list(rows) == ["numpy", "jax"]
-    assert rows["numpy"] == [raw.library, *measured]
+    assert [rp.plain(h) for h in table.head[3:]] == [c["title"] for c in section["columns"]]
+    rows = {(rp.code_spans(r[0])[0], rp.plain(r[1])): [rp.plain(c) for c in r[2:]] for r in table.rows}
+    assert list(rows) == [("numpy", "library"), ("numpy", "contract"), ("jax", "library")]
+    assert rows["numpy", "library"] == [raw.library, *measured]
     # a library that is missing: nothing measured, and the reason under the table
-    assert rows["jax"][0] == "jax not installed" and len(set(rows["jax"][1:])) == 1
-    assert not set(rows["jax"][1:]) & set(measured)
+    assert rows["jax", "library"][0] == "jax not installed" and len(set(rows["jax", "library"][1:])) == 1
+    assert not set(rows["jax", "library"][1:]) & set(measured)
     jax_notes = [rp.plain(i) for i in rp.section(md, semantic.TITLE).items() if rp.code_spans(i)[:1] == ["jax"]]
     assert jax_notes and all(n.endswith("jax is not <installed>") for n in jax_notes)
     sem = rp.parse_html(page).root.one("section", id="semantics")
-    trs = {r[0].text: r[1:] for r in rp.html_rows(sem.one("table"))}
-    assert [td.text for td in trs["numpy"]] == [raw.library, *measured]
-    assert [td.attrs["title"] for td in trs["jax"][1:]] == ["jax is not <installed>"] * len(keys)
+    trs = {(r[0].text, r[1].text): r[2:] for r in rp.html_rows(sem.one("table"))}
+    assert [td.text for td in trs["numpy", "library"]] == [raw.library, *measured]
+    assert [td.attrs["title"] for td in trs["jax", "library"][1:]] == ["jax is not <installed>"] * len(keys)
     # no profile in the document: the section says so and names the command that measures one
     no_profile = model.build({"schema_version": "1.0", "kind": "mha-conformance-results", "runs": []})
     empty = rp.section(markdown.render(no_profile), semantic.TITLE)
