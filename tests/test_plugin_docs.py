@@ -101,7 +101,8 @@ def test_step_table_lists_every_step_by_its_method_name():
 def test_capabilities_table_lists_every_field_with_its_default():
     table = section("## Capabilities")
     rows = dict(re.findall(r"^\| `(\w+)` \| `?([^|`]*)`? \|", table, flags=re.MULTILINE))
-    fields = {f.name: f.default for f in dataclasses.fields(Capabilities)}
+    fields = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+              for f in dataclasses.fields(Capabilities)}
     assert set(rows) == set(fields)
     for name, default in fields.items():
         assert ast.literal_eval(rows[name]) == default, f"{name}: doc says {rows[name]}, code {default!r}"
