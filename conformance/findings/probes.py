@@ -128,10 +128,11 @@ def mask_polarity(backend: Any) -> tuple[str, str]:
     if err:
         return "raises", err
     readings = {"True = may attend": kpm, "True = masked out": ~kpm, "ignored": None}
+    rows = kpm  # (B, T): compare the queries that are not padding (a backend may zero padded queries' rows)
     candidates = {}
     for name, m in readings.items():
-        candidates[name] = forward_golden_and_plain(case.with_(key_padding_mask=m))[0]
-    found = _match(got, candidates, case.dtype)
+        candidates[name] = forward_golden_and_plain(case.with_(key_padding_mask=m))[0][rows]
+    found = _match(got[rows], candidates, case.dtype)
     return (found or "other"), {"True = may attend": "as the spec (and SDPA, JAX)",
                                 "True = masked out": "inverted: True masks the key out (nn.MultiheadAttention's polarity)",
                                 "ignored": "the key padding mask has no effect on the output"}.get(found, "none of the readings")
