@@ -32,7 +32,7 @@ from impls.registry import (
     resolve_all,
 )
 from spec.config import FLOAT_DTYPES
-from spec.conventions import departures
+from conformance.verdict import verdict_text
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "plugin"  # the pytest side of a run: conftest.py and the one test
@@ -127,22 +127,6 @@ def _header(infos, states: dict, args, seed: int, checks: list[str], dtypes: lis
             "dtypes": dtypes, "plan": {"id": pid, "shard": k, "shards": n, "total": total}}
 
 
-def _verdict(n: dict[str, int], skip_reason: str | None, conventions: dict | None = None) -> str:
-    bad = []
-    if n["failed"]:
-        bad.append("FAILS")
-    if n["missing"]:
-        bad.append(f"INCOMPLETE: {n['missing']} not run")
-    if bad:
-        return ", ".join(bad)
-    if skip_reason:
-        return f"skipped: {skip_reason}"
-    if n["passed"]:
-        declared = ", ".join(f"{k}={v}" for k, v in departures(conventions or {}).items())
-        return f"conforms under declared conventions: {declared}" if declared else "conforms"
-    return "nothing supported" if n["unsupported"] else "not run"
-
-
 def _conventions(backend) -> dict:
     try:
         return dict(backend.capabilities.conventions)
@@ -165,7 +149,7 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
         n = by.get(name, zero)
         shown = name if name.isprintable() else repr(name)
         print(f"{shown:{w}s} {n['passed']:7d} {n['failed']:7d} {n['unsupported']:8d} {n['skipped']:8d} "
-              f"{n['missing']:8d}  {_verdict(n, states[info.spec][0], _conventions(info.backend))}")
+              f"{n['missing']:8d}  {verdict_text(n, states[info.spec][0], conventions=_conventions(info.backend))}")
     failed = [r for r in records if r["outcome"] == "failed"]
     if findings:
         print_findings(findings, records)

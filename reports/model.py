@@ -13,6 +13,7 @@ from typing import Any
 from reports import findings as fnd
 from reports.environment import environment_rows, short_commit
 from reports.findings import Finding
+from conformance import verdict
 from reports.fmt import one_line, sig  # noqa: F401  (sig: renderers format numbers through model)
 from reports.speed_model import SpeedSection, build_speed
 from spec.table import STEPS  # the step titles come from the spec's step table
@@ -26,9 +27,8 @@ VERDICT = {"fail": ("❌", "FAIL"), "pass": ("✅", "pass"), "unsupported": ("�
 OUTCOME_RANK = {"failed": 0, "passed": 1, "unsupported": 2, "skipped": 3}
 #: A backend's verdict over all its records (the summary and the matrix header): "declared" is a
 #: pass judged against the spec adjusted for declared conventions, never shown as a plain pass.
-BACKEND_VERDICT = {"fails": ("❌", "FAILS"), "conforms": ("✅", "conforms"),
-                   "declared": ("☑", "conforms under declared conventions"), "incomplete": ("◐", "INCOMPLETE"),
-                   "skipped": ("⏭", "skipped"), "none": ("○", "nothing passed")}
+_SYMBOL = {"fails": "❌", "conforms": "✅", "declared": "☑", "incomplete": "◐", "skipped": "⏭", "none": "○"}
+BACKEND_VERDICT = {k: (_SYMBOL[k], verdict.WORDS[k]) for k in verdict.WORDS}  # the word always beside the symbol
 
 
 #: The matrix's group of the gradient checks (Check.group "gradients"), after end to end.
@@ -338,8 +338,7 @@ def backend_verdict(matrix: Matrix, i: int) -> BackendVerdict:
     show: any failure, then anything planned missing, then a skip, then a pass. A pass under
     declared conventions has its own word and names them; a failure names them too."""
     c, t = matrix.columns[i], matrix.totals[i]
-    status = ("fails" if t["failed"] else "incomplete" if c.missing else "skipped" if c.skip_reason
-              else ("declared" if c.conventions else "conforms") if t["passed"] else "none")
+    status = verdict.status(t, c.skip_reason, c.missing, c.conventions)  # the suite's one verdict
     symbol, word = BACKEND_VERDICT[status]
     conv = fnd.conventions_text(c.conventions)
     if status == "declared":

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from conformance import verdict
+
 
 def _conformance_section(results: Path, machine: str) -> dict[str, Any] | None:
     try:
@@ -30,16 +32,13 @@ def _conformance_section(results: Path, machine: str) -> dict[str, Any] | None:
     return None
 
 
-def _declared(section: dict[str, Any], name: str) -> str:
-    """The backend's declared departures from the spec, as `name=value, ...` ('' when none)."""
-    from spec.conventions import SPEC
-
+def _conventions(section: dict[str, Any], name: str) -> dict[str, str]:
+    """The conventions the backend declared, from the run's header ({} when none or unreadable)."""
     for b in section.get("backends", []):
         if isinstance(b, dict) and b.get("name") == name:
             conv = (b.get("capabilities") or {}).get("conventions") or {}
-            if isinstance(conv, dict):
-                return ", ".join(f"{k}={v}" for k, v in conv.items() if SPEC.get(k) != v)
-    return ""
+            return conv if isinstance(conv, dict) else {}
+    return {}
 
 
 def conformance_status(results: Path, machine: str, names: list[str]) -> dict[str, tuple[bool | None, str]]:
@@ -58,10 +57,10 @@ def conformance_status(results: Path, machine: str, names: list[str]) -> dict[st
             # planned checks without a record: not shown to conform, so no headline figure
             n = sum(1 for m in section["missing"] if isinstance(m, dict) and m.get("backend") == name)
             out[name] = (None, f"conformance incomplete: {n} planned check(s) have no record")
-        elif mine and not any(r.get("outcome") == "passed" for r in mine):
+        elif mine and verdict.status({"passed": sum(r.get("outcome") == "passed" for r in mine)}) == "none":
             out[name] = (None, "no conformance check passed (every record unsupported or skipped)")
         elif mine:
-            declared = _declared(section, name)
+            declared = verdict.declared_text(_conventions(section, name))
             under = f", under declared conventions: {declared}" if declared else ""
             out[name] = (True, f"{len(mine)} conformance records, none failed{under}")
         else:
