@@ -155,3 +155,14 @@ def test_the_bench_gate_names_declared_conventions_and_wants_a_pass(tmp_path):
     status = conformance_status(tmp_path / "results.json", "m", ["decl", "none"])
     assert status["decl"][0] is True and "declared conventions: fully_masked_rows=mean_v" in status["decl"][1]
     assert status["none"][0] is None and "no conformance check passed" in status["none"][1]
+
+
+def test_every_comparison_passes_the_one_observer_hook():
+    from conformance.suite.calls import Runner
+
+    seen: list[tuple[str, float]] = []
+    run = Runner(cb._Wrapped(), "float32", observers=[lambda what, c: seen.append((what, c.err))])
+    get("matches_spec").fn(run, _padded_case())
+    get("causality").fn(run, _padded_case())
+    assert [w for w, _ in seen] == ["forward", "outputs 0..1 after changing tokens 2.. vs before"]
+    assert all(err <= 1e-5 for _, err in seen)

@@ -7,7 +7,7 @@ converts back, turning an exception, a non-array, a wrong shape or a wrong dtype
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,10 +26,11 @@ from spec.table import STEPS, call_args
 class Runner:
     """One backend at one dtype, as seen by the checks."""
 
-    def __init__(self, backend: Any, dtype: str):
+    def __init__(self, backend: Any, dtype: str, observers: list[Callable[[str, Any], None]] | None = None):
         self.backend = backend
         self.dtype = dtype
         self.np_dtype = numpy_dtype(dtype)
+        self.observers = list(observers or ())  # each sees every comparison (the calibration records them)
 
     # -- edges ---------------------------------------------------------------------------
     def native(self, a: np.ndarray | None) -> Any:
@@ -186,7 +187,7 @@ class Runner:
     def assert_close(self, what: str, actual: np.ndarray, golden: np.ndarray, plain: np.ndarray,
                      floor_scale: float = 1.0) -> None:
         """Tolerance model: err(actual) <= K * err(plain in D) + floor(D), relative to |golden|."""
-        c = compare(actual, golden, plain, self.dtype, floor_scale)
+        c = self.observe(what, compare(actual, golden, plain, self.dtype, floor_scale))
         if not c.ok:
             raise CheckFailure(f"{what}: {c.summary()}", max_error=c.err, tolerance=c.allowed, where=c.worst_index)
 
@@ -197,7 +198,7 @@ class Runner:
         declared convention decides (`property_rows`): matches_spec judges those."""
         if rows is not None:
             actual, baseline, golden, plain = actual[rows], baseline[rows], golden[rows], plain[rows]
-        c = compare_pair(actual, baseline, golden, plain, self.dtype)
+        c = self.observe(what, compare_pair(actual, baseline, golden, plain, self.dtype))
         if not c.ok:
             raise CheckFailure(f"{what}: the backend disagrees with itself: {c.summary()}",
                                max_error=c.err, tolerance=c.allowed)
@@ -206,9 +207,11 @@ class Runner:
         """[B, T]: the output rows a property judges, those no declared row convention decides."""
         return ~active().governed(config, B, T, key_padding_mask)
 
-    def judge(self, what: str, c: Any) -> Any:
-        """A tolerance comparison a check made on its own scale (gradients): returned as it is;
-        the calibration's recording runner keeps it, as it keeps assert_close's."""
+    def observe(self, what: str, c: Any) -> Any:
+        """Every tolerance comparison a check makes passes here, on its way to its verdict: the
+        one hook for tools that record comparisons (the calibration). Returns `c`."""
+        for observer in self.observers:
+            observer(what, c)
         return c
 
     def assert_exact(self, what: str, measure: float, detail: str = "") -> None:

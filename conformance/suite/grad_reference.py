@@ -28,7 +28,7 @@ import numpy as np
 
 from conformance.suite.case import Case
 from conformance.suite.reference import golden_and_plain
-from conformance.suite.tolerance import FLOOR, K, Comparison, eps, plain_error
+from conformance.suite.tolerance import eps
 from spec import backward as BW
 from spec import steps as S
 from spec.block import intermediates
@@ -162,18 +162,3 @@ def sizes(case: Case, grad_out: np.ndarray, dropout: bool = False) -> dict[str, 
     dx, d_in = BW.project_qkv_vjp(back(dq), back(dk), back(dv), a["x"], p)
     out = {"dx": dx, **{"d" + k: v for k, v in {**d_in, **d_o}.items()}}
     return {n: float(np.max(out[n], initial=0.0)) for n in _names(case.params)}
-
-
-def compare_on_scale(actual: np.ndarray, golden: np.ndarray, plain: Any, dtype: str, scale: float) -> Comparison:
-    """The tolerance model (K, FLOOR unchanged) with errors relative to `scale`, not max |golden|."""
-    actual = np.asarray(actual, dtype=np.float64)
-    golden = np.asarray(golden, dtype=np.float64)
-    diff = np.abs(actual - golden)
-    diff = np.where(np.isnan(diff) | np.isinf(diff), np.inf, diff)
-    scale = scale if scale > 0 else 1.0
-    err = float(np.max(diff, initial=0.0)) / scale
-    plain_err = plain_error(golden, plain) / scale
-    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else None
-    return Comparison(err, plain_err, K * plain_err + FLOOR[dtype], scale, idx,
-                      float(actual[idx]) if idx is not None else None,
-                      float(golden[idx]) if idx is not None else None)

@@ -165,18 +165,19 @@ def plain_error(golden: np.ndarray, plain: "Plain | np.ndarray") -> float:
 
 
 def compare(actual: np.ndarray, golden: np.ndarray, plain: "Plain | np.ndarray", dtype: str,
-            floor_scale: float = 1.0) -> Comparison:
+            floor_scale: float = 1.0, scale: float | None = None) -> Comparison:
     """Compare backend output with the golden, allowing K times the plain reference's error.
 
     `plain` covers exactly the compared elements (a `Plain`, or one array). NaN or inf in
     `actual` where the golden is finite is an infinite error. `floor_scale` widens only the
-    floor, for properties comparing two backend runs (each carries rounding).
+    floor, for properties comparing two backend runs (each carries rounding). `scale` replaces
+    max |golden| as the normaliser (gradients are compared on their own scale: grad_reference.sizes).
     """
     actual = np.asarray(actual, dtype=np.float64)
     golden = np.asarray(golden, dtype=np.float64)
     if actual.shape != golden.shape:
         return Comparison(float("inf"), 0.0, 0.0, 1.0, None, None, None)
-    scale = _scale(golden)
+    scale = _scale(golden) if scale is None else (scale if scale > 0 else 1.0)
     diff = np.abs(actual - golden)
     diff = np.where(np.isnan(diff) | np.isinf(diff), np.inf, diff)
     diff = np.where(np.isnan(golden) & np.isnan(actual), 0.0, diff)  # both NaN: not this check's business

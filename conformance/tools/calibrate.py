@@ -26,7 +26,7 @@ from typing import Any
 
 from conformance.suite.checks import CheckFailure, catalogue
 from conformance.suite.calls import Runner
-from conformance.suite.tolerance import FLOOR, K, compare
+from conformance.suite.tolerance import FLOOR, K
 from conformance.usage import OneLineParser, UsageError, add_workers, report, workers_count
 
 DEFAULT_BACKENDS = ("numpy", "torch", "torch-sdpa", "torch-mha")
@@ -58,23 +58,15 @@ class Sample:
         return self.err / self.allowed if self.allowed > 0 else (0.0 if self.err == 0 else math.inf)
 
 
-class RecordingRunner(Runner):
-    """A Runner that keeps every comparison its checks make, passed or not."""
+def recorder(backend: Any, dtype: str, check: str, sink: list[Sample], case: list[str]) -> Any:
+    """A Runner observer that keeps every comparison a check makes, passed or not (`case[0]`: the
+    case being run, set by the caller)."""
 
-    def __init__(self, backend: Any, dtype: str, check: str, sink: list[Sample]):
-        super().__init__(backend, dtype)
-        self.check_name, self.sink, self.case = check, sink, ""
+    def observe(what: str, c: Any) -> None:
+        sink.append(Sample(backend.name, dtype, check, what, c.err, c.plain_err, c.allowed - K * c.plain_err,
+                           c.allowed, case[0]))
 
-    def assert_close(self, what: str, actual, golden, plain, floor_scale: float = 1.0) -> None:
-        c = compare(actual, golden, plain, self.dtype, floor_scale)
-        self.sink.append(Sample(self.backend.name, self.dtype, self.check_name, what, c.err, c.plain_err,
-                                FLOOR[self.dtype] * floor_scale, c.allowed, self.case))
-        super().assert_close(what, actual, golden, plain, floor_scale)
-
-    def judge(self, what: str, c: Any) -> Any:
-        self.sink.append(Sample(self.backend.name, self.dtype, self.check_name, what, c.err, c.plain_err,
-                                FLOOR[self.dtype], c.allowed, self.case))
-        return c
+    return observe
 
 
 def calibrate_one(spec: str, dtype: str, examples: int, seed: int,
@@ -92,8 +84,9 @@ def calibrate_one(spec: str, dtype: str, examples: int, seed: int,
     for check in catalogue():
         if check.unsupported(info.backend, dtype) or (only and check.name not in only):
             continue
-        run = RecordingRunner(info.backend, dtype, check.name, samples)
-        body = _body(check, run, count, failures)
+        current = [""]  # the case being run, for the samples
+        run = Runner(info.backend, dtype, observers=[recorder(info.backend, dtype, check.name, samples, current)])
+        body = _body(check, run, count, failures, current)
         # calibration times nothing, so slow draws are no health problem; everything else stays on
         test = settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate],
                         suppress_health_check=[HealthCheck.too_slow])(given(check.cases(info.backend, dtype))(body))
@@ -101,10 +94,10 @@ def calibrate_one(spec: str, dtype: str, examples: int, seed: int,
     return samples, failures, count[0]
 
 
-def _body(check: Any, run: RecordingRunner, count: list[int], failures: list[str]):
+def _body(check: Any, run: Runner, count: list[int], failures: list[str], current: list[str]):
     def body(case: Any) -> None:
         count[0] += 1
-        run.case = case.describe()[:300]
+        current[0] = case.describe()[:300]
         try:  # a failure is recorded and calibration goes on: no shrinking, no stop
             check.fn(run, case)
         except CheckFailure as e:

@@ -20,7 +20,8 @@ from conformance.suite.checks import CheckFailure, check, requires_causal
 from conformance.suite.checks.dropout import P_VALUES
 from conformance.suite.checks.localize_backward import first_wrong_vjp
 from conformance.suite.conditioning import decided_output_rows
-from conformance.suite.grad_reference import compare_on_scale, golden_and_plain_grads, sizes
+from conformance.suite.grad_reference import golden_and_plain_grads, sizes
+from conformance.suite.tolerance import compare
 from conformance.suite.judgement import active
 from spec import invariants as inv
 from spec.block import sample_dropout_mask
@@ -81,8 +82,8 @@ def assert_grads_close(run, case, got: dict, grad_out: np.ndarray, what: str, dr
     size = sizes(case, grad_out, dropout)
     bad, worst = [], None
     for name, g in golden.items():
-        c = run.judge(f"{what} {name}", compare_on_scale(got[name], g, plain[name], case.dtype,
-                                                         max(size[name], float(np.max(np.abs(g), initial=0.0)))))
+        c = run.observe(f"{what} {name}", compare(got[name], g, plain[name], case.dtype,
+                                                  scale=max(size[name], float(np.max(np.abs(g), initial=0.0)))))
         if not c.ok:
             bad.append(f"{name}: {c.summary()} (scale {c.scale:.3g})")
             worst = c if worst is None or c.err / c.allowed > worst.err / worst.allowed else worst

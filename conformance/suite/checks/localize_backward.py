@@ -16,7 +16,7 @@ import numpy as np
 from conformance.suite.case import Case, round_to
 from conformance.suite.checks import CheckFailure
 from conformance.suite.reference import golden_and_plain, step_inputs
-from conformance.suite.grad_reference import compare_on_scale
+from conformance.suite.tolerance import compare
 from impls.base import exposed_vjps
 from spec.block import backward_trace
 from spec.params import Params
@@ -72,7 +72,7 @@ def first_wrong_vjp(run, case: Case, grad_out: np.ndarray) -> str | None:
             for i, (a, g, p, sz) in enumerate(zip(flat, golden, plain, sizes)):
                 a = run.to_float64(f"{name}[{i}]", a, g.shape)
                 scale = max(float(np.max(np.abs(sz), initial=0.0)), float(np.max(np.abs(g), initial=0.0)))
-                c = compare_on_scale(a, g, p, case.dtype, scale)
+                c = compare(a, g, p, case.dtype, scale=scale)
                 if not c.ok:
                     raise CheckFailure(f"step {n} {name} output {i}: {c.summary()}", c.err, c.allowed)
         except CheckFailure as e:
