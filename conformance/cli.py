@@ -219,7 +219,8 @@ def print_findings(findings: list[dict], records: list[dict]) -> None:
         by_check: dict[str, list[str]] = {}
         for c in f["checks"]:
             by_check.setdefault(c["check"], []).append(c["dtype"])
-        checks = "; ".join(f"{k} [{', '.join(v)}]" for k, v in by_check.items())
+        order = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3}
+        checks = "; ".join(f"{k} [{', '.join(sorted(v, key=lambda d: order.get(d, 9)))}]" for k, v in by_check.items())
         print(f"\n{f['id']} {f['backend']}: {f['title']}\n  explains {len(f['checks'])} failed checks: {checks}")
         if f.get("convention"):
             c = f["convention"]

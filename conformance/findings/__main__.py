@@ -20,11 +20,32 @@ from conformance.usage import OneLineParser, UsageError, report
 PROG = "python -m conformance.findings"
 
 
-def _backends(section: dict[str, Any]) -> dict[str, Any]:
+def _use_saved_import_paths(out_dir: Path, section: dict[str, Any]) -> None:
+    """Put the directories the run imported its plug-ins from (saved in each failure bundle) on
+    sys.path, as repro does: the diagnosis then loads them from any working directory."""
+    import json as _json
+
+    import numpy as np
+
+    for r in section.get("records", []):
+        if r.get("outcome") != "failed" or not r.get("inputs"):
+            continue
+        try:
+            with np.load(Path(out_dir) / r["inputs"], allow_pickle=False) as z:
+                entries = _json.loads(bytes(z["meta"]).decode()).get("import_path") or []
+        except Exception:  # noqa: BLE001  (an unreadable bundle: nothing to add)
+            continue
+        for e in entries:
+            if isinstance(e, str) and e not in sys.path:
+                sys.path.append(e)
+
+
+def _backends(out_dir: Path, section: dict[str, Any]) -> dict[str, Any]:
     """name -> backend object, for the failed backends that load here (None: text and fallback only)."""
     from impls.registry import resolve
 
     failing = {r["backend"] for r in section.get("records", []) if r.get("outcome") == "failed"}
+    _use_saved_import_paths(out_dir, section)
     out: dict[str, Any] = {}
     for b in section.get("backends", []):
         if b.get("name") not in failing:
@@ -52,7 +73,7 @@ def diagnose_run_dir(out: Path, machine: str | None = None, budget_s: float = 12
     section = run["conformance"]
     for r in section.get("records", []):
         r.pop("finding", None)
-    findings = Diagnosis(Path(out), budget_s).run(section.get("records", []), _backends(section))
+    findings = Diagnosis(Path(out), budget_s).run(section.get("records", []), _backends(Path(out), section))
     section["findings"] = findings
     atomic_write_json(path, doc)
     return findings

@@ -110,6 +110,14 @@ def _row_title(name: str, value: str) -> str:
     return conv.MENU[name][value]
 
 
+def _own_step(rec: dict[str, Any]) -> str | None:
+    """A step check's own step ("8 (attn_weights)"): its failure is localised by what it checks."""
+    from spec.table import STEPS
+
+    n = rec.get("step")
+    return f"{n} ({STEPS[n].name})" if isinstance(n, int) and n in STEPS else None
+
+
 def _precision_convention(rec: dict[str, Any]) -> dict[str, str] | None:
     return {"float64_compute": "float32"} if rec.get("dtype") == "float64" else None
 
@@ -141,7 +149,10 @@ class Diagnosis:
         findings = []
         for i, g in enumerate(sorted(self.groups.values(), key=lambda g: (g.backend, -len(g.records))), 1):
             fid = f"F{i}"
-            example = next((r for r in g.records if r.get("check") == "matches_spec"), g.records[0])
+            # the example a maintainer reads first: matches_spec, else a step check, at the widest dtype
+            order = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3}
+            example = min(g.records, key=lambda r: (r.get("check") != "matches_spec", r.get("step") is None,
+                                                    order.get(r.get("dtype"), 9)))
             for r in g.records:
                 r["finding"] = fid
             findings.append({"id": fid, "backend": g.backend, "cause": g.cause, "title": g.title, "detail": g.detail,
@@ -187,7 +198,7 @@ class Diagnosis:
             case, check = self._saved(r)
             h = self._explain(backend, check, case, hyps, base) if case is not None else None
             if h is None:
-                step = self._localise(backend, check, case, base) if case is not None else None
+                step = _own_step(r) or (self._localise(backend, check, case, base) if case is not None else None)
                 title = (f"unexplained: first wrong step {step}" if step else
                          "unexplained: no probe explains these failures and no exposed step localises them")
                 self._add(name, ("unexplained", step), r, cause="unexplained", title=title,

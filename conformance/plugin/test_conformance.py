@@ -59,7 +59,7 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
         result.case.save(path, {"backend": key.backend, "backend_spec": key.spec, "import_path": import_path(key.spec),
                                 "check": check.name, "reason": result.reason})
         rec["inputs"] = str(path.relative_to(out_dir))
-        rec["repro"] = f"python -m conformance.repro {shlex.quote(str(path))}"
+        rec["repro"] = f"python -m conformance repro {shlex.quote(str(path))}"
     return rec
 
 

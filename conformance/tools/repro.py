@@ -20,7 +20,7 @@ from conformance.suite.engine import run_once
 from conformance.usage import OneLineParser, UsageError, report
 from impls.registry import BackendSpecError, resolve
 
-PROG = "python -m conformance.repro"
+PROG = "python -m conformance repro"
 
 
 def _load(path: Path) -> tuple[Case, dict]:
