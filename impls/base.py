@@ -89,9 +89,39 @@ class Capabilities:
             return f"T={T} exceeds max_tokens={self.max_tokens}"
         return None
 
+    def unmet(self, needs: tuple[str, ...]) -> str | None:
+        """Why a check that needs these (`NEEDS`' names) is unsupported here, or None: the one
+        place that turns a check's needs into a reason."""
+        for need in needs:
+            if need not in NEEDS:
+                raise ValueError(f"unknown need {need!r}; valid: {', '.join(NEEDS)}")
+            holds, reason = NEEDS[need]
+            if not holds(self):
+                return reason(self) if callable(reason) else reason
+        return None
+
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v)
                 for k, v in self.__dict__.items()}
+
+
+#: What a check may need of a backend's declared capabilities, and the reason when it is not there.
+#: A new capability is one field above and one entry here.
+NEEDS: dict[str, tuple[Any, Any]] = {
+    "causal": (lambda c: c.causal, "causal attention is not supported"),
+    "non_causal": (lambda c: c.non_causal, "non-causal attention is not supported"),
+    "key_padding_mask": (lambda c: c.key_padding_mask, "key padding masks are not supported"),
+    "deterministic": (lambda c: c.deterministic, "declared non-deterministic"),
+    "dropout": (lambda c: c.dropout != "none", "dropout is not supported"),
+    "dropout_replay": (lambda c: c.dropout == "replay", lambda c: f"dropout={c.dropout!r}: no explicit keep mask to replay"),
+    "gradients": (lambda c: c.gradients, "gradients not declared (Capabilities.gradients)"),
+    "grad_replay": (lambda c: c.dropout == "replay",
+                    lambda c: f"dropout={c.dropout!r}: the backend's own keep mask is not visible, so whether backward "
+                              f"replays it cannot be compared with the spec (a statistical check cannot tell a replayed "
+                              f"mask from a redrawn one with the same p)"),
+    "kv_cache": (lambda c: c.kv_cache, "KV-cache decoding not declared (Capabilities.kv_cache)"),
+    "cache_arrays": (lambda c: c.cache_arrays, "cache not exposed (Capabilities.cache_arrays)"),
+}
 
 
 class Backend:

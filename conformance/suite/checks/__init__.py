@@ -39,6 +39,9 @@ class Check:
     requires: Callable  # (backend) -> reason it is unsupported, or None
     examples: Callable | None = None  # (capabilities, dtype) -> cases run first, before the drawn ones
     group: str = "forward"  # the report's group of checks: "forward" or "gradients"
+    needs: tuple[str, ...] = ()  # capabilities it needs (impls.base.NEEDS): data, turned into a reason there
+    steps: tuple[int, ...] = ()  # steps it calls besides its own (a fused kernel may not expose them)
+    any_step: bool = False  # steps: any one of them is enough (else all)
 
     def unsupported(self, backend: object, dtype: str) -> str | None:
         caps = backend.capabilities
@@ -46,7 +49,14 @@ class Check:
             return f"dtype {dtype} not declared (declares {', '.join(caps.dtypes)})"
         if self.needs_step and self.step not in exposed_steps(backend):
             return f"step {self.step} ({STEPS[self.step].name}) not exposed"
-        return self.requires(backend)
+        reason = caps.unmet(self.needs)
+        if reason is None and self.steps:
+            have = set(exposed_steps(backend))
+            missing = [n for n in self.steps if n not in have]
+            if missing and (not self.any_step or len(missing) == len(self.steps)):
+                reason = (f"steps {' to '.join(map(str, (self.steps[0], self.steps[-1])))} not exposed (fused attention)"
+                          if self.any_step else f"steps {missing} not exposed")
+        return reason or self.requires(backend)
 
     def cases(self, backend: object, dtype: str) -> st.SearchStrategy:
         return self.strategy(backend.capabilities, dtype)
@@ -75,10 +85,14 @@ def everyday_cases(caps, dtype: str):
 
 
 def check(step: int | None, strategy: Callable, needs_step: bool = True,
-          requires: Callable = _no_requirement, examples: Callable | None = None, group: str = "forward"):
+          requires: Callable = _no_requirement, examples: Callable | None = None, group: str = "forward",
+          needs: tuple[str, ...] = (), steps: tuple[int, ...] = (), any_step: bool = False):
     """Register `fn` as a check; its name is the function name, its doc the docstring's line.
 
-    `examples(capabilities, dtype)` gives fixed cases Hypothesis runs before drawing any.
+    `needs`: the capabilities it needs, by name (`impls.base.NEEDS`); `steps`: the steps it calls
+    besides its own (all of them, or any one with `any_step`). `requires(backend)` is for a
+    requirement no capability states. `examples(capabilities, dtype)` gives fixed cases
+    Hypothesis runs before drawing any.
     """
 
     def register(fn: Callable) -> Callable:
@@ -86,7 +100,8 @@ def check(step: int | None, strategy: Callable, needs_step: bool = True,
         if not doc:
             raise ValueError(f"check {fn.__name__} needs a one-line docstring")
         CHECKS[fn.__name__] = Check(fn.__name__, step, doc, fn, strategy,
-                                    needs_step and step is not None, requires, examples, group)
+                                    needs_step and step is not None, requires, examples, group,
+                                    tuple(needs), tuple(steps), any_step)
         return fn
 
     return register

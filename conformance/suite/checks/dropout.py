@@ -27,16 +27,6 @@ P_VALUES = (0.1, 0.5, 0.9)
 ALPHA = 1e-6
 
 
-def _requires_replay(backend):
-    mode = backend.capabilities.dropout
-    return None if mode == "replay" else f"dropout={mode!r}: no explicit keep mask to replay"
-
-
-def _requires_dropout(backend):
-    mode = backend.capabilities.dropout
-    return None if mode != "none" else "dropout is not supported"
-
-
 @st.composite
 def _dropout_cases(draw, caps, dtype):
     case = draw(cs.cases(caps, dtype))
@@ -47,7 +37,7 @@ def _dropout_cases(draw, caps, dtype):
     return case.with_(config=config, dropout_mask=mask)
 
 
-@check(step=None, strategy=_dropout_cases, requires=_requires_replay)
+@check(step=None, strategy=_dropout_cases, needs=("dropout_replay",))
 def dropout_replay_matches_spec(run, case):
     """With an explicit keep mask, forward equals the spec's inverted dropout (kept weights / (1 - p))."""
     got = run.forward(case, training=True)  # the case's keep mask, replayed
@@ -55,14 +45,14 @@ def dropout_replay_matches_spec(run, case):
     run.assert_close(f"forward with dropout_p={case.config.dropout_p} and a given keep mask", got, golden, plain)
 
 
-@check(step=8, strategy=_dropout_cases, requires=_requires_replay)
+@check(step=8, strategy=_dropout_cases, needs=("dropout_replay",))
 def dropout_replay_weights(run, case):
     """attn_weights with a keep mask zeroes the dropped weights and scales the kept by 1/(1 - p)."""
     scores = step_inputs(case.with_(dropout_mask=None))["attn_scores"]
     step_matches_spec(run, case, 8, {"attn_scores": scores}, what=" with dropout")  # the case's keep mask
 
 
-@check(step=None, strategy=_dropout_cases, requires=_requires_dropout)
+@check(step=None, strategy=_dropout_cases, needs=("dropout",))
 def dropout_off_in_eval(run, case):
     """With dropout_p > 0 but training=False, forward is the deterministic no-dropout block."""
     got = run.forward(case)  # training defaults to False
@@ -85,7 +75,7 @@ def _identity_cases(draw, caps, dtype):
                 seed=draw(st.integers(0, 2**31 - 1)))
 
 
-@check(step=None, strategy=_identity_cases, requires=_requires_dropout)
+@check(step=None, strategy=_identity_cases, needs=("dropout",))
 def dropout_statistics(run, case):
     """Own-RNG dropout: each weight is 0 or w/(1-p), and the dropped fraction is near p (binomial test)."""
     p, T = case.config.dropout_p, case.T

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conformance.suite import strategies as cs
 from conformance.suite.case import round_to
-from conformance.suite.checks import CheckFailure, check, everyday_cases, requires_causal
+from conformance.suite.checks import CheckFailure, check, everyday_cases
 from conformance.suite.checks.localize import first_wrong_step
 from conformance.suite.conditioning import decided_output_rows
 from conformance.suite.judgement import active
@@ -33,18 +33,6 @@ def _rows(run, case) -> np.ndarray:
 
 def _sized_cases(caps, dtype):
     return cs.cases(caps, dtype, large=True)
-
-
-def _requires_non_causal(backend):
-    return None if backend.capabilities.non_causal else "non-causal attention is not supported"
-
-
-def _requires_padding(backend):
-    return None if backend.capabilities.key_padding_mask else "key padding masks are not supported"
-
-
-def _requires_deterministic(backend):
-    return None if backend.capabilities.deterministic else "declared non-deterministic"
 
 
 @check(step=None, strategy=_sized_cases, examples=cs.class_representatives)
@@ -103,7 +91,7 @@ def _perturbed(case, where):
 
 
 @check(step=None, strategy=lambda caps, dtype: _split_cases(caps, dtype, causal=True),
-       requires=requires_causal)
+       needs=("causal",))
 def causality(run, case):
     """Changing tokens after position t leaves every output up to t unchanged."""
     t = case.extra["t"]
@@ -116,7 +104,7 @@ def causality(run, case):
 
 
 @check(step=None, strategy=lambda caps, dtype: _split_cases(caps, dtype, causal=True),
-       requires=requires_causal)
+       needs=("causal",))
 def prefix_consistency(run, case):
     """Running on the first t tokens gives the first t outputs of the full run."""
     t = case.extra["t"] + 1
@@ -145,7 +133,7 @@ def _perm_cases(draw, caps, dtype):
     return case.with_(extra={**case.extra, "perm": list(perm)})
 
 
-@check(step=None, strategy=_perm_cases, requires=_requires_non_causal)
+@check(step=None, strategy=_perm_cases, needs=("non_causal",))
 def permutation_equivariance(run, case):
     """Without the causal mask, permuting the tokens (and the padding mask) permutes the outputs."""
     perm = np.array(case.extra["perm"], dtype=int)
@@ -197,7 +185,7 @@ def zero_wq_uniform_attention(run, case):
     run.assert_close("forward with W_q = 0 vs the running-mean oracle", got, oracle, plain)
 
 
-@check(step=None, strategy=everyday_cases, requires=_requires_deterministic)
+@check(step=None, strategy=everyday_cases, needs=("deterministic",))
 def deterministic_on_repeat(run, case):
     """The same inputs twice give bit-identical outputs."""
     y1, y2 = run.forward(case), run.forward(case)
@@ -214,7 +202,7 @@ def _two_cases(draw, caps, dtype):
     return a.with_(extra={**a.extra, "other": other})
 
 
-@check(step=None, strategy=_two_cases, requires=_requires_deterministic)
+@check(step=None, strategy=_two_cases, needs=("deterministic",))
 def independent_of_previous_calls(run, case):
     """A call's result does not depend on earlier calls with other shapes or configs."""
     o = case.extra["other"]
@@ -293,7 +281,7 @@ def _padded_cases(draw, caps, dtype):
     return case.with_(key_padding_mask=kpm)
 
 
-@check(step=None, strategy=_padded_cases, requires=_requires_padding)
+@check(step=None, strategy=_padded_cases, needs=("key_padding_mask",))
 def fully_masked_queries_give_bias(run, case):
     """A query with no attendable key gets a zero context, so its output is exactly b_o (not NaN)."""
     got = run.forward(case)

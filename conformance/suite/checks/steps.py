@@ -12,7 +12,7 @@ from scipy import stats
 
 from conformance.suite import strategies as cs
 from conformance.suite.case import round_to
-from conformance.suite.checks import CheckFailure, check, everyday_cases, requires_causal
+from conformance.suite.checks import CheckFailure, check, everyday_cases
 from conformance.suite.conditioning import decided_step8_rows
 from conformance.suite.checks.localize import step_matches_spec
 from conformance.suite.reference import golden_and_plain, step_inputs
@@ -136,12 +136,7 @@ def concat_heads_matches_index(run, case):
     run.assert_exact("step 11 concat_heads", inv.split_matches_index(got, c, case.config.n_heads))
 
 
-def _requires_layout_steps(backend):
-    missing = [n for n in (5, 6, 10, 11) if n not in exposed_steps(backend)]
-    return f"steps {missing} not exposed" if missing else None
-
-
-@check(step=11, strategy=everyday_cases, requires=_requires_layout_steps)
+@check(step=11, strategy=everyday_cases, steps=(5, 6, 10, 11))
 def split_merge_round_trip(run, case):
     """concat_heads(permute_back(group_by_heads(split_heads(x)))) == x: split and merge are inverse."""
     x = step_inputs(case)["Q"]
@@ -255,7 +250,7 @@ def context_in_convex_hull(run, case):
                      np.zeros(1), np.array([allowed / scale]), floor_scale=2.0)
 
 
-@check(step=9, strategy=_causal_cases, requires=requires_causal)
+@check(step=9, strategy=_causal_cases, needs=("causal",))
 def first_causal_row_equals_first_value(run, case):
     """With the causal mask, query 0 sees only key 0: context[:, :, 0] == V[:, :, 0]."""
     trace = step_inputs(case)
