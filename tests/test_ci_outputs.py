@@ -180,3 +180,43 @@ def test_junit_shows_skips_unsupported_and_an_incomplete_run():
     ET.fromstring(ET.tostring(root))  # the bell character did not make it unparsable
     text = ci_outputs.job_summary(section)
     assert "unexpected outcomes" in text and "**Not run (planned, no result)** (1)" in text
+
+
+def _doc(records: list[dict]) -> dict:
+    section = {"status": "complete", "started": "t", "profile": "quick", "seed": 1, "command": "c",
+               "backends": [{"name": "b", "spec": "b", "source": "builtin", "capabilities": {}, "exposed_steps": [],
+                             "skip_reason": None}],
+               "checks": [{"name": c, "step": None, "doc": ""} for c in ("c1", "c2", "c3")], "records": records}
+    return {"schema_version": "1.0", "kind": "mha-conformance-results",
+            "runs": [{"machine": "m", "environment": {"commit": None, "dirty": None}, "conformance": section,
+                      "speed": None}]}
+
+
+XFAIL = {"backend": "b", "dtype": "float32", "check": "c1", "outcome": "expected failure", "reason": "err 0.5",
+         "expected": {"entry": 1, "reason": "known scale bug", "strict": True}}
+XPASS = {"backend": "b", "dtype": "float32", "check": "c2", "outcome": "unexpectedly passing", "reason": "",
+         "expected": {"entry": 2, "reason": "fixed upstream?", "strict": False}}
+PASS = {"backend": "b", "dtype": "float32", "check": "c3", "outcome": "passed", "reason": ""}
+
+
+def test_the_report_shows_both_outcomes_with_their_reasons():
+    from reports import html, markdown, model
+
+    report = model.build(_doc([XFAIL, XPASS, PASS]))
+    assert model.backend_verdict(report.matrix, 0).status == "expected"
+    assert report.matrix.cell("c1", 0).status == "xfail" and report.matrix.cell("c2", 0).status == "xpass"
+    assert "1 fail only where expected" in model.conformance_summary(report) and not report.failures
+    md, page = markdown.render(report), html.render(report)
+    for out in (md, page):
+        assert "Expected failures" in out and "known scale bug" in out and "fixed upstream?" in out
+        assert "unexpectedly passing (strict = false)" in out and "fails only where expected" in out
+
+
+def test_the_bench_gate_does_not_time_a_backend_with_expected_failures_as_conforming(tmp_path):
+    import json
+
+    from conformance.speed.gate import conformance_status
+
+    (tmp_path / "results.json").write_text(json.dumps(_doc([XFAIL, PASS])))
+    ok, note = conformance_status(tmp_path / "results.json", "m", ["b"])["b"]
+    assert ok is False and "1 of them expected (--expect)" in note
