@@ -18,6 +18,7 @@ Both are made from a results.json conformance section (one run, one shard, or sh
 from __future__ import annotations
 
 import os
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,19 @@ def write_step_summary(section: dict[str, Any], environ: dict[str, str] | None =
     with open(target, "a", encoding="utf-8") as f:
         f.write(job_summary(section) + "\n")
     return Path(target)
+
+
+def write_all(section: dict[str, Any], junit_path: str | None, prog: str) -> None:
+    """After a run: --junit-xml and the job summary. A file that cannot be written is one line on
+    stderr; the run's results and exit status stand."""
+    if junit_path:
+        try:
+            write_junit(section, junit_path)
+            print(f"JUnit XML: {junit_path}")
+        except OSError as e:
+            print(f"{prog}: could not write --junit-xml {junit_path}: {e}", file=sys.stderr)
+    try:
+        if write_step_summary(section):
+            print(f"job summary appended to ${SUMMARY_VAR}")
+    except OSError as e:
+        print(f"{prog}: could not write the job summary to ${SUMMARY_VAR}: {e}", file=sys.stderr)

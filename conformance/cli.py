@@ -171,7 +171,9 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
             print(f"  reproduce: {r['repro']}")
     if len(failed) > 20:
         print(f"\n... and {len(failed) - 20} more failures: see {out / 'results.json'}")
-    print_expected(records)
+    from conformance.expect import print_outcomes
+
+    print_outcomes(records)
     if missing:
         shown = ", ".join(f"{k.backend} [{k.dtype}] {k.check}" for k in missing[:10])
         more = f", and {len(missing) - 10} more (listed in results.json)" if len(missing) > 10 else ""
@@ -360,7 +362,9 @@ def run(args, infos, states: dict, out: Path) -> int:
     missing = recorder.finish(interrupted=interrupted)
     findings = [] if interrupted else diagnose(out, args.machine, recorder.records)
     summarise(recorder.records, missing, infos, states, time.monotonic() - t0, out, len(keys), findings)
-    ci_outputs(args, recorder.section)
+    from conformance.ci_outputs import write_all
+
+    write_all(recorder.section, args.junit_xml, PROG)
     if interrupted:
         print(f"INTERRUPTED by the user: results so far are in {out / 'results.json'} (status interrupted)")
         return EXIT_INTERRUPTED
@@ -371,41 +375,6 @@ def run(args, infos, states: dict, out: Path) -> int:
     from conformance.expect import fails_run
 
     return EXIT_FAILED if any(fails_run(r) for r in recorder.records) else EXIT_OK
-
-
-def print_expected(records: list[dict]) -> None:
-    """The --expect outcomes: unexpected passes (which fail the run unless strict = false), then
-    the expected failures, each with the list's reason."""
-    from conformance.expect import fails_run
-
-    for r in [r for r in records if r["outcome"] == UNEXPECTED_PASS]:
-        note = "fails the run: remove it from the --expect file" if fails_run(r) else "strict = false: not a failure"
-        print(f"\nUNEXPECTEDLY PASSING {r['backend']} [{r['dtype']}] {r['check']} ({note})\n"
-              f"  listed because: {r['expected']['reason']}")
-    xfail = [r for r in records if r["outcome"] == EXPECTED]
-    if xfail:
-        print(f"\n{len(xfail)} expected failure{'s' * (len(xfail) != 1)} (--expect):")
-    for r in xfail[:20]:
-        print(f"  {r['backend']} [{r['dtype']}] {r['check']}: {r['expected']['reason']}")
-    if len(xfail) > 20:
-        print(f"  ... and {len(xfail) - 20} more (listed in results.json)")
-
-
-def ci_outputs(args, section: dict) -> None:
-    """--junit-xml and the GitHub job summary ($GITHUB_STEP_SUMMARY), from the final section."""
-    from conformance import ci_outputs as ci
-
-    if args.junit_xml:
-        try:
-            ci.write_junit(section, args.junit_xml)
-            print(f"JUnit XML: {args.junit_xml}")
-        except OSError as e:  # the run's results stand; say why the file is not there
-            print(f"{PROG}: could not write --junit-xml {args.junit_xml}: {e}", file=sys.stderr)
-    try:
-        if ci.write_step_summary(section):
-            print(f"job summary appended to ${ci.SUMMARY_VAR}")
-    except OSError as e:
-        print(f"{PROG}: could not write the job summary to ${ci.SUMMARY_VAR}: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,19 @@ def fails_run(rec: dict[str, Any]) -> bool:
     if rec.get("outcome") == "failed":
         return True
     return rec.get("outcome") == UNEXPECTED_PASS and bool((rec.get("expected") or {}).get("strict", True))
+
+
+def print_outcomes(records: list[dict[str, Any]]) -> None:
+    """The run summary's lines for the list: unexpected passes (which fail the run unless
+    strict = false), then the expected failures, each with the entry's reason."""
+    for r in [r for r in records if r["outcome"] == UNEXPECTED_PASS]:
+        note = "fails the run: remove it from the --expect file" if fails_run(r) else "strict = false: not a failure"
+        print(f"\nUNEXPECTEDLY PASSING {r['backend']} [{r['dtype']}] {r['check']} ({note})\n"
+              f"  listed because: {r['expected']['reason']}")
+    xfail = [r for r in records if r["outcome"] == EXPECTED]
+    if xfail:
+        print(f"\n{len(xfail)} expected failure{'s' * (len(xfail) != 1)} (--expect):")
+    for r in xfail[:20]:
+        print(f"  {r['backend']} [{r['dtype']}] {r['check']}: {r['expected']['reason']}")
+    if len(xfail) > 20:
+        print(f"  ... and {len(xfail) - 20} more (listed in results.json)")
