@@ -6,7 +6,8 @@ plans every (backend, dtype, check) the run owes a record, runs the pytest suite
 pytest-xdist worker processes, writes `<out>/results.json` as results arrive, then prints a
 summary that names anything planned that has no record.
 
-Exit status: 0 everything planned ran and nothing failed; 1 a check failed; 2 a usage error;
+Exit status: 0 everything planned ran and nothing failed (or failed only where `--expect`
+lists it); 1 a check failed, or a strict `--expect` entry passed; 2 a usage error;
 3 the run is incomplete (planned records are missing); 130 the user interrupted the run.
 """
 
@@ -32,7 +33,7 @@ from impls.registry import (
     resolve_all,
 )
 from spec.config import FLOAT_DTYPES
-from conformance.verdict import verdict_text
+from conformance.verdict import EXPECTED, UNEXPECTED_PASS, verdict_text
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "plugin"  # the pytest side of a run: conftest.py and the one test
@@ -59,6 +60,10 @@ def parse_args(argv: list[str]):
                    help="per-example time limit in seconds (default 30; the first example gets 4x)")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="run only part K of N of the planned (backend, dtype, check) matrix; needs --seed")
+    p.add_argument("--expect", default=None, metavar="FILE",
+                   help="TOML list of expected failures with reasons (docs/ci.md); a listed pass exits 1")
+    p.add_argument("--junit-xml", default=None, metavar="FILE",
+                   help="also write a JUnit XML file: one testcase per planned (backend, dtype, check)")
     p.add_argument("--list-checks", action="store_true", help="print the checks and exit")
     p.add_argument("--list-backends", action="store_true", help="print the known backends and exit")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per test")
@@ -87,6 +92,9 @@ def validate(args) -> None:
     args.shard_kn = plan.parse_shard(args.shard)
     if args.shard is not None and args.seed is None:
         raise UsageError(f"--shard {args.shard} needs --seed N: every shard must draw the same examples")
+    from conformance import expect
+
+    args.expectations = expect.load(args.expect, names, FLOAT_DTYPES) if args.expect else []
 
 
 def print_checks() -> None:
@@ -136,7 +144,7 @@ def _conventions(backend) -> dict:
 
 def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict, elapsed: float, out: Path,
               planned: int, findings: list[dict] | None = None) -> None:
-    zero = {"passed": 0, "failed": 0, "unsupported": 0, "skipped": 0, "missing": 0}
+    zero = {"passed": 0, "failed": 0, "unsupported": 0, "skipped": 0, "missing": 0, EXPECTED: 0, UNEXPECTED_PASS: 0}
     by: dict[str, dict[str, int]] = {}
     for r in records:
         by.setdefault(r["backend"], dict(zero))[r["outcome"]] += 1
@@ -163,6 +171,9 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
             print(f"  reproduce: {r['repro']}")
     if len(failed) > 20:
         print(f"\n... and {len(failed) - 20} more failures: see {out / 'results.json'}")
+    from conformance.expect import print_outcomes
+
+    print_outcomes(records)
     if missing:
         shown = ", ".join(f"{k.backend} [{k.dtype}] {k.check}" for k in missing[:10])
         more = f", and {len(missing) - 10} more (listed in results.json)" if len(missing) > 10 else ""
@@ -303,7 +314,13 @@ def run(args, infos, states: dict, out: Path) -> int:
                  f"{caps.device}, dtypes {', '.join(caps.dtypes)}, steps {list(exposed_steps(i.backend)) or 'none'}")
         print(f"  backend {i.backend.name!r:18s} ({i.spec}) {state}")
     header = _header(infos, states, args, seed, checks, dtypes, pid, len(whole))
+    if args.expect:
+        header["expect"] = {"file": args.expect, "entries": [e.to_dict() for e in args.expectations]}
     recorder = Recorder(out, header, keys, args.machine)
+    if args.expectations:  # a listed failure is recorded as expected, a listed pass as unexpected
+        from conformance import expect
+
+        recorder.transform = lambda rec: expect.apply(args.expectations, rec)
     t0 = time.monotonic()
     workers = _workers(args.workers)
     # each crashing backend can take down at most one test per worker before its crash marker
@@ -345,6 +362,9 @@ def run(args, infos, states: dict, out: Path) -> int:
     missing = recorder.finish(interrupted=interrupted)
     findings = [] if interrupted else diagnose(out, args.machine, recorder.records)
     summarise(recorder.records, missing, infos, states, time.monotonic() - t0, out, len(keys), findings)
+    from conformance.ci_outputs import write_all
+
+    write_all(recorder.section, args.junit_xml, PROG)
     if interrupted:
         print(f"INTERRUPTED by the user: results so far are in {out / 'results.json'} (status interrupted)")
         return EXIT_INTERRUPTED
@@ -352,7 +372,9 @@ def run(args, infos, states: dict, out: Path) -> int:
         return EXIT_USAGE
     if missing:
         return EXIT_INCOMPLETE
-    return EXIT_FAILED if any(r["outcome"] == "failed" for r in recorder.records) else EXIT_OK
+    from conformance.expect import fails_run
+
+    return EXIT_FAILED if any(fails_run(r) for r in recorder.records) else EXIT_OK
 
 
 if __name__ == "__main__":

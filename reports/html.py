@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from reports import markdown as md
-from reports import semantic
+from reports import expected, semantic
 from reports.environment import backend_rows
 from reports.model import Failure, Report, backend_verdict, conformance_summary, sig, step_title, totals_text
 from reports.speed_model import DECODE_INTRO, decode_head
@@ -48,6 +48,7 @@ td.unsupported { background: var(--unsup); color: var(--muted); } td.skipped { b
 td.none { color: var(--muted); } td.incomplete { background: var(--skip); font-weight: 600; }
 td.fail a { color: inherit; }
 td.declared { background: #ddf4ff; font-weight: 600; }
+td.xfail { background: #fff8c5; } td.xpass { background: var(--fail); font-weight: 600; }
 .finding { border: 1px solid var(--line); border-left: 5px solid #bf8700; border-radius: 6px;
   padding: 4px 16px 10px; margin: 14px 0; }
 .finding.undiagnosed { border-left-color: #cf222e; }
@@ -118,7 +119,8 @@ def _environment(report: Report) -> str:
 
 
 #: a backend verdict's CSS class (the matrix cells' classes, plus "declared")
-VERDICT_CLASS = {"fails": "fail", "conforms": "pass", "declared": "declared", "incomplete": "incomplete",
+VERDICT_CLASS = {"fails": "fail", "conforms": "pass", "declared": "declared", "expected": "xfail",
+                 "incomplete": "incomplete",
                  "skipped": "skipped", "none": "none"}
 
 
@@ -302,7 +304,8 @@ def _plots(report: Report) -> str:
 
 
 def render(report: Report) -> str:
-    body = "\n".join([_header(report), _findings(report), _environment(report), _matrix(report), _failures(report),
+    body = "\n".join([_header(report), _findings(report), _environment(report), _matrix(report),
+                      expected.html(report.expected, esc), _failures(report),
                       semantic.html(report, esc), _speed(report), _plots(report)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

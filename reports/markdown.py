@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from reports import findings as fnd
-from reports import semantic
+from reports import expected, semantic
 from reports.environment import backend_rows
 from reports.model import (BACKEND_VERDICT, VERDICT, Failure, Report, backend_verdict, conformance_summary, sig, step_title,
                            totals_text)
@@ -44,7 +44,8 @@ def fenced(body: str, lang: str = "") -> str:
 
 
 def legend() -> str:
-    return " · ".join(f"{VERDICT[k][0]} {VERDICT[k][1]}" for k in ("pass", "fail", "unsupported", "skipped", "incomplete", "none"))
+    keys = ["pass", "fail", "unsupported", "skipped", "incomplete", "none"]
+    return " · ".join(f"{VERDICT[k][0]} {VERDICT[k][1]}" for k in keys + ["xfail", "xpass"])
 
 
 VERDICT_LEGEND = ("Verdict row (a backend over all its records): " + " · ".join(
@@ -351,6 +352,7 @@ def render(report: Report) -> str:
     out += [generated_from(report), ""]
     if report.matrix is not None:
         out += [f"**{text(conformance_summary(report))}**", ""]
-    out += _findings(report) + _environment(report) + _matrix(report) + _failures(report)
+    out += _findings(report) + _environment(report) + _matrix(report)
+    out += expected.markdown(report.expected, text, code, _table) + _failures(report)
     out += semantic.markdown(report, text, code) + _speed(report)
     return "\n".join(out).rstrip() + "\n"

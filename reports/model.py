@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from reports import expected as exp
 from reports import findings as fnd
 from reports.environment import environment_rows, short_commit
 from reports.findings import Finding
@@ -23,11 +24,14 @@ END_TO_END = "end to end"
 #: Symbol and word of each verdict: the word always travels with the symbol (colour-blind and
 #: plain-text readers), and "status" names a CSS class in HTML.
 VERDICT = {"fail": ("❌", "FAIL"), "pass": ("✅", "pass"), "unsupported": ("—", "unsupported"),
-           "skipped": ("⏭", "skipped"), "incomplete": ("◐", "INCOMPLETE"), "none": ("○", "not run")}
-OUTCOME_RANK = {"failed": 0, "passed": 1, "unsupported": 2, "skipped": 3}
+           "skipped": ("⏭", "skipped"), "incomplete": ("◐", "INCOMPLETE"), "none": ("○", "not run"),
+           "xfail": ("⚠", "expected failure"), "xpass": ("❗", "unexpectedly passing")}
+#: worst first; an expected failure (--expect) is a failure listed with its reason, never a pass
+OUTCOME_RANK = {"failed": 0, verdict.EXPECTED: 1, verdict.UNEXPECTED_PASS: 2, "passed": 3, "unsupported": 4,
+                "skipped": 5}
 #: A backend's verdict over all its records (the summary and the matrix header): "declared" is a
 #: pass judged against the spec adjusted for declared conventions, never shown as a plain pass.
-_SYMBOL = {"fails": "❌", "conforms": "✅", "declared": "☑", "incomplete": "◐", "skipped": "⏭", "none": "○"}
+_SYMBOL = {"fails": "❌", "conforms": "✅", "declared": "☑", "expected": "⚠", "incomplete": "◐", "skipped": "⏭", "none": "○"}
 BACKEND_VERDICT = {k: (_SYMBOL[k], verdict.WORDS[k]) for k in verdict.WORDS}  # the word always beside the symbol
 
 
@@ -86,6 +90,7 @@ class Matrix:
 def totals_text(t: dict[str, int]) -> str:
     """A column's record counts; planned records that do not exist are named, never hidden."""
     text = f"{t['passed']} passed, {t['failed']} failed, {t['unsupported']} unsupported, {t['skipped']} skipped"
+    text += "".join(f", {t[o]} {o}" for o in (verdict.EXPECTED, verdict.UNEXPECTED_PASS) if t.get(o))
     return text + (f", {t['missing']} NOT RUN" if t.get("missing") else "")
 
 
@@ -131,6 +136,7 @@ class Report:
     multi_machine: bool = field(default=False)
     semantics: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (machine, section)
     findings: list[Finding] = field(default_factory=list)  # per backend, its not-diagnosed group last
+    expected: list[exp.ExpectedRow] = field(default_factory=list)  # --expect's outcomes, with reasons
 
 
 def _verdict_text(status: str, dtypes: list[str] | None = None) -> str:
@@ -160,6 +166,9 @@ def summarise_cell(records: list[dict[str, Any]], missing: list[str] | None = No
                           detail)
     if missing:
         return MatrixCell("incomplete", f"{_verdict_text('incomplete')} ({not_run})", detail)
+    for outcome, status in ((verdict.UNEXPECTED_PASS, "xpass"), (verdict.EXPECTED, "xfail")):
+        if outcome in by_outcome:
+            return MatrixCell(status, _verdict_text(status, by_outcome[outcome]), detail)
     status = ("pass" if "passed" in by_outcome else
               "unsupported" if "unsupported" in by_outcome else "skipped")
     text = _verdict_text(status)
@@ -215,14 +224,15 @@ def build_matrix(runs: list[dict[str, Any]], multi: bool) -> Matrix:
     groups = _check_rows(runs)
     index = {(c.machine, c.backend): i for i, c in enumerate(columns)}
     grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    totals = [{**{o: 0 for o in OUTCOME_RANK}, "missing": c.missing} for c in columns]
+    # the --expect outcomes get a count only where they occur (older files read as before)
+    totals = [{**{o: 0 for o in ("passed", "failed", "unsupported", "skipped")}, "missing": c.missing} for c in columns]
     absent: dict[tuple[str, int], list[str]] = {}
     for run in runs:
         conf = run.get("conformance") or {}
         for r in conf.get("records", []):
             col = index[(run["machine"], r["backend"])]
             grouped.setdefault((r["check"], col), []).append(r)
-            totals[col][r["outcome"]] += 1
+            totals[col][r["outcome"]] = totals[col].get(r["outcome"], 0) + 1
         for m in conf.get("missing", []):
             if (run["machine"], m["backend"]) in index:
                 absent.setdefault((m["check"], index[(run["machine"], m["backend"])]), []).append(m["dtype"])
@@ -320,7 +330,8 @@ def build(doc: dict[str, Any], title: str | None = None) -> Report:
         matrix=matrix,
         skipped_backends=[c for c in (matrix.columns if matrix else []) if c.skip_reason],
         failures=failures, speed=speed, multi_machine=multi,
-        semantics=[(r["machine"], r["semantics"]) for r in runs if r.get("semantics")], findings=found)
+        semantics=[(r["machine"], r["semantics"]) for r in runs if r.get("semantics")], findings=found,
+        expected=exp.build(runs, multi))
 
 
 @dataclass
@@ -343,6 +354,10 @@ def backend_verdict(matrix: Matrix, i: int) -> BackendVerdict:
     conv = fnd.conventions_text(c.conventions)
     if status == "declared":
         return BackendVerdict(status, f"{symbol} {word}: {conv}")
+    if status == "expected":
+        n = t[verdict.EXPECTED]
+        return BackendVerdict(status, f"{symbol} {word}: {n} expected failure{'s' * (n != 1)}"
+                              + (f" (declared conventions: {conv})" if conv else ""))
     return BackendVerdict(status, f"{symbol} {word}" + (f" (declared conventions: {conv})" if conv else ""))
 
 
@@ -366,6 +381,8 @@ def conformance_summary(report: Report) -> str:
                           for c, s in zip(m.columns, verdicts) if s == "declared")
         k = count["declared"]
         text += f"{k} conform{'s' if k == 1 else ''} under declared conventions ({named}), "
+    if count["expected"]:
+        text += f"{count['expected']} fail only where expected (--expect), "
     text += f"{count['fails']} fail, "
     if count["incomplete"]:
         text += f"{count['incomplete']} incomplete (checks not run), "

@@ -222,7 +222,7 @@ def expected_totals() -> list[dict[str, int]]:
     for doc in (cpu_doc(), gpu_doc()):
         conf = doc["runs"][0]["conformance"]
         for b in conf["backends"]:
-            n = {o: 0 for o in model.OUTCOME_RANK}
+            n = {o: 0 for o in ("passed", "failed", "unsupported", "skipped")}  # --expect's: none here
             for r in conf["records"]:
                 n[r["outcome"]] += r["backend"] == b["name"]
             out.append(n)

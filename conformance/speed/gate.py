@@ -1,9 +1,9 @@
 """The conformance gate: only conforming backends get a headline speed figure.
 
 Conformance is read from the run directory's results.json, this machine's run, its
-"conformance" section: any record with outcome "failed" for a backend makes it
-nonconforming (False); records without a failure make it conforming (True), unless some of
-its planned checks have no record (the section's "missing"), or none of its records passed:
+"conformance" section: any record with outcome "failed" (or "expected failure", --expect) for a
+backend makes it nonconforming (False); records without a failure make it conforming (True),
+unless some of its planned checks have no record (the section's "missing"), or none of its records passed:
 then, as with no records or no conformance section, it is unknown (None). A backend that
 conforms under declared conventions (`spec.conventions`) is conforming, and its note names
 them, so the speed table shows them beside its figure. A nonconforming
@@ -48,11 +48,14 @@ def conformance_status(results: Path, machine: str, names: list[str]) -> dict[st
     out: dict[str, tuple[bool | None, str]] = {}
     for name in names:
         mine = [r for r in records if isinstance(r, dict) and r.get("backend") == name]
-        failed = [r for r in mine if r.get("outcome") == "failed"]
+        # an expected failure (--expect) is still a failure: it gets no headline figure either
+        failed = [r for r in mine if r.get("outcome") in ("failed", verdict.EXPECTED)]
         if failed:
             checks = sorted({f"{r.get('check')} ({r.get('dtype')})" for r in failed})
             more = f" and {len(checks) - 3} more" if len(checks) > 3 else ""
-            out[name] = (False, f"failed {len(failed)} conformance record(s): {', '.join(checks[:3])}{more}")
+            listed = sum(r.get("outcome") == verdict.EXPECTED for r in failed)
+            note = f", {listed} of them expected (--expect)" if listed else ""
+            out[name] = (False, f"failed {len(failed)} conformance record(s){note}: {', '.join(checks[:3])}{more}")
         elif section and [m for m in section.get("missing", []) if isinstance(m, dict) and m.get("backend") == name]:
             # planned checks without a record: not shown to conform, so no headline figure
             n = sum(1 for m in section["missing"] if isinstance(m, dict) and m.get("backend") == name)

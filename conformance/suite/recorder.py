@@ -23,7 +23,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -77,6 +77,7 @@ class Recorder:
         self.last_write = 0.0
         self.lock = threading.Lock()  # the flush timer writes from its own thread
         self.timer: threading.Timer | None = None
+        self.transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # e.g. --expect's
         self.jsonl = self.out_dir / "records.jsonl"
         self.jsonl.write_text("")
         self.write(force=True)
@@ -108,6 +109,8 @@ class Recorder:
             return
         self.done.add(key.index)
         rec = {"step": None, "reason": "", **rec, "backend": key.backend, "dtype": key.dtype, "check": key.check}
+        if self.transform is not None:
+            rec = self.transform(rec)
         with self.lock:
             self.records.append(rec)
         with self.jsonl.open("a") as f:
