@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import gc
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ def _cell(info: BackendInfo, entry: cells_mod.Timing, shape: Shape, dtype: str, 
         "peak_memory_bytes": entry.memory, "memory_method": entry.memory_method,
         "timer": entry.timer, "chunks": entry.chunks, "conforming": conforming, "error": entry.error, "time_vs_torch": None,
         "round_medians_s": [m for m in round_medians(entry.rounds) if m is not None],
+        "faults_per_call": round(statistics.median(entry.faults), 1) if entry.faults else None,
         "round_ratios": None, "ratio_interval": None, "ratio_verdict": None,
     }
 

@@ -139,6 +139,7 @@ class Timing:
     settle_s: list[float] = field(default_factory=list)
     chunks: int = 0
     rounds: list[list[float]] = field(default_factory=list)  # each round's chunk, in round order
+    faults: list[float] = field(default_factory=list)  # minor page faults per call, each chunk
 
 
 def ask(unit: Any, t: Timing, op: str, **kw: Any) -> dict[str, Any] | None:
@@ -195,6 +196,8 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
             if reply is not None:
                 t.samples.extend(reply["samples"])
                 t.rounds.append(list(reply["samples"]))
+                if reply.get("faults_per_call") is not None:
+                    t.faults.append(reply["faults_per_call"])
                 t.chunks += 1
         live = [i for i in live if timings[i].error is None]
         r += 1
