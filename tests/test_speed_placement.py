@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.speed import bench, worker
+from conformance.speed import bench, fresh, selfcheck, worker
 from tests.test_speed import _worker_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,3 +69,29 @@ def test_workers_are_primed_and_chunks_record_page_faults(tmp_path):
     for c in section["cells"]:
         assert c["faults_per_call"] is not None and c["faults_per_call"] >= 0
         assert len(c["round_medians_s"]) >= 3
+
+
+# -- one meaning of "alone": the independent fresh-process timer -------------------------------
+
+def test_fresh_timer_pairs_processes_with_the_reference(tmp_path):
+    specs = [("fake-good", "tests.test_speed:ConformingFake"), ("fake", "tests.test_speed:FakeBackend"),
+             ("nothing", "tests.test_speed:NoSuchBackend")]
+    got = fresh.fresh(specs, (1, 8, 8, 8, 2), "float32", True, 0, reference="fake", procs=2, calls=3)
+    good, ref = got["fake-good"], got["fake"]
+    assert len(good["medians_s"]) == len(ref["medians_s"]) == 2 and good["median_s"] > 0
+    lo, hi = good["interval"]
+    ratios = sorted(a / b for a, b in zip(good["medians_s"], ref["medians_s"]))
+    assert (lo, hi) == (ratios[0], ratios[-1]) and lo <= good["vs_torch"] <= hi
+    assert ref["vs_torch"] == 1.0
+    assert got["nothing"]["error"].startswith("fresh process for tests.test_speed:NoSuchBackend ended with status 1")
+
+
+@pytest.mark.parametrize("alone, fresh_row, agrees", [
+    (0.80, {"vs_torch": 0.82, "interval": [0.78, 0.90]}, True),   # inside the processes' interval
+    (1.09, {"vs_torch": 1.01, "interval": [0.99, 1.02]}, True),   # outside it, within 10% of its median
+    (1.09, {"vs_torch": 0.82, "interval": [0.80, 0.84]}, False),  # the issue's two "alone" figures
+    (0.50, {"error": "boom"}, None), (None, {"vs_torch": 1.0, "interval": [1.0, 1.0]}, None)])
+def test_alone_agrees_with_fresh_inside_its_interval_or_within_ten_percent(alone, fresh_row, agrees):
+    r = selfcheck.Row((1, 8, 8, 8, 2), "numpy", {}, {}, ratio=1.0, vs_torch_alone=alone, fresh=fresh_row)
+    assert r.fresh_agrees is agrees
+    assert not r.flagged  # the fresh column informs; only harness against alone sets the exit status
