@@ -19,31 +19,40 @@ from tests.test_speed import _worker_plan
 ROOT = Path(__file__).resolve().parent.parent
 GLIBC = hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 
-# a fresh process frees an 8 MiB block, then allocates and fills one of the same size
+# a fresh process allocates and fills blocks, frees them, then allocates and fills them again
 _REUSE = """
-import sys
+import ctypes, sys
 from conformance.speed.worker import minor_faults, prime_allocator
-if sys.argv[1] == "primed":
+state, mib, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if state == "primed":
     assert prime_allocator()
-n = 8 << 20
-a = bytearray(n)  # filled with zeros: every page touched
-del a
+elif state == "dynamic":  # where a process is once it has freed one block at the threshold's cap
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    libc.free(libc.malloc((32 << 20) - (64 << 10)))
+blocks = [bytearray(mib << 20) for _ in range(n)]  # filled with zeros: every page touched
+del blocks
 f0 = minor_faults()
-b = bytearray(n)
+blocks = [bytearray(mib << 20) for _ in range(n)]
 print(minor_faults() - f0)
 """
 
 
-def _faults(state: str) -> int:
-    r = subprocess.run([sys.executable, "-c", _REUSE, state], cwd=ROOT, capture_output=True, text=True, check=True)
+def _faults(state: str, mib: int, n: int) -> int:
+    r = subprocess.run([sys.executable, "-c", _REUSE, state, str(mib), str(n)], cwd=ROOT, capture_output=True,
+                       text=True, check=True)
     return int(r.stdout)
 
 
-@pytest.mark.skipif(not GLIBC, reason="the mmap threshold being primed is glibc malloc's")
-def test_a_primed_process_reuses_freed_memory_a_fresh_one_faults_it_in_again():
+@pytest.mark.skipif(not GLIBC, reason="the mmap and trim thresholds being fixed are glibc malloc's")
+def test_a_primed_process_reuses_freed_memory_where_a_fresh_one_faults_it_in_again():
     pages = (8 << 20) // 4096
-    assert _faults("fresh") > pages // 2  # mmapped anew at the threshold it raised to: faulted again
-    assert _faults("primed") < pages // 10  # the freed block stayed in the heap and is reused (measured: 2048 against 101)
+    assert _faults("fresh", 8, 1) > pages // 2  # mapped anew at the threshold it raised to: faulted again
+    assert _faults("primed", 8, 1) < pages // 10  # kept in the heap and reused (measured: 2048 against 101)
+    # 3 x 30 MiB freed: a heap whose threshold reached its cap still trims a free top over 64 MiB
+    pages = 3 * (30 << 20) // 4096
+    assert _faults("dynamic", 30, 3) > pages // 2
+    assert _faults("primed", 30, 3) < pages // 10
 
 
 def test_priming_is_once_per_process(monkeypatch):

@@ -35,11 +35,18 @@ SETTLE_IDLE = 0.10  # a window in which the process used under 10% of one core c
 SETTLE_CAP_S = 2.0  # a pool that never sleeps (OMP_WAIT_POLICY=active) must not hang the run
 # glibc malloc serves a block above its mmap threshold with fresh pages (a page fault per 4 KiB
 # on every call that allocates it) and raises the threshold to the largest such block freed so
-# far, up to 32 MiB on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), the heap's trim threshold to twice
-# that. A fresh process's threshold is 128 KiB: how many faults a call takes then hangs on which
-# arrays the process freed before (measured at B=64 T=64 d=512: numpy 2551 faults per call, torch
-# 14304 to 16352 as a worker's first cell, torch 0 after a B=4 T=512 cell; both 0 primed).
-PRIME_BYTES = (32 << 20) - (64 << 10)  # just under the threshold's cap, so freeing it raises it there
+# far, up to 32 MiB on 64-bit; it also hands the heap's free top back to the kernel once it
+# exceeds twice the threshold (trimming), so the next call faults those pages in again. Which
+# of that happens to a call hangs on the process's history: a fresh process's threshold is
+# 128 KiB, and whether the free top is trimmed depends on which small blocks landed above it.
+# Measured at B=64 T=64 d=512 in a worker: numpy 2551 faults per call as the first cell and
+# 0 or 3066 as the second (after B=4 T=512, depending on one unrelated request in between);
+# torch 14304 to 16352 as the first cell, 0 after a B=4 T=512 cell. So every timing process
+# fixes both at the start: threshold 32 MiB (the cap any process reaches once it has freed one
+# large array), no trimming; a block over 32 MiB is still mapped anew on each call, as anywhere.
+MMAP_THRESHOLD = 32 << 20  # glibc's cap for the dynamic threshold on 64-bit (HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD = 1 << 30  # the free top a heap keeps: larger than any cell's temporaries here
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 _primed: list[bool] = []
 #: Environment variables that set thread counts or how idle threads wait; recorded as found.
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OPENBLAS_NUM_THREADS",
@@ -60,10 +67,10 @@ def settle(window_s: float = SETTLE_WINDOW_S, idle: float = SETTLE_IDLE, cap_s: 
 
 
 def prime_allocator() -> bool:
-    """Put this process's malloc where any process is once it has freed one large array: one
-    block just under the mmap threshold's cap allocated and freed (never touched, so no pages
-    are faulted). Every worker does it before its first cell, so a cell's figure does not hang
-    on its place in the sweep. Once per process; False where libc is not glibc (nothing done)."""
+    """Fix glibc malloc's mmap threshold at its cap and turn heap trimming off (see above), so
+    that a cell's page faults, and its time, do not hang on what the process did before it.
+    Called by every timing process before its backend builds anything; once per process;
+    False where libc is not glibc (nothing done, the figures then keep that dependence)."""
     if _primed:
         return _primed[0]
     ok = False
@@ -71,10 +78,9 @@ def prime_allocator() -> bool:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        if hasattr(libc, "gnu_get_libc_version"):  # the thresholds above are glibc's
-            libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-            libc.free(libc.malloc(PRIME_BYTES))
-            ok = True
+        if hasattr(libc, "gnu_get_libc_version"):  # mallopt's parameters above are glibc's
+            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+                libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError):
         pass
     _primed.append(ok)
