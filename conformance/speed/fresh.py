@@ -4,8 +4,9 @@ The isolation check (selfcheck.py) times a backend "alone" through the harness's
 and chunks. This timer shares none of that: each process resolves one backend, primes malloc
 as every worker does (worker.prime_allocator: the state of any process that has freed one
 large array, which is part of what "alone" means here, see README "Speed"), builds the cell's
-inputs twice (the first build called once, then freed), makes one untimed call, then `CALLS`
-warm calls back to back, and prints their median. Processes alternate between the backends
+inputs twice (the first build called once, then freed), makes one untimed call, then warm
+calls back to back (`CALLS`, or fewer but at least `MIN_CALLS` once `SECONDS` have passed),
+and prints their median. Processes alternate between the backends
 (numpy, torch, numpy, torch, ...), `PROCS` each; process p of a backend is paired with process
 p of torch, and the figure is the median of the pairs' ratios with its interval
 (verdict.median_interval): the noise between processes, which the check shows next to it.
@@ -23,12 +24,14 @@ from typing import Any
 from conformance.results import REPO_ROOT
 from conformance.speed.verdict import median_interval
 
-CALLS = 15  # warm calls per process
+CALLS = 15  # warm calls per process, at most
+MIN_CALLS = 5  # at least, however slow the calls
+SECONDS = 3.0  # a process stops after MIN_CALLS once this has passed (0.9 s calls at B=1 T=4096)
 PROCS = 3  # processes per backend and cell
 
 _CHILD = r"""
 import json, statistics, sys, time
-spec, shape, dtype, causal, seed, calls, threads = json.loads(sys.argv[1])
+spec, shape, dtype, causal, seed, calls, min_calls, seconds, threads = json.loads(sys.argv[1])
 from conformance.speed.worker import fix_threads, prime_allocator
 prime_allocator()  # before any array is built
 import numpy as np
@@ -52,8 +55,8 @@ b.forward(x, w, config); sync()
 del x, w  # the first build, freed: the timed calls run on the second
 x, w = build()
 b.forward(x, w, config); sync()  # untimed
-ts = []
-for _ in range(calls):
+ts, start = [], time.perf_counter()
+while len(ts) < calls and (len(ts) < min_calls or time.perf_counter() - start < seconds):
     t0 = time.perf_counter()
     out = b.forward(x, w, config)
     sync()
@@ -68,7 +71,7 @@ def one_process(spec: str, shape: tuple[int, ...], dtype: str, causal: bool, see
     """Median of `calls` warm calls of one backend in a fresh process (RuntimeError if it fails)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    arg = json.dumps([spec, list(shape), dtype, causal, seed, calls, threads])
+    arg = json.dumps([spec, list(shape), dtype, causal, seed, calls, min(calls, MIN_CALLS), SECONDS, threads])
     r = subprocess.run([sys.executable, "-c", _CHILD, arg], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     lines = r.stdout.strip().splitlines()
     if r.returncode != 0 or not lines:
