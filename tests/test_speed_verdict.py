@@ -79,10 +79,28 @@ def test_two_clearly_different_distributions_are_undecided_after_the_cap():
     # numpy's chunks come from two distributions, 10 ms in even rounds and 40 ms in odd ones,
     # torch's all from 20 ms: paired per round, numpy is 2x faster or 2x slower by chance
     p, ts = _verdict(lambda r: 0.010 if r % 2 == 0 else 0.040)
-    assert p["ratio_verdict"] == "undecided"
+    assert p["ratio_verdict"] == "undecided" and p["undecided_by"] == "rounds"
     assert p["ratio_interval"][0] < 0.6 and p["ratio_interval"][1] > 1.9
     assert [len(t.rounds) for t in ts] == [verdict.MAX_ROUNDS] * 2  # it pooled rounds up to the cap
     assert all(len(t.samples) == 5 * verdict.MAX_ROUNDS for t in ts)
+
+
+def test_samples_from_two_distributions_within_every_round_are_undecided():
+    # each of numpy's chunks mixes calls of 10 ms and 40 ms (the per-round medians all agree on
+    # 10 ms); torch's take 20 ms: the spread says the calls are not one figure
+    class Mixed(FakeClockUnit):
+        def request(self, op: str, **kw) -> dict:
+            r = super().request(op, **kw)
+            if op == "time":
+                r["samples"] = [0.010, 0.040, 0.010, 0.040, 0.010]
+            return r
+
+    ts = _time([Mixed("numpy", lambda r: 0.0), FakeClockUnit("torch", lambda r: 0.020)])
+    p = verdict.paired(ts[0].rounds, ts[1].rounds)
+    assert p["ratio_interval"][1] < 0.6  # the rounds alone would have said "faster"
+    assert p["ratio_verdict"] == "undecided" and p["undecided_by"] == "spread"
+    assert [len(t.rounds) for t in ts] == [verdict.MAX_ROUNDS] * 2
+    assert verdict.spread([0.010, 0.040, 0.010, 0.040, 0.010]) == pytest.approx(3.0)
 
 
 def test_a_clear_difference_is_decided_in_three_rounds():

@@ -12,8 +12,14 @@ the largest k whose coverage is at least `CONFIDENCE`; with 3 rounds the lowest 
 Verdicts: "level" (the interval within 1 -/+ `LEVEL`: the harness vouches for no finer
 difference, the isolation check's own limit), else "faster" / "slower" (the whole interval
 below / above 1), else "undecided" (the rounds disagree about which is faster, by more than
-`LEVEL`). An undecided cell gets more rounds, up to
-`MAX_ROUNDS` (cells.time_cell); one still undecided then is printed as an interval, not a ratio.
+`LEVEL`). A cell is undecided as well when either backend's samples spread over more than
+`SPREAD_LIMIT` ((p75 - p25) / median within a round, the median over its rounds; drift between
+rounds is the pairs' to cancel): its calls then took anything between
+widely different times, as when other processes hold the cores a call's threads wait for (at a
+load average of 11 to 20, numpy at B=4 T=512 spread 47% to 348% (pooled) and its rounds agreed on ratios
+from 0.8 to 7.4 in different runs; torch's spread 8% to 39%). An undecided cell gets more
+rounds, up to `MAX_ROUNDS` (cells.time_cell); one still undecided then is printed as an
+interval, not a ratio.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from typing import Any
 CONFIDENCE = 0.75  # of the median's interval; 3 rounds reach exactly this, 9 rounds 82%
 LEVEL = 0.10  # an interval inside 1 -/+ 10% calls the two level (the isolation check's own limit)
 MAX_ROUNDS = 9  # an undecided cell pools rounds up to 3x its budget, then says it stays undecided
+# Spreads on an idle 2-core machine reached 23% (the published sweep) and 41% (issue #33's
+# machine, alone); calls that spread over more than half their median are not one figure.
+SPREAD_LIMIT = 0.5
 VERDICTS = ("faster", "slower", "level", "undecided")
 
 
@@ -59,16 +68,35 @@ def judge(lo: float, hi: float, level: float = LEVEL) -> str:
     return "undecided"
 
 
+def spread(samples: list[float]) -> float:
+    """(p75 - p25) / median of the samples (0 for none)."""
+    if not samples:
+        return 0.0
+    q = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else [samples[0]] * 3
+    return (q[2] - q[0]) / q[1] if q[1] > 0 else 0.0
+
+
+def round_spread(rounds: list[list[float]]) -> float:
+    """The median over rounds of each round's spread: the calls' dispersion under steady
+    conditions, free of the drift between rounds."""
+    return statistics.median(spread(r) for r in rounds) if rounds else 0.0
+
+
 def paired(rounds: list[list[float]], ref_rounds: list[list[float]]) -> dict[str, Any] | None:
-    """Per-round ratios of a backend to the reference, their interval and verdict; None when
-    no round has samples on both sides."""
+    """Per-round ratios of a backend to the reference, their interval and verdict, and what
+    made it undecided ("rounds" or "spread"); None when no round has samples on both sides."""
     mine, ref = round_medians(rounds), round_medians(ref_rounds)
     ratios = [a / b for a, b in zip(mine, ref) if a is not None and b]
     if not ratios:
         return None
     lo, hi = median_interval(ratios)
+    verdict, why = judge(lo, hi), None
+    if verdict == "undecided":
+        why = "rounds"
+    elif max(round_spread(rounds), round_spread(ref_rounds)) > SPREAD_LIMIT:
+        verdict, why = "undecided", "spread"
     return {"round_ratios": [round(r, 4) for r in ratios], "ratio_interval": [lo, hi],
-            "ratio_verdict": judge(lo, hi)}
+            "ratio_verdict": verdict, "undecided_by": why}
 
 
 def undecided(rounds: dict[str, list[list[float]]], reference: str) -> list[str]:
