@@ -27,7 +27,7 @@ from conformance.speed import peak as peak_mod
 from conformance.speed import table
 from conformance.speed.flops import gflops, useful_flops
 from conformance.speed.gate import conformance_status
-from conformance.speed.verdict import LEVEL, MAX_ROUNDS, paired, round_medians
+from conformance.speed.verdict import LEVEL, MAX_ROUNDS, SPREAD_LIMIT, paired, round_medians
 from conformance.speed.harness import summarize
 from conformance.speed.worker import SETTLE_CAP_S, SETTLE_IDLE, SETTLE_WINDOW_S, fix_threads, settle
 from impls.base import BackendInfo
@@ -104,8 +104,10 @@ def layout(plan: Plan) -> dict[str, Any]:
     """How the run was laid out over processes and how idle threads were waited for."""
     kind = cells_mod.LocalUnit.layout if plan.in_process else cells_mod.WorkerUnit.layout
     return {"kind": kind, "rounds": cells_mod.ROUNDS, "max_rounds": MAX_ROUNDS,
-            "verdict": f"per-round paired ratios to {REFERENCE}; their median's interval below 1: faster, above: "
-                       f"slower, inside 1 -/+ {LEVEL:.0%}: level, else undecided and more rounds (up to max_rounds)",
+            "verdict": f"per-round paired ratios to {REFERENCE}; their median's interval inside 1 -/+ {LEVEL:.0%}: "
+                       "level, else below 1: faster, above: slower, else undecided; undecided too when either "
+                       f"backend's within-round spread exceeds {SPREAD_LIMIT:.0%}; undecided cells get more rounds "
+                       "(up to max_rounds)",
             "chunk": f"one untimed re-warm call (none once calls take {cells_mod.REWARM_BELOW_S} s or more), then "
                      "warm calls for budget/rounds seconds and at least min_samples/rounds calls",
             "settle": {"window_s": SETTLE_WINDOW_S, "idle_fraction": SETTLE_IDLE, "cap_s": SETTLE_CAP_S,
@@ -146,7 +148,7 @@ def _cell(info: BackendInfo, entry: cells_mod.Timing, shape: Shape, dtype: str, 
         "timer": entry.timer, "chunks": entry.chunks, "conforming": conforming, "error": entry.error, "time_vs_torch": None,
         "round_medians_s": [m for m in round_medians(entry.rounds) if m is not None],
         "faults_per_call": round(statistics.median(entry.faults), 1) if entry.faults else None,
-        "round_ratios": None, "ratio_interval": None, "ratio_verdict": None,
+        "round_ratios": None, "ratio_interval": None, "ratio_verdict": None, "undecided_by": None,
     }
 
 

@@ -8,10 +8,11 @@ least min_samples / ROUNDS calls, after an untimed call: the re-warm call in the
 none where calls take REWARM_BELOW_S or more; in later rounds the first call on inputs built
 anew, because a call's time depends on where its arrays landed in memory and a cell's figure
 must not hang on one placement) and answers only once its
-threads have gone idle. With a reference backend, a cell whose rounds leave some backend's
-ratio to it undecided (conformance.speed.verdict) gets more rounds, up to verdict.MAX_ROUNDS. Only one worker computes at any moment, slow drift (thermal, other
+threads have gone idle. Only one worker computes at any moment, slow drift (thermal, other
 processes) is spread over all backends, and a worker that crashes costs its own cells only:
-it is started again for the next cell.
+it is started again for the next cell. With a reference backend, a cell whose rounds leave
+some backend's ratio to it undecided (conformance.speed.verdict) gets more rounds, up to
+verdict.MAX_ROUNDS.
 
 `LocalUnit` runs the same requests inside this process (`--in-process`): libraries then share
 the process, which the layout above avoids.

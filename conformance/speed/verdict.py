@@ -14,10 +14,10 @@ difference, the isolation check's own limit), else "faster" / "slower" (the whol
 below / above 1), else "undecided" (the rounds disagree about which is faster, by more than
 `LEVEL`). A cell is undecided as well when either backend's samples spread over more than
 `SPREAD_LIMIT` ((p75 - p25) / median within a round, the median over its rounds; drift between
-rounds is the pairs' to cancel): its calls then took anything between
-widely different times, as when other processes hold the cores a call's threads wait for (at a
-load average of 11 to 20, numpy at B=4 T=512 spread 47% to 348% (pooled) and its rounds agreed on ratios
-from 0.8 to 7.4 in different runs; torch's spread 8% to 39%). An undecided cell gets more
+rounds is the pairs' to cancel): its calls then took widely different times, as when other
+processes hold the cores a call's threads wait for (at a load average of 11 to 20, numpy at
+B=4 T=512 spread 47% to 348%, all rounds pooled, and its rounds agreed on ratios from 0.8 to
+7.4 in different runs; torch's spread 8% to 39%). An undecided cell gets more
 rounds, up to `MAX_ROUNDS` (cells.time_cell); one still undecided then is printed as an
 interval, not a ratio.
 """
