@@ -64,6 +64,8 @@ class SpeedRow:
     samples: int
     fwd_bwd_ms: float | None = None  # forward + backward median (`--backward`), next to the forward's
     fwd_bwd_gflops: float | None = None
+    ratio_interval: tuple[float, float] | None = None  # the rounds' interval of time_ratio (speed/verdict.py)
+    ratio_verdict: str | None = None  # faster, slower, level, or undecided: the rounds cannot tell it from torch
 
 
 @dataclass
@@ -154,6 +156,10 @@ def _row(c: dict[str, Any], base: dict[str, Any] | None, peak: float | None) -> 
     spread = number(c.get("spread"))
     if c.get("noisy") or c.get("flagged"):
         notes.append("⚠ noisy" + (f": spread {spread * 100:.0f}%" if spread is not None else ""))
+    iv = c.get("ratio_interval")
+    iv = (float(iv[0]), float(iv[1])) if isinstance(iv, list) and len(iv) == 2 else None
+    if c.get("ratio_verdict") == "undecided" and iv:
+        notes.append(f"⚠ ratio to torch undecided: its rounds give {iv[0]:.2f}–{iv[1]:.2f}")
     gflops = c.get("gflops")
     if gflops is None and headline:
         gflops = c["flops"] / med / 1e9
@@ -172,7 +178,7 @@ def _row(c: dict[str, Any], base: dict[str, Any] | None, peak: float | None) -> 
         c["flops"] / p75 / 1e9 if headline and p75 else None, c["flops"] / p25 / 1e9 if headline and p25 else None,
         frac * 100 if headline and frac is not None else None, med / bmed if headline and bmed else None,
         mem / 2**20 if headline and mem is not None else None, headline, notes, len(c.get("samples_s") or []),
-        ms(c.get("fwd_bwd_median_s")), c.get("fwd_bwd_gflops") if headline else None)
+        ms(c.get("fwd_bwd_median_s")), c.get("fwd_bwd_gflops") if headline else None, iv, c.get("ratio_verdict"))
 
 
 def _speed_notes(sp: dict[str, Any], env: dict[str, Any]) -> list[str]:

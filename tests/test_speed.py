@@ -308,9 +308,9 @@ def test_isolation_flags_cells_off_by_more_than_ten_percent():
     lines = text.splitlines()
     assert "load average 1.5 at start, 2.5 at the end" in lines[0]
     table = [ln for ln in lines if ln.startswith("| B=")]
-    assert len(table) == 5 and all(ln.count("|") == 9 for ln in table)
+    assert len(table) == 5 and all(ln.count("|") == 11 for ln in table)
     assert "| 1.20 |" in by_line(table, "slow") and "OFF by +20%" in by_line(table, "slow")
-    assert "OFF by -15%" in by_line(table, "fast") and by_line(table, "numpy").endswith("| ok |")
+    assert "OFF by -15%" in by_line(table, "fast") and by_line(table, "numpy").endswith("| ok | - | - |")
     assert "ERROR alone: RuntimeError: boom" in by_line(table, "broken")
     assert lines[-1].startswith("2 of 5 cells within 10% of alone; flagged: slow at B=1 T=8, fast")
 
@@ -324,13 +324,15 @@ def test_isolation_check_times_both_ways_interleaved(tmp_path):
     p = _worker_plan(tmp_path, ["tests.test_speed:ConformingFake", "tests.test_speed:FakeBackend"],
                      shapes=[(1, 8, 8, 8, 2)])
     out = io.StringIO()
-    rows = selfcheck.check(p, out, passes=2)
+    rows = selfcheck.check(p, out, passes=2, fresh_procs=1)
     assert [(r.backend, r.shape) for r in rows] == [("fake-good", (1, 8, 8, 8, 2)), ("fake", (1, 8, 8, 8, 2))]
     for r in rows:
         assert r.error is None and r.ratio is not None and r.harness["median_s"] and r.alone["median_s"]
     text = out.getvalue()
     progress = [ln.split(": ", 1)[1] for ln in text.splitlines() if ": pass " in ln]
     assert progress == ["pass 1/2, harness", "pass 1/2, alone", "pass 2/2, alone", "pass 2/2, harness"]
+    assert [r.fresh["median_s"] > 0 and len(r.fresh["medians_s"]) == 1 for r in rows] == [True, True]
+    assert "fresh timer, 1 processes per backend" in text and "| t/torch fresh [processes' interval] |" in text
     assert "| shape | backend | harness ms (spread) | alone ms (spread) | harness / alone |" in text
     assert "harness layout: worker process per backend" in text
 

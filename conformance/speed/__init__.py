@@ -6,8 +6,10 @@ statistics, the harness's own overhead), `worker` (one backend's timing process 
 for idle threads), `cells` (one cell across backends: a worker each, chunks alternating),
 `memory` (peak memory of one untimed call), `peak` (this machine's matmul peak, same run),
 `gate` (conformance read from results.json), `bench` (a whole run, writing the "speed"
-section), `selfcheck` (`--check-isolation`: harness against each backend alone), `table`
-(terminal output) and `cli` (`python -m conformance.speed`).
+section), `verdict` (whether a cell's rounds can tell a backend from torch), `selfcheck`
+(`--check-isolation`: harness against each backend alone), `fresh` (an independent
+fresh-process timer for "alone"), `table` (terminal output) and `cli` (`python -m conformance.speed`).
+The worker also fixes glibc malloc's thresholds in every timing process (`worker.prime_allocator`).
 """
 
 from conformance.speed.flops import gflops, useful_flops

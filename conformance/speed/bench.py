@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import gc
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from conformance.speed import peak as peak_mod
 from conformance.speed import table
 from conformance.speed.flops import gflops, useful_flops
 from conformance.speed.gate import conformance_status
+from conformance.speed.verdict import LEVEL, MAX_ROUNDS, SPREAD_LIMIT, paired, round_medians
 from conformance.speed.harness import summarize
 from conformance.speed.worker import SETTLE_CAP_S, SETTLE_IDLE, SETTLE_WINDOW_S, fix_threads, settle
 from impls.base import BackendInfo
@@ -101,7 +103,11 @@ def make_units(plan: Plan, timed: list[BackendInfo]) -> list[Any]:
 def layout(plan: Plan) -> dict[str, Any]:
     """How the run was laid out over processes and how idle threads were waited for."""
     kind = cells_mod.LocalUnit.layout if plan.in_process else cells_mod.WorkerUnit.layout
-    return {"kind": kind, "rounds": cells_mod.ROUNDS,
+    return {"kind": kind, "rounds": cells_mod.ROUNDS, "max_rounds": MAX_ROUNDS,
+            "verdict": f"per-round paired ratios to {REFERENCE}; their median's interval inside 1 -/+ {LEVEL:.0%}: "
+                       "level, else below 1: faster, above: slower, else undecided; undecided too when either "
+                       f"backend's within-round spread exceeds {SPREAD_LIMIT:.0%}; undecided cells get more rounds "
+                       "(up to max_rounds)",
             "chunk": f"one untimed re-warm call (none once calls take {cells_mod.REWARM_BELOW_S} s or more), then "
                      "warm calls for budget/rounds seconds and at least min_samples/rounds calls",
             "settle": {"window_s": SETTLE_WINDOW_S, "idle_fraction": SETTLE_IDLE, "cap_s": SETTLE_CAP_S,
@@ -140,6 +146,9 @@ def _cell(info: BackendInfo, entry: cells_mod.Timing, shape: Shape, dtype: str, 
         "peak_fraction": (g / pk) if (g is not None and pk) else None,
         "peak_memory_bytes": entry.memory, "memory_method": entry.memory_method,
         "timer": entry.timer, "chunks": entry.chunks, "conforming": conforming, "error": entry.error, "time_vs_torch": None,
+        "round_medians_s": [m for m in round_medians(entry.rounds) if m is not None],
+        "faults_per_call": round(statistics.median(entry.faults), 1) if entry.faults else None,
+        "round_ratios": None, "ratio_interval": None, "ratio_verdict": None, "undecided_by": None,
     }
 
 
@@ -251,7 +260,7 @@ def _run_group(plan: Plan, timed: list[BackendInfo], units: list[Any], status: d
         runnable.append(info)
         here.append(unit)
     timings = cells_mod.time_cell(here, shape, dtype, plan.causal, plan.seed, plan.budget_s, plan.min_samples,
-                                  plan.max_samples)
+                                  plan.max_samples, reference=REFERENCE)
     for unit, t in zip(here, timings):
         settles.setdefault(t.name, []).extend(round(s, 4) for s in t.settle_s)
         if t.name not in per_backend and t.error is None:  # its libraries are loaded by now
@@ -262,9 +271,12 @@ def _run_group(plan: Plan, timed: list[BackendInfo], units: list[Any], status: d
     cells = [_cell(info, t, shape, dtype, plan.causal, peak, status[info.backend.name][0])
              for info, t in zip(runnable, timings)]
     ref = next((c for c in cells if c["backend"] == REFERENCE and c["median_s"]), None)
-    for c in cells:
+    ref_t = next((t for t in timings if t.name == REFERENCE), None)
+    for c, t in zip(cells, timings):
         if ref is not None and c["median_s"]:
             c["time_vs_torch"] = c["median_s"] / ref["median_s"]
+            if c is not ref and ref_t is not None:  # can its rounds tell it from torch? (verdict.py)
+                c.update(paired(t.rounds, ref_t.rounds) or {})
         print(table.cell_line(c), file=out, flush=True)
     gc.collect()
     return cells

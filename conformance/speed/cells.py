@@ -10,7 +10,9 @@ anew, because a call's time depends on where its arrays landed in memory and a c
 must not hang on one placement) and answers only once its
 threads have gone idle. Only one worker computes at any moment, slow drift (thermal, other
 processes) is spread over all backends, and a worker that crashes costs its own cells only:
-it is started again for the next cell.
+it is started again for the next cell. With a reference backend, a cell whose rounds leave
+some backend's ratio to it undecided (conformance.speed.verdict) gets more rounds, up to
+verdict.MAX_ROUNDS.
 
 `LocalUnit` runs the same requests inside this process (`--in-process`): libraries then share
 the process, which the layout above avoids.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.results import REPO_ROOT
+from conformance.speed.verdict import MAX_ROUNDS, undecided
 from conformance.speed.worker import Handler
 
 ROUNDS = 3  # each backend sampled early, mid-cell and late; more rounds cost re-warm calls
@@ -137,6 +140,8 @@ class Timing:
     memory_method: str | None = None
     settle_s: list[float] = field(default_factory=list)
     chunks: int = 0
+    rounds: list[list[float]] = field(default_factory=list)  # each round's chunk, in round order
+    faults: list[float] = field(default_factory=list)  # minor page faults per call, each chunk
 
 
 def ask(unit: Any, t: Timing, op: str, **kw: Any) -> dict[str, Any] | None:
@@ -144,20 +149,25 @@ def ask(unit: Any, t: Timing, op: str, **kw: Any) -> dict[str, Any] | None:
     try:
         r = unit.request(op, **kw)
     except WorkerDied as e:
-        t.error, t.samples = str(e), []
+        t.error, t.samples, t.rounds = str(e), [], []
         return None
     if "settle_s" in r:
         t.settle_s.append(r["settle_s"])
     if r.get("error"):
-        t.error, t.samples = r["error"], []
+        t.error, t.samples, t.rounds = r["error"], [], []
         return None
     return r
 
 
 def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool, seed: int, budget_s: float,
               min_samples: int, max_samples: int = 2000, memory: bool = True, rounds: int = ROUNDS,
-              rewarm: bool = True, op: str = "prepare") -> list[Timing]:
+              rewarm: bool = True, op: str = "prepare", reference: str | None = None,
+              max_rounds: int = MAX_ROUNDS) -> list[Timing]:
     """Time every unit at one cell; the Timings come back in the units' order.
+
+    reference: the unit every other's ratio is taken against (verdict.py). After `rounds`
+    rounds, while some unit's ratio to it is undecided, every unit runs one more round, up to
+    `max_rounds` in all (more rounds pool more chunks, each of budget_s / rounds seconds).
 
     op: the worker request that builds the timed call, "prepare" (forward) or
     "prepare_fwd_bwd" (forward plus backward).
@@ -172,9 +182,8 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
             t.first_call_s, t.timer = r["first_call_s"], r["timer"]
     live = [i for i, t in enumerate(timings) if t.error is None]
     per_chunk = math.ceil(min_samples / rounds)
-    for r in range(rounds):
-        if not live:
-            break
+    r = 0
+    while live and (r < rounds or (r < max_rounds and _undecided(timings, live, reference))):
         k = r % len(live)
         for i in live[k:] + live[:k]:
             t = timings[i]
@@ -188,8 +197,12 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
                         rewarm=rewarm and r == 0 and (last is None or last < REWARM_BELOW_S))
             if reply is not None:
                 t.samples.extend(reply["samples"])
+                t.rounds.append(list(reply["samples"]))
+                if reply.get("faults_per_call") is not None:
+                    t.faults.append(reply["faults_per_call"])
                 t.chunks += 1
         live = [i for i in live if timings[i].error is None]
+        r += 1
     for i in live if memory else []:  # untimed: tracing and peak statistics would distort a timed call
         t = timings[i]
         try:
@@ -204,3 +217,10 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
         except WorkerDied:
             pass  # already recorded, or the cell is over anyway: restarted at the next cell
     return timings
+
+
+def _undecided(timings: list[Timing], live: list[int], reference: str | None) -> bool:
+    """Whether the rounds so far leave some live unit's ratio to the reference undecided."""
+    if reference is None:
+        return False
+    return bool(undecided({timings[i].name: timings[i].rounds for i in live}, reference))

@@ -8,6 +8,12 @@ only the company a backend keeps, which is what the bench must not depend on. Th
 alone first in odd ones, so drift in the machine's load hits both alike. Samples of all passes
 are pooled per way; a cell whose harness median is off its alone median by more than
 `LIMIT` is flagged, and the command exits 1.
+
+A third way checks "alone" itself: an independent timer (fresh.py: no harness code, fresh
+processes alternating between backends, inputs built twice, warm calls) gives each backend's
+ratio to torch with the interval its processes span; the table says whether the alone way's
+ratio agrees with it (inside that interval, or within `LIMIT` of its median). That column
+informs; it does not change the exit status.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from conformance.speed import cells as cells_mod
+from conformance.speed import fresh as fresh_mod
 from conformance.speed.harness import summarize
 from conformance.speed.table import ms
 
@@ -40,6 +47,16 @@ class Row:
     ratio: float | None = None  # harness median / alone median
     vs_torch_harness: float | None = None
     vs_torch_alone: float | None = None
+    fresh: dict[str, Any] | None = None  # fresh.fresh()'s entry for this backend and cell
+
+    @property
+    def fresh_agrees(self) -> bool | None:
+        """Whether the alone way's ratio to torch agrees with the independent fresh timer's."""
+        f = self.fresh or {}
+        if self.vs_torch_alone is None or f.get("vs_torch") is None:
+            return None
+        lo, hi = f["interval"]
+        return lo <= self.vs_torch_alone <= hi or abs(self.vs_torch_alone / f["vs_torch"] - 1) <= LIMIT
 
     @property
     def flagged(self) -> bool:
@@ -66,8 +83,9 @@ def _load() -> float | None:
         return None
 
 
-def check(plan: Any, out: TextIO, passes: int = PASSES) -> list[Row]:
-    """Time plan.backends at plan.shapes both ways (first dtype); prints progress and the table."""
+def check(plan: Any, out: TextIO, passes: int = PASSES, fresh_procs: int = fresh_mod.PROCS) -> list[Row]:
+    """Time plan.backends at plan.shapes both ways (first dtype), then by the fresh timer
+    (fresh_procs processes per backend and cell; 0: not at all); prints progress and the table."""
     from conformance.speed.bench import make_units  # lazily: runner imports the reports package
 
     dtype, infos = plan.dtypes[0], plan.backends
@@ -95,7 +113,16 @@ def check(plan: Any, out: TextIO, passes: int = PASSES) -> list[Row]:
     finally:
         for u in units:
             u.close()
+    fresh_rows: dict[tuple[tuple[int, ...], str], dict[str, Any]] = {}
+    for shape in plan.shapes if fresh_procs else []:
+        print(f"  B={shape[0]} T={shape[1]} d={shape[2]} H={shape[4]}: fresh timer, {fresh_procs} processes "
+              "per backend", file=out, flush=True)
+        got = fresh_mod.fresh([(i.backend.name, i.spec) for i in infos], shape, dtype, plan.causal, plan.seed,
+                              REFERENCE, fresh_procs, threads=plan.threads)
+        fresh_rows.update({(shape, n): f for n, f in got.items()})
     rows = _rows(plan.shapes, [i.backend.name for i in infos], pooled, errors)
+    for r in rows:
+        r.fresh = fresh_rows.get((r.shape, r.backend))
     print(render(rows, plan, passes, load0, _load(), time.perf_counter() - t0), file=out, flush=True)
     return rows
 
@@ -130,7 +157,8 @@ def render(rows: list[Row], plan: Any, passes: int, load0: float | None, load1: 
              f"{passes} passes alternating the ways; 1-minute load average {load0} at start, {load1} at the end "
              f"({seconds:.0f} s)",
              "", "| shape | backend | harness ms (spread) | alone ms (spread) | harness / alone | "
-             "t/torch harness | t/torch alone | verdict |", "|---|---|---|---|---|---|---|---|"]
+             "t/torch harness | t/torch alone | verdict | t/torch fresh [processes' interval] | alone vs fresh |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         B, T, d, _, H = r.shape
         cells = [f"B={B} T={T} d={d} H={H}", r.backend]
@@ -138,9 +166,27 @@ def render(rows: list[Row], plan: Any, passes: int, load0: float | None, load1: 
             cells.append("-" if s["median_s"] is None else f"{ms(s['median_s'])} ({100 * s['spread']:.0f}%)")
         verdict = (f"ERROR {r.error}" if r.error else "no figure" if r.ratio is None
                    else f"OFF by {100 * (r.ratio - 1):+.0f}%" if r.flagged else "ok")
-        cells += [_x(r.ratio), _x(r.vs_torch_harness), _x(r.vs_torch_alone), verdict]
+        cells += [_x(r.ratio), _x(r.vs_torch_harness), _x(r.vs_torch_alone), verdict, *_fresh_cells(r)]
         lines.append("| " + " | ".join(cells) + " |")
     bad = [r for r in rows if r.flagged]
     lines += ["", f"{len(rows) - len(bad)} of {len(rows)} cells within {100 * LIMIT:.0f}% of alone"
               + (f"; flagged: {', '.join(f'{r.backend} at B={r.shape[0]} T={r.shape[1]}' for r in bad)}" if bad else "")]
+    judged = [r for r in rows if r.fresh_agrees is not None]
+    if judged:
+        lines.append(f"fresh timer: the alone way's ratio to {REFERENCE} agrees in "
+                     f"{sum(bool(r.fresh_agrees) for r in judged)} of {len(judged)} cells (inside the fresh "
+                     f"processes' interval or within {100 * LIMIT:.0f}% of their median; not part of the exit status)")
     return "\n".join(lines)
+
+
+def _fresh_cells(r: Row) -> list[str]:
+    f = r.fresh
+    if not f:
+        return ["-", "-"]
+    if f.get("error"):
+        return [f"ERROR {f['error']}", "-"]
+    if f.get("vs_torch") is None:
+        return ["-", "-"]
+    lo, hi = f["interval"]
+    agrees = r.fresh_agrees
+    return [f"{f['vs_torch']:.2f} [{lo:.2f}-{hi:.2f}]", "-" if agrees is None else "agrees" if agrees else "DIFFERS"]

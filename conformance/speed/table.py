@@ -2,7 +2,8 @@
 
 Time first, then useful GFLOP/s, then the fraction of the machine's matmul peak (README.md, "Speed").
 Markers: "~" noisy (spread (p75-p25)/median > 10%), "!" nonconforming (timed only on
-request; no headline figure), "?" conformance unknown (not run), "E" the call raised.
+request; no headline figure), "?" conformance unknown (not run), "E" the call raised, "*" the
+ratio to torch is undecided (conformance.speed.verdict): its interval is printed, not a ratio.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 LEGEND = ("markers: ~ noisy (IQR/median > 10%)  ! nonconforming (no headline figure)  "
-          "? conformance not run  E error")
+          "? conformance not run  E error  * undecided: its rounds cannot tell it from torch "
+          "(the interval of its ratio is shown)")
 
 
 def ms(s: float | None) -> str:
@@ -30,6 +32,8 @@ def markers(cell: dict[str, Any]) -> str:
         m += "E"
     if cell.get("noisy"):
         m += "~"
+    if cell.get("ratio_verdict") == "undecided":
+        m += "*"
     if cell.get("conforming") is False:
         m += "!"
     elif cell.get("conforming") is None:
@@ -55,13 +59,30 @@ def cell_line(cell: dict[str, Any], width: int = 12) -> str:
     rng = f"[{ms(cell['p25_s'])}-{ms(cell['p75_s'])}]"
     frac = cell.get("peak_fraction")
     pct = "-" if frac is None else f"{100 * frac:.1f}%"
-    ratio = cell.get("time_vs_torch")
-    rt = "-" if ratio is None else f"{ratio:.2f}"
+    rt = ratio_text(cell)
     mem = cell.get("peak_memory_bytes")
     mems = "-" if mem is None else f"{mem / 2**20:.1f}MiB"
     return (f"  {name} {ms(cell['median_s']):>9} ms {rng:<21} first {ms(cell['first_call_s']):>9} ms  "
             f"{_num(cell.get('gflops'), '.1f'):>7} GFLOP/s  {pct:>6} of peak  t/torch {rt:>5}  "
-            f"mem {mems:>9}  n={len(cell['samples_s'])} {markers(cell)}")
+            f"mem {mems:>9}  n={len(cell['samples_s'])}{_rounds(cell)} {markers(cell)}")
+
+
+def ratio_text(cell: dict[str, Any]) -> str:
+    """Time / torch: the ratio, its rounds' interval when known, "undecided" and the interval
+    alone when the rounds cannot tell the backend from torch."""
+    ratio, iv = cell.get("time_vs_torch"), cell.get("ratio_interval")
+    if ratio is None:
+        return "-"
+    if not iv:
+        return f"{ratio:.2f}"
+    if cell.get("ratio_verdict") == "undecided":
+        return f"undecided {iv[0]:.2f}-{iv[1]:.2f}"
+    return f"{ratio:.2f} [{iv[0]:.2f}-{iv[1]:.2f}] {cell['ratio_verdict']}"
+
+
+def _rounds(cell: dict[str, Any]) -> str:
+    n = len(cell.get("round_medians_s") or [])
+    return f" rounds={n}" if n else ""
 
 
 def _column(cell: dict[str, Any], vary: bool) -> str:
@@ -100,7 +121,7 @@ def summary(cells: list[dict[str, Any]], peak: dict[str, Any]) -> str:
         for what, fmt in (("median ms", lambda c: ms(c["median_s"])),
                           ("GFLOP/s", lambda c: _num(c.get("gflops"), ".1f")),
                           ("% of peak", lambda c: _pct(c.get("peak_fraction"))),
-                          ("time / torch", lambda c: _num(c.get("time_vs_torch"), ".2f"))):
+                          ("time / torch", _grid_ratio)):
             grid = {(b, col): _entry(at.get((b, col)), fmt) for b in backends for col in cols}
             w = 2 + max(len(v) for v in [*cols, *grid.values()])
             lines.append("")
@@ -125,3 +146,11 @@ def _pct(frac: float | None) -> str:
 
 def _short(cell: dict[str, Any]) -> str:
     return markers(cell).replace("E", "")
+
+
+def _grid_ratio(cell: dict[str, Any]) -> str:
+    """The ratio, or for an undecided cell its interval (the "*" marker follows)."""
+    iv = cell.get("ratio_interval")
+    if cell.get("ratio_verdict") == "undecided" and iv:
+        return f"{iv[0]:.2f}-{iv[1]:.2f}"
+    return _num(cell.get("time_vs_torch"), ".2f")

@@ -33,6 +33,21 @@ from conformance.speed.harness import Entry, describe_error
 SETTLE_WINDOW_S = 0.01  # CPU use is sampled over windows this long
 SETTLE_IDLE = 0.10  # a window in which the process used under 10% of one core counts as idle
 SETTLE_CAP_S = 2.0  # a pool that never sleeps (OMP_WAIT_POLICY=active) must not hang the run
+# glibc malloc serves a block above its mmap threshold with fresh pages (a page fault per 4 KiB
+# on every call that allocates it) and raises the threshold to the largest such block freed so
+# far, up to 32 MiB on 64-bit; it also hands the heap's free top back to the kernel once it
+# exceeds twice the threshold (trimming), so the next call faults those pages in again. Which
+# of that happens to a call hangs on the process's history: a fresh process's threshold is
+# 128 KiB, and whether the free top is trimmed depends on which small blocks landed above it.
+# Measured at B=64 T=64 d=512 in a worker: numpy 2551 faults per call as the first cell and
+# 0 or 3066 as the second (after B=4 T=512, depending on one unrelated request in between);
+# torch 14304 to 16352 as the first cell, 0 after a B=4 T=512 cell. So every timing process
+# fixes both at the start: threshold 32 MiB (the cap any process reaches once it has freed one
+# large array), no trimming; a block over 32 MiB is still mapped anew on each call, as anywhere.
+MMAP_THRESHOLD = 32 << 20  # glibc's cap for the dynamic threshold on 64-bit (HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD = 1 << 30  # the free top a heap keeps: larger than any cell's temporaries here
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_primed: list[bool] = []
 #: Environment variables that set thread counts or how idle threads wait; recorded as found.
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OPENBLAS_NUM_THREADS",
               "OPENBLAS_THREAD_TIMEOUT", "MKL_NUM_THREADS", "MKL_DYNAMIC")
@@ -49,6 +64,37 @@ def settle(window_s: float = SETTLE_WINDOW_S, idle: float = SETTLE_IDLE, cap_s: 
         waited = time.perf_counter() - t0
         if busy < idle or waited >= cap_s:
             return waited
+
+
+def prime_allocator() -> bool:
+    """Fix glibc malloc's mmap threshold at its cap and turn heap trimming off (see above), so
+    that a cell's page faults, and its time, do not hang on what the process did before it.
+    Called by every timing process before its backend builds anything; once per process;
+    False where libc is not glibc (nothing done, the figures then keep that dependence)."""
+    if _primed:
+        return _primed[0]
+    ok = False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        if hasattr(libc, "gnu_get_libc_version"):  # mallopt's parameters above are glibc's
+            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+                libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        pass
+    _primed.append(ok)
+    return ok
+
+
+def minor_faults() -> int | None:
+    """This process's minor page faults so far (None where getrusage is missing)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return None
 
 
 def fix_threads(n: int | None, import_torch: bool) -> Any:
@@ -86,6 +132,7 @@ class Handler:
         self.entry: Entry | None = None
         self._limiter: Any = None
         self.fresh = True  # no cell built yet in this process (see _prepare)
+        self.primed = prime_allocator()  # before any array of the backend's is built
 
     def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
         op = msg.get("op")
@@ -191,8 +238,12 @@ class Handler:
         """One chunk of warm calls; answers once the process is idle again."""
         e = self._entry()
         e.samples = []
+        f0 = minor_faults()
         harness.time_chunk(e, min_calls, seconds, max_calls, rewarm)
-        return {"samples": e.samples, "error": e.error, "settle_s": settle()}
+        f1 = minor_faults()
+        calls = len(e.samples) + (1 if rewarm else 0)
+        faults = (f1 - f0) / calls if f0 is not None and f1 is not None and calls else None
+        return {"samples": e.samples, "error": e.error, "settle_s": settle(), "faults_per_call": faults}
 
     def op_memory(self) -> dict[str, Any]:
         from conformance.speed.memory import peak_memory
@@ -205,7 +256,7 @@ class Handler:
         return {"memory": mem, "memory_method": method, "settle_s": settle()}
 
     def op_threads(self) -> dict[str, Any]:
-        return thread_settings()
+        return {**thread_settings(), "allocator_primed": self.primed}
 
     def op_release(self) -> dict[str, Any]:
         import gc
