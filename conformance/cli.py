@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from conformance import text
 from conformance.suite import plan, profiles
 from conformance.suite.checks import catalogue
 from conformance.usage import OneLineParser, UsageError, report
@@ -96,7 +97,7 @@ def print_checks() -> None:
 
 def _header(infos, states: dict, args, seed: int, checks: list[str], dtypes: list[str], pid: str,
             total: int) -> dict:
-    backends = [{"name": i.backend.name, "spec": i.spec, "source": i.source,
+    backends = [{"name": text.name(i.backend.name), "spec": i.spec, "source": i.source,
                  "capabilities": i.backend.capabilities.to_dict(), "exposed_steps": list(exposed_steps(i.backend)),
                  "skip_reason": states[i.spec][0], "error": states[i.spec][1]} for i in infos]
     docs = {c.name: c for c in catalogue()}
@@ -130,10 +131,10 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
         by.setdefault(r["backend"], dict(zero))[r["outcome"]] += 1
     for k in missing:
         by.setdefault(k.backend, dict(zero))["missing"] += 1
-    w = max([18] + [len(repr(i.backend.name)) for i in infos])
+    w = max([18] + [len(repr(text.name(i.backend.name))) for i in infos])
     print(f"\n{'backend':{w}s} {'passed':>7s} {'failed':>7s} {'unsupp.':>8s} {'skipped':>8s} {'not run':>8s}  verdict")
     for info in infos:
-        name = info.backend.name
+        name = text.name(info.backend.name)  # as the plan has it: escaped, bounded
         n = by.get(name, zero)
         shown = name if name.isprintable() else repr(name)
         print(f"{shown:{w}s} {n['passed']:7d} {n['failed']:7d} {n['unsupported']:8d} {n['skipped']:8d} "
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         validate(args)
         infos, states = _resolve(args.backend or list(DEFAULT_BACKENDS))
+        plan.check_shard(args.shard_kn, len(infos) * len(args.dtype or FLOAT_DTYPES) *
+                         len(args.check or catalogue()))
         from conformance.suite import rundir
 
         out = Path(args.out)
@@ -208,7 +211,7 @@ def run(args, infos, states: dict, out: Path) -> int:
     checks = args.check or [c.name for c in catalogue()]
     whole = plan.whole_plan([(i.spec, i.backend.name) for i in infos], dtypes, checks)
     keys = plan.shard_of(whole, args.shard_kn)
-    pid = plan.plan_id(whole, args.profile, seed)
+    pid = plan.plan_id(whole, args.profile, seed, args.shard_kn[1])
     plan_path = plan.write(out, keys)
     shard = f", shard {args.shard_kn[0]}/{args.shard_kn[1]} ({len(keys)} of {len(whole)} planned)" if args.shard else ""
     print(f"mha-conformance: profile {args.profile}, seed {seed}, output {out}{shard}")
@@ -217,7 +220,7 @@ def run(args, infos, states: dict, out: Path) -> int:
         caps = i.backend.capabilities
         state = (f"FAILS: {error}" if error else f"skipped: {skip}" if skip else
                  f"{caps.device}, dtypes {', '.join(caps.dtypes)}, steps {list(exposed_steps(i.backend)) or 'none'}")
-        print(f"  backend {i.backend.name!r:18s} ({i.spec}) {state}")
+        print(f"  backend {text.name(i.backend.name)!r:18s} ({i.spec}) {state}")
     header = _header(infos, states, args, seed, checks, dtypes, pid, len(whole))
     recorder = Recorder(out, header, keys, args.machine)
     t0 = time.monotonic()

@@ -11,6 +11,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -135,3 +136,69 @@ class ToNumpyRaises(ForwardOnly):
 
     def result(self, out, x):
         return np.asarray(out).view(np.ndarray)
+
+
+#: A lone surrogate: what os.fsdecode or surrogateescape makes of an undecodable byte
+LONE = b"\xff".decode("utf-8", "surrogateescape")
+
+
+class RaisesLoneSurrogate(ForwardOnly):
+    """forward raises an exception whose message holds a lone surrogate."""
+
+    name = "hostile-surrogate-message"
+
+    def result(self, out, x):
+        raise RuntimeError(f"bad byte {LONE} in a path")
+
+
+class NamedLoneSurrogate(ForwardOnly):
+    """A correct backend whose name holds a lone surrogate."""
+
+    name = f"hostile-surrogate-{LONE}-name"
+
+
+class RaisesHugeMessage(ForwardOnly):
+    """forward raises SystemExit with a 20 MB one-line message (a BaseException's message is
+    not cut by Runner.call)."""
+
+    name = "hostile-huge-message"
+
+    def result(self, out, x):
+        raise SystemExit("m" * (20 << 20))
+
+
+class HugeSkipReason(ForwardOnly):
+    """availability() returns a 2 MB reason."""
+
+    name = "hostile-huge-skip-reason"
+
+    def availability(self):
+        return "r" * (2 << 20)
+
+
+class HugeName(ForwardOnly):
+    """A correct backend with a 100,000-character name."""
+
+    name = "hostile-huge-name-" + "n" * 100_000
+
+
+class BlocksAlarm(ForwardOnly):
+    """forward blocks SIGALRM in its thread, then sleeps for a day: no soft limit can reach it."""
+
+    name = "hostile-blocks-alarm"
+
+    def result(self, out, x):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(86400)
+        return out
+
+
+class IgnoresAlarm(ForwardOnly):
+    """forward ignores SIGALRM, then sleeps for a day."""
+
+    name = "hostile-ignores-alarm"
+
+    def result(self, out, x):
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        time.sleep(86400)
+        return out

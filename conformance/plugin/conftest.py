@@ -73,7 +73,7 @@ def out_dir(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture
 def example_timeouts(request: pytest.FixtureRequest) -> dict[str, float] | None:
     t = request.config.getoption("--mha-example-timeout")
-    return None if t is None else {"first": 4 * t, "later": t}
+    return None if t is None else {"first": 4 * t, "later": t}  # idle limit: IDLE_FACTOR x later
 
 
 @pytest.fixture

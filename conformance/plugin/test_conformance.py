@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 
 from conformance.suite.checks import get
+from conformance.text import first_line, safe_record
 from conformance.plugin.conftest import backend_state
 from conformance.suite.engine import run_check
 from conformance.suite.process_state import OutputTail, restored_state
 from conformance.suite.plan import Key
-from conformance.suite.recorder import crashed_during, write_record
+from conformance.suite import watchdog
+from conformance.suite.recorder import crashed_during, mark, write_record
 
 
 def _slug(text: str) -> str:
@@ -41,15 +43,17 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
     try:
         unsupported = check.unsupported(backend, key.dtype)
     except Exception as e:  # reading the declared capabilities is third-party code
-        return {**rec, "outcome": "failed", "reason": f"reading its capabilities raised {type(e).__name__}: {e}"}
+        return {**rec, "outcome": "failed", "reason": f"reading its capabilities raised {first_line(e)}"}
     if unsupported:  # before the crash marker: unsupported stays unsupported after a crash
         return {**rec, "outcome": "unsupported", "reason": unsupported}
     crashed = crashed_during(out_dir, key.backend)
     if crashed:
         return {**rec, "outcome": "failed",
-                "reason": f"not run: {key.backend} crashed a worker process earlier in this run (during {crashed})"}
+                "reason": f"not run: {key.backend} {crashed}"}
 
     result = run_check(check, backend, key.dtype, seed=seed, timeouts=timeouts)
+    if result.reason.startswith("hang:"):  # once is enough: its other checks would hang as long
+        mark(out_dir, key.backend, f"hung earlier in this run (during {key.check})")
     rec.update({"outcome": result.outcome, "reason": result.reason, "max_error": result.max_error,
                 "tolerance": result.tolerance, "counterexample": result.counterexample,
                 "examples": result.examples, "duration_s": round(result.duration_s, 4)})
@@ -62,14 +66,25 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
     return rec
 
 
+def _last_words(key: Key, out_dir: Path):
+    """What the watchdog's hard limit calls before it ends this worker: the record, the mark."""
+    def write(reason: str) -> None:
+        mark(out_dir, key.backend, f"hung earlier in this run (during {key.check})")
+        write_record(out_dir, key, {"step": get(key.check).step, "outcome": "failed", "reason": f"hang: {reason}"})
+    return write
+
+
 def test_check(key: Key, out_dir: Path, hypothesis_seed: int | None, example_timeouts: dict | None) -> None:
+    watchdog.last_words = _last_words(key, out_dir)
     with OutputTail() as tail, restored_state(full=True):
         try:
             rec = _run(key, out_dir, hypothesis_seed, example_timeouts)
         except BaseException as e:  # anything the engine did not turn into a result is still recorded
-            rec = {"outcome": "failed", "reason": f"suite error (please report): {type(e).__name__}: {e}"}
+            rec = {"outcome": "failed", "reason": f"suite error (please report): {first_line(e)}"}
+    watchdog.last_words = None
     if tail.total:
         rec["output"] = tail.text()
+    rec = safe_record(rec)  # backend text, escaped and bounded, before it reaches pytest's channel
     write_record(out_dir, key, rec)
     if rec["outcome"] in ("unsupported", "skipped"):
         pytest.skip(f"{rec['outcome']}: {rec['reason']}")

@@ -15,13 +15,14 @@ from hypothesis import errors as hyp_errors
 from hypothesis import example, given, settings
 from hypothesis import seed as hyp_seed
 
+from conformance import text
 from conformance.suite.case import Case
 from conformance.suite.database import for_combination
 from conformance.suite.checks import Check, CheckFailure
 from conformance.suite.process_state import restored_state
 from conformance.suite.profiles import EXAMPLE_TIMEOUT_S
 from conformance.suite.calls import Runner
-from conformance.suite.watchdog import BackendHang, time_limit
+from conformance.suite.watchdog import IDLE_FACTOR, BackendHang, time_limit
 
 
 @dataclass
@@ -40,8 +41,7 @@ class Result:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    return text.first_line(e)  # str(e) may raise or hold a lone surrogate: it is backend text
 
 
 def _escaped(e: BaseException) -> str:
@@ -62,7 +62,8 @@ def run_once(check: Check, backend: Any, case: Case) -> Result:
     """Run the check on one given case (no Hypothesis): what repro commands do."""
     t0 = time.perf_counter()
     try:
-        with restored_state(), time_limit(EXAMPLE_TIMEOUT_S["first"], f"{check.name} on {backend.name}"):
+        with restored_state(), time_limit(EXAMPLE_TIMEOUT_S["first"], f"{check.name} on {text.name(backend.name)}",
+                                          idle=IDLE_FACTOR * EXAMPLE_TIMEOUT_S["later"]):
             check.fn(Runner(backend, case.dtype), case)
     except CheckFailure as e:
         return Result("failed", str(e), e.max_error, e.tolerance, case, 1, time.perf_counter() - t0)
@@ -84,6 +85,7 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
     if reason:
         return Result("unsupported", reason)
     limits = timeouts or EXAMPLE_TIMEOUT_S
+    idle = IDLE_FACTOR * limits["later"]  # not 4x for the first example: sleeping needs no warm-up
     runner = Runner(backend, dtype)
     state: dict[str, Any] = {"n": 0, "case": None}
 
@@ -93,7 +95,7 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
         state["case"] = case  # the last case run: after a failure, the shrunk example
         # each example puts back the process state the backend changed: the spec's own
         # arithmetic and the next backend in this worker see the state the run started with
-        with restored_state(), time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
+        with restored_state(), time_limit(limit, f"{check.name} on {text.name(backend.name)} ({dtype})", idle=idle):
             check.fn(runner, case)
 
     for case in check.explicit_cases(backend, dtype):  # run before the drawn examples

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from conformance.results import collect, machine_label
+from conformance.text import safe_record
 from conformance.suite.plan import Key
 from conformance.suite.rundir import CRASHED, RECORDS
 from conformance.results import update_section
@@ -43,9 +44,18 @@ def crash_marker(out_dir: Path, backend: str) -> Path:
 
 
 def crashed_during(out_dir: Path, backend: str) -> str | None:
-    """The check during which `backend` crashed a worker earlier in this run, if it did."""
+    """What `backend` did earlier in this run that stops its other checks ("crashed a worker
+    process earlier in this run (during CHECK)", "hung ..."), if it did."""
     path = crash_marker(out_dir, backend)
-    return path.read_text() if path.exists() else None
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def mark(out_dir: Path, backend: str, what: str) -> None:
+    """Say that `backend` crashed or hung (`what`, a phrase): its later checks are not run."""
+    crash_marker(out_dir, backend).write_text(what)
 
 
 def record_path(out_dir: Path, key: Key) -> Path:
@@ -56,7 +66,7 @@ def write_record(out_dir: Path, key: Key, rec: dict[str, Any]) -> None:
     """Worker side: this test's record, written atomically (the controller reads it whole)."""
     path = record_path(out_dir, key)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, default=str))
+    tmp.write_text(json.dumps(safe_record(rec), default=str))  # escaped and bounded: backend text
     os.replace(tmp, path)
 
 
@@ -107,7 +117,8 @@ class Recorder:
         if key.index in self.done:
             return
         self.done.add(key.index)
-        rec = {"step": None, "reason": "", **rec, "backend": key.backend, "dtype": key.dtype, "check": key.check}
+        rec = safe_record({"step": None, "reason": "", **rec, "backend": key.backend, "dtype": key.dtype,
+                           "check": key.check})
         with self.lock:
             self.records.append(rec)
         with self.jsonl.open("a") as f:
@@ -135,8 +146,7 @@ class Recorder:
             return
         rec = self._from_worker(key)  # it may have finished its record before dying
         if rec is None:
-            marker = crash_marker(self.out_dir, key.backend)
-            marker.write_text(key.check)
+            mark(self.out_dir, key.backend, f"crashed a worker process earlier in this run (during {key.check})")
             rec = {"outcome": "failed", "reason": f"crashed the worker process during this check (process "
                    f"exit, fatal signal or hard time limit); the worker was replaced and {key.backend}'s "
                    f"remaining checks are not run"}
