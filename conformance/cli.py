@@ -7,7 +7,8 @@ pytest-xdist worker processes, writes `<out>/results.json` as results arrive, th
 summary that names anything planned that has no record.
 
 Exit status: 0 everything planned ran and nothing failed; 1 a check failed; 2 a usage error;
-3 the run is incomplete (planned records are missing); 130 the user interrupted the run.
+3 the run is incomplete (planned records are missing); 130 the user interrupted the run (Ctrl-C);
+143 the run was terminated (SIGTERM), stopped as cleanly as after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ PLUGIN = HERE / "plugin"  # the pytest side of a run: conftest.py and the one te
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PROG = "python -m conformance"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 MAX_EXAMPLE_TIMEOUT_S = 86400.0  # a day: beyond it setitimer overflows and nothing is gained
 
 
@@ -242,24 +244,29 @@ def run(args, infos, states: dict, out: Path) -> int:
     # on top oversubscribe the cores (torch bfloat16 ran 7x slower that way)
     for var in THREAD_VARS:
         os.environ.setdefault(var, "1")
-    # "interrupted" means the user's Ctrl-C reached this process, not merely that pytest says so
-    # (pytest-xdist also reports a worker that exited with KeyboardInterrupt as an interruption)
-    user = {"sigint": False}
+    # "interrupted" means the user's Ctrl-C (or a SIGTERM: `timeout`, a CI cancel, `kill`) reached
+    # this process, not merely that pytest says so (pytest-xdist also reports a worker that exited
+    # with KeyboardInterrupt as an interruption); both stop the run the same way
+    user: dict[str, int | None] = {"signal": None}
 
-    def on_sigint(signum: int, frame: object) -> None:
-        user["sigint"] = True
-        signal.default_int_handler(signum, frame)
+    def on_stop(signum: int, frame: object) -> None:
+        user["signal"] = signum
+        signal.default_int_handler(signum, frame)  # KeyboardInterrupt: pytest stops the workers
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = pytest.main(pytest_args, plugins=[recorder])
     except KeyboardInterrupt:  # a second Ctrl-C while pytest was shutting down
         code = pytest.ExitCode.INTERRUPTED
     finally:
-        signal.signal(signal.SIGINT, previous)
-    interrupted = user["sigint"]
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    interrupted = user["signal"] is not None
     missing = recorder.finish(interrupted=interrupted)
     summarise(recorder.records, missing, infos, states, time.monotonic() - t0, out, len(keys))
+    if user["signal"] == signal.SIGTERM:
+        print(f"TERMINATED (SIGTERM): results so far are in {out / 'results.json'} (status interrupted)")
+        return EXIT_TERMINATED
     if interrupted:
         print(f"INTERRUPTED by the user: results so far are in {out / 'results.json'} (status interrupted)")
         return EXIT_INTERRUPTED

@@ -285,3 +285,32 @@ def test_reports_never_copies_a_bundle_outside_its_out(tmp_path):  # 4
         "deep/out/failures/x.npz", "src/failures/x.npz"]
     merged = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]
     assert next(r for r in merged["records"] if r["outcome"] == "failed")["inputs"] == "failures/x.npz"
+
+
+# -- 5: SIGTERM stops a run as cleanly as Ctrl-C --------------------------------------------------
+
+def test_sigterm_stops_the_run_cleanly_and_leaves_no_worker(tmp_path):  # 5
+    psutil = pytest.importorskip("psutil")
+    import signal
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "conformance", *quick(
+        out, ["numpy", "conformance.mutants.misbehaving:Hangs"], ["matches_spec", "output_dtype_and_shape"],
+        "--dtype", "float32", "-n", "1", "--example-timeout", "20")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, records = time.monotonic() + 120, []
+    while time.monotonic() < deadline and len(records) < 2:  # numpy done, Hangs sleeping (idle limit 40 s)
+        time.sleep(0.2)
+        try:
+            records = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]["records"]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)  # what `timeout` and `kill` do: the controller only
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stdout[-3000:]
+    sec = section(out)
+    assert sec["status"] == "interrupted" and {r["backend"] for r in sec["records"]} == {"numpy"}
+    assert len(sec["missing"]) == 2 and "TERMINATED (SIGTERM)" in stdout and "2 of 4 planned" in stdout
+    assert workers and not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    assert sorted(p.name for p in (out / ".records").iterdir()) == ["0.json", "1.json"]

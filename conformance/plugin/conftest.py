@@ -20,6 +20,13 @@ import pytest
 from conformance.suite import plan, profiles
 
 _BACKENDS: dict[str, tuple] = {}  # spec -> (backend, skip reason, error), once per worker
+_PARENT: int | None = None  # a worker's controller
+
+
+def orphaned() -> bool:
+    """Whether this worker's controller has died: its records would land in a run directory
+    that may already belong to another run, so it writes none."""
+    return _PARENT is not None and os.getppid() != _PARENT
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,8 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     profiles.register()
-    if hasattr(config, "workerinput"):  # a pytest-xdist worker: Ctrl-C is the controller's
+    global _PARENT
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: Ctrl-C and SIGTERM are the controller's
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it stops us; pytest-xdist kills a stuck one
+        _PARENT = os.getppid()
     if os.environ.get("OMP_NUM_THREADS") == "1":
         # the CLI asks for one thread per worker; BLAS pools already loaded need telling too
         from threadpoolctl import threadpool_limits

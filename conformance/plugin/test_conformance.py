@@ -11,6 +11,7 @@ before telling pytest its outcome; what the backend printed is kept as a bounded
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from conformance.suite.checks import get
 from conformance.text import first_line, safe_record
-from conformance.plugin.conftest import backend_state
+from conformance.plugin.conftest import backend_state, orphaned
 from conformance.suite.engine import run_check
 from conformance.suite.process_state import OutputTail, restored_state
 from conformance.suite.plan import Key
@@ -69,6 +70,8 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
 def _last_words(key: Key, out_dir: Path):
     """What the watchdog's hard limit calls before it ends this worker: the record, the mark."""
     def write(reason: str) -> None:
+        if orphaned():
+            return
         mark(out_dir, key.backend, f"hung earlier in this run (during {key.check})")
         write_record(out_dir, key, {"step": get(key.check).step, "outcome": "failed", "reason": f"hang: {reason}"})
     return write
@@ -85,6 +88,8 @@ def test_check(key: Key, out_dir: Path, hypothesis_seed: int | None, example_tim
     if tail.total:
         rec["output"] = tail.text()
     rec = safe_record(rec)  # backend text, escaped and bounded, before it reaches pytest's channel
+    if orphaned():  # the controller died while this test ran: nobody owns the record now
+        os._exit(1)
     write_record(out_dir, key, rec)
     if rec["outcome"] in ("unsupported", "skipped"):
         pytest.skip(f"{rec['outcome']}: {rec['reason']}")
