@@ -202,3 +202,23 @@ class IgnoresAlarm(ForwardOnly):
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
         time.sleep(86400)
         return out
+
+
+class TampersWithOut(ForwardOnly):
+    """forward fakes numpy's crash marker in <out>/.crashed/, deletes <out>/.records and
+    <out>/.plan.json, then crashes its worker (the replacement must still know the plan).
+    The run directory comes from $MHA_HOSTILE_OUT (set by the test)."""
+
+    name = "hostile-tampers-with-out"
+
+    def result(self, out, x):
+        import hashlib
+        import shutil
+        from pathlib import Path
+
+        run = Path(os.environ["MHA_HOSTILE_OUT"])
+        (run / ".crashed").mkdir(exist_ok=True)
+        (run / ".crashed" / hashlib.sha256(b"numpy").hexdigest()[:20]).write_text("faked")
+        shutil.rmtree(run / ".records", ignore_errors=True)
+        (run / ".plan.json").unlink(missing_ok=True)
+        os._exit(1)

@@ -8,6 +8,7 @@ Numbered as in the issue: 1 lone surrogates, 2 hangs, 3 shards, 4 --out data los
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -314,3 +315,20 @@ def test_sigterm_stops_the_run_cleanly_and_leaves_no_worker(tmp_path):  # 5
     assert len(sec["missing"]) == 2 and "TERMINATED (SIGTERM)" in stdout and "2 of 4 planned" in stdout
     assert workers and not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     assert sorted(p.name for p in (out / ".records").iterdir()) == ["0.json", "1.json"]
+
+
+# -- 7: the run's bookkeeping is out of a backend's reach through --out ----------------------------
+
+def test_a_backend_cannot_fake_markers_or_delete_the_records_or_the_plan(tmp_path):  # 7
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "conformance", *quick(
+        out, [f"{H}:TampersWithOut", "numpy"], ["matches_spec", "causality", "output_dtype_and_shape"],
+        "--dtype", "float32", "-n", "1")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONHASHSEED": "0", "MHA_HOSTILE_OUT": str(out)})
+    assert proc.returncode == 1 and "INTERNALERROR" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    sec = section(out)
+    assert sec["status"] == "complete" and len(keys(sec)) == 6
+    assert [r["outcome"] for r in sec["records"] if r["backend"] == "numpy"] == ["passed"] * 3
+    mine = [r["reason"] for r in sec["records"] if r["backend"] == hb.TampersWithOut.name]
+    assert sum("crashed the worker process" in m for m in mine) == 1
+    assert sum("crashed a worker process earlier" in m for m in mine) == 2

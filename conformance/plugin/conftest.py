@@ -71,13 +71,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     path = metafunc.config.getoption("--mha-plan")
     if path is None:
         raise pytest.UsageError("run the suite through `python -m conformance` (it plans the run)")
-    keys = plan.read(Path(path))
+    given = getattr(metafunc.config, "workerinput", {}).get("mha_plan")  # from the controller
+    keys = [plan.Key(**d) for d in given] if given is not None else plan.read(Path(path))
     metafunc.parametrize("key", keys, ids=[k.test_id for k in keys])
 
 
 @pytest.fixture
 def out_dir(request: pytest.FixtureRequest) -> Path:
     return Path(request.config.getoption("--mha-plan")).parent
+
+
+@pytest.fixture
+def markers(request: pytest.FixtureRequest, out_dir: Path) -> Path:
+    """Where the crash and hang markers are: the controller's private directory."""
+    from conformance.suite.rundir import CRASHED
+
+    given = getattr(request.config, "workerinput", {}).get("mha_markers")
+    return Path(given) if given else out_dir / CRASHED
 
 
 @pytest.fixture

@@ -33,7 +33,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] | None) -> dict[str, Any]:
+def _run(key: Key, out_dir: Path, markers: Path, seed: int | None,
+         timeouts: dict[str, float] | None) -> dict[str, Any]:
     check = get(key.check)
     rec: dict[str, Any] = {"step": check.step}
     backend, skip_reason, error = backend_state(key.spec)
@@ -47,14 +48,14 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
         return {**rec, "outcome": "failed", "reason": f"reading its capabilities raised {first_line(e)}"}
     if unsupported:  # before the crash marker: unsupported stays unsupported after a crash
         return {**rec, "outcome": "unsupported", "reason": unsupported}
-    crashed = crashed_during(out_dir, key.backend)
+    crashed = crashed_during(markers, key.backend)
     if crashed:
         return {**rec, "outcome": "failed",
                 "reason": f"not run: {key.backend} {crashed}"}
 
     result = run_check(check, backend, key.dtype, seed=seed, timeouts=timeouts)
     if result.reason.startswith("hang:"):  # once is enough: its other checks would hang as long
-        mark(out_dir, key.backend, f"hung earlier in this run (during {key.check})")
+        mark(markers, key.backend, f"hung earlier in this run (during {key.check})")
     rec.update({"outcome": result.outcome, "reason": result.reason, "max_error": result.max_error,
                 "tolerance": result.tolerance, "counterexample": result.counterexample,
                 "examples": result.examples, "duration_s": round(result.duration_s, 4)})
@@ -67,21 +68,22 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
     return rec
 
 
-def _last_words(key: Key, out_dir: Path):
+def _last_words(key: Key, out_dir: Path, markers: Path):
     """What the watchdog's hard limit calls before it ends this worker: the record, the mark."""
     def write(reason: str) -> None:
         if orphaned():
             return
-        mark(out_dir, key.backend, f"hung earlier in this run (during {key.check})")
+        mark(markers, key.backend, f"hung earlier in this run (during {key.check})")
         write_record(out_dir, key, {"step": get(key.check).step, "outcome": "failed", "reason": f"hang: {reason}"})
     return write
 
 
-def test_check(key: Key, out_dir: Path, hypothesis_seed: int | None, example_timeouts: dict | None) -> None:
-    watchdog.last_words = _last_words(key, out_dir)
+def test_check(key: Key, out_dir: Path, markers: Path, hypothesis_seed: int | None,
+               example_timeouts: dict | None) -> None:
+    watchdog.last_words = _last_words(key, out_dir, markers)
     with OutputTail() as tail, restored_state(full=True):
         try:
-            rec = _run(key, out_dir, hypothesis_seed, example_timeouts)
+            rec = _run(key, out_dir, markers, hypothesis_seed, example_timeouts)
         except BaseException as e:  # anything the engine did not turn into a result is still recorded
             rec = {"outcome": "failed", "reason": f"suite error (please report): {first_line(e)}"}
     watchdog.last_words = None

@@ -19,8 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ import pytest
 from conformance.results import collect, machine_label
 from conformance.text import safe_record
 from conformance.suite.plan import Key
-from conformance.suite.rundir import CRASHED, RECORDS
+from conformance.suite.rundir import RECORDS
 from conformance.results import update_section
 
 
@@ -38,9 +41,10 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def crash_marker(out_dir: Path, backend: str) -> Path:
-    """The file that says `backend` crashed a worker; named by a digest, so any name works."""
-    return Path(out_dir) / CRASHED / hashlib.sha256(backend.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+def crash_marker(markers: Path, backend: str) -> Path:
+    """The file in the run's markers directory (the controller's private one, not in --out)
+    that says `backend` crashed or hung; named by a digest, so any name works."""
+    return Path(markers) / hashlib.sha256(backend.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def crashed_during(out_dir: Path, backend: str) -> str | None:
@@ -65,6 +69,7 @@ def record_path(out_dir: Path, key: Key) -> Path:
 def write_record(out_dir: Path, key: Key, rec: dict[str, Any]) -> None:
     """Worker side: this test's record, written atomically (the controller reads it whole)."""
     path = record_path(out_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)  # a backend may have deleted it
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(safe_record(rec), default=str))  # escaped and bounded: backend text
     os.replace(tmp, path)
@@ -87,6 +92,9 @@ class Recorder:
         self.last_write = 0.0
         self.lock = threading.Lock()  # the flush timer writes from its own thread
         self.timer: threading.Timer | None = None
+        # crash and hang markers live outside --out, where a backend writing into --out cannot
+        # fake or remove one; new workers learn the directory (and the plan) from workerinput
+        self.markers = Path(tempfile.mkdtemp(prefix="mha-markers-"))
         self.jsonl = self.out_dir / "records.jsonl"
         self.jsonl.write_text("")
         self.write(force=True)
@@ -133,6 +141,13 @@ class Recorder:
 
     # -- pytest hooks ------------------------------------------------------------------------
     @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """pytest-xdist: each worker (a replacement too) gets the plan and the markers directory
+        from this process, not from files in --out that a backend could have changed."""
+        node.workerinput["mha_plan"] = [asdict(k) for k in self.keys]
+        node.workerinput["mha_markers"] = str(self.markers)
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """pytest-xdist: a worker collected the plan; its node ids come in plan order."""
         if len(ids) == len(self.keys) and all(i.endswith(f"[{k.test_id}]") for i, k in zip(ids, self.keys)):
@@ -146,7 +161,7 @@ class Recorder:
             return
         rec = self._from_worker(key)  # it may have finished its record before dying
         if rec is None:
-            mark(self.out_dir, key.backend, f"crashed a worker process earlier in this run (during {key.check})")
+            mark(self.markers, key.backend, f"crashed a worker process earlier in this run (during {key.check})")
             rec = {"outcome": "failed", "reason": f"crashed the worker process during this check (process "
                    f"exit, fatal signal or hard time limit); the worker was replaced and {key.backend}'s "
                    f"remaining checks are not run"}
@@ -173,4 +188,5 @@ class Recorder:
         self.section["status"] = "interrupted" if interrupted else "incomplete" if missing else "complete"
         self.section["finished"] = now()
         self.write(force=True)
+        shutil.rmtree(self.markers, ignore_errors=True)
         return missing

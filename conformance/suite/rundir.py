@@ -20,7 +20,7 @@ from typing import IO
 from conformance.usage import UsageError
 
 RECORDS = ".records"   # one JSON file per finished test, written by the worker that ran it
-CRASHED = ".crashed"   # one file per backend (by plan index) that crashed a worker
+CRASHED = ".crashed"   # where earlier versions kept crash markers (now outside --out); cleaned
 #: What a run writes into --out (besides failures/*.npz and the files in RECORDS and CRASHED)
 OURS = (".lock", ".plan.json", "records.jsonl", "results.json")
 #: Each of these, where it exists, must be a directory (the rest, files)
@@ -100,6 +100,5 @@ def claim(out: Path) -> IO[str]:
     lock.write(str(os.getpid()))
     lock.flush()
     _clean(out)
-    for name in (RECORDS, CRASHED):
-        (out / name).mkdir(exist_ok=True)
+    (out / RECORDS).mkdir(exist_ok=True)
     return lock
