@@ -222,3 +222,27 @@ class TampersWithOut(ForwardOnly):
         shutil.rmtree(run / ".records", ignore_errors=True)
         (run / ".plan.json").unlink(missing_ok=True)
         os._exit(1)
+
+
+class ChangesBlasThreads(ForwardOnly):
+    """forward sets every loaded BLAS/OpenMP library to 3 threads (threadpoolctl) and leaves it so."""
+
+    name = "hostile-blas-threads"
+
+    def result(self, out, x):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(3)
+        return out
+
+
+class PrintsBlasThreads(ForwardOnly):
+    """A correct backend that prints the BLAS/OpenMP thread counts it runs with."""
+
+    name = "hostile-prints-blas-threads"
+
+    def result(self, out, x):
+        from threadpoolctl import threadpool_info
+
+        print("blas threads", sorted({i["num_threads"] for i in threadpool_info()}))
+        return out

@@ -332,3 +332,15 @@ def test_a_backend_cannot_fake_markers_or_delete_the_records_or_the_plan(tmp_pat
     mine = [r["reason"] for r in sec["records"] if r["backend"] == hb.TampersWithOut.name]
     assert sum("crashed the worker process" in m for m in mine) == 1
     assert sum("crashed a worker process earlier" in m for m in mine) == 2
+
+
+# -- 8: one backend's BLAS thread setting does not reach the next ---------------------------------
+
+def test_blas_thread_counts_are_put_back_after_every_test(tmp_path):  # 8
+    out = tmp_path / "out"
+    proc = conformance(*quick(out, [f"{H}:ChangesBlasThreads", f"{H}:PrintsBlasThreads"], ["matches_spec"],
+                              "--dtype", "float32", "-n", "1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    probe = next(r for r in section(out)["records"] if r["backend"] == hb.PrintsBlasThreads.name)
+    seen = {line for line in probe["output"].splitlines() if line.startswith("blas threads")}
+    assert seen == {"blas threads [1]"}, seen  # the run's one thread per worker, not the 3 set before
