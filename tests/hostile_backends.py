@@ -246,3 +246,51 @@ class PrintsBlasThreads(ForwardOnly):
 
         print("blas threads", sorted({i["num_threads"] for i in threadpool_info()}))
         return out
+
+
+class _Unprintable(RuntimeError):
+    def __str__(self) -> str:
+        raise ValueError("no message for you")
+
+
+class RaisesUnprintable(ForwardOnly):
+    """forward raises an exception whose str() raises."""
+
+    name = "hostile-unprintable-exception"
+
+    def result(self, out, x):
+        raise _Unprintable()
+
+
+class LeaksSeterr(ForwardOnly):
+    """forward makes NumPy raise on every floating-point warning and returns a correct output:
+    the spec's arithmetic later in the same example must not pay for it."""
+
+    name = "hostile-leaks-seterr"
+
+    def result(self, out, x):
+        np.seterr(all="raise")
+        return out
+
+
+def _grads_backend(name: str, finish) -> type:
+    from conformance.mutants.base import PlainBackend
+
+    return type(f"Grads_{abs(hash(name))}", (PlainBackend,), {"name": name, "finish_grads": finish})
+
+
+class _KeysRaise(dict):
+    def keys(self):
+        raise RuntimeError("keys() is broken")
+
+
+class _ArraysRaises:
+    def arrays(self):
+        raise RuntimeError("arrays() is broken")
+
+
+#: backward returns a mapping with a non-string key, one whose keys() raises, and an object
+#: whose arrays() raises
+NonStringGradKey = _grads_backend("hostile-grad-int-key", lambda self, g: {**g, 1: g["dx"]})
+GradKeysRaise = _grads_backend("hostile-grad-keys-raise", lambda self, g: _KeysRaise(g))
+GradArraysRaises = _grads_backend("hostile-grad-arrays-raises", lambda self, g: _ArraysRaises())

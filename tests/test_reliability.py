@@ -344,3 +344,29 @@ def test_blas_thread_counts_are_put_back_after_every_test(tmp_path):  # 8
     probe = next(r for r in section(out)["records"] if r["backend"] == hb.PrintsBlasThreads.name)
     seen = {line for line in probe["output"].splitlines() if line.startswith("blas threads")}
     assert seen == {"blas threads [1]"}, seen  # the run's one thread per worker, not the 3 set before
+
+
+# -- 10: a backend's faults are the backend's, never "suite error" ---------------------------------
+
+FAULTS = {"RaisesUnprintable": "str() raised ValueError", "LeaksSeterr": None,
+          "NonStringGradKey": "returned gradients", "GradKeysRaise": "keys() is broken",
+          "GradArraysRaises": "arrays() is broken"}
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("faults")
+    proc = conformance(*quick(out, [f"{H}:{c}" for c in FAULTS] + ["numpy"], ["matches_spec", "grads_match_spec"],
+                              "--dtype", "float32", "-n", "1"))
+    return {"proc": proc, "sec": section(out)}
+
+
+@pytest.mark.parametrize("cls", list(FAULTS))
+def test_backend_faults_are_not_suite_errors(faults, cls):  # 10
+    recs = {r["check"]: r for r in faults["sec"]["records"] if r["backend"] == getattr(hb, cls).name}
+    assert not any("suite error" in r["reason"] for r in recs.values()), recs
+    words = FAULTS[cls]
+    if words is None:  # np.seterr leaked: its output is right, so it passes like numpy
+        assert {r["outcome"] for r in recs.values()} <= {"passed", "unsupported"}, recs
+    else:
+        assert any(r["outcome"] == "failed" and words in r["reason"] for r in recs.values()), recs
