@@ -294,3 +294,14 @@ class _ArraysRaises:
 NonStringGradKey = _grads_backend("hostile-grad-int-key", lambda self, g: {**g, 1: g["dx"]})
 GradKeysRaise = _grads_backend("hostile-grad-keys-raise", lambda self, g: _KeysRaise(g))
 GradArraysRaises = _grads_backend("hostile-grad-arrays-raises", lambda self, g: _ArraysRaises())
+
+
+class LeaksMemory(ForwardOnly):
+    """forward keeps 8 MB alive per call (written, so resident), as a cache that never evicts."""
+
+    name = "hostile-leaks-memory"
+    kept: list = []
+
+    def result(self, out, x):
+        self.kept.append(np.ones(1 << 20))
+        return out

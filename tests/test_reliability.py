@@ -370,3 +370,23 @@ def test_backend_faults_are_not_suite_errors(faults, cls):  # 10
         assert {r["outcome"] for r in recs.values()} <= {"passed", "unsupported"}, recs
     else:
         assert any(r["outcome"] == "failed" and words in r["reason"] for r in recs.values()), recs
+
+
+# -- 9: memory a backend keeps alive is charged to it ----------------------------------------------
+
+def test_memory_a_backend_keeps_alive_is_charged_to_it(tmp_path):  # 9
+    out = tmp_path / "out"
+    checks = ["matches_spec", "deterministic_on_repeat", "causality", "output_dtype_and_shape"]
+    proc = subprocess.run([sys.executable, "-m", "conformance", *quick(
+        out, [f"{H}:LeaksMemory", "numpy"], checks, "--dtype", "float32", "-n", "1")], cwd=ROOT,
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONHASHSEED": "0", "MHA_LEAK_LIMIT_MB": "64"})  # 8 MB a call
+    sec = section(out)
+    assert proc.returncode == 1 and sec["status"] == "complete", proc.stdout[-3000:]
+    mine = [r for r in sec["records"] if r["backend"] == hb.LeaksMemory.name]
+    assert mine[0]["outcome"] == "passed"  # the first check in a worker is exempt (imports)
+    leaked = [r for r in mine if r["reason"].startswith("leak:")]
+    assert len(leaked) == 1 and "limit 64 MB" in leaked[0]["reason"], [r["reason"] for r in mine]
+    after = mine[mine.index(leaked[0]) + 1:]
+    assert after and all("kept memory alive earlier" in r["reason"] for r in after)
+    assert [r["outcome"] for r in sec["records"] if r["backend"] == "numpy"] == ["passed"] * 4

@@ -23,10 +23,14 @@ from conformance.suite.checks import get
 from conformance.text import first_line, safe_record
 from conformance.plugin.conftest import backend_state, orphaned
 from conformance.suite.engine import run_check
+from conformance.suite.leaks import LeakWatch, rss_bytes
 from conformance.suite.process_state import OutputTail, restored_state
 from conformance.suite.plan import Key
 from conformance.suite import watchdog
 from conformance.suite.recorder import crashed_during, mark, write_record
+
+
+_LEAKS = LeakWatch()  # this worker's
 
 
 def _slug(text: str) -> str:
@@ -81,12 +85,17 @@ def _last_words(key: Key, out_dir: Path, markers: Path):
 def test_check(key: Key, out_dir: Path, markers: Path, hypothesis_seed: int | None,
                example_timeouts: dict | None) -> None:
     watchdog.last_words = _last_words(key, out_dir, markers)
+    before = rss_bytes()
     with OutputTail() as tail, restored_state(full=True):
         try:
             rec = _run(key, out_dir, markers, hypothesis_seed, example_timeouts)
         except BaseException as e:  # anything the engine did not turn into a result is still recorded
             rec = {"outcome": "failed", "reason": f"suite error (please report): {first_line(e)}"}
     watchdog.last_words = None
+    leak = _LEAKS.after_test(key.backend, before) if "examples" in rec else None  # the backend ran
+    if leak:  # charged here, and its other checks not run: the next backend would pay for it
+        mark(markers, key.backend, f"kept memory alive earlier in this run (during {key.check})")
+        rec.update(outcome="failed", reason=leak if rec["outcome"] == "passed" else f"{rec['reason']}; {leak}")
     if tail.total:
         rec["output"] = tail.text()
     rec = safe_record(rec)  # backend text, escaped and bounded, before it reaches pytest's channel
