@@ -169,7 +169,14 @@ def _resolve(specs: list[str]):
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # SystemExit and the like from a backend's import or constructor
-        raise UsageError(f"resolving the backends raised {type(e).__name__}: {e}") from None
+        raise UsageError(f"resolving the backends raised {text.first_line(e)}") from None
+    for i in infos:  # what the controller reads of each backend: a fault there is one line
+        try:
+            caps = i.backend.capabilities
+            caps.to_dict(), ", ".join(caps.dtypes), str(caps.device), exposed_steps(i.backend)
+        except Exception as e:
+            raise UsageError(f"backend {i.spec!r}: reading its capabilities raised {text.first_line(e)}; "
+                             f"capabilities must be an impls.base.Capabilities") from None
     return infos, {i.spec: plan.availability(i.backend) for i in infos}
 
 

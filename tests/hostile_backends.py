@@ -305,3 +305,23 @@ class LeaksMemory(ForwardOnly):
     def result(self, out, x):
         self.kept.append(np.ones(1 << 20))
         return out
+
+
+class GetattrRaises(ForwardOnly):
+    """Any attribute it does not have raises RuntimeError, not AttributeError (getattr's default
+    and hasattr do not catch it)."""
+
+    name = "hostile-getattr-raises"
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"no attribute {name} here, and not an AttributeError either")
+
+
+class CapabilitiesRaise(ForwardOnly):
+    """Its capabilities are a property that raises."""
+
+    name = "hostile-capabilities-raise"
+
+    @property
+    def capabilities(self):
+        raise RuntimeError("capabilities are not ready")

@@ -390,3 +390,14 @@ def test_memory_a_backend_keeps_alive_is_charged_to_it(tmp_path):  # 9
     after = mine[mine.index(leaked[0]) + 1:]
     assert after and all("kept memory alive earlier" in r["reason"] for r in after)
     assert [r["outcome"] for r in sec["records"] if r["backend"] == "numpy"] == ["passed"] * 4
+
+
+# -- 11: no controller traceback from a backend's attribute lookups ---------------------------------
+
+def test_a_getattr_that_raises_is_no_controller_traceback(tmp_path):  # 11
+    out = tmp_path / "out"
+    proc = conformance(*quick(out, [f"{H}:GetattrRaises", "numpy"], ["matches_spec", "weights_match_spec"],
+                              "--dtype", "float32", "-n", "1"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr
+    outcomes = {r["check"]: r["outcome"] for r in section(out)["records"] if r["backend"] == hb.GetattrRaises.name}
+    assert outcomes == {"matches_spec": "passed", "weights_match_spec": "unsupported"}  # it exposes no step

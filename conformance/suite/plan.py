@@ -104,10 +104,10 @@ def missing(keys: list[Key], records: list[dict[str, Any]]) -> list[Key]:
 def availability(backend: Any) -> tuple[str | None, str | None]:
     """(skip reason, error) of a backend: a reason string means this machine lacks something;
     an availability() that raises or returns something else is the backend's error, never a skip."""
-    fn = getattr(backend, "availability", None)
-    if fn is None:
-        return None, None
     try:
+        fn = getattr(backend, "availability", None)
+        if fn is None:
+            return None, None
         reason = fn()
     except BaseException as e:  # third-party code: even SystemExit is its error, not ours
         return None, f"availability() raised {text.first_line(e)}".rstrip(": ")
