@@ -238,7 +238,9 @@ def run(args, infos, states: dict, out: Path) -> int:
     # stops it, so this budget is never reached by crashes in tests; it only ends a crash loop
     # at worker start-up (then the missing records make the run incomplete, exit 3)
     restarts = workers * (len(infos) + 2) + 4
+    # no:faulthandler: each worker sends its crash dumps to a file the crash's record keeps (conftest)
     pytest_args = [str(PLUGIN / "test_conformance.py"), "-q", "--no-header", "-p", "no:cacheprovider",
+                   "-p", "no:faulthandler",
                    f"--rootdir={HERE.parent}", f"--hypothesis-profile={args.profile}", "--capture=no",
                    "-W", "ignore::pytest.PytestAssertRewriteWarning", f"--hypothesis-seed={seed}",
                    f"--mha-plan={plan_path}", "-n", str(workers), f"--max-worker-restart={restarts}"]

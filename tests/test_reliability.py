@@ -401,3 +401,27 @@ def test_a_getattr_that_raises_is_no_controller_traceback(tmp_path):  # 11
     assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr
     outcomes = {r["check"]: r["outcome"] for r in section(out)["records"] if r["backend"] == hb.GetattrRaises.name}
     assert outcomes == {"matches_spec": "passed", "weights_match_spec": "unsupported"}  # it exposes no step
+
+
+# -- 12: noise -------------------------------------------------------------------------------------
+
+def test_repro_of_a_backend_raising_keyboard_interrupt_is_a_failure(tmp_path):  # 12
+    out = tmp_path / "out"
+    proc = conformance(*quick(out, [f"{H}:RaisesKeyboardInterrupt"], ["matches_spec"], "--dtype", "float32",
+                              "-n", "1"))
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    bundle = next((out / "failures").glob("*.npz"))
+    repro = subprocess.run([sys.executable, "-m", "conformance.repro", str(bundle)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert repro.returncode == 1 and "Traceback" not in repro.stdout + repro.stderr, repro.stderr[-2000:]
+    assert "FAILED: raised KeyboardInterrupt" in repro.stdout, repro.stdout
+
+
+def test_a_crash_dump_goes_into_the_record_not_the_terminal(tmp_path):  # 12
+    out = tmp_path / "out"
+    proc = conformance(*quick(out, [f"{H}:Segfaults", "numpy"], ["matches_spec", "causality"], "--dtype", "float32",
+                              "-n", "1"))
+    assert proc.returncode == 1 and "Fatal Python error" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    crashed = [r for r in section(out)["records"] if "crashed the worker process" in r["reason"]]
+    assert len(crashed) == 1 and crashed[0]["output"].startswith("Fatal Python error: Segmentation fault")
+    assert "in result" in crashed[0]["output"]  # the backend's frame is named

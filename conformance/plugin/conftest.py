@@ -21,6 +21,12 @@ from conformance.suite import plan, profiles
 
 _BACKENDS: dict[str, tuple] = {}  # spec -> (backend, skip reason, error), once per worker
 _PARENT: int | None = None  # a worker's controller
+_DUMP = None  # the worker's crash dump file, kept open for faulthandler
+
+
+def fault_dump(markers: Path, worker: str) -> Path:
+    """Where worker `worker` (gw0, ...) writes a crash's traceback dump; the controller reads it."""
+    return Path(markers) / f"fault-{worker}.txt"
 
 
 def orphaned() -> bool:
@@ -43,6 +49,13 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it stops us; pytest-xdist kills a stuck one
         _PARENT = os.getppid()
+        markers = config.workerinput.get("mha_markers")
+        if markers:  # a crash's "Fatal Python error" dump goes into its record, not the terminal
+            import faulthandler
+
+            global _DUMP
+            _DUMP = open(fault_dump(Path(markers), config.workerinput["workerid"]), "w")
+            faulthandler.enable(file=_DUMP, all_threads=True)
     if os.environ.get("OMP_NUM_THREADS") == "1":
         # the CLI asks for one thread per worker; BLAS pools already loaded need telling too
         from threadpoolctl import threadpool_limits

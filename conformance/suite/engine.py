@@ -7,9 +7,11 @@ Used by the pytest suite (`conformance/plugin/test_conformance.py`), by `nox -s 
 from __future__ import annotations
 
 import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from hypothesis import errors as hyp_errors
 from hypothesis import example, given, settings
@@ -50,19 +52,44 @@ def _escaped(e: BaseException) -> str:
     The suite's workers ignore the user's Ctrl-C (the controller owns it), so there such an
     exception can only come from the code under test: it fails this check and the run goes on.
     Where Ctrl-C does raise KeyboardInterrupt in this process (repro, an in-process mutants
-    run), a KeyboardInterrupt is the user's and is passed on.
+    run), a KeyboardInterrupt is passed on only if the user's Ctrl-C arrived (`_ctrl_c_noted`);
+    one the backend raised itself is its failure.
     """
-    if isinstance(e, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if isinstance(e, KeyboardInterrupt) and _USER["ctrl_c"]:
         raise e
     return (f"raised {_first_line(e)} (a BaseException, not an Exception: the backend tried to "
             f"stop the process; the run went on)")
+
+
+_USER = {"ctrl_c": False}  # set by _ctrl_c_noted's handler: the user pressed Ctrl-C
+
+
+@contextmanager
+def _ctrl_c_noted() -> Iterator[None]:
+    """Where Ctrl-C raises KeyboardInterrupt here, note that it arrived (so a KeyboardInterrupt
+    raised by the backend itself is told apart from the user's)."""
+    _USER["ctrl_c"] = False
+    if (signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def on_int(signum: int, frame: Any) -> None:
+        _USER["ctrl_c"] = True
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_int)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_once(check: Check, backend: Any, case: Case) -> Result:
     """Run the check on one given case (no Hypothesis): what repro commands do."""
     t0 = time.perf_counter()
     try:
-        with restored_state(), time_limit(EXAMPLE_TIMEOUT_S["first"], f"{check.name} on {text.name(backend.name)}",
+        with _ctrl_c_noted(), restored_state(), time_limit(EXAMPLE_TIMEOUT_S["first"], f"{check.name} on {text.name(backend.name)}",
                                           idle=IDLE_FACTOR * EXAMPLE_TIMEOUT_S["later"]):
             check.fn(Runner(backend, case.dtype), case)
     except CheckFailure as e:
@@ -106,7 +133,8 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
     if seed is not None:
         test = hyp_seed(seed)(test)
     try:
-        test()
+        with _ctrl_c_noted():
+            test()
     except CheckFailure as e:
         return Result("failed", str(e), e.max_error, e.tolerance, state["case"], state["n"],
                       time.perf_counter() - t0)

@@ -33,6 +33,7 @@ import pytest
 from conformance.results import collect, machine_label
 from conformance.text import safe_record
 from conformance.suite.plan import Key
+from conformance.suite.process_state import OUTPUT_LIMIT
 from conformance.suite.rundir import RECORDS
 from conformance.results import update_section
 
@@ -133,6 +134,18 @@ class Recorder:
             f.write(json.dumps(rec, default=str) + "\n")
         self.write()
 
+    def _fault_dump(self, report: Any) -> str | None:
+        """The crashed worker's faulthandler dump (a segfault's tracebacks), its last 64 KiB."""
+        from conformance.plugin.conftest import fault_dump
+
+        try:
+            path = fault_dump(self.markers, report.node.workerinput["workerid"])
+            data = path.read_bytes()[-OUTPUT_LIMIT:]
+            path.write_bytes(b"")  # its replacement reopens it; nothing of this crash is kept twice
+        except (AttributeError, KeyError, TypeError, OSError):
+            return None
+        return data.decode("utf-8", "replace") or None
+
     def _from_worker(self, key: Key) -> dict[str, Any] | None:
         try:
             return json.loads(record_path(self.out_dir, key).read_text())
@@ -165,6 +178,9 @@ class Recorder:
             rec = {"outcome": "failed", "reason": f"crashed the worker process during this check (process "
                    f"exit, fatal signal or hard time limit); the worker was replaced and {key.backend}'s "
                    f"remaining checks are not run"}
+            dump = self._fault_dump(report)
+            if dump:
+                rec["output"] = dump
         self.add(key, rec)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
