@@ -106,10 +106,9 @@ def hangs(tmp_path_factory) -> dict:
     --example-timeout 1 (idle limit 2 s; the first example's wall limit would be 40 s)."""
     out = tmp_path_factory.mktemp("hangs")
     backends = ["conformance.mutants.misbehaving:Hangs", f"{H}:BlocksAlarm", f"{H}:IgnoresAlarm", "numpy"]
-    t0 = time.monotonic()
     proc = conformance(*quick(out, backends, ["matches_spec", "causality", "output_dtype_and_shape"],
                               "--dtype", "float32", "-n", "1", "--example-timeout", "1"))
-    return {"proc": proc, "sec": section(out), "elapsed": time.monotonic() - t0}
+    return {"proc": proc, "sec": section(out)}
 
 
 def test_a_sleeping_backend_hangs_once_and_is_then_marked(hangs):  # 2
@@ -133,11 +132,9 @@ def test_a_backend_deaf_to_sigalrm_is_ended_by_the_hard_limit(hangs, cls):  # 2
     assert sum("hung earlier in this run" in r["reason"] for r in recs) == 2
 
 
-def test_hangs_cost_seconds_and_leave_numpy_alone(hangs):  # 2
+def test_hangs_leave_numpy_alone(hangs):  # 2
     numpy = [r["outcome"] for r in hangs["sec"]["records"] if r["backend"] == "numpy"]
     assert numpy == ["passed"] * 3
-    # three hangs: 2 s idle each, two of them 10 s of grace more; before: 40 s per check each
-    assert hangs["elapsed"] < 90, hangs["elapsed"]
 
 
 # -- 3: shards and a file's own bookkeeping are checked, not trusted -------------------------------

@@ -28,18 +28,17 @@ def test_a_sleeping_backend_is_stopped_by_the_idle_limit_not_the_wall_limit():
     with pytest.raises(BackendHang, match="used no CPU for 0.3 s"):
         with time_limit(5, "sleeper", idle=0.3):  # the wall limit would be 50 s
             time.sleep(60)
-    assert 0.3 <= time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 >= 0.3
 
 
-def test_a_slow_backend_using_some_cpu_is_stopped_by_the_wall_clock():
+def test_the_wall_clock_stops_what_the_idle_limit_does_not():
+    # a backend using a little CPU, too slowly, is not idle; an idle limit longer than the wall
+    # limit stands in for it here (CPU time is charged by scheduler ticks: a test cannot spend
+    # "a little" of it reliably)
     t0 = time.monotonic()
-    with pytest.raises(BackendHang, match="did not finish within"):
+    with pytest.raises(BackendHang, match="did not finish within 1 s"):
         with time_limit(0.1, "slow", idle=60):
-            while True:  # a little CPU, far below the CPU limit (and the idle limit is 60 s)
-                t = time.process_time()
-                while time.process_time() - t < 0.0005:
-                    pass
-                time.sleep(0.03)
+            time.sleep(60)
     assert time.monotonic() - t0 >= 0.1 * WALL_FACTOR * 0.9
 
 
@@ -60,11 +59,10 @@ def test_the_hard_limit_needs_no_signal_and_comes_soon_after_the_soft_one(trick)
             "w.GRACE_S = 0.5\n"
             "w.last_words = lambda reason: print('LAST WORDS', reason, flush=True)\n"
             f"with w.time_limit(30, 'stubborn', idle=0.3):\n    {trick}\n    time.sleep(600)\n")
-    t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == HARD_LIMIT_EXIT, proc.stderr[-2000:]
+    # the idle limit's reason in the last words: not the wall limit (300 s) nor faulthandler's (320 s)
     assert "LAST WORDS stubborn used no CPU for 0.3 s" in proc.stdout and "hard limit" in proc.stdout
-    assert time.monotonic() - t0 < 20  # not the wall limit (300 s), nor twice it
 
 
 def test_a_blocked_alarm_does_not_outlive_the_example():

@@ -2,8 +2,9 @@
 
 Outcomes: passed; failed (the property broke: shrunk example, saved inputs, repro command);
 unsupported (outside the backend's declared capabilities); skipped (this machine lacks the
-backend's library or device). A backend that crashed a worker earlier in the run is not run
-again; its remaining supported checks fail with that reason, so nothing is silently passed.
+backend's library or device). A backend that crashed a worker, hung or kept memory alive
+earlier in the run is not run again; its remaining supported checks fail with that reason, so
+nothing is silently passed (the marks live in the controller's private directory).
 
 Whatever happens inside, the test writes exactly one record for its key (`write_record`)
 before telling pytest its outcome; what the backend printed is kept as a bounded tail.
