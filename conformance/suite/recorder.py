@@ -48,19 +48,21 @@ def crash_marker(markers: Path, backend: str) -> Path:
     return Path(markers) / hashlib.sha256(backend.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def crashed_during(out_dir: Path, backend: str) -> str | None:
+def crashed_during(markers: Path, backend: str) -> str | None:
     """What `backend` did earlier in this run that stops its other checks ("crashed a worker
     process earlier in this run (during CHECK)", "hung ..."), if it did."""
-    path = crash_marker(out_dir, backend)
+    path = crash_marker(markers, backend)
     try:
         return path.read_text()
     except (OSError, UnicodeDecodeError):
         return None
 
 
-def mark(out_dir: Path, backend: str, what: str) -> None:
+def mark(markers: Path, backend: str, what: str) -> None:
     """Say that `backend` crashed or hung (`what`, a phrase): its later checks are not run."""
-    crash_marker(out_dir, backend).write_text(what)
+    path = crash_marker(markers, backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(what)
 
 
 def record_path(out_dir: Path, key: Key) -> Path:
