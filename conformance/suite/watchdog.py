@@ -12,7 +12,7 @@ shrink, so a hanging backend costs one limit, not one per shrink step. Three sof
   gets far more than 1% of a core unless a hundred others compete for each core.
 - **Wall time**: WALL_FACTOR x `seconds`, for a backend that uses a little CPU, too slowly.
 
-A watchdog thread measures the idle and wall limits and sends SIGALRM to the main thread. A
+A watchdog thread (one per process) measures the idle and wall limits and sends SIGALRM to the main thread. A
 backend that blocks or ignores SIGALRM (or sits in C code that never returns to Python) is
 ended by the **hard limit**: GRACE_S after a soft limit that was not obeyed, the watchdog
 thread calls the `last_words` hook (the suite writes the test's record there) and ends the
@@ -71,47 +71,57 @@ def _real_stderr():
     return None
 
 
-class _Watch(threading.Thread):
-    """Samples the process's CPU time; sends SIGALRM at the idle or wall limit, ends the
-    process GRACE_S later if the example is still running."""
+class _Example:
+    """One example's limits and what the watchdog thread has seen of it."""
 
     def __init__(self, what: str, seconds: float, idle: float):
-        super().__init__(name="mha-watchdog", daemon=True)
         self.what, self.seconds, self.idle, self.wall = what, seconds, idle, seconds * WALL_FACTOR
         self.tick = max(0.01, min(1.0, idle / 10, self.wall / 10))
-        self.lock = threading.Lock()  # held while signalling; the main thread takes it to stop us
-        self.done = False
+        self.t0 = self.last_active = time.monotonic()
+        self.cpu = time.process_time()
         self.reason: str | None = None
+        self.signalled_at: float | None = None
+
+
+class _Watchdog(threading.Thread):
+    """One thread per process: samples the CPU time while an example runs; sends SIGALRM at its
+    idle or wall limit, and ends the process GRACE_S later if the example is still running."""
+
+    def __init__(self) -> None:
+        super().__init__(name="mha-watchdog", daemon=True)
+        self.cond = threading.Condition()  # held while checking or signalling
+        self.current: _Example | None = None
         self.main = threading.main_thread().ident
 
     def run(self) -> None:
-        t0 = last_active = time.monotonic()
-        cpu = time.process_time()
-        signalled_at = None
-        while True:
-            time.sleep(self.tick)
-            with self.lock:
-                if self.done:
-                    return
-                now, c = time.monotonic(), time.process_time()
-                if c - cpu >= IDLE_SHARE * self.tick:
-                    last_active = now
-                cpu = c
-                if signalled_at is None:
-                    if now - last_active >= self.idle:
-                        self.reason = (f"{self.what} used no CPU for {self.idle:g} s (sleeping or blocked; "
-                                       f"idle limit {self.idle:g} s)")
-                    elif now - t0 >= self.wall:
-                        self.reason = (f"{self.what} did not finish within {self.wall:g} s (per-example limit: "
-                                       f"{self.seconds:g} s of CPU time, {self.wall:g} s of wall time)")
-                    if self.reason is not None:
-                        signalled_at = now
-                        signal.pthread_kill(self.main, signal.SIGALRM)
-                elif now - signalled_at >= GRACE_S:
-                    self._end()
+        with self.cond:
+            while True:
+                while self.current is None:
+                    self.cond.wait()
+                ex = self.current
+                self.cond.wait(ex.tick)
+                if self.current is ex:
+                    self._check(ex)
 
-    def _end(self) -> None:
-        reason = (f"{self.reason}; it did not stop within {GRACE_S:g} s of being told (SIGALRM blocked or "
+    def _check(self, ex: _Example) -> None:
+        now, c = time.monotonic(), time.process_time()
+        if c - ex.cpu >= IDLE_SHARE * ex.tick:
+            ex.last_active = now
+        ex.cpu = c
+        if ex.signalled_at is None:
+            if now - ex.last_active >= ex.idle:
+                ex.reason = f"{ex.what} used no CPU for {ex.idle:g} s (sleeping or blocked; idle limit {ex.idle:g} s)"
+            elif now - ex.t0 >= ex.wall:
+                ex.reason = (f"{ex.what} did not finish within {ex.wall:g} s (per-example limit: "
+                             f"{ex.seconds:g} s of CPU time, {ex.wall:g} s of wall time)")
+            if ex.reason is not None:
+                ex.signalled_at = now
+                signal.pthread_kill(self.main, signal.SIGALRM)
+        elif now - ex.signalled_at >= GRACE_S:
+            self._end(ex)
+
+    def _end(self, ex: _Example) -> None:
+        reason = (f"{ex.reason}; it did not stop within {GRACE_S:g} s of being told (SIGALRM blocked or "
                   f"ignored, or stuck in C code): the hard limit ended the process")
         try:
             if last_words is not None:
@@ -120,6 +130,17 @@ class _Watch(threading.Thread):
                 os.write(2, f"hard time limit: {reason}\n".encode("utf-8", "backslashreplace"))
         finally:
             os._exit(HARD_LIMIT_EXIT)
+
+
+_WATCHDOG: _Watchdog | None = None
+
+
+def _watchdog() -> _Watchdog:
+    global _WATCHDOG
+    if _WATCHDOG is None or not _WATCHDOG.is_alive():
+        _WATCHDOG = _Watchdog()
+        _WATCHDOG.start()
+    return _WATCHDOG
 
 
 @contextmanager
@@ -131,14 +152,14 @@ def time_limit(seconds: float, what: str = "example", idle: float | None = None)
         yield
         return
     idle = seconds if idle is None else idle
-    watch = _Watch(what, seconds, idle)
+    dog, ex = _watchdog(), _Example(what, seconds, idle)
 
     def on_cpu(signum, frame):
         raise BackendHang(f"{what} used more than {seconds:g} s of CPU time (per-example limit)")
 
     def on_alarm(signum, frame):
-        if watch.reason is not None:
-            raise BackendHang(watch.reason)
+        if ex.reason is not None:
+            raise BackendHang(ex.reason)
 
     previous = signal.signal(signal.SIGPROF, on_cpu), signal.signal(signal.SIGALRM, on_alarm)
     ours = {signal.SIGALRM, signal.SIGPROF}
@@ -146,13 +167,15 @@ def time_limit(seconds: float, what: str = "example", idle: float | None = None)
     signal.setitimer(signal.ITIMER_PROF, seconds)
     stream = _real_stderr()
     if stream is not None:  # the last resort, should the watchdog thread never run again
-        faulthandler.dump_traceback_later(watch.wall + 2 * GRACE_S, exit=True, file=stream)
-    watch.start()
+        faulthandler.dump_traceback_later(ex.wall + 2 * GRACE_S, exit=True, file=stream)
+    with dog.cond:
+        dog.current = ex
+        dog.cond.notify()
     try:
         yield
     finally:
-        with watch.lock:
-            watch.done = True
+        with dog.cond:
+            dog.current = None
         signal.setitimer(signal.ITIMER_PROF, 0)
         if stream is not None:
             faulthandler.cancel_dump_traceback_later()
