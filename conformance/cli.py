@@ -8,7 +8,8 @@ summary that names anything planned that has no record.
 
 Exit status: 0 everything planned ran and nothing failed (or failed only where `--expect`
 lists it); 1 a check failed, or a strict `--expect` entry passed; 2 a usage error;
-3 the run is incomplete (planned records are missing); 130 the user interrupted the run.
+3 the run is incomplete (planned records are missing); 130 the user interrupted the run (Ctrl-C);
+143 the run was terminated (SIGTERM), stopped as cleanly as after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from conformance import text
 from conformance.suite import plan, profiles
 from conformance.suite.checks import catalogue
 from conformance.usage import OneLineParser, UsageError, report
@@ -40,6 +42,7 @@ PLUGIN = HERE / "plugin"  # the pytest side of a run: conftest.py and the one te
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PROG = "python -m conformance"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 MAX_EXAMPLE_TIMEOUT_S = 86400.0  # a day: beyond it setitimer overflows and nothing is gained
 
 
@@ -123,7 +126,7 @@ def backend_versions(backend: object) -> dict[str, str]:
 
 def _header(infos, states: dict, args, seed: int, checks: list[str], dtypes: list[str], pid: str,
             total: int) -> dict:
-    backends = [{"name": i.backend.name, "spec": i.spec, "source": i.source,
+    backends = [{"name": text.name(i.backend.name), "spec": i.spec, "source": i.source,
                  "capabilities": i.backend.capabilities.to_dict(), "exposed_steps": list(exposed_steps(i.backend)),
                  "skip_reason": states[i.spec][0], "error": states[i.spec][1],
                  "versions": backend_versions(i.backend)} for i in infos]
@@ -150,10 +153,10 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
         by.setdefault(r["backend"], dict(zero))[r["outcome"]] += 1
     for k in missing:
         by.setdefault(k.backend, dict(zero))["missing"] += 1
-    w = max([18] + [len(repr(i.backend.name)) for i in infos])
+    w = max([18] + [len(repr(text.name(i.backend.name))) for i in infos])
     print(f"\n{'backend':{w}s} {'passed':>7s} {'failed':>7s} {'unsupp.':>8s} {'skipped':>8s} {'not run':>8s}  verdict")
     for info in infos:
-        name = info.backend.name
+        name = text.name(info.backend.name)  # as the plan has it: escaped, bounded
         n = by.get(name, zero)
         shown = name if name.isprintable() else repr(name)
         print(f"{shown:{w}s} {n['passed']:7d} {n['failed']:7d} {n['unsupported']:8d} {n['skipped']:8d} "
@@ -261,7 +264,14 @@ def _resolve(specs: list[str]):
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # SystemExit and the like from a backend's import or constructor
-        raise UsageError(f"resolving the backends raised {type(e).__name__}: {e}") from None
+        raise UsageError(f"resolving the backends raised {text.first_line(e)}") from None
+    for i in infos:  # what the controller reads of each backend: a fault there is one line
+        try:
+            caps = i.backend.capabilities
+            caps.to_dict(), ", ".join(caps.dtypes), str(caps.device), exposed_steps(i.backend)
+        except Exception as e:
+            raise UsageError(f"backend {i.spec!r}: reading its capabilities raised {text.first_line(e)}; "
+                             f"capabilities must be an impls.base.Capabilities") from None
     return infos, {i.spec: plan.availability(i.backend) for i in infos}
 
 
@@ -281,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         validate(args)
         infos, states = _resolve(args.backend or list(DEFAULT_BACKENDS))
+        plan.check_shard(args.shard_kn, len(infos) * len(args.dtype or FLOAT_DTYPES) *
+                         len(args.check or catalogue()))
         from conformance.suite import rundir
 
         out = Path(args.out)
@@ -303,7 +315,7 @@ def run(args, infos, states: dict, out: Path) -> int:
     checks = args.check or [c.name for c in catalogue()]
     whole = plan.whole_plan([(i.spec, i.backend.name) for i in infos], dtypes, checks)
     keys = plan.shard_of(whole, args.shard_kn)
-    pid = plan.plan_id(whole, args.profile, seed)
+    pid = plan.plan_id(whole, args.profile, seed, args.shard_kn[1])
     plan_path = plan.write(out, keys)
     shard = f", shard {args.shard_kn[0]}/{args.shard_kn[1]} ({len(keys)} of {len(whole)} planned)" if args.shard else ""
     print(f"mha-conformance: profile {args.profile}, seed {seed}, output {out}{shard}")
@@ -312,7 +324,7 @@ def run(args, infos, states: dict, out: Path) -> int:
         caps = i.backend.capabilities
         state = (f"FAILS: {error}" if error else f"skipped: {skip}" if skip else
                  f"{caps.device}, dtypes {', '.join(caps.dtypes)}, steps {list(exposed_steps(i.backend)) or 'none'}")
-        print(f"  backend {i.backend.name!r:18s} ({i.spec}) {state}")
+        print(f"  backend {text.name(i.backend.name)!r:18s} ({i.spec}) {state}")
     header = _header(infos, states, args, seed, checks, dtypes, pid, len(whole))
     if args.expect:
         header["expect"] = {"file": args.expect, "entries": [e.to_dict() for e in args.expectations]}
@@ -327,7 +339,9 @@ def run(args, infos, states: dict, out: Path) -> int:
     # stops it, so this budget is never reached by crashes in tests; it only ends a crash loop
     # at worker start-up (then the missing records make the run incomplete, exit 3)
     restarts = workers * (len(infos) + 2) + 4
+    # no:faulthandler: each worker sends its crash dumps to a file the crash's record keeps (conftest)
     pytest_args = [str(PLUGIN / "test_conformance.py"), "-q", "--no-header", "-p", "no:cacheprovider",
+                   "-p", "no:faulthandler",
                    f"--rootdir={HERE.parent}", f"--hypothesis-profile={args.profile}", "--capture=no",
                    "-W", "ignore::pytest.PytestAssertRewriteWarning", f"--hypothesis-seed={seed}",
                    f"--mha-plan={plan_path}", "-n", str(workers), f"--max-worker-restart={restarts}"]
@@ -343,28 +357,33 @@ def run(args, infos, states: dict, out: Path) -> int:
     # on top oversubscribe the cores (torch bfloat16 ran 7x slower that way)
     for var in THREAD_VARS:
         os.environ.setdefault(var, "1")
-    # "interrupted" means the user's Ctrl-C reached this process, not merely that pytest says so
-    # (pytest-xdist also reports a worker that exited with KeyboardInterrupt as an interruption)
-    user = {"sigint": False}
+    # "interrupted" means the user's Ctrl-C (or a SIGTERM: `timeout`, a CI cancel, `kill`) reached
+    # this process, not merely that pytest says so (pytest-xdist also reports a worker that exited
+    # with KeyboardInterrupt as an interruption); both stop the run the same way
+    user: dict[str, int | None] = {"signal": None}
 
-    def on_sigint(signum: int, frame: object) -> None:
-        user["sigint"] = True
-        signal.default_int_handler(signum, frame)
+    def on_stop(signum: int, frame: object) -> None:
+        user["signal"] = signum
+        signal.default_int_handler(signum, frame)  # KeyboardInterrupt: pytest stops the workers
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = pytest.main(pytest_args, plugins=[recorder])
     except KeyboardInterrupt:  # a second Ctrl-C while pytest was shutting down
         code = pytest.ExitCode.INTERRUPTED
     finally:
-        signal.signal(signal.SIGINT, previous)
-    interrupted = user["sigint"]
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    interrupted = user["signal"] is not None
     missing = recorder.finish(interrupted=interrupted)
     findings = [] if interrupted else diagnose(out, args.machine, recorder.records)
     summarise(recorder.records, missing, infos, states, time.monotonic() - t0, out, len(keys), findings)
     from conformance.ci_outputs import write_all
 
     write_all(recorder.section, args.junit_xml, PROG)
+    if user["signal"] == signal.SIGTERM:
+        print(f"TERMINATED (SIGTERM): results so far are in {out / 'results.json'} (status interrupted)")
+        return EXIT_TERMINATED
     if interrupted:
         print(f"INTERRUPTED by the user: results so far are in {out / 'results.json'} (status interrupted)")
         return EXIT_INTERRUPTED

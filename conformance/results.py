@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from conformance import completeness
 from conformance.same_machine import combine
 
 SCHEMA_VERSION = "1.0"
@@ -92,7 +93,10 @@ def load(path: Path) -> dict[str, Any]:
         validate(doc, str(path))
     except RecursionError:
         raise ResultsError(f"{path}: not a valid results file (nested too deeply)") from None
-    return doc
+    from conformance.text import safe_tree
+
+    # a file written by an older suite may hold lone surrogates (JSON escapes them; UTF-8 cannot)
+    return safe_tree(doc)
 
 
 #: The sections of one machine's run that separate commands write.
@@ -129,36 +133,47 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """One document holding every run of `docs`; runs with the same machine label get a suffix,
     unless they are one machine in two environments (`conformance.same_machine`): then one run.
 
-    Shards of one run (conformance sections with the same plan id, `--shard K/N`) become one
-    run again: their records together, and the keys of any shard that never arrived listed as
-    missing, so the merged status is "complete" only when all N shards are there and complete.
+    Shards of one run (conformance sections of the same whole plan, `--shard K/N`) become one
+    run again: their records together. Every section's completeness is then recomputed from its
+    plan (`conformance.completeness`): every key of the whole plan needs exactly one record, so
+    the merged status is "complete" only when all N shards are there and complete. Shards cut
+    into different N, or run by different suite commits, are refused (ResultsError).
     """
     out, seen = empty_document(), {}
-    shards: dict[str, dict[str, Any]] = {}  # plan id -> the merged run
-    for doc in docs:
-        for run in doc["runs"]:
-            plan = ((run.get("conformance") or {}).get("plan") or {})
-            if plan.get("shards", 1) > 1:
-                if plan["id"] in shards:
-                    _add_shard(shards[plan["id"]], run)
-                    continue
-                run = _first_shard(run)
-                shards[plan["id"]] = run
-            label = run["machine"]
-            if label in seen and plan.get("shards", 1) <= 1:  # one machine in another environment?
-                i = next(i for i, r in enumerate(out["runs"]) if r["machine"] == label)
-                both = combine(out["runs"][i], run)
-                if both is not None:
-                    out["runs"][i] = both
-                    continue
-            seen[label] = seen.get(label, 0) + 1
-            if seen[label] > 1:
-                run = dict(run, machine=f"{label} ({seen[label]})")
-                if plan.get("shards", 1) > 1:
-                    shards[plan["id"]] = run
-            out["runs"].append(run)
+    shards: dict[str, dict[str, Any]] = {}  # the whole plan's identity -> the merged run
+    try:
+        for doc in docs:
+            for run in doc["runs"]:
+                ident = completeness.shard_identity(run)
+                if ident is not None:
+                    completeness.sane_shards(run)
+                    if ident in shards:
+                        completeness.compatible(shards[ident], run)
+                        _add_shard(shards[ident], run)
+                        continue
+                    run = _first_shard(run)
+                    shards[ident] = run
+                label = run["machine"]
+                if label in seen and ident is None:  # one machine in another environment?
+                    i = next(i for i, r in enumerate(out["runs"]) if r["machine"] == label)
+                    both = combine(out["runs"][i], run)
+                    if both is not None:
+                        out["runs"][i] = both
+                        continue
+                seen[label] = seen.get(label, 0) + 1
+                if seen[label] > 1:
+                    run = dict(run, machine=f"{label} ({seen[label]})")
+                    if ident is not None:
+                        shards[ident] = run
+                out["runs"].append(run)
+    except completeness.ShardMismatch as e:
+        raise ResultsError(str(e)) from None
     for run in shards.values():
         _close_shards(run["conformance"])
+    for run in out["runs"]:
+        if run.get("conformance"):
+            run["conformance"] = dict(run["conformance"])
+            completeness.recheck(run["conformance"])
     return out
 
 
@@ -214,24 +229,15 @@ def _add_findings(conf: dict[str, Any], more: dict[str, Any]) -> list[dict[str, 
 
 
 def _close_shards(conf: dict[str, Any]) -> None:
-    """Add the keys of shards that never arrived to `missing`; set the merged status."""
-    plan = conf["plan"]
-    plan["arrived"].sort()
+    """The merged status from the shards' own; `recheck` then recounts the whole plan's keys."""
+    conf["plan"]["arrived"].sort()
     statuses = conf.pop("statuses")
-    absent = [k for k in range(1, plan["shards"] + 1) if k not in plan["arrived"]]
-    if absent:
-        covered = {(r["backend"], r["dtype"], r["check"]) for r in conf["records"]}
-        covered |= {(m["backend"], m["dtype"], m["check"]) for m in conf["missing"]}
-        whole = [(b["name"], d, c["name"]) for b in conf["backends"] for d in conf.get("dtypes", [])
-                 for c in conf["checks"]]
-        conf["missing"] += [{"backend": b, "dtype": d, "check": c} for b, d, c in whole if (b, d, c) not in covered]
-        conf["planned"] = plan["total"]
     for word in ("running", "interrupted", "incomplete", "partial"):
         if word in statuses:
             conf["status"] = word
             break
     else:
-        conf["status"] = "incomplete" if absent or conf["missing"] else "complete"
+        conf["status"] = "complete"  # recheck: "incomplete" when a shard never arrived
 
 
 # The environment block: machine, libraries, BLAS, threads, commit. Libraries are looked up by

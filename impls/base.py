@@ -253,7 +253,16 @@ def missing_parts(obj: object) -> list[str]:
 
 def exposed_steps(backend: object) -> tuple[int, ...]:
     """The step numbers whose functions the backend defines, in order."""
-    return tuple(n for n, s in STEPS.items() if n >= 3 and callable(getattr(backend, s.name, None)))
+    return tuple(n for n, s in STEPS.items() if n >= 3 and callable(_lookup(backend, s.name)))
+
+
+def _lookup(backend: object, name: str) -> object:
+    """getattr(backend, name, None), also when a __getattr__ raises something other than
+    AttributeError for a name it does not have: such a name is not a method it defines."""
+    try:
+        return getattr(backend, name, None)
+    except Exception:
+        return None
 
 
 @dataclass

@@ -65,8 +65,11 @@ def carry_inputs(doc: dict[str, Any], src: Path, out: Path, prefix: str) -> None
             source = (src / rel).resolve()
             if not source.is_file() or not source.is_relative_to(src.resolve()):
                 continue
-            dest_rel = Path(prefix) / rel if prefix else Path(rel)
+            inside = source.relative_to(src.resolve())  # normalised: "../src/x" names no place outside
+            dest_rel = Path(prefix) / inside if prefix else inside
             dest = out / dest_rel
+            if not dest.resolve().is_relative_to(out.resolve()):
+                continue  # a prefix or a link that leads out of --out: never write there
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
             r["inputs"] = dest_rel.as_posix()

@@ -285,6 +285,10 @@ def _warnings(runs: list[dict[str, Any]]) -> list[str]:
             out.append(f"conformance on {run['machine']}: shard{'s' if len(absent) > 1 else ''} "
                        f"{', '.join(map(str, absent))} of {plan['shards']} never arrived; their checks are "
                        f"shown as not run")
+        for word, key in (("twice or more", "duplicates"), ("that was not planned", "unplanned")):
+            if conf.get(key):  # found by completeness.recheck, not by the file's own bookkeeping
+                out.append(f"conformance on {run['machine']}: {len(conf[key])} (backend, dtype, check) "
+                           f"key(s) with a record {word}; the file's own bookkeeping is wrong")
         if conf.get("missing"):
             out.append(f"conformance on {run['machine']}: {len(conf['missing'])} of "
                        f"{conf.get('planned', '?')} planned (backend, dtype, check) results do not exist "

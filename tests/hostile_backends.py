@@ -11,6 +11,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -135,3 +136,192 @@ class ToNumpyRaises(ForwardOnly):
 
     def result(self, out, x):
         return np.asarray(out).view(np.ndarray)
+
+
+#: A lone surrogate: what os.fsdecode or surrogateescape makes of an undecodable byte
+LONE = b"\xff".decode("utf-8", "surrogateescape")
+
+
+class RaisesLoneSurrogate(ForwardOnly):
+    """forward raises an exception whose message holds a lone surrogate."""
+
+    name = "hostile-surrogate-message"
+
+    def result(self, out, x):
+        raise RuntimeError(f"bad byte {LONE} in a path")
+
+
+class NamedLoneSurrogate(ForwardOnly):
+    """A correct backend whose name holds a lone surrogate."""
+
+    name = f"hostile-surrogate-{LONE}-name"
+
+
+class RaisesHugeMessage(ForwardOnly):
+    """forward raises SystemExit with a 20 MB one-line message (a BaseException's message is
+    not cut by Runner.call)."""
+
+    name = "hostile-huge-message"
+
+    def result(self, out, x):
+        raise SystemExit("m" * (20 << 20))
+
+
+class HugeSkipReason(ForwardOnly):
+    """availability() returns a 2 MB reason."""
+
+    name = "hostile-huge-skip-reason"
+
+    def availability(self):
+        return "r" * (2 << 20)
+
+
+class HugeName(ForwardOnly):
+    """A correct backend with a 100,000-character name."""
+
+    name = "hostile-huge-name-" + "n" * 100_000
+
+
+class BlocksAlarm(ForwardOnly):
+    """forward blocks SIGALRM in its thread, then sleeps for a day: no soft limit can reach it."""
+
+    name = "hostile-blocks-alarm"
+
+    def result(self, out, x):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(86400)
+        return out
+
+
+class IgnoresAlarm(ForwardOnly):
+    """forward ignores SIGALRM, then sleeps for a day."""
+
+    name = "hostile-ignores-alarm"
+
+    def result(self, out, x):
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        time.sleep(86400)
+        return out
+
+
+class TampersWithOut(ForwardOnly):
+    """forward fakes numpy's crash marker in <out>/.crashed/, deletes <out>/.records and
+    <out>/.plan.json, then crashes its worker (the replacement must still know the plan).
+    The run directory comes from $MHA_HOSTILE_OUT (set by the test)."""
+
+    name = "hostile-tampers-with-out"
+
+    def result(self, out, x):
+        import hashlib
+        import shutil
+        from pathlib import Path
+
+        run = Path(os.environ["MHA_HOSTILE_OUT"])
+        (run / ".crashed").mkdir(exist_ok=True)
+        (run / ".crashed" / hashlib.sha256(b"numpy").hexdigest()[:20]).write_text("faked")
+        shutil.rmtree(run / ".records", ignore_errors=True)
+        (run / ".plan.json").unlink(missing_ok=True)
+        os._exit(1)
+
+
+class ChangesBlasThreads(ForwardOnly):
+    """forward sets every loaded BLAS/OpenMP library to 3 threads (threadpoolctl) and leaves it so."""
+
+    name = "hostile-blas-threads"
+
+    def result(self, out, x):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(3)
+        return out
+
+
+class PrintsBlasThreads(ForwardOnly):
+    """A correct backend that prints the BLAS/OpenMP thread counts it runs with."""
+
+    name = "hostile-prints-blas-threads"
+
+    def result(self, out, x):
+        from threadpoolctl import threadpool_info
+
+        print("blas threads", sorted({i["num_threads"] for i in threadpool_info()}))
+        return out
+
+
+class _Unprintable(RuntimeError):
+    def __str__(self) -> str:
+        raise ValueError("no message for you")
+
+
+class RaisesUnprintable(ForwardOnly):
+    """forward raises an exception whose str() raises."""
+
+    name = "hostile-unprintable-exception"
+
+    def result(self, out, x):
+        raise _Unprintable()
+
+
+class LeaksSeterr(ForwardOnly):
+    """forward makes NumPy raise on every floating-point warning and returns a correct output:
+    the spec's arithmetic later in the same example must not pay for it."""
+
+    name = "hostile-leaks-seterr"
+
+    def result(self, out, x):
+        np.seterr(all="raise")
+        return out
+
+
+def _grads_backend(name: str, finish) -> type:
+    from conformance.mutants.base import PlainBackend
+
+    return type(f"Grads_{abs(hash(name))}", (PlainBackend,), {"name": name, "finish_grads": finish})
+
+
+class _KeysRaise(dict):
+    def keys(self):
+        raise RuntimeError("keys() is broken")
+
+
+class _ArraysRaises:
+    def arrays(self):
+        raise RuntimeError("arrays() is broken")
+
+
+#: backward returns a mapping with a non-string key, one whose keys() raises, and an object
+#: whose arrays() raises
+NonStringGradKey = _grads_backend("hostile-grad-int-key", lambda self, g: {**g, 1: g["dx"]})
+GradKeysRaise = _grads_backend("hostile-grad-keys-raise", lambda self, g: _KeysRaise(g))
+GradArraysRaises = _grads_backend("hostile-grad-arrays-raises", lambda self, g: _ArraysRaises())
+
+
+class LeaksMemory(ForwardOnly):
+    """forward keeps 8 MB alive per call (written, so resident), as a cache that never evicts."""
+
+    name = "hostile-leaks-memory"
+    kept: list = []
+
+    def result(self, out, x):
+        self.kept.append(np.ones(1 << 20))
+        return out
+
+
+class GetattrRaises(ForwardOnly):
+    """Any attribute it does not have raises RuntimeError, not AttributeError (getattr's default
+    and hasattr do not catch it)."""
+
+    name = "hostile-getattr-raises"
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"no attribute {name} here, and not an AttributeError either")
+
+
+class CapabilitiesRaise(ForwardOnly):
+    """Its capabilities are a property that raises."""
+
+    name = "hostile-capabilities-raise"
+
+    @property
+    def capabilities(self):
+        raise RuntimeError("capabilities are not ready")

@@ -63,6 +63,7 @@ def one_worker(tmp_path_factory) -> dict:
     stale = out / "failures" / "gone__float32__matches_spec.npz"
     stale.parent.mkdir()
     stale.write_bytes(b"an earlier run's bundle")
+    (out / ".plan.json").write_text("[]")  # an earlier run's directory: only such a one is cleaned
     backends = [f"{H}:RaisesKeyboardInterrupt", f"{H}:RaisesSystemExit", f"{H}:ExitsZero",
                 f"{H}:ChangesProcessState", "numpy"]
     checks = ["matches_spec", "output_dtype_and_shape", "causality", "matches_spec"]

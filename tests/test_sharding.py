@@ -61,7 +61,8 @@ def test_three_shards_give_the_records_of_the_whole_run(shards):
         assert sec["status"] == "complete" and shards["codes"][name] == int(failed), shards["logs"][name]
     assert shards["codes"]["whole"] == 1  # the mutant fails
     assert [p["planned"] for p in parts] == [4, 4, 4] and whole["planned"] == 12
-    assert len({p["plan"]["id"] for p in parts} | {whole["plan"]["id"]}) == 1
+    ids = {p["plan"]["id"] for p in parts}
+    assert len(ids) == 1 and whole["plan"]["id"] not in ids  # the id names N too (issue 29, item 3)
     assert _outcomes([r for p in parts for r in p["records"]]) == _outcomes(whole["records"])
     out = shards["tmp"] / "merged"
     proc = _reports(*(str(shards["tmp"] / f"shard{k}") for k in (1, 2, 3)), "--out", str(out))

@@ -21,6 +21,19 @@ from conformance.suite import plan, profiles
 
 UNSUPPORTED = "unsupported"  # the outcome test_check skips with, as "unsupported: <reason>"
 _BACKENDS: dict[str, tuple] = {}  # spec -> (backend, skip reason, error), once per worker
+_PARENT: int | None = None  # a worker's controller
+_DUMP = None  # the worker's crash dump file, kept open for faulthandler
+
+
+def fault_dump(markers: Path, worker: str) -> Path:
+    """Where worker `worker` (gw0, ...) writes a crash's traceback dump; the controller reads it."""
+    return Path(markers) / f"fault-{worker}.txt"
+
+
+def orphaned() -> bool:
+    """Whether this worker's controller has died: its records would land in a run directory
+    that may already belong to another run, so it writes none."""
+    return _PARENT is not None and os.getppid() != _PARENT
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,8 +45,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     profiles.register()
-    if hasattr(config, "workerinput"):  # a pytest-xdist worker: Ctrl-C is the controller's
+    global _PARENT
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: Ctrl-C and SIGTERM are the controller's
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it stops us; pytest-xdist kills a stuck one
+        _PARENT = os.getppid()
+        markers = config.workerinput.get("mha_markers")
+        if markers:  # a crash's "Fatal Python error" dump goes into its record, not the terminal
+            import faulthandler
+
+            global _DUMP
+            _DUMP = open(fault_dump(Path(markers), config.workerinput["workerid"]), "w")
+            faulthandler.enable(file=_DUMP, all_threads=True)
     if os.environ.get("OMP_NUM_THREADS") == "1":
         # the CLI asks for one thread per worker; BLAS pools already loaded need telling too
         from threadpoolctl import threadpool_limits
@@ -73,7 +96,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     path = metafunc.config.getoption("--mha-plan")
     if path is None:
         raise pytest.UsageError("run the suite through `python -m conformance` (it plans the run)")
-    keys = plan.read(Path(path))
+    given = getattr(metafunc.config, "workerinput", {}).get("mha_plan")  # from the controller
+    keys = [plan.Key(**d) for d in given] if given is not None else plan.read(Path(path))
     metafunc.parametrize("key", keys, ids=[k.test_id for k in keys])
 
 
@@ -83,9 +107,18 @@ def out_dir(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
+def markers(request: pytest.FixtureRequest, out_dir: Path) -> Path:
+    """Where the crash and hang markers are: the controller's private directory."""
+    from conformance.suite.rundir import CRASHED
+
+    given = getattr(request.config, "workerinput", {}).get("mha_markers")
+    return Path(given) if given else out_dir / CRASHED
+
+
+@pytest.fixture
 def example_timeouts(request: pytest.FixtureRequest) -> dict[str, float] | None:
     t = request.config.getoption("--mha-example-timeout")
-    return None if t is None else {"first": 4 * t, "later": t}
+    return None if t is None else {"first": 4 * t, "later": t}  # idle limit: IDLE_FACTOR x later
 
 
 @pytest.fixture

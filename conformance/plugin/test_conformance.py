@@ -2,8 +2,9 @@
 
 Outcomes: passed; failed (the property broke: shrunk example, saved inputs, repro command);
 unsupported (outside the backend's declared capabilities); skipped (this machine lacks the
-backend's library or device). A backend that crashed a worker earlier in the run is not run
-again; its remaining supported checks fail with that reason, so nothing is silently passed.
+backend's library or device). A backend that crashed a worker, hung or kept memory alive
+earlier in the run is not run again; its remaining supported checks fail with that reason, so
+nothing is silently passed (the marks live in the controller's private directory).
 
 Whatever happens inside, the test writes exactly one record for its key (`write_record`)
 before telling pytest its outcome; what the backend printed is kept as a bounded tail.
@@ -11,6 +12,7 @@ before telling pytest its outcome; what the backend printed is kept as a bounded
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -19,19 +21,26 @@ from typing import Any
 import pytest
 
 from conformance.suite.checks import get
-from conformance.plugin.conftest import backend_state
+from conformance.text import first_line, safe_record
+from conformance.plugin.conftest import backend_state, orphaned
 from conformance.suite.engine import run_check
+from conformance.suite.leaks import LeakWatch, rss_bytes
 from conformance.suite.process_state import OutputTail, restored_state
 from conformance.suite.plan import Key
-from conformance.suite.recorder import crashed_during, write_record
+from conformance.suite import watchdog
+from conformance.suite.recorder import crashed_during, mark, write_record
 from impls.registry import import_path
+
+
+_LEAKS = LeakWatch()  # this worker's
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] | None) -> dict[str, Any]:
+def _run(key: Key, out_dir: Path, markers: Path, seed: int | None,
+         timeouts: dict[str, float] | None) -> dict[str, Any]:
     check = get(key.check)
     rec: dict[str, Any] = {"step": check.step}
     backend, skip_reason, error = backend_state(key.spec)
@@ -42,15 +51,17 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
     try:
         unsupported = check.unsupported(backend, key.dtype)
     except Exception as e:  # reading the declared capabilities is third-party code
-        return {**rec, "outcome": "failed", "reason": f"reading its capabilities raised {type(e).__name__}: {e}"}
+        return {**rec, "outcome": "failed", "reason": f"reading its capabilities raised {first_line(e)}"}
     if unsupported:  # before the crash marker: unsupported stays unsupported after a crash
         return {**rec, "outcome": "unsupported", "reason": unsupported}
-    crashed = crashed_during(out_dir, key.backend)
+    crashed = crashed_during(markers, key.backend)
     if crashed:
         return {**rec, "outcome": "failed",
-                "reason": f"not run: {key.backend} crashed a worker process earlier in this run (during {crashed})"}
+                "reason": f"not run: {key.backend} {crashed}"}
 
     result = run_check(check, backend, key.dtype, seed=seed, timeouts=timeouts)
+    if result.reason.startswith("hang:"):  # once is enough: its other checks would hang as long
+        mark(markers, key.backend, f"hung earlier in this run (during {key.check})")
     rec.update({"outcome": result.outcome, "reason": result.reason, "max_error": result.max_error,
                 "tolerance": result.tolerance, "counterexample": result.counterexample,
                 "examples": result.examples, "duration_s": round(result.duration_s, 4)})
@@ -63,14 +74,35 @@ def _run(key: Key, out_dir: Path, seed: int | None, timeouts: dict[str, float] |
     return rec
 
 
-def test_check(key: Key, out_dir: Path, hypothesis_seed: int | None, example_timeouts: dict | None) -> None:
+def _last_words(key: Key, out_dir: Path, markers: Path):
+    """What the watchdog's hard limit calls before it ends this worker: the record, the mark."""
+    def write(reason: str) -> None:
+        if orphaned():
+            return
+        mark(markers, key.backend, f"hung earlier in this run (during {key.check})")
+        write_record(out_dir, key, {"step": get(key.check).step, "outcome": "failed", "reason": f"hang: {reason}"})
+    return write
+
+
+def test_check(key: Key, out_dir: Path, markers: Path, hypothesis_seed: int | None,
+               example_timeouts: dict | None) -> None:
+    watchdog.last_words = _last_words(key, out_dir, markers)
+    before = rss_bytes()
     with OutputTail() as tail, restored_state(full=True):
         try:
-            rec = _run(key, out_dir, hypothesis_seed, example_timeouts)
+            rec = _run(key, out_dir, markers, hypothesis_seed, example_timeouts)
         except BaseException as e:  # anything the engine did not turn into a result is still recorded
-            rec = {"outcome": "failed", "reason": f"suite error (please report): {type(e).__name__}: {e}"}
+            rec = {"outcome": "failed", "reason": f"suite error (please report): {first_line(e)}"}
+    watchdog.last_words = None
+    leak = _LEAKS.after_test(key.backend, before) if "examples" in rec else None  # the backend ran
+    if leak:  # charged here, and its other checks not run: the next backend would pay for it
+        mark(markers, key.backend, f"kept memory alive earlier in this run (during {key.check})")
+        rec.update(outcome="failed", reason=leak if rec["outcome"] == "passed" else f"{rec['reason']}; {leak}")
     if tail.total:
         rec["output"] = tail.text()
+    rec = safe_record(rec)  # backend text, escaped and bounded, before it reaches pytest's channel
+    if orphaned():  # the controller died while this test ran: nobody owns the record now
+        os._exit(1)
     write_record(out_dir, key, rec)
     if rec["outcome"] in ("unsupported", "skipped"):
         pytest.skip(f"{rec['outcome']}: {rec['reason']}")

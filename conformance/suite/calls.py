@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from conformance.suite.case import Case
+from conformance.text import first_line, safe_repr
 from conformance.suite.checks import CheckFailure
 from conformance.suite.grad_reference import grad_shapes
 from conformance.suite.judgement import active
@@ -21,6 +22,15 @@ from impls.base import GRAD_NAMES
 from spec.params import Params
 from spec.shapes import expected_shapes
 from spec.table import STEPS, call_args
+
+
+def _grad_mapping(got: Any) -> tuple[Any, set]:
+    """backward's result as a mapping and its keys with a value; its own methods may raise."""
+    got = got.arrays() if hasattr(got, "arrays") and callable(got.arrays) else got
+    if not hasattr(got, "keys"):
+        raise CheckFailure(f"backward: expected a spec.block.Grads or a mapping by {', '.join(GRAD_NAMES)}, "
+                           f"got {type(got).__name__}")
+    return got, {k for k in got.keys() if got[k] is not None}
 
 
 class Runner:
@@ -47,10 +57,9 @@ class Runner:
     def to_float64(self, what: str, out: Any, shape: tuple[int, ...]) -> np.ndarray:
         """Backend output -> float64 NumPy, after checking it is an array of `shape` in the dtype."""
         try:
-            a = self.backend.to_numpy(out)
-        except Exception as e:
-            raise CheckFailure(f"{what}: to_numpy() of the result raised {type(e).__name__}: {e}; "
-                               f"the backend returned {type(out).__name__}") from None
+            a = self.call("to_numpy() of the result", self.backend.to_numpy, out)
+        except CheckFailure as e:
+            raise CheckFailure(f"{what}: {e}; the backend returned {type(out).__name__}") from None
         if not isinstance(a, np.ndarray):
             raise CheckFailure(f"{what}: returned {type(out).__name__}, which to_numpy() turned into "
                                f"{type(a).__name__}, not an array")
@@ -71,14 +80,17 @@ class Runner:
         raise CheckFailure(f"{what}: returned dtype {a.dtype}, expected {self.dtype} (output dtype must equal input dtype)")
 
     def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """fn(*args, **kwargs), any exception turned into a CheckFailure naming `what`."""
+        """fn(*args, **kwargs), any exception turned into a CheckFailure naming `what`; NumPy's
+        error state put back (an np.seterr leak must not hit the spec's arithmetic after it)."""
+        err = np.geterr()
         try:
             return fn(*args, **kwargs)
         except CheckFailure:
             raise
         except Exception as e:
-            msg = str(e).splitlines()[0][:300] if str(e) else ""
-            raise CheckFailure(f"{what} raised {type(e).__name__}: {msg}") from None
+            raise CheckFailure(f"{what} raised {first_line(e)[:300]}") from None  # str(e) may raise
+        finally:
+            np.seterr(**err)
 
     # -- calls -------------------------------------------------------------------------
     def forward(self, case: Case, *, training: bool = False) -> np.ndarray:
@@ -120,14 +132,11 @@ class Runner:
             raise CheckFailure(f"forward_for_grad: expected (out, saved), got {type(res).__name__}")
         got = self.call("backward", self.backend.backward, res[1], self.native(grad_out))
         self.call("synchronize", self.backend.synchronize)
-        got = got.arrays() if hasattr(got, "arrays") and callable(got.arrays) else got
-        if not hasattr(got, "keys"):
-            raise CheckFailure(f"backward: expected a spec.block.Grads or a mapping by {', '.join(GRAD_NAMES)}, "
-                               f"got {type(got).__name__}")
         shapes = grad_shapes(case)
-        present = {k for k in got.keys() if got[k] is not None}
+        got, present = self.call("reading backward's gradients", _grad_mapping, got)
         if present != set(shapes):
-            raise CheckFailure(f"backward: returned gradients {sorted(present)}, expected {sorted(shapes)}")
+            raise CheckFailure(f"backward: returned gradients {sorted(map(safe_repr, present))}, "
+                               f"expected {sorted(shapes)}")
         out = {"out": self.to_float64("forward_for_grad", res[0], (case.B, case.T, case.config.d_out))}
         out.update({k: self.to_float64(f"backward {k}", got[k], s) for k, s in shapes.items()})
         return out

@@ -19,7 +19,7 @@ class KeyedDatabase(ExampleDatabase):
     def __init__(self, inner: ExampleDatabase, prefix: str):
         super().__init__()
         self.inner = inner
-        self.prefix = prefix.encode() + b"\0"
+        self.prefix = prefix.encode("utf-8", "surrogatepass") + b"\0"
 
     def save(self, key: bytes, value: bytes) -> None:
         self.inner.save(self.prefix + key, value)

@@ -7,14 +7,17 @@ Used by the pytest suite (`conformance/plugin/test_conformance.py`), by `nox -s 
 from __future__ import annotations
 
 import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from hypothesis import errors as hyp_errors
 from hypothesis import example, given, settings
 from hypothesis import seed as hyp_seed
 
+from conformance import text
 from conformance.suite.case import Case
 from conformance.suite.database import for_combination
 from conformance.suite.checks import Check, CheckFailure
@@ -22,7 +25,7 @@ from conformance.suite.process_state import restored_state
 from conformance.suite.profiles import EXAMPLE_TIMEOUT_S
 from conformance.suite.calls import Runner
 from conformance.suite.judgement import Judgement, declared, judged_under
-from conformance.suite.watchdog import BackendHang, time_limit
+from conformance.suite.watchdog import IDLE_FACTOR, BackendHang, time_limit
 
 
 @dataclass
@@ -41,8 +44,7 @@ class Result:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    return text.first_line(e)  # str(e) may raise or hold a lone surrogate: it is backend text
 
 
 def _escaped(e: BaseException) -> str:
@@ -51,12 +53,37 @@ def _escaped(e: BaseException) -> str:
     The suite's workers ignore the user's Ctrl-C (the controller owns it), so there such an
     exception can only come from the code under test: it fails this check and the run goes on.
     Where Ctrl-C does raise KeyboardInterrupt in this process (repro, an in-process mutants
-    run), a KeyboardInterrupt is the user's and is passed on.
+    run), a KeyboardInterrupt is passed on only if the user's Ctrl-C arrived (`_ctrl_c_noted`);
+    one the backend raised itself is its failure.
     """
-    if isinstance(e, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if isinstance(e, KeyboardInterrupt) and _USER["ctrl_c"]:
         raise e
     return (f"raised {_first_line(e)} (a BaseException, not an Exception: the backend tried to "
             f"stop the process; the run went on)")
+
+
+_USER = {"ctrl_c": False}  # set by _ctrl_c_noted's handler: the user pressed Ctrl-C
+
+
+@contextmanager
+def _ctrl_c_noted() -> Iterator[None]:
+    """Where Ctrl-C raises KeyboardInterrupt here, note that it arrived (so a KeyboardInterrupt
+    raised by the backend itself is told apart from the user's)."""
+    _USER["ctrl_c"] = False
+    if (signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def on_int(signum: int, frame: Any) -> None:
+        _USER["ctrl_c"] = True
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_int)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_once(check: Check, backend: Any, case: Case, judgement: Judgement | None = None,
@@ -69,7 +96,8 @@ def run_once(check: Check, backend: Any, case: Case, judgement: Judgement | None
     judgement = declared(backend) if judgement is None else judgement
     limit = EXAMPLE_TIMEOUT_S["first"] if limit_s is None else limit_s
     try:
-        with restored_state(), judged_under(judgement), time_limit(limit, f"{check.name} on {backend.name}"):
+        with _ctrl_c_noted(), restored_state(), judged_under(judgement), time_limit(
+                limit, f"{check.name} on {text.name(backend.name)}", idle=IDLE_FACTOR * EXAMPLE_TIMEOUT_S["later"]):
             check.fn(Runner(backend, case.dtype), case)
     except CheckFailure as e:
         return Result("failed", str(e), e.max_error, e.tolerance, case, 1, time.perf_counter() - t0)
@@ -91,6 +119,7 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
     if reason:
         return Result("unsupported", reason)
     limits = timeouts or EXAMPLE_TIMEOUT_S
+    idle = IDLE_FACTOR * limits["later"]  # not 4x for the first example: sleeping needs no warm-up
     runner = Runner(backend, dtype)
     judgement = declared(backend)  # everything is judged against the spec adjusted for these
     state: dict[str, Any] = {"n": 0, "case": None}
@@ -101,7 +130,8 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
         state["case"] = case  # the last case run: after a failure, the shrunk example
         # each example puts back the process state the backend changed: the spec's own
         # arithmetic and the next backend in this worker see the state the run started with
-        with restored_state(), judged_under(judgement), time_limit(limit, f"{check.name} on {backend.name} ({dtype})"):
+        with restored_state(), judged_under(judgement), time_limit(
+                limit, f"{check.name} on {text.name(backend.name)} ({dtype})", idle=idle):
             check.fn(runner, case)
 
     for case in check.explicit_cases(backend, dtype):  # run before the drawn examples
@@ -112,7 +142,8 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
     if seed is not None:
         test = hyp_seed(seed)(test)
     try:
-        test()
+        with _ctrl_c_noted():
+            test()
     except CheckFailure as e:
         return Result("failed", str(e), e.max_error, e.tolerance, state["case"], state["n"],
                       time.perf_counter() - t0)

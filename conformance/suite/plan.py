@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from conformance import text
 from conformance.usage import UsageError
 
 PLAN_FILE = ".plan.json"
@@ -60,7 +61,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def whole_plan(backends: list[tuple[str, str]], dtypes: list[str], checks: list[str]) -> list[Key]:
     """Every key of the run in a fixed order: backends x dtypes x checks (as given)."""
-    keys = [(spec, name, d, c) for spec, name in backends for d in dtypes for c in checks]
+    keys = [(spec, text.name(name), d, c) for spec, name in backends for d in dtypes for c in checks]
     return [Key(i, *k) for i, k in enumerate(keys)]
 
 
@@ -69,10 +70,19 @@ def shard_of(keys: list[Key], shard: tuple[int, int]) -> list[Key]:
     return [key for key in keys if key.index % n == k - 1]
 
 
-def plan_id(keys: list[Key], profile: str, seed: int | None) -> str:
-    """A short digest naming the whole plan: the shards of one run share it."""
-    text = json.dumps([profile, seed, [k.triple() for k in keys]])
+def plan_id(keys: list[Key], profile: str, seed: int | None, shards: int = 1) -> str:
+    """A short digest naming the whole plan and how it is cut: the N shards of one run share it."""
+    text = json.dumps([profile, seed, shards, [k.triple() for k in keys]])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_shard(shard: tuple[int, int], total: int) -> None:
+    """UsageError when N exceeds the plan's keys: such shards would be empty, and their
+    bookkeeping grows with N, not with the plan."""
+    k, n = shard
+    if n > max(1, total):
+        raise UsageError(f"--shard {k}/{n}: this plan has {total} (backend, dtype, check) keys, so N must be "
+                         f"at most {total}")
 
 
 def write(out_dir: Path, keys: list[Key]) -> Path:
@@ -94,14 +104,13 @@ def missing(keys: list[Key], records: list[dict[str, Any]]) -> list[Key]:
 def availability(backend: Any) -> tuple[str | None, str | None]:
     """(skip reason, error) of a backend: a reason string means this machine lacks something;
     an availability() that raises or returns something else is the backend's error, never a skip."""
-    fn = getattr(backend, "availability", None)
-    if fn is None:
-        return None, None
     try:
+        fn = getattr(backend, "availability", None)
+        if fn is None:
+            return None, None
         reason = fn()
     except BaseException as e:  # third-party code: even SystemExit is its error, not ours
-        text = str(e).strip().splitlines()
-        return None, f"availability() raised {type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+        return None, f"availability() raised {text.first_line(e)}".rstrip(": ")
     if reason is None or (isinstance(reason, str) and reason):
-        return reason, None
-    return None, f"availability() returned {reason!r}; expected None (available) or a reason string"
+        return (None if reason is None else text.safe(reason)), None
+    return None, f"availability() returned {text.safe_repr(reason)}; expected None (available) or a reason string"

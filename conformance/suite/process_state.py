@@ -8,7 +8,8 @@ process-wide state a backend changes is put back before the suite or the next ba
 (per example: NumPy's error state, PyTorch's default dtype, thread count, grad mode and
 deterministic flag, the working directory, the SIGINT/SIGTERM/SIGALRM handlers, warning
 filters, stdout/stderr objects, the recursion limit; per test, in addition: environment
-variables, sys.path, the umask and the other signal handlers). `OutputTail`
+variables, sys.path, the umask, the other signal handlers and the BLAS/OpenMP thread counts,
+which a backend can change through threadpoolctl or its libraries' own APIs). `OutputTail`
 catches what a backend prints, at the file-descriptor level too, and keeps only the last
 `limit` bytes, so a backend printing megabytes per call costs no memory.
 """
@@ -41,13 +42,35 @@ def _snapshot(full: bool) -> dict[str, Any]:
         "streams": (sys.stdout, sys.stderr), "recursion": sys.getrecursionlimit(),
     }
     if full:
-        snap.update(environ=dict(os.environ), path=list(sys.path), umask=os.umask(0o022))
+        snap.update(environ=dict(os.environ), path=list(sys.path), umask=os.umask(0o022), blas=_blas_threads())
         os.umask(snap["umask"])
     torch = sys.modules.get("torch")
     if torch is not None:
         snap["torch"] = (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
                          torch.are_deterministic_algorithms_enabled())
     return snap
+
+
+def _blas_threads() -> dict[str, int] | None:
+    """Thread count of every loaded BLAS/OpenMP library, by prefix (threadpoolctl; ~1-2 ms)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return {i["prefix"]: i["num_threads"] for i in threadpool_info()}
+
+
+def _restore_blas(before: dict[str, int]) -> None:
+    """Put back the BLAS thread counts a backend changed (threadpool_limits, its own API); a
+    library loaded meanwhile gets OMP_NUM_THREADS, which the run sets (one thread per worker)."""
+    from threadpoolctl import threadpool_limits
+
+    now = _blas_threads() or {}
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    want = {p: before.get(p, int(env) if env.isdigit() else n) for p, n in now.items()}
+    changed = {p: n for p, n in want.items() if now[p] != n}
+    if changed:
+        threadpool_limits(limits=changed)
 
 
 def _cwd() -> str | None:
@@ -69,6 +92,8 @@ def _restore(snap: dict[str, Any]) -> None:
             os.environ.update(snap["environ"])
         sys.path[:] = snap["path"]
         os.umask(snap["umask"])
+        if snap.get("blas") is not None:
+            _restore_blas(snap["blas"])
     for s, handler in snap["signals"].items():
         if handler is not None and signal.getsignal(s) is not handler:
             signal.signal(s, handler)

@@ -19,8 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -28,8 +31,10 @@ from typing import Any, Callable
 import pytest
 
 from conformance.results import collect, machine_label
+from conformance.text import safe_record
 from conformance.suite.plan import Key
-from conformance.suite.rundir import CRASHED, RECORDS
+from conformance.suite.process_state import OUTPUT_LIMIT
+from conformance.suite.rundir import RECORDS
 from conformance.results import update_section
 
 
@@ -37,15 +42,27 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def crash_marker(out_dir: Path, backend: str) -> Path:
-    """The file that says `backend` crashed a worker; named by a digest, so any name works."""
-    return Path(out_dir) / CRASHED / hashlib.sha256(backend.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+def crash_marker(markers: Path, backend: str) -> Path:
+    """The file in the run's markers directory (the controller's private one, not in --out)
+    that says `backend` crashed or hung; named by a digest, so any name works."""
+    return Path(markers) / hashlib.sha256(backend.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def crashed_during(out_dir: Path, backend: str) -> str | None:
-    """The check during which `backend` crashed a worker earlier in this run, if it did."""
-    path = crash_marker(out_dir, backend)
-    return path.read_text() if path.exists() else None
+def crashed_during(markers: Path, backend: str) -> str | None:
+    """What `backend` did earlier in this run that stops its other checks ("crashed a worker
+    process earlier in this run (during CHECK)", "hung ..."), if it did."""
+    path = crash_marker(markers, backend)
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def mark(markers: Path, backend: str, what: str) -> None:
+    """Say that `backend` crashed or hung (`what`, a phrase): its later checks are not run."""
+    path = crash_marker(markers, backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(what)
 
 
 def record_path(out_dir: Path, key: Key) -> Path:
@@ -55,8 +72,9 @@ def record_path(out_dir: Path, key: Key) -> Path:
 def write_record(out_dir: Path, key: Key, rec: dict[str, Any]) -> None:
     """Worker side: this test's record, written atomically (the controller reads it whole)."""
     path = record_path(out_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)  # a backend may have deleted it
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, default=str))
+    tmp.write_text(json.dumps(safe_record(rec), default=str))  # escaped and bounded: backend text
     os.replace(tmp, path)
 
 
@@ -78,6 +96,9 @@ class Recorder:
         self.lock = threading.Lock()  # the flush timer writes from its own thread
         self.timer: threading.Timer | None = None
         self.transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # e.g. --expect's
+        # crash and hang markers live outside --out, where a backend writing into --out cannot
+        # fake or remove one; new workers learn the directory (and the plan) from workerinput
+        self.markers = Path(tempfile.mkdtemp(prefix="mha-markers-"))
         self.jsonl = self.out_dir / "records.jsonl"
         self.jsonl.write_text("")
         self.write(force=True)
@@ -108,7 +129,8 @@ class Recorder:
         if key.index in self.done:
             return
         self.done.add(key.index)
-        rec = {"step": None, "reason": "", **rec, "backend": key.backend, "dtype": key.dtype, "check": key.check}
+        rec = safe_record({"step": None, "reason": "", **rec, "backend": key.backend, "dtype": key.dtype,
+                           "check": key.check})
         if self.transform is not None:
             rec = self.transform(rec)
         with self.lock:
@@ -117,6 +139,18 @@ class Recorder:
             f.write(json.dumps(rec, default=str) + "\n")
         self.write()
 
+    def _fault_dump(self, report: Any) -> str | None:
+        """The crashed worker's faulthandler dump (a segfault's tracebacks), its last 64 KiB."""
+        from conformance.plugin.conftest import fault_dump
+
+        try:
+            path = fault_dump(self.markers, report.node.workerinput["workerid"])
+            data = path.read_bytes()[-OUTPUT_LIMIT:]
+            path.write_bytes(b"")  # its replacement reopens it; nothing of this crash is kept twice
+        except (AttributeError, KeyError, TypeError, OSError):
+            return None
+        return data.decode("utf-8", "replace") or None
+
     def _from_worker(self, key: Key) -> dict[str, Any] | None:
         try:
             return json.loads(record_path(self.out_dir, key).read_text())
@@ -124,6 +158,13 @@ class Recorder:
             return None
 
     # -- pytest hooks ------------------------------------------------------------------------
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """pytest-xdist: each worker (a replacement too) gets the plan and the markers directory
+        from this process, not from files in --out that a backend could have changed."""
+        node.workerinput["mha_plan"] = [asdict(k) for k in self.keys]
+        node.workerinput["mha_markers"] = str(self.markers)
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """pytest-xdist: a worker collected the plan; its node ids come in plan order."""
@@ -138,11 +179,13 @@ class Recorder:
             return
         rec = self._from_worker(key)  # it may have finished its record before dying
         if rec is None:
-            marker = crash_marker(self.out_dir, key.backend)
-            marker.write_text(key.check)
+            mark(self.markers, key.backend, f"crashed a worker process earlier in this run (during {key.check})")
             rec = {"outcome": "failed", "reason": f"crashed the worker process during this check (process "
                    f"exit, fatal signal or hard time limit); the worker was replaced and {key.backend}'s "
                    f"remaining checks are not run"}
+            dump = self._fault_dump(report)
+            if dump:
+                rec["output"] = dump
         self.add(key, rec)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -166,4 +209,5 @@ class Recorder:
         self.section["status"] = "interrupted" if interrupted else "incomplete" if missing else "complete"
         self.section["finished"] = now()
         self.write(force=True)
+        shutil.rmtree(self.markers, ignore_errors=True)
         return missing
