@@ -1,0 +1,152 @@
+"""Poisoned positions: inputs the spec says cannot matter hold huge finite values, and nothing they cannot reach moves.
+
+Two kinds of positions cannot matter to some rows: a padded token's input (the padding mask
+masks its key for every query) and, under causal attention, a token after position t (rows
+0..t never see it). `poisoned_inputs` replaces those tokens' inputs by the largest finite values
+that keep every number the compared rows depend on finite in dtype D: the poisoned tokens' inputs
+and projections (Q, K, V) and every score of a compared row against a poisoned key, each within
+a quarter of D's largest finite number (POISON_HEADROOM: a correct backend's own order of
+summation may round up), bounded as sums of absolute values so that any order of the sums stays
+finite. The poisoned tokens' own rows are not compared (a padded token is still a query, and its
+output depends on its own input); their scores against other poisoned tokens may overflow.
+
+The compared rows, those neither poisoned nor decided by a declared row convention
+(`Runner.property_rows`), must equal the backend's own clean run (`Runner.assert_same`; the
+spec's golden sets only the scale). A masked key must contribute exactly nothing: a finite
+sentinel added to its score (-1e9, float16's -1e4) or a softmax whose max is taken before
+masking lets a poisoned key through, though both pass every check on moderate inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from conformance.suite import strategies as cs
+from conformance.suite.case import Case, round_to
+from conformance.suite.checks import check
+from conformance.suite.reference import forward_golden_and_plain
+from spec.config import numpy_dtype
+
+#: Poison reaches D's largest finite number divided by this: room for a backend's rounding and
+#: order of summation (each bound below is a sum of absolute values, already past any order's).
+POISON_HEADROOM = 4.0
+#: Padding layouts the check draws: left (early causal queries see little), right (the usual
+#: batch padding: under causal the padded tokens are also future tokens), random.
+POISON_PADDINGS = ("left", "right", "random")
+
+
+def _requires(backend) -> str | None:
+    caps = backend.capabilities
+    if caps.causal or caps.key_padding_mask:
+        return None
+    return "neither causal attention nor key padding masks: no position the spec says cannot matter"
+
+
+def _largest(dtype: str) -> float:
+    import ml_dtypes  # lazily, as spec.config does: np.finfo knows no bfloat16
+
+    return float(ml_dtypes.finfo(numpy_dtype(dtype)).max)
+
+
+def poisoned_tokens(case: Case) -> np.ndarray:
+    """[B, T] bool: the tokens whose inputs are poisoned (padded, and past t under causal attention)."""
+    poison = np.zeros((case.B, case.T), dtype=bool) if case.key_padding_mask is None else ~case.key_padding_mask
+    if case.config.causal:
+        poison[:, case.extra["t"] + 1:] = True
+    return poison
+
+
+def compared_rows(run, case: Case) -> np.ndarray:
+    """[B, T] bool: rows no poisoned input may reach and no declared convention decides."""
+    return run.property_rows(case.config, case.key_padding_mask, case.B, case.T) & ~poisoned_tokens(case)
+
+
+def _score_bound(qa: np.ndarray, ka: np.ndarray, H: int) -> np.ndarray:
+    """[B, H, T, T] bound on |q_i . k_j| per head in any order of summation, from |Q|, |K| [B, T, d_out]."""
+    B, T, d_out = qa.shape
+    qh = qa.reshape(B, T, H, d_out // H).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+    kh = ka.reshape(B, T, H, d_out // H).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+    return qh @ kh.swapaxes(-1, -2)  # (B, H, T, T)
+
+
+def poisoned_inputs(case: Case) -> np.ndarray:
+    """x with each poisoned token's input a random direction scaled as far as D allows (see the module doc)."""
+    p, H = case.params, case.config.n_heads
+    limit = _largest(case.dtype) / POISON_HEADROOM
+    poison = poisoned_tokens(case)
+    rng = np.random.default_rng(case.extra["poison_seed"])
+    u = rng.standard_normal(case.x.shape) * poison[..., None]  # (B, T, d_in), zero where clean
+    u /= np.maximum(np.abs(u).max(-1, keepdims=True), 1e-300)  # |u| <= 1: x = c u needs c <= limit
+    au, ax = np.abs(u), np.abs(case.x) * ~poison[..., None]
+    Ws = [np.abs(W) for W in (p.W_q, p.W_k, p.W_v)]
+    bs = [0.0 if b is None else np.abs(b) for b in (p.b_q, p.b_k, p.b_v)]
+    unit = [au @ W.T for W in Ws]  # (B, T, d_out): |projection| per unit of c, bias apart
+    clean = [ax @ W.T + b for W, b in zip(Ws, bs)]  # (B, T, d_out): the clean tokens' |Q|, |K|, |V| bounds
+    c = np.full((case.B, case.T), limit)  # the input itself
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a bound past float64's range binds nothing
+        for a, b in zip(unit, bs):
+            c = np.minimum(c, (limit - np.max(b, initial=0.0)) / a.max(-1))
+        # scores of clean queries against poisoned keys and back, linear in c
+        lin_k = _score_bound(clean[0], unit[1], H).max(2).min(1)  # (B, T): over queries, worst head
+        lin_q = _score_bound(unit[0], clean[1], H).max(3).min(1)
+        c = np.minimum(c, (limit / 2) / lin_k)  # half: the bias adds at most as much again
+        c = np.minimum(c, (limit / 2) / lin_q)
+        c = np.where(poison, c, 0.0)
+        # scores between two poisoned tokens, quadratic in c: shrink the poison until every score fits
+        for _ in range(8):
+            qa = clean[0] + c[..., None] * unit[0] + bs[0] * poison[..., None]
+            ka = clean[1] + c[..., None] * unit[1] + bs[1] * poison[..., None]
+            worst = float(np.max(_score_bound(qa, ka, H), initial=0.0))
+            if worst <= limit:
+                break
+            c = c * min(0.999, np.sqrt(limit / worst))
+    x = case.x.copy()
+    x[poison] = round_to(u[poison] * c[poison][:, None], case.dtype)
+    return x
+
+
+@st.composite
+def poison_cases(draw, caps, dtype):
+    """A case of the size regime, its causal split t (rows 0..t compared) and a padding layout."""
+    case = draw(cs.cases(caps, dtype, padding=False, min_tokens=2, large=True))
+    B, T = case.B, case.T
+    kinds = (POISON_PADDINGS if caps.key_padding_mask else ()) + (("none",) if case.config.causal else ())
+    kind = draw(st.sampled_from(kinds))
+    kpm = None
+    if kind != "none":
+        kpm = np.ones((B, T), dtype=bool)
+        n = draw(st.integers(1, T - 1))  # padded tokens per row: at least one, never all
+        if kind == "left":
+            kpm[:, :n] = False
+        elif kind == "right":
+            kpm[:, T - n:] = False
+        else:
+            rng = np.random.default_rng(case.seed + 1)
+            for b in range(B):
+                kpm[b, rng.choice(T, size=n, replace=False)] = False
+    t = T - 1  # non-causal: only the padded tokens are poisoned
+    if case.config.causal:
+        # rows 0..t are compared: t at or past some row's first unpadded token, and, without
+        # padding, short of the last token (something must be poisoned)
+        first = 0 if kpm is None else int(np.argmax(kpm, axis=1).min())
+        t = draw(st.integers(first, T - 1 if kind != "none" else T - 2))
+    return case.with_(key_padding_mask=kpm,
+                      extra={**case.extra, "t": t, "padding": kind, "poison_seed": draw(st.integers(0, 2**31 - 1))})
+
+
+@check(step=None, strategy=poison_cases, requires=_requires)
+def poisoned_positions_ignored(run, case):
+    """Huge finite inputs at padded tokens (and causal future tokens) leave every other row as in the clean run."""
+    rows = compared_rows(run, case)
+    if not rows.any():  # every compared row is decided by a declared convention: nothing to judge
+        return
+    x = poisoned_inputs(case)
+    clean = run.forward(case)
+    dirty = run.forward(case.with_(x=x))
+    golden, plain = forward_golden_and_plain(case)  # the allowance's scale only
+    t = case.extra["t"]
+    where = f"padded tokens{f' and tokens {t + 1}..' if case.config.causal and t < case.T - 1 else ''}"
+    run.assert_same(f"{int(rows.sum())} rows that never see the poisoned inputs ({where}, up to "
+                    f"{float(np.max(np.abs(x), initial=0.0)):.3g}) vs the clean run",
+                    dirty, clean, golden, plain, rows)
