@@ -14,7 +14,7 @@ import numpy as np
 
 from conformance.mutants.base import PlainBackend, work_dtype
 from conformance.mutants.cache import CACHE_MUTANTS
-from conformance.mutants.backward import BACKWARD_MUTANTS
+from conformance.mutants.backward import BACKWARD_MUTANTS, BACKWARD_SIZE_MUTANTS
 from conformance.mutants.sized import SIZE_MUTANTS
 from spec.config import AttentionConfig
 from spec.params import Params
@@ -158,12 +158,13 @@ class PaddingZeroedAfterExp(PlainBackend):
         s = attn_scores.astype(work_dtype(attn_scores.dtype))
         s = s * s.dtype.type(self.scale(config))
         s = np.where(self.mask(config, B, Tq, Tk, None), -np.inf, s)  # causal: -inf, as it should be
-        visible = np.where(self.mask(config, B, Tq, Tk, key_padding_mask), -np.inf, s)
-        m = visible.max(axis=-1, keepdims=True)  # (B, H, Tq, 1)
+        masked = self.mask(config, B, Tq, Tk, key_padding_mask)  # (B, 1, Tq, Tk)
+        m = np.where(masked, -np.inf, s).max(axis=-1, keepdims=True)  # (B, H, Tq, 1): the visible keys' max
         with np.errstate(over="ignore", invalid="ignore"):
             e = np.exp(s - np.where(np.isfinite(m), m, 0)) * key_padding_mask[:, None, None, :]  # 0 x exp(...)
             total = e.sum(axis=-1, keepdims=True)
             w = e / np.where(total > 0, total, 1)  # a NaN total stays NaN
+        w = np.where(masked.all(-1, keepdims=True), 0, w)  # rows with no visible key: zero, as they should be
         if dropout_mask is not None:
             w = self.dropout(w, dropout_mask, config.dropout_p)
         return w.astype(attn_scores.dtype)
@@ -354,7 +355,8 @@ MUTANTS: list[type[PlainBackend]] = [
     ScaleByDOut, NoScale, SelfMasked, FutureLeak, PaddingInverted, FiniteSentinel, MaskAfterSoftmax,
     SoftmaxWrongAxis, NoMaxSubtraction, DropoutScaledByP, DropoutInEval, KVSwapped, WqWkSwapped,
     Untransposed, NoOutputBias, SplitWrongOrder, NoPermuteBack, BatchMixed, DropsTailBlock,
-    Float16Scores, MutatesInput, CachedMask, PaddingAddsSentinel, PaddingZeroedAfterExp, *SIZE_MUTANTS, *CACHE_MUTANTS, *BACKWARD_MUTANTS,
+    Float16Scores, MutatesInput, CachedMask, PaddingAddsSentinel, PaddingZeroedAfterExp, *SIZE_MUTANTS,
+    *CACHE_MUTANTS, *BACKWARD_MUTANTS, *BACKWARD_SIZE_MUTANTS,
 ]
 
 

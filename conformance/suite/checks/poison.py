@@ -78,12 +78,14 @@ def poisoned_inputs(case: Case) -> np.ndarray:
     rng = np.random.default_rng(case.extra["poison_seed"])
     u = rng.standard_normal(case.x.shape) * poison[..., None]  # (B, T, d_in), zero where clean
     u /= np.maximum(np.abs(u).max(-1, keepdims=True), 1e-300)  # |u| <= 1: x = c u needs c <= limit
-    au, ax = np.abs(u), np.abs(case.x) * ~poison[..., None]
-    Ws = [np.abs(W) for W in (p.W_q, p.W_k, p.W_v)]
-    bs = [0.0 if b is None else np.abs(b) for b in (p.b_q, p.b_k, p.b_v)]
+    # the bounds of two poisoned tokens' scores are squares of float64's range: long double there
+    work = np.longdouble if case.dtype == "float64" else np.float64
+    au, ax = np.abs(u).astype(work), (np.abs(case.x) * ~poison[..., None]).astype(work)
+    Ws = [np.abs(W).astype(work) for W in (p.W_q, p.W_k, p.W_v)]
+    bs = [work(0.0) if b is None else np.abs(b).astype(work) for b in (p.b_q, p.b_k, p.b_v)]
     unit = [au @ W.T for W in Ws]  # (B, T, d_out): |projection| per unit of c, bias apart
     clean = [ax @ W.T + b for W, b in zip(Ws, bs)]  # (B, T, d_out): the clean tokens' |Q|, |K|, |V| bounds
-    c = np.full((case.B, case.T), limit)  # the input itself
+    c = np.full((case.B, case.T), limit, dtype=work)  # the input itself
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a bound past float64's range binds nothing
         for a, b in zip(unit, bs):
             c = np.minimum(c, (limit - np.max(b, initial=0.0)) / a.max(-1))
@@ -97,12 +99,12 @@ def poisoned_inputs(case: Case) -> np.ndarray:
         for _ in range(8):
             qa = clean[0] + c[..., None] * unit[0] + bs[0] * poison[..., None]
             ka = clean[1] + c[..., None] * unit[1] + bs[1] * poison[..., None]
-            worst = float(np.max(_score_bound(qa, ka, H), initial=0.0))
+            worst = np.max(_score_bound(qa, ka, H), initial=0.0)
             if worst <= limit:
                 break
             c = c * min(0.999, np.sqrt(limit / worst))
     x = case.x.copy()
-    x[poison] = round_to(u[poison] * c[poison][:, None], case.dtype)
+    x[poison] = round_to(u[poison] * c[poison].astype(np.float64)[:, None], case.dtype)
     return x
 
 
