@@ -124,7 +124,7 @@ class BufferKV:
 
 
 class CacheWrittenInPlace(PlainBackend):
-    """decode writes the new keys and values into the buffers of the cache it was given: a second decode from that cache overwrites the first's.
+    """decode writes the new keys and values into the buffers of the cache it was given (a static cache).
 
     A static cache (preallocated to the prompt plus HEADROOM tokens, grown by doubling) whose
     decode returns a longer view of the same buffers. Each cache passed once decodes right;

@@ -119,7 +119,7 @@ class CachedMask(PlainBackend):
 
 
 class PaddingAddsSentinel(PlainBackend):
-    """Padded keys masked by adding a finite -1e9 to their scores instead of -inf: a padded key scoring past 1e9 wins.
+    """Padded keys masked by adding a finite -1e9 to their scores instead of -inf: a score past 1e9 wins.
 
     The additive "extended attention mask" of older Transformer code ((1 - mask) * -1e9 added
     to the scores); rows with no visible key are zeroed, as SDPA-style kernels do. Only a
@@ -142,7 +142,7 @@ class PaddingAddsSentinel(PlainBackend):
 
 
 class PaddingZeroedAfterExp(PlainBackend):
-    """Padded keys zeroed by multiplying their exponentials by 0: a padded key's exp overflows and 0 x inf = NaN enters the sum.
+    """Padded keys zeroed by multiplying their exponentials by 0: exp overflows and 0 x inf = NaN enters the sum.
 
     Keras-style masked softmax: e = exp(s - m) * mask, m the row's max over the visible keys.
     A padded key scoring 89 past that max (float32) overflows exp; on moderate scores it is

@@ -221,7 +221,11 @@ def _decode_chunks(run, x, kpm, cache, w, config, a: int, chunks: list[int], bra
 
 @check(step=None, strategy=branching_cases, requires=_requires_cache)
 def decode_branches_from_one_cache(run, case):
-    """Two continuations decoded from one cache (A's first chunk, then B's, then the rest of each, then A's first again) each give the spec's outputs: decode leaves its input cache unchanged."""
+    """Two continuations decoded from one cache each give the spec's outputs: decode leaves its input cache unchanged.
+
+    After a prefill of t tokens: branch A's first chunk, then branch B's (other tokens) from the
+    same cache, then the rest of each from its own cache, then A's first chunk a third time.
+    """
     t, (n, rest) = case.extra["prefill"], case.extra["chunks"]
     x, kpm, config = case.x, case.key_padding_mask, case.config
     rng = np.random.default_rng(case.extra["branch_seed"])

@@ -86,19 +86,20 @@ def poisoned_inputs(case: Case) -> np.ndarray:
     unit = [au @ W.T for W in Ws]  # (B, T, d_out): |projection| per unit of c, bias apart
     clean = [ax @ W.T + b for W, b in zip(Ws, bs)]  # (B, T, d_out): the clean tokens' |Q|, |K|, |V| bounds
     c = np.full((case.B, case.T), limit, dtype=work)  # the input itself
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a bound past float64's range binds nothing
+    # a bound past the working range binds nothing: inf, and the minimum takes the others
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         for a, b in zip(unit, bs):
             c = np.minimum(c, (limit - np.max(b, initial=0.0)) / a.max(-1))
         # scores of clean queries against poisoned keys and back, linear in c
         lin_k = _score_bound(clean[0], unit[1], H).max(2).min(1)  # (B, T): over queries, worst head
         lin_q = _score_bound(unit[0], clean[1], H).max(3).min(1)
-        c = np.minimum(c, (limit / 2) / lin_k)  # half: the bias adds at most as much again
+        c = np.minimum(c, (limit / 2) / lin_k)  # half the room: the biases' share is checked below
         c = np.minimum(c, (limit / 2) / lin_q)
         c = np.where(poison, c, 0.0)
-        # scores between two poisoned tokens, quadratic in c: shrink the poison until every score fits
+        # every score, those between two poisoned tokens quadratic in c: shrink until all fit
         for _ in range(8):
-            qa = clean[0] + c[..., None] * unit[0] + bs[0] * poison[..., None]
-            ka = clean[1] + c[..., None] * unit[1] + bs[1] * poison[..., None]
+            qa = clean[0] + c[..., None] * unit[0]  # (B, T, d_out): |Q| bound, the bias in `clean`
+            ka = clean[1] + c[..., None] * unit[1]
             worst = np.max(_score_bound(qa, ka, H), initial=0.0)
             if worst <= limit:
                 break
