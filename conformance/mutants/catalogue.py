@@ -123,7 +123,8 @@ class PaddingAddsSentinel(PlainBackend):
 
     The additive "extended attention mask" of older Transformer code ((1 - mask) * -1e9 added
     to the scores); rows with no visible key are zeroed, as SDPA-style kernels do. Only a
-    padded key whose own score is huge shows it: the poisoned-positions check.
+    padded key whose own score passes 1e9 shows it: a poisoned padded token, or step 8 fed
+    such scores directly.
     """
 
     name = "mutant-padding-adds-sentinel"
@@ -146,7 +147,7 @@ class PaddingZeroedAfterExp(PlainBackend):
 
     Keras-style masked softmax: e = exp(s - m) * mask, m the row's max over the visible keys.
     A padded key scoring 89 past that max (float32) overflows exp; on moderate scores it is
-    exactly right, so only the poisoned-positions check sees it.
+    exactly right: poisoned padded tokens, large scores and padding together show it.
     """
 
     name = "mutant-padding-zeroed-after-exp"
