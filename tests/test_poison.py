@@ -97,6 +97,15 @@ def test_drawn_cases_poison_something_and_compare_something():
     each()
 
 
+class _CausalNoPadding(PlainBackend):
+    capabilities = Capabilities(dtypes=("float32",), causal=True, non_causal=True, key_padding_mask=False)
+
+
+def test_without_padding_only_causal_cases_are_drawn_and_a_correct_backend_passes():
+    r = run_check(get(CHECK), _CausalNoPadding(), "float32", seed=5)
+    assert r.outcome == "passed", r.reason
+
+
 class _NoMasks(PlainBackend):
     capabilities = Capabilities(dtypes=("float32",), causal=False, non_causal=True)
 

@@ -126,7 +126,9 @@ def poisoned_inputs(case: Case) -> np.ndarray:
 @st.composite
 def poison_cases(draw, caps, dtype):
     """A case of the size regime, its causal split t (rows 0..t compared) and a padding layout."""
-    case = draw(cs.cases(caps, dtype, padding=False, min_tokens=2, large=True, budget_scale=POISON_BUDGET_SCALE))
+    causal = None if caps.key_padding_mask else True  # without padding only future tokens can be poisoned
+    case = draw(cs.cases(caps, dtype, causal=causal, padding=False, min_tokens=2, large=True,
+                         budget_scale=POISON_BUDGET_SCALE))
     B, T = case.B, case.T
     kinds = (POISON_PADDINGS if caps.key_padding_mask else ()) + (("none",) if case.config.causal else ())
     kind = draw(st.sampled_from(kinds))
