@@ -179,11 +179,18 @@ class Backend:
     #     n >= 1 new tokens x_new [B, n, d_in] -> y_new [B, n, d_out] in x_new's dtype, the
     #     new queries attending over the t cached tokens and the new ones, causal aligned
     #     bottom-right (new token i is position t + i); key_padding_mask [B, n] covers the new
-    #     tokens only: the earlier tokens' padding lives in the cache. decode must leave the
-    #     cache it is given usable, as the spec's does (it returns a new one): the checks pass
-    #     each cache once, the decode bench times decode on one cache again and again.
+    #     tokens only: the earlier tokens' padding lives in the cache. With causal=False a
+    #     decode step's n new queries see every unpadded cached token and all n new tokens,
+    #     the later ones in the chunk too (no causal mask; only a single chunk after the
+    #     prompt equals forward on the whole sequence). decode must leave the cache it is
+    #     given unchanged and usable, as the spec's does (it returns a new one): the check
+    #     decode_branches_from_one_cache decodes two continuations from one cache, and the
+    #     decode bench times decode on one cache again and again.
+    #     dtype: the cache holds K and V in the dtype of the prompt x (the dtype under test,
+    #     never widened or narrowed), and decode gets x_new in that same dtype.
     # cache_kv(cache) -> (K, V)  (Capabilities.cache_arrays)
-    #     native arrays [B, H, t, head_dim]: each head's keys and values, as spec.cache.Cache.
+    #     native arrays [B, H, t, head_dim] in the prompt's dtype (checked): each head's keys
+    #     and values, as spec.cache.Cache.
     # -- gradients (optional; declare Capabilities(gradients=True)) -------------------------
     def forward_for_grad(self, x: Any, weights: Any, config: AttentionConfig, *,
                          key_padding_mask: Any = None, dropout_mask: Any = None,

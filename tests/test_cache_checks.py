@@ -178,3 +178,12 @@ def test_decode_bench_quick_writes_its_figures_beside_the_forward_and_the_report
     md = markdown.render(report)
     assert "decode, float32" in html.render(report)
     assert "### here: decode, float32" in md and "% of copy bandwidth" in md and "B=8 L=8192" in md
+
+
+def test_a_decode_writing_into_its_input_cache_passes_single_use_and_fails_branching():
+    from conformance.mutants.cache import CacheWrittenInPlace
+
+    for check in ("decode_token_by_token", "decode_in_chunks", "cache_holds_spec_kv"):
+        assert run_check(get(check), CacheWrittenInPlace(), "float32", seed=1).outcome == "passed", check
+    r = run_check(get("decode_branches_from_one_cache"), CacheWrittenInPlace(), "float32", seed=1)
+    assert r.outcome == "failed" and "branch A" in r.reason and "from the same cache" in r.reason, r.reason

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conformance.mutants.backward import BACKWARD_MUTANTS, NoRowTerm, NoScaleInDK
+from conformance.mutants.backward import BACKWARD_MUTANTS, BACKWARD_SIZE_MUTANTS, NoRowTerm, NoScaleInDK
 from conformance.mutants.base import PlainBackend
 from conformance.suite.calls import Runner
 from conformance.suite.checks import CheckFailure, catalogue
@@ -215,3 +215,61 @@ def test_fwd_bwd_timing_and_flops():
                      memory=False, op="prepare_fwd_bwd")
     assert t.error is None and len(t.samples) >= 3 and all(s > 0 for s in t.samples)
     assert len(calls) >= len(t.samples)  # each timed sample ran a backward
+
+
+# -- the size classes' edges within the gradient budget (issue #28, item 6) -------------------------
+class _Declares:
+    def __init__(self, dtype: str):
+        from impls.base import Capabilities
+
+        self.capabilities = Capabilities(dtypes=(dtype,), gradients=True)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_grads_match_spec_runs_fixed_examples_past_head_dim_64_and_t_256_at_every_dtype(dtype):
+    from conformance.suite import profiles
+    from conformance.suite import sizes as sz
+    from conformance.suite.checks import get
+    from conformance.suite.checks.gradients import GRAD_BUDGET_SCALE
+
+    profiles.load("default")
+    cases = get("grads_match_spec").explicit_cases(_Declares(dtype), dtype)
+    shapes = [sz.Sizes(c.B, c.T, c.config.d_in, c.config.n_heads, c.config.head_dim) for c in cases]
+    budget = profiles.LARGE_BUDGET_S["default"] * GRAD_BUDGET_SCALE
+    assert all(sz.affordable(dtype, s, budget) for s in shapes)
+    assert all("grad_seed" in c.extra for c in cases)
+    for name in ("H>8", "head_dim>64", "d_in>64, not a multiple of 64", "B*H>32"):
+        assert sum(sz.SIZE_CLASSES[name](s) for s in shapes) >= 1, name
+    long = sorted(s.T for s in shapes if s.T > 256)
+    assert long[0] == 257 and long[-1] > 400  # one past a 256-row tile, and the longest that fits
+
+
+_GRAD_PAST = {"mutant-bwd-head-dim-tail": dict(head_dim=72), "mutant-bwd-query-tile-dropped": dict(T=300)}
+
+
+@pytest.mark.parametrize("mutant", BACKWARD_SIZE_MUTANTS, ids=[m.name for m in BACKWARD_SIZE_MUTANTS])
+def test_backward_size_mutants_are_right_at_the_old_sizes_and_wrong_past_their_threshold(mutant):
+    def grads(cls, B=3, T=129, d_in=24, H=4, head_dim=8):  # the old strategies' largest
+        case = case_from(AttentionConfig(d_in=d_in, d_out=H * head_dim, n_heads=H), B, T, "float64", seed=3)
+        return Runner(cls(), "float64").grads(case, _grad_out(case))
+
+    ok, bad = grads(PlainBackend), grads(mutant)
+    assert all(np.array_equal(ok[k], bad[k]) for k in ok)
+    past = _GRAD_PAST[mutant.name]
+    ok, bad = grads(PlainBackend, **past), grads(mutant, **past)
+    assert np.array_equal(ok["out"], bad["out"])  # the forward is right
+    assert not np.allclose(ok["dW_v"], bad["dW_v"], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("mutant", BACKWARD_SIZE_MUTANTS, ids=[m.name for m in BACKWARD_SIZE_MUTANTS])
+def test_grads_match_spec_kills_the_backward_size_mutants_with_its_fixed_examples(mutant, dtype):
+    from conformance.suite import profiles
+    from conformance.suite.checks import get
+    from conformance.suite.engine import run_check
+
+    # the kill table's profile: its budget puts T near 411 in float16 (quick's 0.1 s stops near
+    # 270, where one dropped query row of 257 or 270 is within float16's tolerance)
+    profiles.load("mutants")
+    r = run_check(get("grads_match_spec"), mutant(), dtype, seed=1)
+    assert r.outcome == "failed" and "dW_v" in r.reason, r.reason

@@ -132,3 +132,17 @@ def test_model_is_not_far_below_a_measurement():
 
     for r in measure([sz.Sizes(1, 513, 16, 8, 8)], ["float64", "float16"], repeats=2):
         assert r["seconds"] < 3 * r["model_s"], r
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradient_representatives_take_each_class_once_and_t_past_256(dtype):
+    budget = BUDGET / 16
+    reps = sz.representatives(dtype, budget, first_edges=True, long_past=256)
+    names = [n for n, _ in reps]
+    for name in set(names) - {"T>256"}:
+        assert names.count(name) == 1 and sz.SIZE_CLASSES[name](dict(reps)[name])
+    tokens = [s.T for n, s in reps if n == "T>256"]
+    assert tokens[0] == 257 and tokens[-1] == sz._Draw(dtype, budget, False, 1, 1, sz.MAX_TOKENS).max_fit("T", 4096)
+    assert all(sz.affordable(dtype, s, budget) for _, s in reps)
+    # the defaults are unchanged: every edge of every class, the longest T labelled T>512
+    assert all(n in sz.SIZE_CLASSES for n, _ in sz.representatives(dtype, BUDGET))

@@ -117,7 +117,47 @@ class DxQueryPathOnly(BackwardMutant):
         return dQ @ weights.W_q, d
 
 
+class BackwardHeadDimTail(BackwardMutant):
+    """dv accumulated in 64-wide head_dim vectors; past head_dim 64 the tail vector is never written (zero).
+
+    The backward twin of mutant-head-dim-tail: right for head_dim <= 64 and multiples of 64,
+    wrong at 72, 111, 160, ... Only the gradient checks' examples past head_dim 64 see it.
+    """
+
+    name = "mutant-bwd-head-dim-tail"
+    width = 64
+
+    def context_vjp(self, d_context, attn_weights, v):
+        d_weights, dv = super().context_vjp(d_context, attn_weights, v)
+        hd = v.shape[-1]
+        if hd > self.width:
+            dv[..., hd // self.width * self.width:] = 0  # (B, H, Tk, hd): whole vectors only
+        return d_weights, dv
+
+
+class BackwardQueryTileDropped(BackwardMutant):
+    """Backward in 256-row query tiles; past T = 256 the last partial tile is never computed (its rows add nothing).
+
+    The backward twin of mutant-query-tile-dropped: a launch of T // 256 query tiles instead
+    of ceil(T / 256), right for T <= 256 and multiples of 256, wrong at T = 257, 300, 411, ...:
+    those queries' dq is zero and their share of dk and dv is missing.
+    """
+
+    name = "mutant-bwd-query-tile-dropped"
+    tile = 256
+
+    def context_vjp(self, d_context, attn_weights, v):
+        Tq = d_context.shape[-2]
+        if Tq > self.tile:
+            d_context = d_context.copy()
+            d_context[..., Tq // self.tile * self.tile:, :] = 0  # (B, H, Tq, hd): the partial tile's rows
+        return super().context_vjp(d_context, attn_weights, v)
+
+
 #: The backward mutants, in table order.
 BACKWARD_MUTANTS: list[type[PlainBackend]] = [NoRowTerm, NoScaleInDK, NoCausalMaskInBackward, DropoutRedrawn,
                                               DKDVSwapped, WeightGradTransposed, BiasGradWrongAxis,
                                               GradsAccumulated, DxQueryPathOnly]
+#: Backward mutants whose bugs show only past the old sizes (head_dim 8, T 129): only the gradient
+#: checks' fixed examples at the size classes' edges (`grad_representatives`) are sure to reach them.
+BACKWARD_SIZE_MUTANTS: list[type[PlainBackend]] = [BackwardHeadDimTail, BackwardQueryTileDropped]

@@ -4,11 +4,13 @@ Their forward is `PlainBackend`'s and correct: only the cache checks
 (`conformance.suite.checks.cache`) can kill them. The bugs are those of real decoders: the
 causal mask aligned top-left when Tq != Tk (`is_causal=True` in SDPA), the new key appended
 before the scores and again for them, a cache write one position off, a cache never
-updated, the wrong tensor cached (the tokens x, or K in V's slot), and the prompt's padding
-dropped from the cache.
+updated, the wrong tensor cached (the tokens x, or K in V's slot), the prompt's padding
+dropped from the cache, and a static cache whose decode writes into the buffers it was given.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -99,6 +101,62 @@ class CachePaddingIgnored(PlainBackend):
         return super().prefill(x, weights, config)  # the mask never reaches the cache
 
 
+@dataclass(frozen=True)
+class BufferKV:
+    """A cache of t tokens in the first t slots of preallocated buffers (a static cache)."""
+
+    buf_k: np.ndarray  # (B, H, capacity, hd)
+    buf_v: np.ndarray  # (B, H, capacity, hd)
+    buf_mask: np.ndarray  # (B, capacity) bool
+    t: int
+
+    @property
+    def k(self) -> np.ndarray:
+        return self.buf_k[:, :, :self.t]  # (B, H, t, hd)
+
+    @property
+    def v(self) -> np.ndarray:
+        return self.buf_v[:, :, :self.t]  # (B, H, t, hd)
+
+    @property
+    def key_padding_mask(self) -> np.ndarray:
+        return self.buf_mask[:, :self.t]  # (B, t)
+
+
+class CacheWrittenInPlace(PlainBackend):
+    """decode writes the new keys and values into the buffers of the cache it was given (a static cache).
+
+    A static cache (preallocated to the prompt plus HEADROOM tokens, grown by doubling) whose
+    decode returns a longer view of the same buffers. Each cache passed once decodes right;
+    two continuations from one cache share the slots after it, so the later one's tokens
+    replace the earlier one's (the contract: decode leaves the cache it is given usable).
+    """
+
+    name = "mutant-cache-written-in-place"
+    headroom = 256
+
+    def prefill(self, x, weights, config, *, key_padding_mask=None):
+        c = super().prefill(x, weights, config, key_padding_mask=key_padding_mask)
+        return self._grown(BufferKV(c.k, c.v, c.key_padding_mask, c.k.shape[2]), c.k.shape[2] + self.headroom)
+
+    @staticmethod
+    def _grown(cache: BufferKV, capacity: int) -> BufferKV:
+        B, H, t, hd = cache.k.shape
+        k, v = (np.zeros((B, H, capacity, hd), dtype=cache.k.dtype) for _ in range(2))  # (B, H, capacity, hd)
+        m = np.zeros((B, capacity), dtype=bool)
+        k[:, :, :t], v[:, :, :t], m[:, :t] = cache.k, cache.v, cache.key_padding_mask
+        return BufferKV(k, v, m, t)
+
+    def append(self, cache, k, v, key_padding_mask):
+        t, n = cache.t, k.shape[2]
+        if t + n > cache.buf_k.shape[2]:
+            cache = self._grown(cache, 2 * (t + n))
+        cache.buf_k[:, :, t:t + n] = k  # in place: every cache on these buffers sees it
+        cache.buf_v[:, :, t:t + n] = v
+        cache.buf_mask[:, t:t + n] = key_padding_mask
+        return BufferKV(cache.buf_k, cache.buf_v, cache.buf_mask, t + n)
+
+
 #: The KV-cache mutants, in table order.
 CACHE_MUTANTS: list[type[PlainBackend]] = [CacheTopLeft, CacheSelfTwice, CacheOffByOne, CacheNeverUpdated,
-                                           CacheHoldsX, CacheVHoldsK, CachePaddingIgnored]
+                                           CacheHoldsX, CacheVHoldsK, CachePaddingIgnored, CacheWrittenInPlace]

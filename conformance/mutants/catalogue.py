@@ -14,7 +14,7 @@ import numpy as np
 
 from conformance.mutants.base import PlainBackend, work_dtype
 from conformance.mutants.cache import CACHE_MUTANTS
-from conformance.mutants.backward import BACKWARD_MUTANTS
+from conformance.mutants.backward import BACKWARD_MUTANTS, BACKWARD_SIZE_MUTANTS
 from conformance.mutants.sized import SIZE_MUTANTS
 from spec.config import AttentionConfig
 from spec.params import Params
@@ -116,6 +116,59 @@ class CachedMask(PlainBackend):
         if (B, Tq, Tk) not in cache:
             cache[(B, Tq, Tk)] = super().mask(config, B, Tq, Tk, key_padding_mask)
         return cache[(B, Tq, Tk)]
+
+
+class PaddingAddsSentinel(PlainBackend):
+    """Padded keys masked by adding a finite -1e9 to their scores instead of -inf: a score past 1e9 wins.
+
+    The additive "extended attention mask" of older Transformer code ((1 - mask) * -1e9 added
+    to the scores); rows with no visible key are zeroed, as SDPA-style kernels do. Only a
+    padded key whose own score passes 1e9 shows it: a poisoned padded token, or step 8 fed
+    such scores directly.
+    """
+
+    name = "mutant-padding-adds-sentinel"
+    float16_na = ("float16 scores stay below 65504, so -1e9 added to one always masks it: the leak needs a "
+                  "finite score past 1e9, which float16 cannot hold")
+
+    def attn_weights(self, attn_scores, config, key_padding_mask=None, dropout_mask=None):
+        if key_padding_mask is None:
+            return super().attn_weights(attn_scores, config, None, dropout_mask)
+        B, _, Tq, Tk = attn_scores.shape
+        s = attn_scores.astype(work_dtype(attn_scores.dtype))
+        s = s + np.where(key_padding_mask, 0, s.dtype.type(-1e9))[:, None, None, :]  # (B, 1, 1, Tk) bias
+        w = super().attn_weights(s, config, None, dropout_mask)  # the causal mask still -inf
+        dead = self.mask(config, B, Tq, Tk, key_padding_mask).all(-1, keepdims=True)  # (B, 1, Tq, 1)
+        return np.where(dead, 0, w).astype(attn_scores.dtype)
+
+
+class PaddingZeroedAfterExp(PlainBackend):
+    """Padded keys zeroed by multiplying their exponentials by 0: exp overflows and 0 x inf = NaN enters the sum.
+
+    Keras-style masked softmax: e = exp(s - m) * mask, m the row's max over the visible keys.
+    A padded key scoring 89 past that max (float32) overflows exp; on moderate scores it is
+    exactly right: poisoned padded tokens, large scores and padding together show it.
+    """
+
+    name = "mutant-padding-zeroed-after-exp"
+
+    def attn_weights(self, attn_scores, config, key_padding_mask=None, dropout_mask=None):
+        if key_padding_mask is None:
+            return super().attn_weights(attn_scores, config, None, dropout_mask)
+        B, _, Tq, Tk = attn_scores.shape
+        s = attn_scores.astype(work_dtype(attn_scores.dtype))
+        s = s * s.dtype.type(self.scale(config))
+        s = np.where(self.mask(config, B, Tq, Tk, None), -np.inf, s)  # causal: -inf, as it should be
+        masked = self.mask(config, B, Tq, Tk, key_padding_mask)  # (B, 1, Tq, Tk)
+        m = np.where(masked, -np.inf, s).max(axis=-1, keepdims=True)  # (B, H, Tq, 1): the visible keys' max
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.exp(s - np.where(np.isfinite(m), m, 0)) * key_padding_mask[:, None, None, :]  # 0 x exp(...)
+            total = e.sum(axis=-1, keepdims=True)
+            w = e / np.where(total > 0, total, 1)  # a NaN total stays NaN
+        w = np.where(masked.all(-1, keepdims=True), 0, w)  # rows with no visible key: zero, as they should be
+        if dropout_mask is not None:
+            w = self.dropout(w, dropout_mask, config.dropout_p)
+        return w.astype(attn_scores.dtype)
 
 
 # -- step 8: softmax ------------------------------------------------------------------------------
@@ -303,7 +356,8 @@ MUTANTS: list[type[PlainBackend]] = [
     ScaleByDOut, NoScale, SelfMasked, FutureLeak, PaddingInverted, FiniteSentinel, MaskAfterSoftmax,
     SoftmaxWrongAxis, NoMaxSubtraction, DropoutScaledByP, DropoutInEval, KVSwapped, WqWkSwapped,
     Untransposed, NoOutputBias, SplitWrongOrder, NoPermuteBack, BatchMixed, DropsTailBlock,
-    Float16Scores, MutatesInput, CachedMask, *SIZE_MUTANTS, *CACHE_MUTANTS, *BACKWARD_MUTANTS,
+    Float16Scores, MutatesInput, CachedMask, PaddingAddsSentinel, PaddingZeroedAfterExp, *SIZE_MUTANTS,
+    *CACHE_MUTANTS, *BACKWARD_MUTANTS, *BACKWARD_SIZE_MUTANTS,
 ]
 
 

@@ -243,23 +243,36 @@ REP_BASE = {"B": 1, "T": 17, "d_in": 16, "H": 2, "head_dim": 8}
 
 
 def representatives(dtype: str, budget_s: float, equal_d: bool = False, min_tokens: int = 1,
-                    min_batch: int = 1, max_tokens: int | None = None) -> list[tuple[str, Sizes]]:
+                    min_batch: int = 1, max_tokens: int | None = None, *, first_edges: bool = False,
+                    long_past: int = 512) -> list[tuple[str, Sizes]]:
     """(class, sizes) for each edge of EDGE_VALUES that fits at dtype; every class has its
     first edge here when T up to 4096 is allowed. `matches_spec` runs them first, as explicit
-    examples, so every class and edge is reached at every dtype on every run."""
+    examples, so every class and edge is reached at every dtype on every run.
+
+    The gradient checks, on a sixteenth of the budget, take `first_edges` (each class's first
+    edge that fits) and `long_past=256`: T = 257 and the longest T that fits, labelled "T>256"
+    (T past 512 does not fit their budget in float16 or float64)."""
     d = _Draw(dtype, budget_s, equal_d, min_tokens, min_batch, max_tokens or MAX_TOKENS)
+    member = {**SIZE_CLASSES, f"T>{long_past}": lambda s: s.T > long_past}
+    classes = dict(EDGE_VALUES)
+    if long_past < 512:
+        classes[f"T>{long_past}"] = [{"T": long_past + 1}]
     out = []
-    for name, edges in EDGE_VALUES.items():
+    for name, edges in classes.items():
+        found = 0
         for edge in EQUAL_D_IN_EDGES if equal_d and name.startswith("d_in") else edges:
+            if first_edges and found:
+                break
             for base in (REP_BASE, {}):
                 kw = {**base, **edge}
                 kw["B"], kw["T"] = max(kw.get("B", 1), min_batch), max(kw.get("T", 1), min_tokens)
-                if d.fits(**kw) and SIZE_CLASSES[name](d.with_(**kw)):
+                if d.fits(**kw) and member[name](d.with_(**kw)):
                     out.append((name, d.with_(**kw)))
+                    found += 1
                     break
     longest = d.max_fit("T", MAX_TOKENS)  # the longest T the budget allows, one head of width 1
-    if longest > 512 and all(s.T != longest for _, s in out):
-        out.append(("T>512", d.with_(T=longest)))
+    if longest > long_past and all(s.T != longest for _, s in out):
+        out.append((f"T>{long_past}", d.with_(T=longest)))
     return out
 
 

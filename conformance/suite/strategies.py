@@ -98,12 +98,15 @@ def case_from(config: AttentionConfig, B: int, T: int, dtype: str, seed: int, x_
     return Case(config=config, dtype=dtype, x=x, params=params, seed=seed, x_scale=x_scale)
 
 
-def class_representatives(caps: Capabilities, dtype: str) -> list[Case]:
+def class_representatives(caps: Capabilities, dtype: str, *, budget_scale: float = 1.0,
+                          first_edges: bool = False, long_past: int = 512) -> list[Case]:
     """One fixed case per edge of each size class (`conformance.suite.sizes.representatives`) within
     the backend's capabilities: causal where supported, no bias, unit x and the first weight
-    scale (2: softmax far from uniform, so a dropped key shows). Run first, as explicit examples."""
+    scale (2: softmax far from uniform, so a dropped key shows). Run first, as explicit examples.
+    `budget_scale`, `first_edges`, `long_past`: as `cases` and `sizes.representatives` (gradients)."""
     _, budget = profiles.large_regime()
-    reps = sz.representatives(dtype, budget, caps.d_in_equals_d_out, max_tokens=caps.max_tokens)
+    reps = sz.representatives(dtype, budget * budget_scale, caps.d_in_equals_d_out, max_tokens=caps.max_tokens,
+                              first_edges=first_edges, long_past=long_past)
     param_scale = value_scales(dtype)[1][0]
     out = []
     for _, s in reps:

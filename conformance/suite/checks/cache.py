@@ -144,15 +144,16 @@ def _check_kv(run, case, cache, t: int, what: str, spec_kv: tuple) -> None:
         run.assert_close(f"{what}: {name}", g, want[:, :, :t], p[:, :, :t])
 
 
-def assert_decodes_as_spec(run, case, got: np.ndarray) -> None:
-    """got (the decoded tokens' outputs) within the tolerance model of the spec's decoding."""
+def assert_decodes_as_spec(run, case, got: np.ndarray, what: str = "") -> None:
+    """got (the decoded tokens' outputs) within the tolerance model of the spec's decoding; `what`
+    is added to the failure's description."""
     golden, plain = decode_golden_and_plain(case)
     t = case.extra["prefill"]
     # rows a declared convention decides are left out: what "every key" means mid-decode is the
     # backend's own business; the forward's checks judge those rows against the declaration
     rows = run.property_rows(case.config, case.key_padding_mask, case.B, case.T)[:, t:]
     try:
-        run.assert_close(f"decoded tokens {t}..{case.T - 1} after a prefill of {t}", got[rows], golden[rows],
+        run.assert_close(f"decoded tokens {t}..{case.T - 1} after a prefill of {t}{what}", got[rows], golden[rows],
                          plain[rows])
     except CheckFailure as e:
         if e.tolerance is not None and rows.all() and looks_top_left(case, got, e.tolerance):
@@ -193,6 +194,57 @@ def cache_holds_spec_kv(run, case):
 def decode_long_cache(run, case):
     """Decoding after a prompt of up to 4096 tokens gives the spec's outputs (long caches)."""
     assert_decodes_as_spec(run, case, decode_outputs(run, case))
+
+
+@st.composite
+def branching_cases(draw, caps, dtype):
+    """A case (T >= 3), a prefill of t tokens, a first chunk of n and the rest (two chunks), and the
+    seed of the other branch's tokens."""
+    case = draw(cs.cases(caps, dtype, min_tokens=3))
+    t = draw(st.integers(1, case.T - 2))
+    n = draw(st.integers(1, case.T - t - 1))
+    return case.with_(extra={**case.extra, "prefill": t, "chunks": [n, case.T - t - n],
+                             "branch_seed": draw(st.integers(0, 2**31 - 1))})
+
+
+def _decode_chunks(run, x, kpm, cache, w, config, a: int, chunks: list[int], branch: str) -> tuple[list, object]:
+    """Decode x[:, a:] chunk by chunk from `cache`: ([y per chunk], the last cache)."""
+    ys = []
+    for n in chunks:
+        b = a + n
+        y, cache = run.decode(f"decode of branch {branch}'s tokens {a}..{b - 1} (Tq={n} over Tk={b})", x[:, a:b],
+                              cache, w, config, None if kpm is None else kpm[:, a:b])
+        ys.append(y)  # (B, n, d_out)
+        a = b
+    return ys, cache
+
+
+@check(step=None, strategy=branching_cases, requires=_requires_cache)
+def decode_branches_from_one_cache(run, case):
+    """Two continuations decoded from one cache each give the spec's outputs: decode leaves its input cache unchanged.
+
+    After a prefill of t tokens: branch A's first chunk, then branch B's (other tokens) from the
+    same cache, then the rest of each from its own cache, then A's first chunk a third time.
+    """
+    t, (n, rest) = case.extra["prefill"], case.extra["chunks"]
+    x, kpm, config = case.x, case.key_padding_mask, case.config
+    rng = np.random.default_rng(case.extra["branch_seed"])
+    x_b = x.copy()
+    x_b[:, t:] = round_to(rng.standard_normal(x[:, t:].shape) * case.x_scale, case.dtype)  # B's own tokens
+    w = run.weights(case.params)
+    cache = run.prefill(x[:, :t], w, config, None if kpm is None else kpm[:, :t])
+    ya, cache_a = _decode_chunks(run, x, kpm, cache, w, config, t, [n], "A")
+    yb, cache_b = _decode_chunks(run, x_b, kpm, cache, w, config, t, [n], "B")  # from the same cache as A
+    ya += _decode_chunks(run, x, kpm, cache_a, w, config, t + n, [rest], "A")[0]
+    yb += _decode_chunks(run, x_b, kpm, cache_b, w, config, t + n, [rest], "B")[0]
+    again, _ = _decode_chunks(run, x, kpm, cache, w, config, t, [n], "A")  # the prompt's cache a third time
+    assert_decodes_as_spec(run, case, np.concatenate(ya, axis=1),
+                           f" (branch A, its first chunk of {n} decoded before branch B's from the same cache)")
+    assert_decodes_as_spec(run, case.with_(x=x_b), np.concatenate(yb, axis=1),
+                           f" (branch B: other tokens, its first chunk decoded from the cache branch A used)")
+    first = case.with_(x=x[:, :t + n], key_padding_mask=None if kpm is None else kpm[:, :t + n],
+                       extra={**case.extra, "chunks": [n]})
+    assert_decodes_as_spec(run, first, again[0], " (branch A's first chunk again, after both branches)")
 
 
 # -- the steps with queries apart from keys (no cache needed) -----------------------------------
