@@ -119,6 +119,8 @@ NEEDS: dict[str, tuple[Any, Any]] = {
                     lambda c: f"dropout={c.dropout!r}: the backend's own keep mask is not visible, so whether backward "
                               f"replays it cannot be compared with the spec (a statistical check cannot tell a replayed "
                               f"mask from a redrawn one with the same p)"),
+    "maskable": (lambda c: c.causal or c.key_padding_mask,
+                 "neither causal attention nor key padding masks: no position the spec says cannot matter"),
     "kv_cache": (lambda c: c.kv_cache, "KV-cache decoding not declared (Capabilities.kv_cache)"),
     "cache_arrays": (lambda c: c.cache_arrays, "cache not exposed (Capabilities.cache_arrays)"),
 }

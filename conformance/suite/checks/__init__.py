@@ -36,7 +36,6 @@ class Check:
     fn: Callable
     strategy: Callable  # (capabilities, dtype) -> SearchStrategy[Case]
     needs_step: bool  # the backend must expose `step`
-    requires: Callable  # (backend) -> reason it is unsupported, or None
     examples: Callable | None = None  # (capabilities, dtype) -> cases run first, before the drawn ones
     group: str = "forward"  # the report's group of checks: "forward" or "gradients"
     needs: tuple[str, ...] = ()  # capabilities it needs (impls.base.NEEDS): data, turned into a reason there
@@ -56,7 +55,7 @@ class Check:
             if missing and (not self.any_step or len(missing) == len(self.steps)):
                 reason = (f"steps {' to '.join(map(str, (self.steps[0], self.steps[-1])))} not exposed (fused attention)"
                           if self.any_step else f"steps {missing} not exposed")
-        return reason or self.requires(backend)
+        return reason
 
     def cases(self, backend: object, dtype: str) -> st.SearchStrategy:
         return self.strategy(backend.capabilities, dtype)
@@ -68,15 +67,6 @@ class Check:
 CHECKS: dict[str, Check] = {}
 
 
-def _no_requirement(backend: object) -> None:
-    return None
-
-
-def requires_causal(backend: object) -> str | None:
-    """A check's requirement: the backend runs causal attention (else the reason it is unsupported)."""
-    return None if backend.capabilities.causal else "causal attention is not supported"
-
-
 def everyday_cases(caps, dtype: str):
     """The plain strategy most checks use: moderate values, every option the backend declares."""
     from conformance.suite import strategies as cs
@@ -85,13 +75,13 @@ def everyday_cases(caps, dtype: str):
 
 
 def check(step: int | None, strategy: Callable, needs_step: bool = True,
-          requires: Callable = _no_requirement, examples: Callable | None = None, group: str = "forward",
+          examples: Callable | None = None, group: str = "forward",
           needs: tuple[str, ...] = (), steps: tuple[int, ...] = (), any_step: bool = False):
     """Register `fn` as a check; its name is the function name, its doc the docstring's line.
 
     `needs`: the capabilities it needs, by name (`impls.base.NEEDS`); `steps`: the steps it calls
-    besides its own (all of them, or any one with `any_step`). `requires(backend)` is for a
-    requirement no capability states. `examples(capabilities, dtype)` gives fixed cases
+    besides its own (all of them, or any one with `any_step`): both are data, turned into the
+    unsupported reason by `Capabilities.unmet` and here. `examples(capabilities, dtype)` gives fixed cases
     Hypothesis runs before drawing any.
     """
 
@@ -100,7 +90,7 @@ def check(step: int | None, strategy: Callable, needs_step: bool = True,
         if not doc:
             raise ValueError(f"check {fn.__name__} needs a one-line docstring")
         CHECKS[fn.__name__] = Check(fn.__name__, step, doc, fn, strategy,
-                                    needs_step and step is not None, requires, examples, group,
+                                    needs_step and step is not None, examples, group,
                                     tuple(needs), tuple(steps), any_step)
         return fn
 

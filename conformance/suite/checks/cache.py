@@ -49,20 +49,6 @@ MAX_STEPS = 8
 LONG_DECODE = 3
 
 
-def _requires_cache(backend) -> str | None:
-    return None if backend.capabilities.kv_cache else "KV-cache decoding not declared (Capabilities.kv_cache)"
-
-
-def _requires_cache_padding(backend) -> str | None:
-    if not backend.capabilities.key_padding_mask:
-        return "key padding masks are not supported"
-    return _requires_cache(backend)
-
-
-def _requires_cache_arrays(backend) -> str | None:
-    return None if backend.capabilities.cache_arrays else "cache not exposed (Capabilities.cache_arrays)"
-
-
 @st.composite
 def chunking(draw, T: int, one_by_one: bool) -> tuple[int, list[int]]:
     """(t, chunk sizes): a prefill of t >= 1 tokens, then at most MAX_STEPS chunks up to T."""
@@ -163,34 +149,34 @@ def assert_decodes_as_spec(run, case, got: np.ndarray, what: str = "") -> None:
 
 # -- the checks ----------------------------------------------------------------------------------
 @check(step=None, strategy=lambda caps, dtype: decoding_cases(caps, dtype, one_by_one=True),
-       requires=_requires_cache)
+       needs=("kv_cache",))
 def decode_token_by_token(run, case):
     """Decoding token by token after a prefill of any length gives the full forward's outputs at every position."""
     assert_decodes_as_spec(run, case, decode_outputs(run, case))
 
 
 @check(step=None, strategy=lambda caps, dtype: decoding_cases(caps, dtype, one_by_one=False, large=True),
-       requires=_requires_cache)
+       needs=("kv_cache",))
 def decode_in_chunks(run, case):
     """A prefill then chunks of any sizes (chunked prefill) give the spec's decoding outputs."""
     assert_decodes_as_spec(run, case, decode_outputs(run, case))
 
 
 @check(step=None, strategy=lambda caps, dtype: decoding_cases(caps, dtype, one_by_one=False, padding=True),
-       requires=_requires_cache_padding)
+       needs=("key_padding_mask", "kv_cache"))
 def decode_with_padding(run, case):
     """Padded earlier tokens stay invisible to every later token: the cache keeps their key padding."""
     assert_decodes_as_spec(run, case, decode_outputs(run, case))
 
 
 @check(step=None, strategy=lambda caps, dtype: decoding_cases(caps, dtype, one_by_one=False),
-       requires=lambda b: _requires_cache(b) or _requires_cache_arrays(b))
+       needs=("kv_cache", "cache_arrays"))
 def cache_holds_spec_kv(run, case):
     """The cache holds each head's K and V [B, H, t, head_dim] of the spec after the prefill and every step."""
     assert_decodes_as_spec(run, case, decode_outputs(run, case, check_cache=True))
 
 
-@check(step=None, strategy=long_cache_cases, requires=_requires_cache, examples=longest_cache)
+@check(step=None, strategy=long_cache_cases, needs=("kv_cache",), examples=longest_cache)
 def decode_long_cache(run, case):
     """Decoding after a prompt of up to 4096 tokens gives the spec's outputs (long caches)."""
     assert_decodes_as_spec(run, case, decode_outputs(run, case))
@@ -219,7 +205,7 @@ def _decode_chunks(run, x, kpm, cache, w, config, a: int, chunks: list[int], bra
     return ys, cache
 
 
-@check(step=None, strategy=branching_cases, requires=_requires_cache)
+@check(step=None, strategy=branching_cases, needs=("kv_cache",))
 def decode_branches_from_one_cache(run, case):
     """Two continuations decoded from one cache each give the spec's outputs: decode leaves its input cache unchanged.
 
@@ -248,8 +234,6 @@ def decode_branches_from_one_cache(run, case):
 
 
 # -- the steps with queries apart from keys (no cache needed) -----------------------------------
-def _requires_attention_steps(backend) -> str | None:
-    return None if set(exposed_steps(backend)) & {7, 8, 9} else "steps 7 to 9 not exposed (fused attention)"
 
 
 @st.composite
@@ -259,7 +243,7 @@ def fewer_queries_cases(draw, caps, dtype):
     return case.with_(extra={**case.extra, "Tq": draw(st.integers(1, case.T - 1))})
 
 
-@check(step=None, strategy=fewer_queries_cases, requires=_requires_attention_steps)
+@check(step=None, strategy=fewer_queries_cases, steps=(7, 8, 9), any_step=True)
 def steps_with_fewer_queries(run, case):
     """Steps 7 to 12 with the last Tq < Tk tokens as queries give the step table's shapes and the spec's values."""
     cfg, B, Tk, Tq = case.config, case.B, case.T, case.extra["Tq"]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conformance.suite import strategies as cs
 from conformance.suite.case import round_to
-from conformance.suite.checks import CheckFailure, check, requires_causal
+from conformance.suite.checks import CheckFailure, check
 from conformance.suite.checks.dropout import P_VALUES
 from conformance.suite.checks.localize_backward import first_wrong_vjp
 from conformance.suite.conditioning import decided_output_rows
@@ -28,29 +28,6 @@ from spec.block import sample_dropout_mask
 from spec.config import numpy_dtype
 
 GROUP = "gradients"
-
-
-def _requires_gradients(backend) -> str | None:
-    return None if backend.capabilities.gradients else "gradients not declared (Capabilities.gradients)"
-
-
-def _requires_grad_replay(backend) -> str | None:
-    if not backend.capabilities.gradients:
-        return _requires_gradients(backend)
-    mode = backend.capabilities.dropout
-    if mode == "replay":
-        return None
-    return (f"dropout={mode!r}: the backend's own keep mask is not visible, so whether backward replays it "
-            f"cannot be compared with the spec (a statistical check cannot tell a replayed mask from a "
-            f"redrawn one with the same p)")
-
-
-def _requires_causal_gradients(backend) -> str | None:
-    return _requires_gradients(backend) or requires_causal(backend)
-
-
-def _requires_deterministic_gradients(backend) -> str | None:
-    return _requires_gradients(backend) or (None if backend.capabilities.deterministic else "declared non-deterministic")
 
 
 def grad_out_for(case, seed: int | None = None) -> np.ndarray:
@@ -116,7 +93,7 @@ def grad_representatives(caps, dtype) -> list:
     return [c.with_(extra={**c.extra, "grad_seed": c.T * 7 + c.config.d_out}) for c in reps]
 
 
-@check(step=None, strategy=_sized_grad_cases, requires=_requires_gradients, group=GROUP,
+@check(step=None, strategy=_sized_grad_cases, needs=("gradients",), group=GROUP,
        examples=grad_representatives)
 def grads_match_spec(run, case):
     """Every gradient (dx, dW_q, dW_k, dW_v, dW_o, db_o, db_q/k/v) matches the spec's backward."""
@@ -137,7 +114,7 @@ def _split_grad_cases(draw, caps, dtype, causal=None):
     return case.with_(extra={**case.extra, "t": draw(st.integers(0, case.T - 2))})
 
 
-@check(step=None, strategy=_split_grad_cases, requires=_requires_gradients, group=GROUP)
+@check(step=None, strategy=_split_grad_cases, needs=("gradients",), group=GROUP)
 def grads_linear_in_grad_out(run, case):
     """Gradients for grad_out = g1 + g2 (rows split at t) equal the sum of the gradients for g1 and g2."""
     t = case.extra["t"]
@@ -155,7 +132,7 @@ def grads_linear_in_grad_out(run, case):
 
 
 @check(step=None, strategy=lambda caps, dtype: _split_grad_cases(caps, dtype, causal=True),
-       requires=_requires_causal_gradients, group=GROUP)
+       needs=("gradients", "causal"), group=GROUP)
 def grads_flow_causally(run, case):
     """With grad_out zero past row t, dx is exactly zero past t (a later token never feeds an earlier output)."""
     t = case.extra["t"]
@@ -175,12 +152,7 @@ def _padded_grad_cases(draw, caps, dtype):
     return case.with_(key_padding_mask=kpm)
 
 
-def _requires_padding_gradients(backend) -> str | None:
-    return _requires_gradients(backend) or (
-        None if backend.capabilities.key_padding_mask else "key padding masks are not supported")
-
-
-@check(step=None, strategy=_padded_grad_cases, requires=_requires_padding_gradients, group=GROUP)
+@check(step=None, strategy=_padded_grad_cases, needs=("gradients", "key_padding_mask"), group=GROUP)
 def grads_padded_and_empty_rows(run, case):
     """Padded keys and fully masked queries: no NaN, exactly zero dx where the spec's is, the rest as the spec."""
     g = grad_out_for(case)
@@ -209,7 +181,7 @@ def _large_grad_cases(draw, caps, dtype):
     return _with_grad_seed(draw, draw(cs.large_logit_cases(caps, dtype, target=GRAD_LOGIT_TARGET[dtype])))
 
 
-@check(step=None, strategy=_large_grad_cases, requires=_requires_gradients, group=GROUP)
+@check(step=None, strategy=_large_grad_cases, needs=("gradients",), group=GROUP)
 def grads_finite_at_large_logits(run, case):
     """Scores far past exp's overflow still give finite gradients, matching the spec where D decides every row."""
     g = grad_out_for(case)
@@ -238,7 +210,7 @@ def _dropout_grad_cases(draw, caps, dtype):
     return case.with_(config=config, dropout_mask=mask)
 
 
-@check(step=None, strategy=_dropout_grad_cases, requires=_requires_grad_replay, group=GROUP)
+@check(step=None, strategy=_dropout_grad_cases, needs=("gradients", "grad_replay"), group=GROUP)
 def grads_replay_dropout(run, case):
     """With a given keep mask, backward replays it: the gradients equal the spec's with the same mask."""
     g = grad_out_for(case)
@@ -254,7 +226,7 @@ def _head_perm_grad_cases(draw, caps, dtype):
     return case.with_(extra={**case.extra, "head_perm": list(perm)})
 
 
-@check(step=None, strategy=_head_perm_grad_cases, requires=_requires_gradients, group=GROUP)
+@check(step=None, strategy=_head_perm_grad_cases, needs=("gradients",), group=GROUP)
 def grads_head_permutation_invariant(run, case):
     """Permuting heads consistently permutes the weight gradients the same way and leaves dx unchanged."""
     hd = case.config.head_dim
@@ -269,7 +241,7 @@ def grads_head_permutation_invariant(run, case):
     assert_grads_close(run, case, back, g, f"gradients with heads permuted {case.extra['head_perm']}, permuted back")
 
 
-@check(step=None, strategy=grad_cases, requires=_requires_deterministic_gradients, group=GROUP)
+@check(step=None, strategy=grad_cases, needs=("gradients", "deterministic"), group=GROUP)
 def grads_deterministic(run, case):
     """The same inputs and grad_out twice give bit-identical gradients (no state kept between calls)."""
     g = grad_out_for(case)
