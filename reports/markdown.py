@@ -108,13 +108,20 @@ def _matrix(report: Report) -> list[str]:
             "skipped = this machine lacks something).", "", text(VERDICT_LEGEND), ""]
     head = ["Check"] + [code(c.label) for c in m.columns]
     rows = [["**verdict**"] + [text(backend_verdict(m, i).text) for i in range(len(m.columns))]]
+    nowhere = []  # checks no backend here supports: named once below the table, not as rows of "unsupported"
     for title, checks in m.groups:
-        rows.append([f"**{text(title)}**"] + [""] * len(m.columns))
-        for row in checks:
+        shown = [r for r in checks if any(m.cell(r.name, i).status != "unsupported" for i in range(len(m.columns)))]
+        nowhere += [r.name for r in checks if r not in shown]
+        if shown:
+            rows.append([f"**{text(title)}**"] + [""] * len(m.columns))
+        for row in shown:
             doc = f" — {text(row.doc)}" if row.doc else ""
             rows.append([code(row.name) + doc] + [text(m.cell(row.name, i).text) for i in range(len(m.columns))])
     rows.append(["**totals (records)**"] + [totals_text(t) for t in m.totals])
     out += _table(head, rows) + [""]
+    if nowhere:
+        out += [f"Unsupported by every backend above (outside each one's declared capabilities), so not shown as "
+                f"rows: {', '.join(code(n) for n in nowhere)}.", ""]
     if report.skipped_backends:
         out += ["Skipped backends:", ""]
         out += [f"- {code(c.label)}: {text(c.skip_reason)}" for c in report.skipped_backends]
