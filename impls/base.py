@@ -37,6 +37,10 @@ class Capabilities:
     kv_cache: defines `prefill` and `decode` (KV-cache decoding, see `Backend.prefill`);
     cache_arrays: also `cache_kv`, so the suite checks the cache's K and V against the spec's.
     gradients: provides `forward_for_grad` and `backward` (the block's gradients).
+    grouped_kv: grouped-query attention, any n_kv_heads dividing n_heads (1 = multi-query):
+    W_k, W_v (and b_k, b_v) come with n_kv_heads * head_dim rows, query head h reads K/V head
+    h // (n_heads // n_kv_heads), and `cache_kv` returns [B, n_kv_heads, t, head_dim]. Without
+    it the suite only draws n_kv_heads = n_heads.
     conventions: known, intended departures from the spec, from the fixed menu in
     `spec.conventions.MENU` (e.g. `{"fully_masked_rows": "mean_v"}`): the suite judges
     everything else against the spec adjusted for them, and reports show them beside the verdict.
@@ -55,6 +59,7 @@ class Capabilities:
     kv_cache: bool = False
     cache_arrays: bool = False
     gradients: bool = False
+    grouped_kv: bool = False
     conventions: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
@@ -79,6 +84,9 @@ class Capabilities:
             return "non-causal attention is not supported"
         if config.qkv_bias and not self.qkv_bias:
             return "qkv_bias is not supported"
+        if config.n_kv_heads != config.n_heads and not self.grouped_kv:
+            return (f"grouped K/V heads are not supported (n_kv_heads={config.n_kv_heads} < "
+                    f"n_heads={config.n_heads}; declare Capabilities.grouped_kv)")
         if key_padding_mask and not self.key_padding_mask:
             return "key padding masks are not supported"
         if dropout and self.dropout == "none":
@@ -153,7 +161,8 @@ class Backend:
     #     cache it is given usable, as the spec's does (it returns a new one): the checks pass
     #     each cache once, the decode bench times decode on one cache again and again.
     # cache_kv(cache) -> (K, V)  (Capabilities.cache_arrays)
-    #     native arrays [B, H, t, head_dim]: each head's keys and values, as spec.cache.Cache.
+    #     native arrays [B, n_kv_heads, t, head_dim]: each K/V head's keys and values, as
+    #     spec.cache.Cache (n_kv_heads = H unless grouped; never repeated per query head).
     # -- gradients (optional; declare Capabilities(gradients=True)) -------------------------
     def forward_for_grad(self, x: Any, weights: Any, config: AttentionConfig, *,
                          key_padding_mask: Any = None, dropout_mask: Any = None,
