@@ -115,3 +115,10 @@ def test_each_grouped_mutant_is_killed(mutant, killer, dtype, mutants):
                          ids=lambda m: m.name)
 def test_gradient_and_cache_mutants_have_a_right_forward(mutant, quick):
     assert run_check(get("matches_spec"), mutant(), "float32", seed=3).outcome == "passed"
+
+
+def test_a_grouped_failure_bundle_replays_with_its_kv_heads(tmp_path):
+    case = cs.grouped_representatives(NumpyBackend.capabilities, "float32")[1]
+    loaded, _ = type(case).load(case.save(tmp_path / "case.npz", {}))
+    assert loaded.config == case.config and loaded.config.n_kv_heads == 2
+    assert "n_kv_heads=2" in case.describe() and loaded.params.W_k.shape == (16, 16)
