@@ -45,7 +45,7 @@ class ArrayBackward:
         B, T, d_in = x.shape
         H, hd, d_out = config.n_heads, config.head_dim, config.d_out
         work = weights["work"]
-        Hkv = config.n_kv_heads
+        Hkv = config.kv_heads
         xw = x.astype(work, copy=False).reshape(B * T, d_in)  # (B*T, d_in)
         qkv = xw @ weights["W_qkv_T"]  # (B*T, d_out + 2*d_kv)
         if weights["b_qkv"] is not None:
@@ -128,7 +128,7 @@ class ArrayBackward:
                 dS = P * (dP - D[b, h, i0:i1])  # (..., bq, kend), gradient of the scaled scores
                 dq[b, h, i0:i1] = (dS @ k[b, h, :kend]) * scale
                 dk[b, h, :kend] += dS.swapaxes(-1, -2) @ q[b, h, i0:i1]  # q already carries the scale
-        Hkv, d_kv = config.n_kv_heads, config.d_kv
+        Hkv, d_kv = config.kv_heads, config.d_kv
         if Hkv == H:
             dqkv = dqkv.reshape(B * T, 3 * d_out)  # (B*T, 3*d_out), [dQ | dK | dV] per token
         else:  # a grouped K/V head's gradient is the sum over its query heads (consecutive, h // group)

@@ -34,7 +34,7 @@ class ArrayCache:
     def heads(self, x: Any, weights: Any, config: AttentionConfig) -> tuple[Any, Any, Any]:
         """Steps 4 to 6 on x [B, n, d_in]: q [B, H, n, hd], k, v [B, Hkv, n, hd] (their K/V heads)."""
         Q, K, V = self.project_qkv(x, weights)  # (B, n, d_out), K and V (B, n, d_kv)
-        heads = (config.n_heads, config.n_kv_heads, config.n_kv_heads)
+        heads = (config.n_heads, config.kv_heads, config.kv_heads)
         return tuple(self.group_by_heads(self.split_heads(a, h)) for a, h in zip((Q, K, V), heads))
 
     def keep(self, x: Any, key_padding_mask: Any) -> Any:

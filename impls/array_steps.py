@@ -20,7 +20,7 @@ def fused_qkv_heads(x: Any, weights: dict[str, Any], config: AttentionConfig) ->
     """The fused projection (one matmul for Q, K and V) split into heads: x [B, T, d_in] in the
     work dtype -> q [B, H, T, hd], k, v [B, Hkv, T, hd], views of one (B*T, d_out + 2*d_kv) array."""
     B, T, d_in = x.shape
-    H, Hkv, hd = config.n_heads, config.n_kv_heads, config.head_dim
+    H, Hkv, hd = config.n_heads, config.kv_heads, config.head_dim
     qkv = x.reshape(B * T, d_in) @ weights["W_qkv_T"]  # (B*T, d_out + 2*d_kv)
     if weights["b_qkv"] is not None:
         qkv += weights["b_qkv"]

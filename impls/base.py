@@ -84,8 +84,8 @@ class Capabilities:
             return "non-causal attention is not supported"
         if config.qkv_bias and not self.qkv_bias:
             return "qkv_bias is not supported"
-        if config.n_kv_heads != config.n_heads and not self.grouped_kv:
-            return (f"grouped K/V heads are not supported (n_kv_heads={config.n_kv_heads} < "
+        if config.kv_heads != config.n_heads and not self.grouped_kv:
+            return (f"grouped K/V heads are not supported (n_kv_heads={config.kv_heads} < "
                     f"n_heads={config.n_heads}; declare Capabilities.grouped_kv)")
         if key_padding_mask and not self.key_padding_mask:
             return "key padding masks are not supported"

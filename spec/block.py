@@ -132,7 +132,7 @@ def qkv_heads(
     steps.head_dim(config.d_out, H)                                # step 2
     params.check(config)                                           # step 3 (given)
     Q, K, V = steps.project_qkv(x, params)                         # step 4: (B, T, d_out), K, V d_kv
-    Hkv = config.n_kv_heads                                        # K and V have their own heads
+    Hkv = config.kv_heads                                        # K and V have their own heads
     Q, K, V = steps.split_heads(Q, H), steps.split_heads(K, Hkv), steps.split_heads(V, Hkv)  # step 5
     q, k, v = (steps.group_by_heads(a) for a in (Q, K, V))         # step 6: (B, H or Hkv, T, hd)
     return q, k, v
@@ -167,7 +167,7 @@ def attend(
 def _check_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray, config: AttentionConfig) -> None:
     """ValueError naming the bad shape or dtype unless q, k, v are heads for config, Tq <= Tk."""
     hd = config.head_dim
-    for name, a, H in (("q", q, config.n_heads), ("k", k, config.n_kv_heads), ("v", v, config.n_kv_heads)):
+    for name, a, H in (("q", q, config.n_heads), ("k", k, config.kv_heads), ("v", v, config.kv_heads)):
         sym = "H" if name == "q" else "n_kv_heads"
         if getattr(a, "ndim", None) != 4 or a.shape[1:2] + a.shape[3:] != (H, hd):
             raise ValueError(f"{name} must have shape (B, {sym}={H}, T, head_dim={hd}), got "

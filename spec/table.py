@@ -104,7 +104,7 @@ def call_args(n: int, trace: dict[str, Any], config: Any, key_padding_mask: Any 
     """
     s = step(n)
     # step 5 splits K and V (tensor 1, 2) into their n_kv_heads heads, Q into n_heads
-    heads = config.n_kv_heads if s.per_tensor and tensor > 0 else config.n_heads
+    heads = config.kv_heads if s.per_tensor and tensor > 0 else config.n_heads
     given = {"n_heads": heads, "config": config, "d_out": config.d_out}
     args: list[Any] = []
     kwargs: dict[str, Any] = {}

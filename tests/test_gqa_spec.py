@@ -8,6 +8,8 @@ ordinary block with K/V weights copied to every query head of a group, and PyTor
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -32,7 +34,7 @@ def make(H: int, Hkv: int, causal: bool = True, bias: bool = True, seed: int = 0
 def full_heads(cfg: AttentionConfig, p: Params) -> tuple[AttentionConfig, Params]:
     """The ordinary config and params whose K/V head h is grouped K/V head h // group: rows copied."""
     g = cfg.group
-    rows = lambda a: None if a is None else np.repeat(a.reshape(cfg.n_kv_heads, HD, *a.shape[1:]), g, axis=0) \
+    rows = lambda a: None if a is None else np.repeat(a.reshape(cfg.kv_heads, HD, *a.shape[1:]), g, axis=0) \
         .reshape(cfg.d_out, *a.shape[1:])  # noqa: E731  (d_kv, ...) -> (d_out, ...), head-blocks repeated
     full = AttentionConfig(d_in=cfg.d_in, d_out=cfg.d_out, n_heads=cfg.n_heads, causal=cfg.causal,
                            qkv_bias=cfg.qkv_bias)
@@ -40,12 +42,16 @@ def full_heads(cfg: AttentionConfig, p: Params) -> tuple[AttentionConfig, Params
 
 
 def test_config_defaults_validates_and_round_trips():
-    assert AttentionConfig(d_in=2, d_out=8, n_heads=4).n_kv_heads == 4
+    assert AttentionConfig(d_in=2, d_out=8, n_heads=4).kv_heads == 4
     assert AttentionConfig(d_in=2, d_out=8, n_heads=4) == AttentionConfig(d_in=2, d_out=8, n_heads=4, n_kv_heads=4)
     cfg = AttentionConfig(d_in=2, d_out=8, n_heads=4, n_kv_heads=2)
     assert (cfg.group, cfg.d_kv) == (2, 4)
     assert AttentionConfig.from_dict(cfg.to_dict()) == cfg
     assert "n_kv_heads" not in AttentionConfig(d_in=2, d_out=8, n_heads=4).to_dict()  # old results unchanged
+    assert AttentionConfig(d_in=2, d_out=8, n_heads=4, n_kv_heads=4).n_kv_heads is None  # one spelling
+    assert replace(AttentionConfig(d_in=2, d_out=8, n_heads=4), n_heads=1).kv_heads == 1  # replace stays ungrouped
+    with pytest.raises(ValueError, match="n_kv_heads=2 does not divide n_heads=1"):
+        replace(cfg, n_heads=1)  # a grouped one is validated again
     with pytest.raises(ValueError, match=r"n_kv_heads=3 does not divide n_heads=4.*valid: \[1, 2, 4\]"):
         AttentionConfig(d_in=2, d_out=8, n_heads=4, n_kv_heads=3)
     for bad in (0, -2, 1.5, True):

@@ -38,15 +38,15 @@ def _configs(caps, large: bool) -> list[AttentionConfig]:
 @pytest.mark.parametrize("large", [False, True])
 def test_a_third_or_more_of_draws_are_grouped_for_a_declaring_backend(large):
     configs = _configs(NumpyBackend.capabilities, large)
-    grouped = [c for c in configs if c.n_kv_heads < c.n_heads]
+    grouped = [c for c in configs if c.kv_heads < c.n_heads]
     assert len(grouped) >= DRAWS / 3, f"{len(grouped)} of {DRAWS} grouped"
-    assert all(c.n_heads % c.n_kv_heads == 0 for c in configs)
-    assert any(c.n_kv_heads == 1 for c in grouped) and any(c.n_kv_heads > 1 for c in grouped)
+    assert all(c.n_heads % c.kv_heads == 0 for c in configs)
+    assert any(c.kv_heads == 1 for c in grouped) and any(c.kv_heads > 1 for c in grouped)
 
 
 def test_backends_without_the_capability_never_get_grouped_heads():
     assert not TorchMhaBackend.capabilities.grouped_kv
-    assert all(c.n_kv_heads == c.n_heads for c in _configs(TorchMhaBackend.capabilities, large=False))
+    assert all(c.kv_heads == c.n_heads for c in _configs(TorchMhaBackend.capabilities, large=False))
     cfg = AttentionConfig(d_in=8, d_out=8, n_heads=4, n_kv_heads=2)
     assert "grouped_kv" in TorchMhaBackend.capabilities.unsupported(cfg)
     assert NumpyBackend.capabilities.unsupported(cfg) is None
@@ -54,7 +54,7 @@ def test_backends_without_the_capability_never_get_grouped_heads():
 
 def test_fixed_examples_are_multi_query_and_a_group_of_two_only_for_declaring_backends():
     reps = cs.class_representatives(NumpyBackend.capabilities, "float32")
-    kv = {(c.config.n_heads, c.config.n_kv_heads) for c in reps if c.config.n_kv_heads < c.config.n_heads}
+    kv = {(c.config.n_heads, c.config.kv_heads) for c in reps if c.config.kv_heads < c.config.n_heads}
     assert kv == {(4, 1), (4, 2)}
     assert cs.grouped_representatives(TorchMhaBackend.capabilities, "float32") == []
     assert get("grads_match_spec").explicit_cases(NumpyBackend(), "float32")  # gradients see them too
@@ -66,7 +66,7 @@ def test_repeated_kv_is_the_spec_exactly_and_head_permutations_keep_groups():
     p = init_params(cfg, 1).map(lambda a: a * 3)
     x = np.random.default_rng(0).standard_normal((2, 5, 3))
     full, fp = repeated_kv(cfg, p)
-    assert full.n_kv_heads == 6 and fp.W_k.shape == (12, 3)
+    assert full.kv_heads == 6 and fp.W_k.shape == (12, 3)
     np.testing.assert_array_equal(forward(x, fp, full), forward(x, p, cfg))
     perm = {"kv": [1, 0], "within": [2, 0, 1]}
     q_idx, kv_idx = cs.head_perm_indices(cfg, perm)
@@ -120,5 +120,5 @@ def test_gradient_and_cache_mutants_have_a_right_forward(mutant, quick):
 def test_a_grouped_failure_bundle_replays_with_its_kv_heads(tmp_path):
     case = cs.grouped_representatives(NumpyBackend.capabilities, "float32")[1]
     loaded, _ = type(case).load(case.save(tmp_path / "case.npz", {}))
-    assert loaded.config == case.config and loaded.config.n_kv_heads == 2
+    assert loaded.config == case.config and loaded.config.kv_heads == 2
     assert "n_kv_heads=2" in case.describe() and loaded.params.W_k.shape == (16, 16)

@@ -192,7 +192,7 @@ class PlainBackend(ArrayCache, PlainBackward, Backend):
         dt, H = x.dtype, config.n_heads
         work = work_dtype(dt)
         Q, K, V = self.qkv(x, weights)  # step 4: (B, T, d_out), K and V (B, T, d_kv), in work
-        heads = (H, config.n_kv_heads, config.n_kv_heads)
+        heads = (H, config.kv_heads, config.kv_heads)
         Q, K, V = (self.group_by_heads(self.split_heads(a, h)) for a, h in zip((Q, K, V), heads))  # steps 5-6
         scores = self.attn_scores(Q, K)  # step 7: (B, H, T, T)
         keep = self.forward_dropout_mask(scores.shape, config, dropout_mask, training)

@@ -95,7 +95,7 @@ class PlainBackward:
         w = saved["weights"].map(lambda a: a.astype(work))
         xw = x.astype(work)
         Q, K, V = self.project_qkv(xw, w)  # (B, T, d_out), K and V (B, T, d_kv)
-        Hkv = config.n_kv_heads
+        Hkv = config.kv_heads
         Qs, Ks, Vs = self.split_heads(Q, H), self.split_heads(K, Hkv), self.split_heads(V, Hkv)  # (B, T, H or Hkv, hd)
         q, k, v = (self.group_by_heads(a) for a in (Qs, Ks, Vs))  # (B, H or Hkv, T, hd)
         scores = self.attn_scores(q, k)

@@ -72,7 +72,7 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     SDPA backward shows (its dV off by ~30 float32 ulps at scores near 60, measured).
     """
     dt = x.dtype.type
-    H, Hkv, hd = config.n_heads, config.n_kv_heads, config.head_dim
+    H, Hkv, hd = config.n_heads, config.kv_heads, config.head_dim
     heads = lambda a, n=H: S.group_by_heads(S.split_heads(a, n))  # noqa: E731  (B, T, n*hd) -> (B, n, T, hd)
     Q, K_, V = S.project_qkv(x, params)  # (B, T, d_out), K and V (B, T, d_kv)
     q = heads(Q)  # (B, H, T, hd)

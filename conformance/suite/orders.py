@@ -56,7 +56,7 @@ def _heads(a: np.ndarray, H: int) -> np.ndarray:
 def _qkv_heads(x: np.ndarray, params: Params, config: AttentionConfig) -> tuple[np.ndarray, ...]:
     """q (B, H, T, hd); k, v (B, Hkv, T, hd), their K/V heads (n_kv_heads; H unless grouped)."""
     Q, K, V = S.project_qkv(x, params)
-    return _heads(Q, config.n_heads), _heads(K, config.n_kv_heads), _heads(V, config.n_kv_heads)
+    return _heads(Q, config.n_heads), _heads(K, config.kv_heads), _heads(V, config.kv_heads)
 
 
 def _keep(config: AttentionConfig, dropout_mask: np.ndarray | None, e: np.ndarray) -> np.ndarray:

@@ -206,7 +206,7 @@ def large_logit_cases(draw, caps: Capabilities, dtype: str, target: float | None
 def kv_to_query_heads(K: np.ndarray, config: AttentionConfig) -> np.ndarray:
     """K or V [B, T, d_kv] -> [B, T, d_out]: each query head's K/V head (h // group) in its place."""
     B, T, _ = K.shape
-    heads = K.reshape(B, T, config.n_kv_heads, config.head_dim)  # (B, T, Hkv, hd)
+    heads = K.reshape(B, T, config.kv_heads, config.head_dim)  # (B, T, Hkv, hd)
     return np.repeat(heads, config.group, axis=2).reshape(B, T, config.d_out)  # (B, T, H * hd)
 
 
@@ -215,7 +215,7 @@ def head_permutations(draw, config: AttentionConfig) -> dict:
     """A head permutation that keeps grouping: the K/V heads in a new order (`kv`), each carrying
     its group of query heads, and one order of the query heads within every group (`within`).
     Ungrouped (n_kv_heads = H), `kv` is just a permutation of the heads; never the identity."""
-    perms = st.tuples(st.permutations(range(config.n_kv_heads)), st.permutations(range(config.group)))
+    perms = st.tuples(st.permutations(range(config.kv_heads)), st.permutations(range(config.group)))
     kv, within = draw(perms.filter(lambda p: list(p[0]) != sorted(p[0]) or list(p[1]) != sorted(p[1])))
     return {"kv": list(kv), "within": list(within)}
 

@@ -139,7 +139,7 @@ def decode_outputs(run, case, check_cache: bool = False) -> np.ndarray:
 
 def _check_kv(run, case, cache, t: int, what: str, spec_kv: tuple) -> None:
     c = case.config
-    got = run.cache_kv(what, cache, (case.B, c.n_kv_heads, t, c.head_dim))  # each K/V head once, never repeated
+    got = run.cache_kv(what, cache, (case.B, c.kv_heads, t, c.head_dim))  # each K/V head once, never repeated
     for name, g, want, p in zip("KV", got, *spec_kv):
         run.assert_close(f"{what}: {name}", g, want[:, :, :t], p[:, :, :t])
 

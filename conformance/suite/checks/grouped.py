@@ -35,7 +35,7 @@ def repeated_kv(config: AttentionConfig, params: Params) -> tuple[AttentionConfi
     def rows(a: np.ndarray | None) -> np.ndarray | None:
         if a is None:
             return None
-        heads = a.reshape(config.n_kv_heads, hd, *a.shape[1:])  # (Hkv, hd, ...)
+        heads = a.reshape(config.kv_heads, hd, *a.shape[1:])  # (Hkv, hd, ...)
         return np.repeat(heads, g, axis=0).reshape(config.d_out, *a.shape[1:])  # (H * hd, ...)
 
     full = replace(config, n_kv_heads=config.n_heads)
@@ -46,7 +46,7 @@ def repeated_kv(config: AttentionConfig, params: Params) -> tuple[AttentionConfi
 @st.composite
 def _grouped_cases(draw, caps, dtype):
     """An everyday case with n_kv_heads < H (a grouped draw of cs.configs)."""
-    return draw(cs.cases(caps, dtype).filter(lambda c: c.config.n_kv_heads < c.config.n_heads))
+    return draw(cs.cases(caps, dtype).filter(lambda c: c.config.kv_heads < c.config.n_heads))
 
 
 @check(step=None, strategy=_grouped_cases, requires=_requires_grouped, examples=cs.grouped_representatives)
@@ -57,5 +57,5 @@ def grouped_equals_repeated_kv(run, case):
     y_full = run.forward(case.with_(config=full, params=params))
     golden, plain = forward_golden_and_plain(case)
     rows = run.property_rows(case.config, case.key_padding_mask, case.B, case.T)
-    run.assert_same(f"forward with n_kv_heads={case.config.n_kv_heads} vs n_kv_heads={full.n_kv_heads} and "
+    run.assert_same(f"forward with n_kv_heads={case.config.kv_heads} vs n_kv_heads={full.kv_heads} and "
                     f"K/V weights copied to each group", y, y_full, golden, plain, rows)
