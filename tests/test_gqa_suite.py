@@ -20,6 +20,7 @@ from conformance.suite.checks.grouped import repeated_kv
 from conformance.suite.engine import run_check
 from impls.numpy_backend import NumpyBackend
 from impls.torch_mha import TorchMhaBackend
+from tests.test_backends import numpy_as_cupy  # noqa: F401  (the fixture: a NumPy stand-in for cupy)
 from spec import AttentionConfig, forward, init_params
 from spec.params import Params
 
@@ -122,3 +123,41 @@ def test_a_grouped_failure_bundle_replays_with_its_kv_heads(tmp_path):
     loaded, _ = type(case).load(case.save(tmp_path / "case.npz", {}))
     assert loaded.config == case.config and loaded.config.kv_heads == 2
     assert "n_kv_heads=2" in case.describe() and loaded.params.W_k.shape == (16, 16)
+
+
+# The same float64 math in other operation orders (blocked, fused projection): a few roundings
+# (~1e-16) times these small cases' conditioning, as tests/test_gqa_spec.py's RTOL.
+BACKEND_RTOL = 1e-12
+
+
+@pytest.mark.parametrize("name", ["numpy", "cupy-on-numpy", "torch", "torch-sdpa"])
+def test_declaring_backends_match_the_spec_grouped_forward_gradients_and_cache(name, request):
+    from impls.registry import resolve
+    from spec import cache as C
+    from spec import grads
+
+    be = request.getfixturevalue("numpy_as_cupy") if name == "cupy-on-numpy" else resolve(name).backend
+    assert be.capabilities.grouped_kv
+    for H, Hkv, T in ((6, 2, 7), (4, 1, 5), (8, 2, 300)):  # 300: the blocked paths of numpy's forward
+        cfg = AttentionConfig(d_in=5, d_out=2 * H, n_heads=H, n_kv_heads=Hkv, qkv_bias=True)
+        p = init_params(cfg, 3)
+        x = np.random.default_rng(0).standard_normal((2, T, 5))
+        kpm = np.ones((2, T), dtype=bool)
+        kpm[1, :2] = False
+        w, nx = be.prepare(p, "float64"), be.from_numpy(x, "float64")
+        want = forward(x, p, cfg, key_padding_mask=kpm)
+        got = be.to_numpy(be.forward(nx, w, cfg, key_padding_mask=be.from_numpy(kpm)))
+        assert np.abs(got - want).max() <= BACKEND_RTOL * np.abs(want).max(), (name, H, Hkv)
+        g = np.random.default_rng(1).standard_normal(want.shape)
+        out = be.backward(be.forward_for_grad(nx, w, cfg, key_padding_mask=be.from_numpy(kpm))[1],
+                          be.from_numpy(g, "float64"))
+        ref = grads(x, p, cfg, g, key_padding_mask=kpm).arrays()
+        overall = max(np.abs(r).max() for r in ref.values())  # db_k is rounding noise: on the whole scale
+        for k, r in ref.items():
+            assert np.abs(be.to_numpy(out[k]) - r).max() <= BACKEND_RTOL * overall, (name, H, Hkv, k)
+        cache = be.prefill(be.from_numpy(x[:, :3], "float64"), w, cfg)
+        y, cache = be.decode(be.from_numpy(x[:, 3:], "float64"), cache, w, cfg)
+        spec_cache = C.prefill(x, p, cfg)
+        assert all(be.to_numpy(a).shape == (2, Hkv, T, 2) for a in be.cache_kv(cache))
+        np.testing.assert_allclose(be.to_numpy(be.cache_kv(cache)[0]), spec_cache.k, rtol=0, atol=1e-12)
+        assert np.abs(be.to_numpy(y) - forward(x, p, cfg)[:, 3:]).max() <= BACKEND_RTOL * np.abs(want).max()
