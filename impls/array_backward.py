@@ -45,13 +45,16 @@ class ArrayBackward:
         B, T, d_in = x.shape
         H, hd, d_out = config.n_heads, config.head_dim, config.d_out
         work = weights["work"]
+        Hkv = config.kv_heads
         xw = x.astype(work, copy=False).reshape(B * T, d_in)  # (B*T, d_in)
-        qkv = xw @ weights["W_qkv_T"]  # (B*T, 3*d_out)
+        qkv = xw @ weights["W_qkv_T"]  # (B*T, d_out + 2*d_kv)
         if weights["b_qkv"] is not None:
             qkv += weights["b_qkv"]
-        qkv = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-        q = qkv[0] * work.type(1.0 / np.sqrt(hd))  # scaled once; (B, H, T, hd)
-        k, v = xp.ascontiguousarray(qkv[1]), xp.ascontiguousarray(qkv[2])  # (B, H, T, hd)
+        qkv = qkv.reshape(B, T, H + 2 * Hkv, hd).transpose(0, 2, 1, 3)  # (B, H + 2*Hkv, T, hd)
+        q = qkv[:, :H] * work.type(1.0 / np.sqrt(hd))  # scaled once; (B, H, T, hd)
+        # grouped K/V heads copied to their query heads (h // group); backward sums them back
+        k = xp.ascontiguousarray(self.repeat_kv(qkv[:, H:H + Hkv], H))  # (B, H, T, hd)
+        v = xp.ascontiguousarray(self.repeat_kv(qkv[:, H + Hkv:], H))  # (B, H, T, hd)
         p = config.dropout_p
         if training and dropout_mask is None and p > 0:  # own dropout: drawn here, kept for backward
             shape = (B, H, T, T)
@@ -125,14 +128,20 @@ class ArrayBackward:
                 dS = P * (dP - D[b, h, i0:i1])  # (..., bq, kend), gradient of the scaled scores
                 dq[b, h, i0:i1] = (dS @ k[b, h, :kend]) * scale
                 dk[b, h, :kend] += dS.swapaxes(-1, -2) @ q[b, h, i0:i1]  # q already carries the scale
-        dqkv = dqkv.reshape(B * T, 3 * d_out)  # (B*T, 3*d_out), [dQ | dK | dV] per token
+        Hkv, d_kv = config.kv_heads, config.d_kv
+        if Hkv == H:
+            dqkv = dqkv.reshape(B * T, 3 * d_out)  # (B*T, 3*d_out), [dQ | dK | dV] per token
+        else:  # a grouped K/V head's gradient is the sum over its query heads (consecutive, h // group)
+            dkv = dqkv[:, :, 1:].reshape(B, T, 2, Hkv, H // Hkv, hd).sum(axis=4)  # (B, T, 2, Hkv, hd)
+            dqkv = xp.concatenate([dqkv[:, :, 0].reshape(B * T, d_out), dkv.reshape(B * T, 2 * d_kv)], axis=1)
         dx = dqkv @ w["W_qkv_T"].T  # (B*T, d_in): the three paths summed by the matmul
-        dW = dqkv.T @ saved["xw"]  # (3*d_out, d_in)
-        grads = {"dx": dx.reshape(B, T, d_in), "dW_q": dW[:d_out], "dW_k": dW[d_out:2 * d_out],
-                 "dW_v": dW[2 * d_out:], "dW_o": dW_o, "db_o": db_o}
+        dW = dqkv.T @ saved["xw"]  # (d_out + 2*d_kv, d_in)
+        e = d_out + d_kv  # where dV's rows start
+        grads = {"dx": dx.reshape(B, T, d_in), "dW_q": dW[:d_out], "dW_k": dW[d_out:e],
+                 "dW_v": dW[e:], "dW_o": dW_o, "db_o": db_o}
         if w["b_qkv"] is not None:
             db = dqkv.sum(axis=0)
-            grads.update(db_q=db[:d_out], db_k=db[d_out:2 * d_out], db_v=db[2 * d_out:])
+            grads.update(db_q=db[:d_out], db_k=db[d_out:e], db_v=db[e:])
         with np.errstate(over="ignore"):  # a gradient past float16's range is inf, as the spec's would be
             return {n: a.astype(dt) for n, a in grads.items()}
 
@@ -157,7 +166,9 @@ class ArrayVJPs:
         return dq.transpose(0, 2, 1, 3)  # (B, T, H, hd)
 
     def attn_scores_vjp(self, d_scores, q, k):
-        return d_scores @ k, d_scores.swapaxes(-1, -2) @ q  # (B, H, Tq, hd), (B, H, Tk, hd)
+        H, Hkv = q.shape[1], k.shape[1]  # grouped K: repeated forward, summed over each group back
+        dk = self.sum_groups(d_scores.swapaxes(-1, -2) @ q, Hkv)  # (B, Hkv, Tk, hd)
+        return d_scores @ self.repeat_kv(k, H), dk  # (B, H, Tq, hd), (B, Hkv, Tk, hd)
 
     def attn_weights_vjp(self, d_weights, attn_scores, config: AttentionConfig, key_padding_mask=None,
                          dropout_mask=None):
@@ -172,7 +183,9 @@ class ArrayVJPs:
         return (dS / np.sqrt(config.head_dim)).astype(dt)
 
     def context_vjp(self, d_context, attn_weights, v):
-        return d_context @ v.swapaxes(-1, -2), attn_weights.swapaxes(-1, -2) @ d_context
+        H, Hkv = d_context.shape[1], v.shape[1]  # grouped V: repeated forward, summed over each group back
+        dv = self.sum_groups(attn_weights.swapaxes(-1, -2) @ d_context, Hkv)  # (B, Hkv, Tk, hd)
+        return d_context @ self.repeat_kv(v, H).swapaxes(-1, -2), dv
 
     def permute_back_vjp(self, d_tokens, context):
         return d_tokens.transpose(0, 2, 1, 3)  # (B, H, T, hd)

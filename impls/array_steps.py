@@ -16,6 +16,18 @@ from spec.config import AttentionConfig
 from spec.params import Params
 
 
+def fused_qkv_heads(x: Any, weights: dict[str, Any], config: AttentionConfig) -> tuple[Any, Any, Any]:
+    """The fused projection (one matmul for Q, K and V) split into heads: x [B, T, d_in] in the
+    work dtype -> q [B, H, T, hd], k, v [B, Hkv, T, hd], views of one (B*T, d_out + 2*d_kv) array."""
+    B, T, d_in = x.shape
+    H, Hkv, hd = config.n_heads, config.kv_heads, config.head_dim
+    qkv = x.reshape(B * T, d_in) @ weights["W_qkv_T"]  # (B*T, d_out + 2*d_kv)
+    if weights["b_qkv"] is not None:
+        qkv += weights["b_qkv"]
+    qkv = qkv.reshape(B, T, H + 2 * Hkv, hd).transpose(0, 2, 1, 3)  # (B, H + 2*Hkv, T, hd)
+    return qkv[:, :H], qkv[:, H:H + Hkv], qkv[:, H + Hkv:]
+
+
 class ArraySteps:
     """The plain per-step versions, for step-by-step checking; forward stays the backend's."""
 
@@ -32,7 +44,7 @@ class ArraySteps:
 
     def project_qkv(self, x, weights):
         p = weights["params"]
-        Q, K, V = x @ p.W_q.T, x @ p.W_k.T, x @ p.W_v.T  # (B, T, d_out) each
+        Q, K, V = x @ p.W_q.T, x @ p.W_k.T, x @ p.W_v.T  # (B, T, d_out), K and V (B, T, d_kv)
         if p.b_q is not None:
             Q, K, V = Q + p.b_q, K + p.b_k, V + p.b_v
         return Q, K, V
@@ -44,8 +56,18 @@ class ArraySteps:
     def group_by_heads(self, Q):
         return Q.transpose(0, 2, 1, 3)  # (B, H, T, hd)
 
+    def repeat_kv(self, K, n_heads: int):
+        """Grouped K/V heads [B, Hkv, T, hd] -> [B, H, T, hd]: query head h reads K/V head h // (H // Hkv)."""
+        Hkv = K.shape[1]
+        return K if Hkv == n_heads else self.xp().repeat(K, n_heads // Hkv, axis=1)  # (B, H, T, hd)
+
+    def sum_groups(self, dK, n_kv_heads: int):
+        """repeat_kv's backward: [B, H, T, hd] -> [B, Hkv, T, hd], summed over each group."""
+        B, H, T, hd = dK.shape
+        return dK if n_kv_heads == H else dK.reshape(B, n_kv_heads, H // n_kv_heads, T, hd).sum(axis=2)
+
     def attn_scores(self, Q, K):
-        return Q @ K.swapaxes(-1, -2)  # (B, H, Tq, Tk)
+        return Q @ self.repeat_kv(K, Q.shape[1]).swapaxes(-1, -2)  # (B, H, Tq, Tk), K per group
 
     def attn_weights(self, attn_scores, config: AttentionConfig, key_padding_mask=None, dropout_mask=None):
         xp = self.xp()
@@ -67,6 +89,7 @@ class ArraySteps:
         return w.astype(dt)
 
     def context(self, attn_weights, V):
+        V = self.repeat_kv(V, attn_weights.shape[1])  # (B, H, Tk, hd), V per group
         if attn_weights.dtype == np.float16:  # accumulate the sum over keys in float32
             return (attn_weights.astype(np.float32) @ V.astype(np.float32)).astype(np.float16)
         return attn_weights @ V  # (B, H, Tq, hd)

@@ -37,6 +37,10 @@ class Capabilities:
     kv_cache: defines `prefill` and `decode` (KV-cache decoding, see `Backend.prefill`);
     cache_arrays: also `cache_kv`, so the suite checks the cache's K and V against the spec's.
     gradients: provides `forward_for_grad` and `backward` (the block's gradients).
+    grouped_kv: grouped-query attention, any n_kv_heads dividing n_heads (1 = multi-query):
+    W_k, W_v (and b_k, b_v) come with n_kv_heads * head_dim rows, query head h reads K/V head
+    h // (n_heads // n_kv_heads), and `cache_kv` returns [B, n_kv_heads, t, head_dim]. Without
+    it the suite only draws n_kv_heads = n_heads.
     conventions: known, intended departures from the spec, from the fixed menu in
     `spec.conventions.MENU` (e.g. `{"fully_masked_rows": "mean_v"}`): the suite judges
     everything else against the spec adjusted for them, and reports show them beside the verdict.
@@ -55,6 +59,7 @@ class Capabilities:
     kv_cache: bool = False
     cache_arrays: bool = False
     gradients: bool = False
+    grouped_kv: bool = False
     conventions: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
@@ -79,6 +84,9 @@ class Capabilities:
             return "non-causal attention is not supported"
         if config.qkv_bias and not self.qkv_bias:
             return "qkv_bias is not supported"
+        if config.kv_heads != config.n_heads and not self.grouped_kv:
+            return (f"grouped K/V heads are not supported (n_kv_heads={config.kv_heads} < "
+                    f"n_heads={config.n_heads}; declare Capabilities.grouped_kv)")
         if key_padding_mask and not self.key_padding_mask:
             return "key padding masks are not supported"
         if dropout and self.dropout == "none":
@@ -121,6 +129,7 @@ NEEDS: dict[str, tuple[Any, Any]] = {
                               f"mask from a redrawn one with the same p)"),
     "maskable": (lambda c: c.causal or c.key_padding_mask,
                  "neither causal attention nor key padding masks: no position the spec says cannot matter"),
+    "grouped_kv": (lambda c: c.grouped_kv, "grouped K/V heads not declared (Capabilities.grouped_kv)"),
     "kv_cache": (lambda c: c.kv_cache, "KV-cache decoding not declared (Capabilities.kv_cache)"),
     "cache_arrays": (lambda c: c.cache_arrays, "cache not exposed (Capabilities.cache_arrays)"),
 }
@@ -191,8 +200,8 @@ class Backend:
     #     dtype: the cache holds K and V in the dtype of the prompt x (the dtype under test,
     #     never widened or narrowed), and decode gets x_new in that same dtype.
     # cache_kv(cache) -> (K, V)  (Capabilities.cache_arrays)
-    #     native arrays [B, H, t, head_dim] in the prompt's dtype (checked): each head's keys
-    #     and values, as spec.cache.Cache.
+    #     native arrays [B, n_kv_heads, t, head_dim] in the prompt's dtype (checked): each K/V head's
+    #     keys and values, as spec.cache.Cache (n_kv_heads = H unless grouped; never repeated per query head).
     # -- gradients (optional; declare Capabilities(gradients=True)) -------------------------
     def forward_for_grad(self, x: Any, weights: Any, config: AttentionConfig, *,
                          key_padding_mask: Any = None, dropout_mask: Any = None,

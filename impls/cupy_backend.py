@@ -18,7 +18,7 @@ import numpy as np
 
 from impls.array_cache import ArrayCache
 from impls.array_backward import ArrayBackward, ArrayVJPs
-from impls.array_steps import ArraySteps
+from impls.array_steps import ArraySteps, fused_qkv_heads
 from impls.base import Backend, Capabilities, library_versions
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
@@ -51,6 +51,7 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         qkv_bias=True,
         dropout="replay",
         gradients=True,  # FlashAttention-2's backward, blocked (impls.array_backward)
+        grouped_kv=True,  # the NumPy backend's array code: K/V heads repeated to their query heads
         kv_cache=True,
         cache_arrays=True,
         notes="float16 inputs are computed in float32 and rounded back, as the NumPy backend; "
@@ -96,7 +97,7 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
             raise ValueError(f"backend {self.name!r} does not compute in {dtype!r}; "
                              f"valid: {', '.join(self.capabilities.dtypes)}")
         work = np.dtype(np.float32) if dt == np.float16 else dt  # accumulate float16 in float32
-        W_qkv = np.concatenate([params.W_q, params.W_k, params.W_v], axis=0)  # (3*d_out, d_in)
+        W_qkv = np.concatenate([params.W_q, params.W_k, params.W_v], axis=0)  # (d_out + 2*d_kv, d_in)
         b_qkv = np.concatenate([params.b_q, params.b_k, params.b_v]) if params.b_q is not None else None
 
         def dev(a: np.ndarray) -> cupy.ndarray:
@@ -104,7 +105,7 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
 
         return {
             "dtype": dt, "work": work,
-            "W_qkv_T": dev(W_qkv.T),  # (d_in, 3*d_out)
+            "W_qkv_T": dev(W_qkv.T),  # (d_in, d_out + 2*d_kv)
             "b_qkv": None if b_qkv is None else dev(b_qkv),
             "W_o_T": dev(params.W_o.T),  # (d_out, d_out)
             "b_o": dev(params.b_o),
@@ -119,12 +120,9 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         B, T, d_in = x.shape
         H, hd, d_out = config.n_heads, config.head_dim, config.d_out
         work = weights["work"]
-        qkv = x.astype(work, copy=False).reshape(B * T, d_in) @ weights["W_qkv_T"]  # (B*T, 3*d_out)
-        if weights["b_qkv"] is not None:
-            qkv += weights["b_qkv"]
-        qkv = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-        q = qkv[0] * work.type(1.0 / np.sqrt(hd))  # scale q once instead of every score
-        k, v = qkv[1], qkv[2]  # (B, H, T, hd) each
+        q, k, v = fused_qkv_heads(x.astype(work, copy=False), weights, config)  # (B, H, T, hd), k, v Hkv heads
+        q = q * work.type(1.0 / np.sqrt(hd))  # scale q once instead of every score
+        k, v = self.repeat_kv(k, H), self.repeat_kv(v, H)  # (B, H, T, hd): grouped K/V per query head
         s = q @ k.swapaxes(-1, -2)  # (B, H, T, T)
         if config.causal:  # (T, T) additive mask: 0 or -inf
             s += cupy.triu(cupy.full((T, T), -cupy.inf, dtype=work), 1)

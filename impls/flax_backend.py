@@ -64,6 +64,7 @@ class FlaxBackend(JaxEdges):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="rng",
+        grouped_kv=False,  # nnx.MultiHeadAttention has one K/V head per query head
         notes="flax.nnx.MultiHeadAttention with the spec's weights as LinearGeneral kernels (zero Q/K/V "
               "biases without qkv_bias); mask passed as is (its True = take part); rows with no "
               "attendable key set to b_o after the call (flax gives them the mean of V); dropout is "

@@ -161,6 +161,7 @@ class JaxBackend(JaxEdges):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="none",
+        grouped_kv=False,  # dot_product_attention takes grouped K/V heads; this adapter does not pass them yet
         notes="jax.nn.dot_product_attention (XLA) for steps 7-9; mask passed as is "
               "(its True = take part); rows with no attendable key zeroed after the call (JAX gives "
               "them the mean of V); its softmax runs in float32 for every dtype, float64 included; "

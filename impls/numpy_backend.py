@@ -21,7 +21,7 @@ import numpy as np
 
 from impls.array_cache import ArrayCache
 from impls.array_backward import ArrayBackward, ArrayVJPs
-from impls.array_steps import ArraySteps
+from impls.array_steps import ArraySteps, fused_qkv_heads
 from impls.base import Backend, Capabilities, library_versions
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import Params
@@ -39,6 +39,7 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         qkv_bias=True,
         dropout="replay",
         gradients=True,  # FlashAttention-2's backward, blocked (impls.array_backward)
+        grouped_kv=True,  # K/V heads repeated to their query heads (impls.array_steps.repeat_kv)
         kv_cache=True,
         cache_arrays=True,
         notes="float16 inputs are computed in float32 and rounded back (NumPy has no float16 BLAS); "
@@ -61,11 +62,11 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
                              f"valid: {', '.join(self.capabilities.dtypes)}")
         dt = numpy_dtype(dtype)
         work = np.dtype(np.float32) if dt == np.float16 else dt  # accumulate float16 in float32
-        W_qkv = np.concatenate([params.W_q, params.W_k, params.W_v], axis=0)  # (3*d_out, d_in)
+        W_qkv = np.concatenate([params.W_q, params.W_k, params.W_v], axis=0)  # (d_out + 2*d_kv, d_in)
         b_qkv = (np.concatenate([params.b_q, params.b_k, params.b_v]) if params.b_q is not None else None)
         return {
             "dtype": dt, "work": work,
-            "W_qkv_T": np.ascontiguousarray(W_qkv.T.astype(work)),  # (d_in, 3*d_out)
+            "W_qkv_T": np.ascontiguousarray(W_qkv.T.astype(work)),  # (d_in, d_out + 2*d_kv)
             "b_qkv": None if b_qkv is None else b_qkv.astype(work),
             "W_o_T": np.ascontiguousarray(params.W_o.T.astype(work)),  # (d_out, d_out)
             "b_o": params.b_o.astype(work),
@@ -78,13 +79,12 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         B, T, d_in = x.shape
         H, hd, d_out = config.n_heads, config.head_dim, config.d_out
         work = weights["work"]
-        qkv = x.astype(work, copy=False).reshape(B * T, d_in) @ weights["W_qkv_T"]  # (B*T, 3*d_out)
-        if weights["b_qkv"] is not None:
-            qkv += weights["b_qkv"]
-        qkv = qkv.reshape(B, T, 3, H, hd).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-        q = qkv[0] * work.type(1.0 / np.sqrt(hd))  # scale q once, not every score; a (B, H, T, hd) copy
-        kT = np.ascontiguousarray(qkv[1].swapaxes(-1, -2))  # (B, H, hd, T): q @ kT beats q @ k.T in BLAS
-        v = np.ascontiguousarray(qkv[2])  # (B, H, T, hd)
+        q, k, v = fused_qkv_heads(x.astype(work, copy=False), weights, config)  # (B, H, T, hd), k, v Hkv heads
+        q = q * work.type(1.0 / np.sqrt(hd))  # scale q once, not every score; a (B, H, T, hd) copy
+        # grouped K/V: each K/V head copied to its query heads (h // group); simple, and no copy
+        # at all when n_kv_heads = H
+        kT = np.ascontiguousarray(self.repeat_kv(k, H).swapaxes(-1, -2))  # (B, H, hd, T): q @ kT beats q @ k.T in BLAS
+        v = np.ascontiguousarray(self.repeat_kv(v, H))  # (B, H, T, hd)
         # own dropout: a fresh RNG, drawn block by block (a whole (B, H, T, T) mask can be GBs)
         rng = np.random.default_rng() if training and dropout_mask is None and config.dropout_p > 0 else None
         pad = None if key_padding_mask is None else np.where(key_padding_mask, 0, -np.inf).astype(work)  # (B, T)

@@ -116,6 +116,7 @@ class OnnxRuntimeBackend(Backend):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="none",
+        grouped_kv=False,  # the Attention operator takes kv_num_heads; this adapter's graph does not use it yet
         notes="ONNX Attention operator (opset 23) on ONNX Runtime's CPU execution provider, one graph for "
               "the block; mask passed as is (its True = take part); no correction needed (fully masked "
               "rows already zero); no bfloat16 CPU kernel; the operator has no dropout.",

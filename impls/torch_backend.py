@@ -120,8 +120,8 @@ class TorchLinearSteps:
 
     def project_qkv(self, x: torch.Tensor, weights: Params) -> tuple[torch.Tensor, ...]:
         Q = x @ weights.W_q.T  # (B, T, d_out)
-        K = x @ weights.W_k.T  # (B, T, d_out)
-        V = x @ weights.W_v.T  # (B, T, d_out)
+        K = x @ weights.W_k.T  # (B, T, d_kv): n_kv_heads * hd, d_out unless grouped
+        V = x @ weights.W_v.T  # (B, T, d_kv)
         if weights.b_q is not None:
             Q, K, V = Q + weights.b_q, K + weights.b_k, V + weights.b_v
         return Q, K, V
@@ -156,6 +156,7 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         kv_cache=True,
         cache_arrays=True,
         gradients=True,  # through autograd (impls.torch_grad)
+        grouped_kv=True,  # K/V heads repeat_interleave'd to their query heads
         notes="PyTorch eager, the source document's code; fully masked rows give weight 0 "
               "(softmax NaN replaced); to_numpy returns bfloat16 as ml_dtypes.bfloat16; "
               "decode concatenates past keys and values (torch.cat).",
@@ -167,16 +168,21 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
 
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
             torch.manual_seed(seed)
-            lin = {n: torch.nn.Linear(config.d_in, config.d_out, bias=config.qkv_bias, dtype=torch.float64)
-                   for n in ("q", "k", "v")}
+            lin = {n: torch.nn.Linear(config.d_in, d, bias=config.qkv_bias, dtype=torch.float64)
+                   for n, d in (("q", config.d_out), ("k", config.d_kv), ("v", config.d_kv))}
             lin["o"] = torch.nn.Linear(config.d_out, config.d_out, bias=True, dtype=torch.float64)
         arr = {f"W_{n}": layer.weight.detach().numpy().copy() for n, layer in lin.items()}
         if config.qkv_bias:
             arr.update({f"b_{n}": lin[n].bias.detach().numpy().copy() for n in ("q", "k", "v")})
         return Params(b_o=lin["o"].bias.detach().numpy().copy(), **arr)
 
+    def repeat_kv(self, K: torch.Tensor, n_heads: int) -> torch.Tensor:
+        """Grouped K/V heads [B, Hkv, T, hd] -> [B, H, T, hd]: query head h reads K/V head h // (H // Hkv)."""
+        Hkv = K.shape[1]
+        return K if Hkv == n_heads else K.repeat_interleave(n_heads // Hkv, dim=1)  # (B, H, T, hd)
+
     def attn_scores(self, Q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-        return Q @ K.transpose(-2, -1)  # (B, H, Tq, Tk)
+        return Q @ self.repeat_kv(K, Q.shape[1]).transpose(-2, -1)  # (B, H, Tq, Tk), K per group
 
     def attn_weights(self, attn_scores: torch.Tensor, config: AttentionConfig,
                      key_padding_mask: torch.Tensor | None = None,
@@ -202,16 +208,14 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         return attn_weights
 
     def context(self, attn_weights: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        return attn_weights @ V  # (B, H, Tq, hd)
+        return attn_weights @ self.repeat_kv(V, attn_weights.shape[1])  # (B, H, Tq, hd), V per group
 
     def forward(self, x: torch.Tensor, weights: Params, config: AttentionConfig, *,
                 key_padding_mask: Any = None, dropout_mask: Any = None,
                 training: bool = False) -> torch.Tensor:
         import torch.nn.functional as F
 
-        H = config.n_heads
-        Q, K, V = self.project_qkv(x, weights)  # (B, T, d_out) each
-        Q, K, V = (self.group_by_heads(self.split_heads(a, H)) for a in (Q, K, V))  # (B, H, T, hd)
+        Q, K, V = self.heads(x, weights, config)  # steps 4-6: (B, H, T, hd), K and V (B, Hkv, T, hd)
         attn_scores = self.attn_scores(Q, K)  # (B, H, T, T)
         attn_weights = self.attn_weights(attn_scores, config, key_padding_mask, dropout_mask)
         if training and dropout_mask is None and config.dropout_p > 0:

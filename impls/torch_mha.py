@@ -41,8 +41,10 @@ class TorchMhaBackend(TorchMhaAutograd, TorchEdges):
         dropout="rng",
         d_in_equals_d_out=True,
         gradients=True,  # through autograd, the packed in_proj split back (impls.torch_grad)
+        grouped_kv=False,  # nn.MultiheadAttention has no grouped K/V heads: its K and V projections are embed_dim wide
         notes="torch.nn.MultiheadAttention(batch_first=True), weights packed from the spec's; "
-              "padding mask inverted (its True = ignore); NaN rows of fully masked queries set to b_o.",
+              "padding mask inverted (its True = ignore); NaN rows of fully masked queries set to b_o; "
+              "no grouped-query attention (nn.MultiheadAttention has one K/V head per query head).",
     )
 
     def prepare(self, params: Params, dtype: str) -> dict[str, Any]:

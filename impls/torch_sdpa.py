@@ -55,6 +55,7 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         kv_cache=True,
         cache_arrays=True,
         gradients=True,  # through autograd (impls.torch_grad)
+        grouped_kv=True,  # SDPA's enable_gqa
         notes="torch.nn.functional.scaled_dot_product_attention for steps 7-9; fully masked "
               "rows zeroed after the call; dropout only with SDPA's own RNG; decode passes "
               "causal_lower_right (or an explicit bottom-right mask), since is_causal aligns "
@@ -67,9 +68,7 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         if dropout_mask is not None:
             raise ValueError(f"backend {self.name!r} cannot replay a dropout mask (SDPA draws its own; "
                              f"dropout='rng'); pass dropout_mask=None and training=True")
-        H = config.n_heads
-        Q, K, V = self.project_qkv(x, weights)  # (B, T, d_out) each
-        Q, K, V = (self.group_by_heads(self.split_heads(a, H)) for a in (Q, K, V))  # (B, H, T, hd)
+        Q, K, V = self.heads(x, weights, config)  # steps 4-6: (B, H, T, hd), K and V (B, Hkv, T, hd)
         dropout_p = config.dropout_p if training else 0.0
         context = self.sdpa(Q, K, V, config, key_padding_mask, dropout_p)  # (B, H, T, hd)
         context = self.concat_heads(self.permute_back(context))  # (B, T, d_out)
@@ -83,15 +82,17 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         from torch.nn.attention.bias import causal_lower_right
 
         Tq, Tk = Q.shape[2], K.shape[2]
+        gqa = K.shape[1] != Q.shape[1]  # grouped K/V heads: SDPA maps query head h to h // group
         if key_padding_mask is None:
             if not config.causal or Tq == Tk:  # is_causal aligns top-left: the spec's only when Tq == Tk
-                return F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout_p, is_causal=config.causal)
+                return F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout_p, is_causal=config.causal,
+                                                      enable_gqa=gqa)
             return F.scaled_dot_product_attention(Q, K, V, attn_mask=causal_lower_right(Tq, Tk),
-                                                  dropout_p=dropout_p)
+                                                  dropout_p=dropout_p, enable_gqa=gqa)
         allowed = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk): True = may attend
         if config.causal:  # (Tq, Tk), bottom-right aligned as the spec
             allowed = allowed & torch.ones(Tq, Tk, dtype=torch.bool, device=Q.device).tril(Tk - Tq)
-        context = F.scaled_dot_product_attention(Q, K, V, attn_mask=allowed, dropout_p=dropout_p)
+        context = F.scaled_dot_product_attention(Q, K, V, attn_mask=allowed, dropout_p=dropout_p, enable_gqa=gqa)
         empty = ~query_has_key(config, key_padding_mask, Tq)[:, None, :, None]  # (B, 1, Tq, 1)
         return context.masked_fill(empty, 0.0)  # spec: no attendable key -> zero context
 

@@ -11,7 +11,8 @@ anything a forward saved.
 
 Like the forward, every function is plain NumPy in its inputs' dtype, so the same code is the
 float64 golden and the plain reference in dtype D. Decisions (README, "The spec's decisions"):
-a query with no attendable key gets zero gradient through the attention, never NaN; masked
+a query with no attendable key gets zero gradient through the attention, never NaN; a grouped
+K/V head's gradient is the sum over its group of query heads (`sum_groups`); masked
 weights pass no gradient to their scores; dropout is replayed with the forward's keep mask.
 """
 
@@ -38,7 +39,8 @@ def _param_grad(d_y: np.ndarray, inp: np.ndarray) -> np.ndarray:
 
 def project_qkv_vjp(dQ: np.ndarray, dK: np.ndarray, dV: np.ndarray, x: np.ndarray,
                     params: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Step 4 backward: 3 x [B, T, d_out] -> dx [B, T, d_in] and dW_q, dW_k, dW_v [d_out, d_in].
+    """Step 4 backward: dQ [B, T, d_out], dK, dV [B, T, d_kv] -> dx [B, T, d_in] and dW_q
+    [d_out, d_in], dW_k, dW_v [d_kv, d_in].
 
     x feeds all three projections, so dx sums the three paths. With qkv_bias, db = dY summed
     over batch and tokens.
@@ -60,11 +62,22 @@ def group_by_heads_vjp(dq: np.ndarray, Q_split: np.ndarray) -> np.ndarray:
     return dq.transpose(0, 2, 1, 3)  # (B, T, H, head_dim)
 
 
+def sum_groups(dk: np.ndarray, n_kv_heads: int) -> np.ndarray:
+    """repeat_kv's backward: [B, H, T, hd] -> [B, Hkv, T, hd], each group's gradients summed.
+
+    A K/V head feeds every query head of its group, so its gradient is the sum over the group.
+    """
+    B, H, T, hd = dk.shape
+    if n_kv_heads == H:
+        return dk
+    return dk.reshape(B, n_kv_heads, H // n_kv_heads, T, hd).sum(axis=2)  # (B, Hkv, T, hd)
+
+
 def attn_scores_vjp(d_scores: np.ndarray, q: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Step 7 backward: d attn_scores [B, H, Tq, Tk] -> dq [B, H, Tq, hd], dk [B, H, Tk, hd]."""
-    dq = _mm(d_scores, k)  # (B, H, Tq, head_dim)
-    dk = _mm(d_scores.swapaxes(-2, -1), q)  # (B, H, Tk, head_dim)
-    return dq, dk
+    """Step 7 backward: d attn_scores [B, H, Tq, Tk] -> dq [B, H, Tq, hd], dk [B, Hkv, Tk, hd]."""
+    dq = _mm(d_scores, S.repeat_kv(k, q.shape[1]))  # (B, H, Tq, head_dim)
+    dk = _mm(d_scores.swapaxes(-2, -1), q)  # (B, H, Tk, head_dim): one per query head
+    return dq, sum_groups(dk, k.shape[1])  # (B, Hkv, Tk, head_dim)
 
 
 def attn_weights_vjp(d_weights: np.ndarray, attn_scores: np.ndarray, config: AttentionConfig,
@@ -90,11 +103,11 @@ def attn_weights_vjp(d_weights: np.ndarray, attn_scores: np.ndarray, config: Att
 
 def context_vjp(d_context: np.ndarray, attn_weights: np.ndarray,
                 v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Step 9 backward: d context [B, H, Tq, hd] -> d attn_weights [B, H, Tq, Tk], dv [B, H, Tk, hd]."""
-    d_weights = _mm(d_context, v.swapaxes(-2, -1))  # (B, H, Tq, Tk)
+    """Step 9 backward: d context [B, H, Tq, hd] -> d attn_weights [B, H, Tq, Tk], dv [B, Hkv, Tk, hd]."""
+    d_weights = _mm(d_context, S.repeat_kv(v, d_context.shape[1]).swapaxes(-2, -1))  # (B, H, Tq, Tk)
     P = attn_weights
-    dv = _mm(P.swapaxes(-2, -1), d_context)  # (B, H, Tk, head_dim)
-    return d_weights, dv
+    dv = _mm(P.swapaxes(-2, -1), d_context)  # (B, H, Tk, head_dim): one per query head
+    return d_weights, sum_groups(dv, v.shape[1])  # (B, Hkv, Tk, head_dim)
 
 
 def permute_back_vjp(d_tokens: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -120,13 +133,13 @@ class Grads:
 
     dx: np.ndarray  # (B, T, d_in)
     dW_q: np.ndarray  # (d_out, d_in)
-    dW_k: np.ndarray  # (d_out, d_in)
-    dW_v: np.ndarray  # (d_out, d_in)
+    dW_k: np.ndarray  # (d_kv, d_in)
+    dW_v: np.ndarray  # (d_kv, d_in)
     dW_o: np.ndarray  # (d_out, d_out)
     db_o: np.ndarray  # (d_out,)
     db_q: np.ndarray | None = None  # (d_out,) when qkv_bias
-    db_k: np.ndarray | None = None
-    db_v: np.ndarray | None = None
+    db_k: np.ndarray | None = None  # (d_kv,)
+    db_v: np.ndarray | None = None  # (d_kv,)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The gradients that are present, by name."""

@@ -126,14 +126,15 @@ def sample_dropout_mask(shape: tuple[int, ...], p: float, seed: int = 0) -> np.n
 def qkv_heads(
     x: np.ndarray, params: Params, config: AttentionConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps 1 to 6 on x [B, T, d_in]: q, k, v [B, H, T, head_dim], each head's projections."""
+    """Steps 1 to 6 on x [B, T, d_in]: q [B, H, T, head_dim], k, v [B, Hkv, T, head_dim]."""
     x = steps.input_matrix(x, config)                              # step 1
     H = config.n_heads
     steps.head_dim(config.d_out, H)                                # step 2
     params.check(config)                                           # step 3 (given)
-    Q, K, V = steps.project_qkv(x, params)                         # step 4: (B, T, d_out)
-    Q, K, V = (steps.split_heads(a, H) for a in (Q, K, V))         # step 5: (B, T, H, hd)
-    q, k, v = (steps.group_by_heads(a) for a in (Q, K, V))         # step 6: (B, H, T, hd)
+    Q, K, V = steps.project_qkv(x, params)                         # step 4: (B, T, d_out), K, V d_kv
+    Hkv = config.kv_heads                                        # K and V have their own heads
+    Q, K, V = steps.split_heads(Q, H), steps.split_heads(K, Hkv), steps.split_heads(V, Hkv)  # step 5
+    q, k, v = (steps.group_by_heads(a) for a in (Q, K, V))         # step 6: (B, H or Hkv, T, hd)
     return q, k, v
 
 
@@ -148,16 +149,16 @@ def attend(
 ) -> np.ndarray:
     """Steps 7 to 12 for Tq queries over Tk >= Tq keys and values: -> output [B, Tq, d_out].
 
-    q [B, H, Tq, head_dim] are the heads of the last Tq tokens; k, v [B, H, Tk, head_dim] those
-    of all Tk tokens, the queries' own included. The causal mask is aligned bottom-right:
+    q [B, H, Tq, head_dim] are the heads of the last Tq tokens; k, v [B, Hkv, Tk, head_dim] those
+    of all Tk tokens, the queries' own included (steps 7 and 9 repeat them over each group). The causal mask is aligned bottom-right:
     query i is token Tk - Tq + i and sees keys j <= Tk - Tq + i. key_padding_mask [B, Tk]
     (True = may attend) covers all Tk keys; dropout_mask is [B, H, Tq, Tk].
     """
     _check_heads(q, k, v, config)
     params.check(config)
-    attn_scores = steps.attn_scores(q, k)                          # step 7: (B, H, Tq, Tk)
+    attn_scores = steps.attn_scores(q, k)                          # step 7: (B, H, Tq, Tk), k repeated per group
     attn_weights = steps.attn_weights(attn_scores, config, key_padding_mask, dropout_mask)  # step 8
-    context = steps.context(attn_weights, v)                       # step 9: (B, H, Tq, hd)
+    context = steps.context(attn_weights, v)                       # step 9: (B, H, Tq, hd), v repeated per group
     context = steps.permute_back(context)                          # step 10: (B, Tq, H, hd)
     context = steps.concat_heads(context)                          # step 11: (B, Tq, d_out)
     return steps.out_proj(context, params)                         # step 12: (B, Tq, d_out)
@@ -165,10 +166,11 @@ def attend(
 
 def _check_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray, config: AttentionConfig) -> None:
     """ValueError naming the bad shape or dtype unless q, k, v are heads for config, Tq <= Tk."""
-    H, hd = config.n_heads, config.head_dim
-    for name, a in (("q", q), ("k", k), ("v", v)):
+    hd = config.head_dim
+    for name, a, H in (("q", q, config.n_heads), ("k", k, config.kv_heads), ("v", v, config.kv_heads)):
+        sym = "H" if name == "q" else "n_kv_heads"
         if getattr(a, "ndim", None) != 4 or a.shape[1:2] + a.shape[3:] != (H, hd):
-            raise ValueError(f"{name} must have shape (B, H={H}, T, head_dim={hd}), got "
+            raise ValueError(f"{name} must have shape (B, {sym}={H}, T, head_dim={hd}), got "
                              f"{getattr(a, 'shape', type(a).__name__)}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got k {k.shape} and v {v.shape}")

@@ -24,16 +24,17 @@ from spec.params import Params
 
 @dataclass(frozen=True)
 class Cache:
-    """What the cache holds after t tokens: each head's K and V, and which keys may be attended.
+    """What the cache holds after t tokens: each K/V head's K and V, and which keys may be attended.
 
-    k, v: (B, H, t, head_dim), steps 4 to 6 applied to the t tokens (the spec's trace entries
+    k, v: (B, Hkv, t, head_dim), Hkv = n_kv_heads (H unless grouped: a grouped cache holds each
+    K/V head once, never repeated per query head), steps 4 to 6 applied to the t tokens (the spec's trace entries
     "k" and "v"), never the tokens x themselves. key_padding_mask: (B, t) boolean, True = may
     attend; all True where the tokens came without a mask. A cached token's mask is kept for
     every later query: a padded prompt token stays invisible to every new token.
     """
 
-    k: np.ndarray  # (B, H, t, head_dim)
-    v: np.ndarray  # (B, H, t, head_dim)
+    k: np.ndarray  # (B, Hkv, t, head_dim)
+    v: np.ndarray  # (B, Hkv, t, head_dim)
     key_padding_mask: np.ndarray  # (B, t), bool
 
     @property
@@ -49,7 +50,7 @@ def prefill(
     key_padding_mask: np.ndarray | None = None,
 ) -> Cache:
     """The cache of the prompt x [B, t, d_in]: its keys and values, and its key padding mask [B, t]."""
-    _, k, v = qkv_heads(x, params, config)                         # steps 1-6: (B, H, t, hd) each
+    _, k, v = qkv_heads(x, params, config)                         # steps 1-6: (B, Hkv, t, hd) each
     return Cache(k, v, _mask(key_padding_mask, x.shape[0], x.shape[1], "key_padding_mask"))
 
 
@@ -66,12 +67,12 @@ def decode(
     t cached tokens, the new tokens before it and itself (each once). cache' holds t + n tokens;
     the cache given is not changed. key_padding_mask_new [B, n] marks the new tokens' keys.
     """
-    q, k_new, v_new = qkv_heads(x_new, params, config)             # steps 1-6: (B, H, n, hd) each
+    q, k_new, v_new = qkv_heads(x_new, params, config)             # steps 1-6: q (B, H, n, hd), k, v Hkv
     _check_cache(cache, k_new, config)
     B, n = x_new.shape[:2]
     cache = Cache(
-        k=np.concatenate([cache.k, k_new], axis=2),                # (B, H, t + n, hd)
-        v=np.concatenate([cache.v, v_new], axis=2),                # (B, H, t + n, hd)
+        k=np.concatenate([cache.k, k_new], axis=2),                # (B, Hkv, t + n, hd)
+        v=np.concatenate([cache.v, v_new], axis=2),                # (B, Hkv, t + n, hd)
         key_padding_mask=np.concatenate(
             [cache.key_padding_mask, _mask(key_padding_mask_new, B, n, "key_padding_mask_new")], axis=1),
     )
@@ -100,7 +101,7 @@ def _check_cache(cache: Cache, k_new: np.ndarray, config: AttentionConfig) -> No
         a = getattr(cache, name)
         if getattr(a, "shape", None) != (B, H, t, hd):
             raise ValueError(f"cache.{name} has shape {getattr(a, 'shape', None)}; the new tokens need "
-                             f"(B, H, t, head_dim) = ({B}, {H}, t, {hd}) for {config}")
+                             f"(B, n_kv_heads, t, head_dim) = ({B}, {H}, t, {hd}) for {config}")
         if a.dtype != k_new.dtype:
             raise ValueError(f"cache.{name} has dtype {a.dtype} but x_new has dtype {k_new.dtype}; "
                              f"decode in the cache's dtype")

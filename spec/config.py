@@ -32,7 +32,10 @@ class AttentionConfig:
     n_heads heads (step 2). causal: query i attends to keys j <= i (the source document's
     mask); False is the encoder mode. qkv_bias: biases on W_q, W_k, W_v (the output
     projection always has one, as `nn.Linear(d_out, d_out)` in step 12). dropout_p: dropout
-    probability on the attention weights, in [0, 1).
+    probability on the attention weights, in [0, 1). n_kv_heads: how many K/V heads (grouped-
+    query attention); it divides n_heads, query head h reads K/V head h // (n_heads // n_kv_heads)
+    (consecutive groups); 1 is multi-query attention, None (the default) means n_heads, and
+    n_kv_heads = n_heads is stored as None. `kv_heads` is the resolved count.
     """
 
     d_in: int
@@ -41,6 +44,7 @@ class AttentionConfig:
     causal: bool = True
     qkv_bias: bool = False
     dropout_p: float = 0.0
+    n_kv_heads: int | None = None
     head_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +64,32 @@ class AttentionConfig:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p < 1.0) or math.isnan(p):
             raise ValueError(f"dropout_p must be a number in [0, 1), got {p!r}")
         object.__setattr__(self, "head_dim", self.d_out // self.n_heads)
+        if self.n_kv_heads is not None:
+            _positive_int("n_kv_heads", self.n_kv_heads)
+            if self.n_heads % self.n_kv_heads != 0:
+                divisors = [h for h in range(1, self.n_heads + 1) if self.n_heads % h == 0]
+                raise ValueError(
+                    f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; "
+                    f"n_kv_heads must divide n_heads (valid: {divisors})"
+                )
+            # None is the one spelling of ordinary attention: equal configs compare equal, and
+            # dataclasses.replace(config, n_heads=...) of an ungrouped config stays ungrouped
+            object.__setattr__(self, "n_kv_heads", None if self.n_kv_heads == self.n_heads else int(self.n_kv_heads))
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of K/V heads, Hkv: n_kv_heads, or n_heads when None (ordinary attention)."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def group(self) -> int:
+        """Query heads per K/V head: n_heads // kv_heads (1 for ordinary attention)."""
+        return self.n_heads // self.kv_heads
+
+    @property
+    def d_kv(self) -> int:
+        """Columns of the K and V projections: kv_heads * head_dim (d_out when ungrouped)."""
+        return self.kv_heads * self.head_dim
 
     def to_dict(self) -> dict:
         return {
@@ -69,11 +99,14 @@ class AttentionConfig:
             "causal": self.causal,
             "qkv_bias": self.qkv_bias,
             "dropout_p": self.dropout_p,
+            # only when grouped, so ordinary configs read and write exactly as before
+            **({"n_kv_heads": self.n_kv_heads} if self.n_kv_heads is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "AttentionConfig":
-        return cls(**{k: d[k] for k in ("d_in", "d_out", "n_heads", "causal", "qkv_bias", "dropout_p")})
+        return cls(**{k: d[k] for k in ("d_in", "d_out", "n_heads", "causal", "qkv_bias", "dropout_p")},
+                   n_kv_heads=d.get("n_kv_heads"))
 
 
 def numpy_dtype(name: str) -> np.dtype:

@@ -13,7 +13,7 @@ from spec.table import step
 def symbols(config: AttentionConfig, B: int, T: int, Tk: int | None = None) -> dict[str, int]:
     """The value of every shape symbol for one configuration and input size."""
     return {"B": B, "Tq": T, "Tk": T if Tk is None else Tk, "d_in": config.d_in, "d_out": config.d_out,
-            "H": config.n_heads, "head_dim": config.head_dim}
+            "H": config.n_heads, "head_dim": config.head_dim, "Hkv": config.kv_heads, "d_kv": config.d_kv}
 
 
 def expected_shapes(n: int, config: AttentionConfig, B: int, T: int,

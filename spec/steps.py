@@ -3,7 +3,8 @@
 Read beside the README's "The spec's decisions"; spec/table.py says what each step takes
 and returns. Symbols: B batch, T tokens (Tq queries and Tk
 keys where they may differ, as in KV-cache decoding), d_in input features, d_out output
-features, H heads, head_dim = d_out // H. Every function is plain NumPy and keeps its input's
+features, H heads, head_dim = d_out // H, Hkv K/V heads (grouped-query attention; Hkv = H
+unless grouped) and d_kv = Hkv * head_dim. Every function is plain NumPy and keeps its input's
 dtype, so the same code is the float64 golden and the "plain reference in dtype D" that the
 tolerance model compares against. Backends expose the same steps under the same names.
 """
@@ -40,7 +41,7 @@ def head_dim(d_out: int, n_heads: int) -> int:
 
 
 def init_params(config: AttentionConfig, seed: int = 0) -> Params:
-    """Step 3. Initialise W_q, W_k, W_v [d_out, d_in] (and W_o [d_out, d_out], b_o [d_out]).
+    """Step 3. Initialise W_q [d_out, d_in], W_k, W_v [d_kv, d_in] (and W_o [d_out, d_out], b_o [d_out]).
 
     As `nn.Linear`: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
     """
@@ -48,13 +49,14 @@ def init_params(config: AttentionConfig, seed: int = 0) -> Params:
 
 
 def project_qkv(x: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Step 4. Q = W_q(x), K = W_k(x), V = W_v(x): [B, T, d_in] -> 3 x [B, T, d_out].
+    """Step 4. Q = W_q(x), K = W_k(x), V = W_v(x): [B, T, d_in] -> [B, T, d_out], 2 x [B, T, d_kv].
 
-    `nn.Linear` layout: y = x @ W.T (+ b when qkv_bias).
+    `nn.Linear` layout: y = x @ W.T (+ b when qkv_bias). K and V have d_kv = Hkv * head_dim
+    columns (d_out unless grouped).
     """
     Q = _mm(x, params.W_q.T)  # (B, T, d_out)
-    K = _mm(x, params.W_k.T)  # (B, T, d_out)
-    V = _mm(x, params.W_v.T)  # (B, T, d_out)
+    K = _mm(x, params.W_k.T)  # (B, T, d_kv)
+    V = _mm(x, params.W_v.T)  # (B, T, d_kv)
     if params.b_q is not None:
         Q, K, V = Q + params.b_q, K + params.b_k, V + params.b_v
     return Q, K, V
@@ -63,7 +65,8 @@ def project_qkv(x: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, 
 def split_heads(Q: np.ndarray, n_heads: int) -> np.ndarray:
     """Step 5. Unroll the last dim into heads: [B, T, d_out] -> [B, T, H, head_dim].
 
-    Head h owns features h*head_dim .. (h+1)*head_dim - 1 of each token.
+    Head h owns features h*head_dim .. (h+1)*head_dim - 1 of each token. K and V are split
+    into their Hkv heads: `n_heads` is then n_kv_heads (the step table passes it).
     """
     B, T, d_out = Q.shape
     return Q.reshape(B, T, n_heads, d_out // n_heads)  # (B, T, H, head_dim)
@@ -74,8 +77,25 @@ def group_by_heads(Q: np.ndarray) -> np.ndarray:
     return Q.transpose(0, 2, 1, 3)  # (B, H, T, head_dim)
 
 
+def repeat_kv(K: np.ndarray, n_heads: int) -> np.ndarray:
+    """Grouped-query attention: each of the Hkv K/V heads repeated for its group of query heads.
+
+    [B, Hkv, T, hd] -> [B, H, T, hd]; query head h reads K/V head h // (H // Hkv): consecutive
+    groups, as PyTorch's `enable_gqa`, Hugging Face's `repeat_kv` and `jnp.repeat` do. With
+    Hkv = H it returns K itself.
+    """
+    Hkv = K.shape[1]
+    if n_heads % Hkv != 0:
+        raise ValueError(f"{Hkv} K/V heads do not divide {n_heads} query heads; n_kv_heads must divide n_heads")
+    return K if Hkv == n_heads else np.repeat(K, n_heads // Hkv, axis=1)  # (B, H, T, hd)
+
+
 def attn_scores(Q: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Step 7. attn_scores = Q @ K^T per head: [B, H, Tq, hd], [B, H, Tk, hd] -> [B, H, Tq, Tk]."""
+    """Step 7. attn_scores = Q @ K^T per head: [B, H, Tq, hd], [B, Hkv, Tk, hd] -> [B, H, Tq, Tk].
+
+    Grouped K/V heads (Hkv < H): query head h is scored against K head h // (H // Hkv).
+    """
+    K = repeat_kv(K, Q.shape[1])  # (B, H, Tk, hd): each K head once per query head of its group
     return _mm(Q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
 
 
@@ -125,7 +145,11 @@ def attn_weights(
 
 
 def context(attn_weights: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """Step 9. context = attn_weights @ V: [B, H, Tq, Tk], [B, H, Tk, hd] -> [B, H, Tq, hd]."""
+    """Step 9. context = attn_weights @ V: [B, H, Tq, Tk], [B, Hkv, Tk, hd] -> [B, H, Tq, hd].
+
+    Grouped K/V heads: query head h's weights average V head h // (H // Hkv), as in step 7.
+    """
+    V = repeat_kv(V, attn_weights.shape[1])  # (B, H, Tk, hd)
     return _mm(attn_weights, V)  # (B, H, Tq, head_dim)
 
 

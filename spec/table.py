@@ -12,7 +12,8 @@ value that `spec.block.intermediates` returns. Inputs that are not trace entries
 run's givens: `n_heads`, `d_out` and `config` (from the AttentionConfig), and the optional
 `key_padding_mask` and `dropout_mask`.
 Shapes are written in the symbols B, Tq, Tk, H, head_dim, d_in, d_out (Tq = Tk = T in
-self-attention).
+self-attention), and Hkv, d_kv = Hkv * head_dim for the K/V heads (Hkv = H unless grouped).
+Step 5 splits K and V into Hkv heads: `call_args` passes n_kv_heads as their `n_heads`.
 """
 
 from __future__ import annotations
@@ -53,21 +54,22 @@ GIVENS = ("n_heads", "d_out", "config", "key_padding_mask", "dropout_mask")
 
 
 _QKV = ("d_out", "d_in")
-_HEADS = ("B", "Tk", "H", "head_dim")  # Q's is (B, Tq, H, head_dim); K's and V's have Tk
+_KV = ("d_kv", "d_in")  # W_k, W_v: n_kv_heads * head_dim rows
+_HEADS = ("B", "Tk", "Hkv", "head_dim")  # Q's is (B, Tq, H, head_dim); K's and V's have Tk, Hkv
 
 #: The twelve steps, by number.
 STEPS: dict[int, Step] = {s.number: s for s in (
     Step(1, "input_matrix", "input matrix", ("x", "config"), ("x",), (("B", "Tq", "d_in"),), S.input_matrix),
     Step(2, "head_dim", "d_out and n_heads", ("d_out", "n_heads"), ("head_dim",), ((),), S.head_dim),
     Step(3, "init_params", "Q/K/V weights (init)", ("config",), ("params",),
-         (_QKV, _QKV, _QKV, ("d_out", "d_out"), ("d_out",)), S.init_params),
+         (_QKV, _KV, _KV, ("d_out", "d_out"), ("d_out",)), S.init_params),
     Step(4, "project_qkv", "projection", ("x", "params"), ("Q", "K", "V"),
-         (("B", "Tq", "d_out"), ("B", "Tk", "d_out"), ("B", "Tk", "d_out")), S.project_qkv,
+         (("B", "Tq", "d_out"), ("B", "Tk", "d_kv"), ("B", "Tk", "d_kv")), S.project_qkv,
          vjp=BW.project_qkv_vjp),
     Step(5, "split_heads", "split into heads", ("Q", "n_heads"), ("Q_split", "K_split", "V_split"),
          (("B", "Tq", "H", "head_dim"), _HEADS, _HEADS), S.split_heads, per_tensor=True, vjp=BW.split_heads_vjp),
     Step(6, "group_by_heads", "permute (group by heads)", ("Q_split",), ("q", "k", "v"),
-         (("B", "H", "Tq", "head_dim"), ("B", "H", "Tk", "head_dim"), ("B", "H", "Tk", "head_dim")),
+         (("B", "H", "Tq", "head_dim"), ("B", "Hkv", "Tk", "head_dim"), ("B", "Hkv", "Tk", "head_dim")),
          S.group_by_heads, per_tensor=True, vjp=BW.group_by_heads_vjp),
     Step(7, "attn_scores", "attention scores", ("q", "k"), ("attn_scores",), (("B", "H", "Tq", "Tk"),),
          S.attn_scores, vjp=BW.attn_scores_vjp),
@@ -101,7 +103,9 @@ def call_args(n: int, trace: dict[str, Any], config: Any, key_padding_mask: Any 
     of Q, K, V a per-tensor step (5, 6) gets. Missing optional masks are left out of kwargs.
     """
     s = step(n)
-    given = {"n_heads": config.n_heads, "config": config, "d_out": config.d_out}
+    # step 5 splits K and V (tensor 1, 2) into their n_kv_heads heads, Q into n_heads
+    heads = config.kv_heads if s.per_tensor and tensor > 0 else config.n_heads
+    given = {"n_heads": heads, "config": config, "d_out": config.d_out}
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     optional = {"key_padding_mask": key_padding_mask, "dropout_mask": dropout_mask}

@@ -81,7 +81,7 @@ BROKEN = textwrap.dedent('''
 
         def attn_weights(self, attn_scores, config, key_padding_mask=None, dropout_mask=None):
             from dataclasses import replace
-            one_head = replace(config, n_heads=1)  # head_dim becomes d_out: the wrong scale
+            one_head = replace(config, n_heads=1, n_kv_heads=None)  # head_dim becomes d_out: the wrong scale
             return super().attn_weights(attn_scores, one_head, key_padding_mask, dropout_mask)
 ''')
 

@@ -39,6 +39,7 @@ class PlainBackend(ArrayCache, PlainBackward, Backend):
         kv_cache=True,  # prefill / decode / cache_kv composed from the step methods (impls.array_cache)
         cache_arrays=True,
         gradients=True,  # backward composed of its step VJPs (conformance.mutants.plain_backward)
+        grouped_kv=True,  # K/V heads repeated to their query groups (repeat_kv), summed back (sum_groups)
         notes="the base of the mutants: simple and correct; float16 computed in float32.",
     )
     #: Why this backend's bug cannot exist in float16 (mutants only); None: it can.
@@ -107,6 +108,21 @@ class PlainBackend(ArrayCache, PlainBackward, Backend):
             return dropout_mask
         return np.random.default_rng().random(shape) >= config.dropout_p
 
+    def kv_head_of(self, H: int, n_kv_heads: int) -> np.ndarray:
+        """Grouped-query attention: which K/V head each query head reads, h // (H / n_kv_heads)."""
+        return np.arange(H) // (H // n_kv_heads)  # (H,)
+
+    def repeat_kv(self, K: np.ndarray, n_heads: int) -> np.ndarray:
+        """K/V heads [B, Hkv, T, hd] -> [B, H, T, hd], one per query head (kv_head_of)."""
+        return K[:, self.kv_head_of(n_heads, K.shape[1])]  # (B, H, T, hd)
+
+    def sum_groups(self, dK: np.ndarray, n_kv_heads: int) -> np.ndarray:
+        """repeat_kv's backward: each K/V head's gradient summed over the query heads that read it."""
+        B, H, T, hd = dK.shape
+        out = np.zeros((B, n_kv_heads, T, hd), dtype=dK.dtype)
+        np.add.at(out, (slice(None), self.kv_head_of(H, n_kv_heads)), dK)  # (B, Hkv, T, hd)
+        return out
+
     def qkv(self, x: np.ndarray, weights: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step 4 inside forward: x (caller's array, caller's dtype) -> Q, K, V in the work dtype."""
         work = work_dtype(x.dtype)
@@ -123,8 +139,8 @@ class PlainBackend(ArrayCache, PlainBackward, Backend):
         p = weights.map(lambda a: a.astype(work))
         x = x.astype(work)
         Q = self.linear(x, p.W_q, p.b_q)  # (B, T, d_out)
-        K = self.linear(x, p.W_k, p.b_k)  # (B, T, d_out)
-        V = self.linear(x, p.W_v, p.b_v)  # (B, T, d_out)
+        K = self.linear(x, p.W_k, p.b_k)  # (B, T, d_kv)
+        V = self.linear(x, p.W_v, p.b_v)  # (B, T, d_kv)
         return Q.astype(dt), K.astype(dt), V.astype(dt)
 
     def split_heads(self, Q: np.ndarray, n_heads: int) -> np.ndarray:
@@ -136,6 +152,7 @@ class PlainBackend(ArrayCache, PlainBackward, Backend):
 
     def attn_scores(self, Q: np.ndarray, K: np.ndarray) -> np.ndarray:
         work = work_dtype(Q.dtype)
+        K = self.repeat_kv(K, Q.shape[1])  # (B, H, Tk, hd): grouped K per query head
         return (Q.astype(work) @ K.astype(work).swapaxes(-1, -2)).astype(Q.dtype)  # (B, H, Tq, Tk)
 
     def attn_weights(self, attn_scores: np.ndarray, config: AttentionConfig,
@@ -152,6 +169,7 @@ class PlainBackend(ArrayCache, PlainBackward, Backend):
 
     def context(self, attn_weights: np.ndarray, V: np.ndarray) -> np.ndarray:
         work = work_dtype(V.dtype)
+        V = self.repeat_kv(V, attn_weights.shape[1])  # (B, H, Tk, hd): grouped V per query head
         return (attn_weights.astype(work) @ V.astype(work)).astype(V.dtype)  # (B, H, Tq, hd)
 
     def permute_back(self, context: np.ndarray) -> np.ndarray:
@@ -173,8 +191,9 @@ class PlainBackend(ArrayCache, PlainBackward, Backend):
         """Steps 4-12 composed from the step methods, in the work dtype; output in x's dtype."""
         dt, H = x.dtype, config.n_heads
         work = work_dtype(dt)
-        Q, K, V = self.qkv(x, weights)  # step 4: (B, T, d_out) each, in work
-        Q, K, V = (self.group_by_heads(self.split_heads(a, H)) for a in (Q, K, V))  # steps 5-6: (B, H, T, hd)
+        Q, K, V = self.qkv(x, weights)  # step 4: (B, T, d_out), K and V (B, T, d_kv), in work
+        heads = (H, config.kv_heads, config.kv_heads)
+        Q, K, V = (self.group_by_heads(self.split_heads(a, h)) for a, h in zip((Q, K, V), heads))  # steps 5-6
         scores = self.attn_scores(Q, K)  # step 7: (B, H, T, T)
         keep = self.forward_dropout_mask(scores.shape, config, dropout_mask, training)
         w = self.attn_weights(scores, config, key_padding_mask, keep)  # step 8

@@ -38,7 +38,8 @@ class PlainBackward:
         return dq.transpose(0, 2, 1, 3)  # (B, T, H, hd)
 
     def attn_scores_vjp(self, d_scores, q, k):
-        return d_scores @ k, d_scores.swapaxes(-1, -2) @ q  # dq (B, H, Tq, hd), dk (B, H, Tk, hd)
+        dk = self.sum_groups(d_scores.swapaxes(-1, -2) @ q, k.shape[1])  # (B, Hkv, Tk, hd): over each group
+        return d_scores @ self.repeat_kv(k, q.shape[1]), dk  # dq (B, H, Tq, hd)
 
     def row_term(self, P: np.ndarray, dP: np.ndarray) -> np.ndarray:
         """The softmax backward's row term rowsum(P * dP): [B, H, Tq, 1]."""
@@ -52,7 +53,8 @@ class PlainBackward:
         return (dS * self.scale(config)).astype(P.dtype)
 
     def context_vjp(self, d_context, attn_weights, v):
-        return d_context @ v.swapaxes(-1, -2), attn_weights.swapaxes(-1, -2) @ d_context
+        dv = self.sum_groups(attn_weights.swapaxes(-1, -2) @ d_context, v.shape[1])  # (B, Hkv, Tk, hd)
+        return d_context @ self.repeat_kv(v, d_context.shape[1]).swapaxes(-1, -2), dv
 
     def permute_back_vjp(self, d_tokens, context):
         return d_tokens.transpose(0, 2, 1, 3)  # (B, H, T, hd)
@@ -92,9 +94,10 @@ class PlainBackward:
         work = np.float32 if dt == np.float16 else dt
         w = saved["weights"].map(lambda a: a.astype(work))
         xw = x.astype(work)
-        Q, K, V = self.project_qkv(xw, w)  # (B, T, d_out)
-        Qs, Ks, Vs = (self.split_heads(a, H) for a in (Q, K, V))  # (B, T, H, hd)
-        q, k, v = (self.group_by_heads(a) for a in (Qs, Ks, Vs))  # (B, H, T, hd)
+        Q, K, V = self.project_qkv(xw, w)  # (B, T, d_out), K and V (B, T, d_kv)
+        Hkv = config.kv_heads
+        Qs, Ks, Vs = self.split_heads(Q, H), self.split_heads(K, Hkv), self.split_heads(V, Hkv)  # (B, T, H or Hkv, hd)
+        q, k, v = (self.group_by_heads(a) for a in (Qs, Ks, Vs))  # (B, H or Hkv, T, hd)
         scores = self.attn_scores(q, k)
         weights = self.attn_weights(scores, config, kpm, saved["keep"])
         context = self.context(weights, v)
@@ -106,8 +109,8 @@ class PlainBackward:
         d_scores = self.attn_weights_vjp(d_weights, scores, config, kpm,
                                          self.backward_dropout_mask(saved["keep"], config))  # step 8
         dq, dk = self.attn_scores_vjp(d_scores, q, k)                                      # step 7
-        dQ, dK, dV = (self.split_heads_vjp(self.group_by_heads_vjp(d, s), a, H)            # steps 6, 5
-                      for d, s, a in ((dq, Qs, Q), (dk, Ks, K), (dv, Vs, V)))
+        dQ, dK, dV = (self.split_heads_vjp(self.group_by_heads_vjp(d, s), a, h)            # steps 6, 5
+                      for d, s, a, h in ((dq, Qs, Q, H), (dk, Ks, K, Hkv), (dv, Vs, V, Hkv)))
         dx, d_in_params = self.project_qkv_vjp(*self.qkv_cotangents(dQ, dK, dV), xw, w)    # step 4
         grads = {"dx": dx, **{"d" + n: a for n, a in {**d_in_params, **d_out_params}.items()}}
         return self.finish_grads({n: a.astype(dt) for n, a in grads.items()})

@@ -56,6 +56,7 @@ class Case:
         """A one-line, readable description: what a failure message shows as the example."""
         c = self.config
         parts = [f"B={self.B}", f"T={self.T}", f"d_in={c.d_in}", f"d_out={c.d_out}", f"H={c.n_heads}",
+                 *([f"n_kv_heads={c.kv_heads}"] if c.kv_heads != c.n_heads else []),
                  f"head_dim={c.head_dim}", f"causal={c.causal}", f"qkv_bias={c.qkv_bias}",
                  f"dtype={self.dtype}", f"x_scale={self.x_scale:g}", f"seed={self.seed}"]
         if c.dropout_p:

@@ -43,10 +43,10 @@ ORDER = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v")
 def grad_shapes(case: Case) -> dict[str, tuple[int, ...]]:
     """Each gradient the spec has for the case, by name, with its shape."""
     c = case.config
-    shapes = {"dx": case.x.shape, "dW_q": (c.d_out, c.d_in), "dW_k": (c.d_out, c.d_in),
-              "dW_v": (c.d_out, c.d_in), "dW_o": (c.d_out, c.d_out), "db_o": (c.d_out,)}
+    shapes = {"dx": case.x.shape, "dW_q": (c.d_out, c.d_in), "dW_k": (c.d_kv, c.d_in),
+              "dW_v": (c.d_kv, c.d_in), "dW_o": (c.d_out, c.d_out), "db_o": (c.d_out,)}
     if case.params.b_q is not None:
-        shapes.update(db_q=(c.d_out,), db_k=(c.d_out,), db_v=(c.d_out,))
+        shapes.update(db_q=(c.d_out,), db_k=(c.d_kv,), db_v=(c.d_kv,))
     return shapes
 
 
@@ -72,10 +72,11 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     SDPA backward shows (its dV off by ~30 float32 ulps at scores near 60, measured).
     """
     dt = x.dtype.type
-    H, hd = config.n_heads, config.head_dim
-    heads = lambda a: S.group_by_heads(S.split_heads(a, H))  # noqa: E731  (B, T, d_out) -> (B, H, T, hd)
-    Q, K_, V = S.project_qkv(x, params)  # (B, T, d_out)
-    q, k, v = heads(Q), heads(K_), heads(V)  # (B, H, T, hd)
+    H, Hkv, hd = config.n_heads, config.kv_heads, config.head_dim
+    heads = lambda a, n=H: S.group_by_heads(S.split_heads(a, n))  # noqa: E731  (B, T, n*hd) -> (B, n, T, hd)
+    Q, K_, V = S.project_qkv(x, params)  # (B, T, d_out), K and V (B, T, d_kv)
+    q = heads(Q)  # (B, H, T, hd)
+    k, v = (S.repeat_kv(heads(a, Hkv), H) for a in (K_, V))  # (B, H, T, hd): grouped K/V per query head
     scale = dt(1.0 / np.sqrt(hd))
     s = S._mm(q, k.swapaxes(-2, -1)) * scale  # (B, H, Tq, Tk): FA2 scales the product
     B, _, Tq, Tk = s.shape
@@ -115,7 +116,8 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     dS = (P * (dP - D)).astype(x.dtype)
     dq = S._mm(dS, k) * scale  # (B, H, Tq, hd)
     dk = S._mm(dS.swapaxes(-2, -1), q) * scale  # (B, H, Tk, hd)
-    back = lambda a: a.transpose(0, 2, 1, 3).reshape(Q.shape)  # noqa: E731  (B, H, T, hd) -> (B, T, d_out)
+    back = lambda a: a.transpose(0, 2, 1, 3).reshape(a.shape[0], a.shape[2], -1)  # noqa: E731  (B, n, T, hd) -> (B, T, n*hd)
+    dk, dv = BW.sum_groups(dk, Hkv), BW.sum_groups(dv, Hkv)  # (B, Hkv, T, hd): summed over each group
     dx, d_in = BW.project_qkv_vjp(back(dq), back(dk), back(dv), x, params)
     g = {"dx": dx, **{"d" + n: a for n, a in {**d_in, **d_p}.items()}}
     return tuple(np.asarray(g[n]).astype(x.dtype, copy=False) for n in _names(params))
@@ -152,13 +154,13 @@ def sizes(case: Case, grad_out: np.ndarray, dropout: bool = False) -> dict[str, 
     tr = intermediates(case.x, case.params, c, case.key_padding_mask, dmask)
     a = {k: np.abs(tr[k]) for k in ("x", "Q", "q", "k", "v", "attn_weights", "context_concat")}
     heads = lambda t: S.group_by_heads(S.split_heads(t, H))  # noqa: E731  (B, T, d_out) -> (B, H, T, hd)
-    back = lambda t: t.transpose(0, 2, 1, 3).reshape(a["Q"].shape)  # noqa: E731  (B, H, T, hd) -> (B, T, d_out)
+    back = lambda t: t.transpose(0, 2, 1, 3).reshape(*t.shape[:1], t.shape[2], -1)  # noqa: E731  (B, n, T, hd) -> (B, T, n*hd)
     d_concat, d_o = BW.out_proj_vjp(np.abs(grad_out), a["context_concat"], p)
     d_w, dv = BW.context_vjp(heads(d_concat), a["attn_weights"], a["v"])  # (B, H, Tq, Tk), (B, H, Tk, hd)
     P = S.attn_weights(tr["attn_scores"], c, case.key_padding_mask)  # before dropout
     dP = d_w if dmask is None else np.where(dmask, d_w / (1.0 - c.dropout_p), 0.0)
     dS = P * (dP + (P * dP).sum(axis=-1, keepdims=True)) / np.sqrt(c.head_dim)
-    dq, dk = BW.attn_scores_vjp(dS, a["q"], a["k"])
+    dq, dk = BW.attn_scores_vjp(dS, a["q"], a["k"])  # dk, dv (B, Hkv, Tk, hd): |terms| summed over each group
     dx, d_in = BW.project_qkv_vjp(back(dq), back(dk), back(dv), a["x"], p)
     out = {"dx": dx, **{"d" + k: v for k, v in {**d_in, **d_o}.items()}}
     return {n: float(np.max(out[n], initial=0.0)) for n in _names(case.params)}

@@ -53,6 +53,12 @@ def _heads(a: np.ndarray, H: int) -> np.ndarray:
     return S.group_by_heads(S.split_heads(a, H))  # (B, H, T, hd)
 
 
+def _qkv_heads(x: np.ndarray, params: Params, config: AttentionConfig) -> tuple[np.ndarray, ...]:
+    """q (B, H, T, hd); k, v (B, Hkv, T, hd), their K/V heads (n_kv_heads; H unless grouped)."""
+    Q, K, V = S.project_qkv(x, params)
+    return _heads(Q, config.n_heads), _heads(K, config.kv_heads), _heads(V, config.kv_heads)
+
+
 def _keep(config: AttentionConfig, dropout_mask: np.ndarray | None, e: np.ndarray) -> np.ndarray:
     """Unnormalised weights after inverted dropout (normalising later commutes with it)."""
     if dropout_mask is None:
@@ -68,7 +74,7 @@ def forward_scale_on_q_late_norm(x: np.ndarray, params: Params, config: Attentio
                                  key_padding_mask: np.ndarray | None = None,
                                  dropout_mask: np.ndarray | None = None) -> np.ndarray:
     """q scaled by 1/sqrt(hd) before q @ k^T; the context normalised after P @ V."""
-    Q, K, V = (_heads(a, config.n_heads) for a in S.project_qkv(x, params))  # (B, H, T, hd)
+    Q, K, V = _qkv_heads(x, params, config)  # (B, H, T, hd), K and V with Hkv heads
     return _finish(context_scale_on_q_late_norm(Q, K, V, config, key_padding_mask, dropout_mask), params)
 
 
@@ -76,6 +82,7 @@ def context_scale_on_q_late_norm(Q: np.ndarray, K: np.ndarray, V: np.ndarray, co
                                  key_padding_mask: np.ndarray | None = None,
                                  dropout_mask: np.ndarray | None = None) -> np.ndarray:
     """Steps 7-9 of forward_scale_on_q_late_norm for Tq <= Tk queries: (B, H, Tq, hd)."""
+    K, V = S.repeat_kv(K, Q.shape[1]), S.repeat_kv(V, Q.shape[1])  # grouped K/V: (B, H, Tk, hd)
     q = Q * Q.dtype.type(1.0 / np.sqrt(config.head_dim))
     s = _mm(q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
     s = np.where(_masked(config, *s.shape[:1], *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
@@ -92,7 +99,7 @@ def forward_online_softmax(x: np.ndarray, params: Params, config: AttentionConfi
                            key_padding_mask: np.ndarray | None = None,
                            dropout_mask: np.ndarray | None = None, block: int = 16) -> np.ndarray:
     """FlashAttention's order: sqrt(scale) on q and k, keys in blocks, running max and sum."""
-    Q, K, V = (_heads(a, config.n_heads) for a in S.project_qkv(x, params))  # (B, H, T, hd)
+    Q, K, V = _qkv_heads(x, params, config)  # (B, H, T, hd), K and V with Hkv heads
     return _finish(context_online_softmax(Q, K, V, config, key_padding_mask, dropout_mask, block), params)
 
 
@@ -101,6 +108,7 @@ def context_online_softmax(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config: 
                            dropout_mask: np.ndarray | None = None, block: int = 16) -> np.ndarray:
     """Steps 7-9 of forward_online_softmax for Tq <= Tk queries: (B, H, Tq, hd)."""
     dt = Q.dtype.type
+    K, V = S.repeat_kv(K, Q.shape[1]), S.repeat_kv(V, Q.shape[1])  # grouped K/V: (B, H, Tk, hd)
     r = dt(config.head_dim ** -0.25)  # PyTorch's math path scales q and k by sqrt(scale) each
     q, k = Q * r, K * r
     B, H, Tq, _ = q.shape
@@ -159,7 +167,7 @@ def attn_weights_max_first(attn_scores: np.ndarray, config: AttentionConfig,
 
 def project_qkv_split_sum(x: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Step 4 with the sum over d_in split in two halves."""
-    Q, K, V = (_mm_split(x, W.T) for W in (params.W_q, params.W_k, params.W_v))  # (B, T, d_out)
+    Q, K, V = (_mm_split(x, W.T) for W in (params.W_q, params.W_k, params.W_v))  # (B, T, d_out or d_kv)
     if params.b_q is not None:
         Q, K, V = Q + params.b_q, K + params.b_k, V + params.b_v
     return Q, K, V
@@ -167,12 +175,12 @@ def project_qkv_split_sum(x: np.ndarray, params: Params) -> tuple[np.ndarray, np
 
 def attn_scores_split_sum(Q: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Step 7 with the sum over head_dim split in two halves."""
-    return _mm_split(Q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
+    return _mm_split(Q, S.repeat_kv(K, Q.shape[1]).swapaxes(-2, -1))  # (B, H, Tq, Tk), K per group
 
 
 def context_split_sum(attn_weights: np.ndarray, V: np.ndarray) -> np.ndarray:
     """Step 9 with the sum over keys split in two halves."""
-    return _mm_split(attn_weights, V)  # (B, H, Tq, hd)
+    return _mm_split(attn_weights, S.repeat_kv(V, attn_weights.shape[1]))  # (B, H, Tq, hd), V per group
 
 
 def out_proj_split_sum(context: np.ndarray, params: Params) -> np.ndarray:

@@ -63,8 +63,20 @@ def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: flo
         modes = [m for m, ok in ((True, caps.causal), (False, caps.non_causal)) if ok]
         causal = draw(st.sampled_from(modes))
     qkv_bias = draw(st.booleans()) if caps.qkv_bias else False
+    n_kv = draw(kv_heads(H)) if caps.grouped_kv else H
     return AttentionConfig(d_in=d_in, d_out=d_out, n_heads=H, causal=causal, qkv_bias=qkv_bias,
-                           dropout_p=dropout_p)
+                           dropout_p=dropout_p, n_kv_heads=n_kv)
+
+
+@st.composite
+def kv_heads(draw, H: int) -> int:
+    """n_kv_heads for H query heads (grouped-query attention): H, or twice as often a proper
+    divisor of H (1 = multi-query first). Shrinks to H, ordinary attention, so a failure that is
+    not about grouping shrinks to a readable ungrouped example."""
+    proper = [d for d in range(1, H) if H % d == 0]
+    if not proper or draw(st.integers(0, 2)) == 0:
+        return H
+    return draw(st.sampled_from(proper))
 
 
 def padding_mask(kind: str, B: int, T: int, rng: np.random.Generator) -> np.ndarray | None:
@@ -112,6 +124,28 @@ def class_representatives(caps: Capabilities, dtype: str, *, budget_scale: float
     for _, s in reps:
         config = AttentionConfig(d_in=s.d_in, d_out=s.d_out, n_heads=s.H, causal=caps.causal)
         case = case_from(config, s.B, s.T, dtype, seed=s.T * 31 + s.d_out, param_scale=param_scale)
+        out.append(case.with_(extra={"param_scale": param_scale}))
+    return out + grouped_representatives(caps, dtype)
+
+
+#: The fixed grouped-query examples: multi-query (one K/V head), and groups of 2 where the
+#: consecutive mapping (h // 2) and the interleaved one (h % 2) give different heads.
+GROUPED_EXAMPLES = ({"H": 4, "n_kv_heads": 1}, {"H": 4, "n_kv_heads": 2})
+
+
+def grouped_representatives(caps: Capabilities, dtype: str, B: int = 1, T: int = 17) -> list[Case]:
+    """The GROUPED_EXAMPLES as cases for a backend declaring grouped_kv (none otherwise): causal
+    where supported, biases where supported (b_k, b_v of n_kv_heads heads), head_dim 8, weights
+    at the first scale; run first, as explicit examples."""
+    if not caps.grouped_kv:
+        return []
+    param_scale = value_scales(dtype)[1][0]
+    d_in = 32 if caps.d_in_equals_d_out else 16
+    out = []
+    for g in GROUPED_EXAMPLES:
+        config = AttentionConfig(d_in=d_in, d_out=g["H"] * 8, n_heads=g["H"], n_kv_heads=g["n_kv_heads"],
+                                 causal=caps.causal, qkv_bias=caps.qkv_bias)
+        case = case_from(config, B, T, dtype, seed=T * 37 + g["n_kv_heads"], param_scale=param_scale)
         out.append(case.with_(extra={"param_scale": param_scale}))
     return out
 
@@ -163,9 +197,43 @@ def large_logit_cases(draw, caps: Capabilities, dtype: str, target: float | None
     from spec import steps  # the golden scores decide how far to scale x
 
     Q, K, _ = steps.project_qkv(case.x, case.params)
+    K = kv_to_query_heads(K, case.config)  # (B, T, d_out): grouped K heads beside their query heads
     peak = float(np.max(np.abs(Q[:, :, None, :] * K[:, None, :, :]).sum(-1), initial=0.0))
     if peak == 0.0:
         return case
     factor = np.sqrt((target or large_logit_target(dtype)) / peak)  # scores are quadratic in x
     x = round_to(case.x * factor, dtype)
     return case.with_(x=x, x_scale=case.x_scale * float(factor))
+
+
+def kv_to_query_heads(K: np.ndarray, config: AttentionConfig) -> np.ndarray:
+    """K or V [B, T, d_kv] -> [B, T, d_out]: each query head's K/V head (h // group) in its place."""
+    B, T, _ = K.shape
+    heads = K.reshape(B, T, config.kv_heads, config.head_dim)  # (B, T, Hkv, hd)
+    return np.repeat(heads, config.group, axis=2).reshape(B, T, config.d_out)  # (B, T, H * hd)
+
+
+@st.composite
+def head_permutations(draw, config: AttentionConfig) -> dict:
+    """A head permutation that keeps grouping: the K/V heads in a new order (`kv`), each carrying
+    its group of query heads, and one order of the query heads within every group (`within`).
+    Ungrouped (n_kv_heads = H), `kv` is just a permutation of the heads; never the identity."""
+    perms = st.tuples(st.permutations(range(config.kv_heads)), st.permutations(range(config.group)))
+    kv, within = draw(perms.filter(lambda p: list(p[0]) != sorted(p[0]) or list(p[1]) != sorted(p[1])))
+    return {"kv": list(kv), "within": list(within)}
+
+
+def head_perm_indices(config: AttentionConfig, perm: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(query feature order [d_out], K/V feature order [d_kv]) of a `head_permutations` draw."""
+    hd, g = config.head_dim, config.group
+    q_heads = [kv * g + j for kv in perm["kv"] for j in perm["within"]]  # query head h reads K/V head h // g
+    block = lambda heads: np.concatenate([np.arange(h * hd, (h + 1) * hd) for h in heads])  # noqa: E731
+    return block(q_heads), block(perm["kv"])
+
+
+@st.composite
+def head_perm_cases(draw, caps: Capabilities, dtype: str, base=None) -> Case:
+    """An everyday case (or one of `base`, a strategy of cases) with more than one head and a
+    grouping-preserving head permutation under extra["head_perm"]."""
+    case = draw((cases(caps, dtype) if base is None else base).filter(lambda c: c.config.n_heads > 1))
+    return case.with_(extra={**case.extra, "head_perm": draw(head_permutations(case.config))})

@@ -125,7 +125,7 @@ def decode_outputs(run, case, check_cache: bool = False) -> np.ndarray:
 
 def _check_kv(run, case, cache, t: int, what: str, spec_kv: tuple) -> None:
     c = case.config
-    got = run.cache_kv(what, cache, (case.B, c.n_heads, t, c.head_dim))
+    got = run.cache_kv(what, cache, (case.B, c.kv_heads, t, c.head_dim))  # each K/V head once, never repeated
     for name, g, want, p in zip("KV", got, *spec_kv):
         run.assert_close(f"{what}: {name}", g, want[:, :, :t], p[:, :, :t])
 
@@ -169,10 +169,16 @@ def decode_with_padding(run, case):
     assert_decodes_as_spec(run, case, decode_outputs(run, case))
 
 
+def grouped_decodings(caps, dtype) -> list:
+    """The fixed grouped-query examples (cs.grouped_representatives, none unless grouped_kv):
+    a prefill of 9 of 17 tokens, then chunks of 3 and 5."""
+    return [c.with_(extra={**c.extra, "prefill": 9, "chunks": [3, 5]}) for c in cs.grouped_representatives(caps, dtype)]
+
+
 @check(step=None, strategy=lambda caps, dtype: decoding_cases(caps, dtype, one_by_one=False),
-       needs=("kv_cache", "cache_arrays"))
+       needs=("kv_cache", "cache_arrays"), examples=grouped_decodings)
 def cache_holds_spec_kv(run, case):
-    """The cache holds each head's K and V [B, H, t, head_dim] of the spec after the prefill and every step."""
+    """The cache holds each K/V head's K and V [B, n_kv_heads, t, head_dim] of the spec after the prefill and every step."""
     assert_decodes_as_spec(run, case, decode_outputs(run, case, check_cache=True))
 
 

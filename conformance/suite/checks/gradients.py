@@ -79,6 +79,11 @@ def _sized_grad_cases(draw, caps, dtype):
     return _with_grad_seed(draw, draw(cs.cases(caps, dtype, large=True, budget_scale=GRAD_BUDGET_SCALE)))
 
 
+def _grouped_grad_cases(caps, dtype) -> list:
+    """The fixed grouped-query examples (cs.grouped_representatives, none unless grouped_kv), with a grad seed."""
+    return [c.with_(extra={**c.extra, "grad_seed": c.seed}) for c in cs.grouped_representatives(caps, dtype)]
+
+
 #: Past this T the gradient checks' fixed examples sit: one past a 256-row tile, and the longest
 #: T their budget allows (about 410 in float16, 440 in float64: T past 512 fits only float32 and bfloat16).
 GRAD_LONG_PAST = 256
@@ -90,7 +95,7 @@ def grad_representatives(caps, dtype) -> list:
     and the longest T that fits. Run before the drawn examples, as `matches_spec`'s are."""
     reps = cs.class_representatives(caps, dtype, budget_scale=GRAD_BUDGET_SCALE, first_edges=True,
                                     long_past=GRAD_LONG_PAST)
-    return [c.with_(extra={**c.extra, "grad_seed": c.T * 7 + c.config.d_out}) for c in reps]
+    return [c.with_(extra={**c.extra, "grad_seed": c.T * 7 + c.config.d_out}) for c in reps] + _grouped_grad_cases(caps, dtype)
 
 
 @check(step=None, strategy=_sized_grad_cases, needs=("gradients",), group=GROUP,
@@ -219,25 +224,26 @@ def grads_replay_dropout(run, case):
                        dropout=True)
 
 
-@st.composite
-def _head_perm_grad_cases(draw, caps, dtype):
-    case = draw(grad_cases(caps, dtype).filter(lambda c: c.config.n_heads > 1))
-    perm = draw(st.permutations(range(case.config.n_heads)).filter(lambda p: list(p) != sorted(p)))
-    return case.with_(extra={**case.extra, "head_perm": list(perm)})
+def _head_perm_grad_cases(caps, dtype):
+    return cs.head_perm_cases(caps, dtype, base=grad_cases(caps, dtype))
 
 
 @check(step=None, strategy=_head_perm_grad_cases, needs=("gradients",), group=GROUP)
 def grads_head_permutation_invariant(run, case):
-    """Permuting heads consistently permutes the weight gradients the same way and leaves dx unchanged."""
-    hd = case.config.head_dim
-    idx = np.concatenate([np.arange(h * hd, (h + 1) * hd) for h in case.extra["head_perm"]])
+    """Permuting heads consistently permutes the weight gradients the same way and leaves dx unchanged.
+
+    With grouped K/V heads, the K/V heads move with their groups of query heads (cs.head_permutations).
+    """
+    q_idx, kv_idx = cs.head_perm_indices(case.config, case.extra["head_perm"])
     p = case.params
-    rows = {k: getattr(p, k)[idx] for k in ("W_q", "W_k", "W_v", "b_q", "b_k", "b_v") if getattr(p, k) is not None}
+    idx_of = lambda k: q_idx if k[-1] in "qo" else kv_idx  # noqa: E731  W_q, b_q (and W_o's columns): query heads
+    rows = {k: getattr(p, k)[idx_of(k)] for k in ("W_q", "W_k", "W_v", "b_q", "b_k", "b_v") if getattr(p, k) is not None}
     g = grad_out_for(case)
-    got = run.grads(case.with_(params=replace(p, W_o=p.W_o[:, idx], **rows)), g)
+    got = run.grads(case.with_(params=replace(p, W_o=p.W_o[:, q_idx], **rows)), g)
     # undo the permutation on the backend's gradients, then compare with the unpermuted spec
-    inv_idx = np.argsort(idx)
-    back = {k: (a[inv_idx] if k[1:] in rows else a[:, inv_idx] if k == "dW_o" else a) for k, a in got.items()}
+    inv = {k: np.argsort(idx_of(k)) for k in ("W_q", "W_k", "W_v", "W_o")}
+    back = {k: (a[inv["W_" + k[-1]]] if k[1:] in rows else a[:, inv["W_o"]] if k == "dW_o" else a)
+            for k, a in got.items()}
     assert_grads_close(run, case, back, g, f"gradients with heads permuted {case.extra['head_perm']}, permuted back")
 
 

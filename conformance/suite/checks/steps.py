@@ -241,6 +241,7 @@ def context_in_convex_hull(run, case):
     trace = step_inputs(case)
     w, V, got = trace["attn_weights"], trace["v"], run.table_step(9, case, trace)
     _, plain = golden_and_plain(S.context, case.dtype, w, V)
+    V = S.repeat_kv(V, case.config.n_heads)  # (B, H, Tk, hd): the value rows each query head reads
     excursion = inv.context_in_convex_hull(got, V, _ok_mask(case))
     # the plain reference's own excursion, worst of its runs
     allowed = max(inv.context_in_convex_hull(r, V, _ok_mask(case)) for r in plain.runs)
@@ -254,7 +255,7 @@ def context_in_convex_hull(run, case):
 def first_causal_row_equals_first_value(run, case):
     """With the causal mask, query 0 sees only key 0: context[:, :, 0] == V[:, :, 0]."""
     trace = step_inputs(case)
-    V, got = trace["v"], run.table_step(9, case, trace)
+    V, got = S.repeat_kv(trace["v"], case.config.n_heads), run.table_step(9, case, trace)  # V per query head
     run.assert_close("step 9 first causal row", got[:, :, 0], V[:, :, 0], V[:, :, 0])
 
 
