@@ -66,12 +66,14 @@ def _heads(a: np.ndarray, H: int) -> np.ndarray:
     return a.reshape(B, T, H, d_out // H).transpose(0, 2, 1, 3)  # (B, H, T, hd)
 
 
-def _score_bound(qa: np.ndarray, ka: np.ndarray, H: int, axis: int) -> np.ndarray:
+def _score_bound(qa: np.ndarray, ka: np.ndarray, H: int, axis: int, Hkv: int | None = None) -> np.ndarray:
     """A bound on |q_i . k_j| in any order of summation, from |Q|, |K| bounds [B, T, d_out], for each
     token on `axis` (2: each query, over every key; 3: each key, over every query): [B, H, T].
 
     Separable, sum_d max_i |q_i,d| |k_j,d|, so it costs O(T d), not the scores' O(T^2 d)."""
-    qh, kh = _heads(qa, H), _heads(ka, H)  # (B, H, T, hd)
+    Hkv = H if Hkv is None else Hkv
+    qh = _heads(qa, H)  # (B, H, T, hd)
+    kh = np.repeat(_heads(ka, Hkv), H // Hkv, axis=1)  # (B, H, T, hd): K/V head h // group for query head h
     if axis == 2:
         return (qh * kh.max(2, keepdims=True)).sum(-1)  # (B, H, T): each query
     return (kh * qh.max(2, keepdims=True)).sum(-1)  # (B, H, T): each key
@@ -79,7 +81,7 @@ def _score_bound(qa: np.ndarray, ka: np.ndarray, H: int, axis: int) -> np.ndarra
 
 def poisoned_inputs(case: Case) -> np.ndarray:
     """x with each poisoned token's input a random direction scaled as far as D allows (see the module doc)."""
-    p, H = case.params, case.config.n_heads
+    p, H, Hkv = case.params, case.config.n_heads, case.config.kv_heads
     limit = _largest(case.dtype) / POISON_HEADROOM
     poison = poisoned_tokens(case)
     rng = np.random.default_rng(case.extra["poison_seed"])
@@ -98,8 +100,8 @@ def poisoned_inputs(case: Case) -> np.ndarray:
         for a, b in zip(unit, bs):
             c = np.minimum(c, (limit - np.max(b, initial=0.0)) / a.max(-1))
         # scores of clean queries against poisoned keys and back, linear in c
-        lin_k = _score_bound(clean[0], unit[1], H, axis=3).max(1)  # (B, T): each key, worst head
-        lin_q = _score_bound(unit[0], clean[1], H, axis=2).max(1)  # (B, T): each query, worst head
+        lin_k = _score_bound(clean[0], unit[1], H, axis=3, Hkv=Hkv).max(1)  # (B, T): each key, worst head
+        lin_q = _score_bound(unit[0], clean[1], H, axis=2, Hkv=Hkv).max(1)  # (B, T): each query, worst head
         c = np.minimum(c, (limit / 2) / lin_k)  # half the room: the biases' share is checked below
         c = np.minimum(c, (limit / 2) / lin_q)
         c = np.where(poison, c, 0.0)
@@ -107,7 +109,7 @@ def poisoned_inputs(case: Case) -> np.ndarray:
         for _ in range(8):
             qa = clean[0] + c[..., None] * unit[0]  # (B, T, d_out): |Q| bound, the bias in `clean`
             ka = clean[1] + c[..., None] * unit[1]
-            worst = np.max(_score_bound(qa, ka, H, axis=2), initial=0.0)
+            worst = np.max(_score_bound(qa, ka, H, axis=2, Hkv=Hkv), initial=0.0)
             if worst <= limit:
                 break
             c = c * min(0.999, np.sqrt(limit / worst))
