@@ -128,7 +128,9 @@ def test_probes_through_the_contract_on_a_plain_backend():
     assert seen["mask_polarity"][0] == "True = may attend"
     assert seen["float64_compute"][0] == "float64"
     assert probes.run_all(cb.Float32Inside())["float64_compute"][0] == "float32"
+    assert probes.output_dtypes(cb.UpcastWithMask())[0] == "changed"
     assert "float16 with a mask -> float32" in probes.output_dtypes(cb.UpcastWithMask())[1]
+    assert seen["output_dtypes"][0] == "input dtype"
 
 
 def test_a_convention_off_the_menu_is_an_error_naming_the_valid_ones():
