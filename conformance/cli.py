@@ -161,6 +161,7 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
         shown = name if name.isprintable() else repr(name)
         print(f"{shown:{w}s} {n['passed']:7d} {n['failed']:7d} {n['unsupported']:8d} {n['skipped']:8d} "
               f"{n['missing']:8d}  {verdict_text(n, states[info.spec][0], conventions=_conventions(info.backend))}")
+    print_grouped_share(records)
     failed = [r for r in records if r["outcome"] == "failed"]
     if findings:
         print_findings(findings, records)
@@ -184,6 +185,22 @@ def summarise(records: list[dict], missing: list[plan.Key], infos, states: dict,
               f"{shown}{more}")
     print(f"\nchecked {len(records)} of {planned} planned (backend, dtype, check) combinations in {elapsed:.1f} s; "
           f"results: {out / 'results.json'}")
+
+
+def grouped_share(records: list[dict]) -> dict[str, tuple[int, int]]:
+    """(grouped examples, examples) per backend that drew any grouped-query example."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in records:
+        g, n = out.get(r["backend"], (0, 0))
+        out[r["backend"]] = (g + (r.get("grouped_examples") or 0), n + (r.get("examples") or 0))
+    return {b: gn for b, gn in out.items() if gn[0]}
+
+
+def print_grouped_share(records: list[dict]) -> None:
+    shares = grouped_share(records)
+    if shares:
+        text_ = ", ".join(f"{b} {g / n:.0%} of {n}" for b, (g, n) in shares.items())
+        print(f"\ngrouped-query examples (n_kv_heads < n_heads): {text_}")
 
 
 #: Seconds the diagnosis may spend probing and re-running failed examples; the process is

@@ -37,6 +37,7 @@ class Result:
     case: Case | None = None  # the (shrunk) failing example
     examples: int = 0
     duration_s: float = 0.0
+    grouped: int = 0  # of the examples, those with fewer K/V heads than query heads
 
     @property
     def counterexample(self) -> str | None:
@@ -122,10 +123,11 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
     idle = IDLE_FACTOR * limits["later"]  # not 4x for the first example: sleeping needs no warm-up
     runner = Runner(backend, dtype)
     judgement = declared(backend)  # everything is judged against the spec adjusted for these
-    state: dict[str, Any] = {"n": 0, "case": None}
+    state: dict[str, Any] = {"n": 0, "grouped": 0, "case": None}
 
     def body(case: Case) -> None:
         state["n"] += 1
+        state["grouped"] += case.config.kv_heads < case.config.n_heads
         limit = limits["first"] if state["n"] == 1 else limits["later"]
         state["case"] = case  # the last case run: after a failure, the shrunk example
         # each example puts back the process state the backend changed: the spec's own
@@ -146,7 +148,7 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
             test()
     except CheckFailure as e:
         return Result("failed", str(e), e.max_error, e.tolerance, state["case"], state["n"],
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, state["grouped"])
     except BackendHang as e:
         return Result("failed", f"hang: {e}", case=state["case"], examples=state["n"],
                       duration_s=time.perf_counter() - t0)
@@ -168,4 +170,5 @@ def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
     except BaseException as e:  # KeyboardInterrupt, SystemExit, ... from the backend (not shrunk)
         return Result("failed", _escaped(e), case=state["case"], examples=state["n"],
                       duration_s=time.perf_counter() - t0)
-    return Result("passed", f"{state['n']} examples", examples=state["n"], duration_s=time.perf_counter() - t0)
+    return Result("passed", f"{state['n']} examples", examples=state["n"], grouped=state["grouped"],
+                  duration_s=time.perf_counter() - t0)

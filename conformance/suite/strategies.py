@@ -52,7 +52,12 @@ def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: flo
 
     `shape` (from the size regime) fixes H, head_dim and d_in instead of drawing them small.
     """
-    H = draw(st.integers(1, 4)) if shape is None else shape.H
+    if shape is not None:
+        H = shape.H
+    elif caps.grouped_kv:  # H = K/V heads x group size, so most draws are grouped (shrinks to H = 1)
+        H = draw(st.integers(1, 2)) * draw(st.integers(1, 4))
+    else:
+        H = draw(st.integers(1, 4))
     head_dim = draw(st.integers(1, 8)) if shape is None else shape.head_dim
     d_out = H * head_dim
     if caps.d_in_equals_d_out:
@@ -74,7 +79,7 @@ def kv_heads(draw, H: int) -> int:
     divisor of H (1 = multi-query first). Shrinks to H, ordinary attention, so a failure that is
     not about grouping shrinks to a readable ungrouped example."""
     proper = [d for d in range(1, H) if H % d == 0]
-    if not proper or draw(st.integers(0, 2)) == 0:
+    if not proper or draw(st.integers(0, 5)) == 0:
         return H
     return draw(st.sampled_from(proper))
 
