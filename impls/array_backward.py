@@ -11,8 +11,9 @@ they pass no gradient through the attention, as the spec decides.
 
 A backend mixes in `ArrayBackward` beside `ArraySteps` (its `xp()`, and `prepare` putting
 W_qkv_T, b_qkv, W_o_T, b_o in the work dtype into the weights). float16 runs in float32 and
-the gradients are rounded back. `ArrayVJPs` are the plain per-step VJPs (spec.backward's
-signatures), so the suite can name the first wrong step of a backward.
+the gradients are rounded back. This is the fast backward, as the backend's forward is its
+fast forward; the plain per-step VJPs and the backward composed of them are
+`impls.array_vjps.ArrayVJPs` (the mutants' backward), which the tests hold this one equal to.
 """
 
 from __future__ import annotations
@@ -144,56 +145,3 @@ class ArrayBackward:
             grads.update(db_q=db[:d_out], db_k=db[d_out:e], db_v=db[e:])
         with np.errstate(over="ignore"):  # a gradient past float16's range is inf, as the spec's would be
             return {n: a.astype(dt) for n, a in grads.items()}
-
-
-class ArrayVJPs:
-    """The plain per-step VJPs (spec.backward's signatures) on this backend's arrays, for
-    naming the first wrong step of a backward; `weights` is what `prepare` returns."""
-
-    def project_qkv_vjp(self, dQ, dK, dV, x, weights):
-        p = weights["params"]
-        dx = dQ @ p.W_q + dK @ p.W_k + dV @ p.W_v  # (B, T, d_in)
-        flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (B*T, features)
-        d = {"W_q": flat(dQ).T @ flat(x), "W_k": flat(dK).T @ flat(x), "W_v": flat(dV).T @ flat(x)}
-        if p.b_q is not None:
-            d.update(b_q=dQ.sum(axis=(0, 1)), b_k=dK.sum(axis=(0, 1)), b_v=dV.sum(axis=(0, 1)))
-        return dx, d
-
-    def split_heads_vjp(self, dQ_split, Q, n_heads: int):
-        return dQ_split.reshape(Q.shape)  # (B, T, d_out)
-
-    def group_by_heads_vjp(self, dq, Q_split):
-        return dq.transpose(0, 2, 1, 3)  # (B, T, H, hd)
-
-    def attn_scores_vjp(self, d_scores, q, k):
-        H, Hkv = q.shape[1], k.shape[1]  # grouped K: repeated forward, summed over each group back
-        dk = self.sum_groups(d_scores.swapaxes(-1, -2) @ q, Hkv)  # (B, Hkv, Tk, hd)
-        return d_scores @ self.repeat_kv(k, H), dk  # (B, H, Tq, hd), (B, Hkv, Tk, hd)
-
-    def attn_weights_vjp(self, d_weights, attn_scores, config: AttentionConfig, key_padding_mask=None,
-                         dropout_mask=None):
-        xp = self.xp()
-        dt = attn_scores.dtype
-        work = np.float32 if dt == np.float16 else dt  # the row sums in float32, as the forward's
-        P = self.attn_weights(attn_scores, config, key_padding_mask).astype(work)  # before dropout
-        dP = d_weights.astype(work)
-        if dropout_mask is not None:
-            dP = xp.where(dropout_mask, dP / (1.0 - config.dropout_p), 0)
-        dS = P * (dP - (P * dP).sum(axis=-1, keepdims=True))  # (B, H, Tq, Tk)
-        return (dS / np.sqrt(config.head_dim)).astype(dt)
-
-    def context_vjp(self, d_context, attn_weights, v):
-        H, Hkv = d_context.shape[1], v.shape[1]  # grouped V: repeated forward, summed over each group back
-        dv = self.sum_groups(attn_weights.swapaxes(-1, -2) @ d_context, Hkv)  # (B, Hkv, Tk, hd)
-        return d_context @ self.repeat_kv(v, H).swapaxes(-1, -2), dv
-
-    def permute_back_vjp(self, d_tokens, context):
-        return d_tokens.transpose(0, 2, 1, 3)  # (B, H, T, hd)
-
-    def concat_heads_vjp(self, d_concat, context_tokens):
-        return d_concat.reshape(context_tokens.shape)  # (B, T, H, hd)
-
-    def out_proj_vjp(self, d_out, context_concat, weights):
-        p = weights["params"]
-        flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (B*T, features)
-        return d_out @ p.W_o, {"W_o": flat(d_out).T @ flat(context_concat), "b_o": d_out.sum(axis=(0, 1))}

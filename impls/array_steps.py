@@ -1,9 +1,17 @@
 """Steps 3 to 12 for NumPy-compatible array libraries (NumPy itself, CuPy), written once.
 
-A backend mixes in `ArraySteps` and says which module its arrays come from (`xp()`); its
-`prepare` must put the step-level weights, in the computing dtype, under
-`weights["params"]`. float16 is computed in float32 and rounded back, so the softmax and
-the sums over keys never accumulate in half precision.
+The one array-generic implementation of the steps: the NumPy and CuPy backends expose them
+for step-by-step checking (their fast forward stays their own), and the mutants' plain backend
+(`conformance.mutants.base.PlainBackend`) is this class with NumPy arrays, its forward composed
+of the steps. Each step is built from small pieces (`linear`, `scale`, `causal_mask`,
+`padding`, `mask`, `softmax`, `dropout`, `kv_head_of`), so a mutant overrides one piece by a
+few lines and the bug reaches every path that uses it: the forward, the steps, the backward
+(`impls.array_vjps`) and the KV cache (`impls.array_cache`).
+
+A backend mixes in `ArraySteps` and says which module its arrays come from (`xp()`) and where
+the step-level weights (a `Params` in the computing dtype) live in what its `prepare` returns
+(`step_params`; by default `weights["params"]`). float16 is computed in float32 and rounded
+back, so the softmax and the sums never accumulate in half precision.
 """
 
 from __future__ import annotations
@@ -14,6 +22,11 @@ import numpy as np
 
 from spec.config import AttentionConfig
 from spec.params import Params
+
+
+def work_dtype(dt: Any) -> np.dtype:
+    """The dtype arithmetic runs in: float16 is accumulated in float32."""
+    return np.dtype(np.float32) if np.dtype(dt) == np.float16 else np.dtype(dt)
 
 
 def fused_qkv_heads(x: Any, weights: dict[str, Any], config: AttentionConfig) -> tuple[Any, Any, Any]:
@@ -29,25 +42,110 @@ def fused_qkv_heads(x: Any, weights: dict[str, Any], config: AttentionConfig) ->
 
 
 class ArraySteps:
-    """The plain per-step versions, for step-by-step checking; forward stays the backend's."""
+    """The steps from overridable pieces, and the forward composed of them."""
 
     def xp(self) -> Any:
         """The array module of this backend's arrays (numpy, cupy)."""
         raise NotImplementedError
 
+    def step_params(self, weights: Any) -> Params:
+        """The step-level weights inside what `prepare` returned."""
+        return weights["params"]
+
+    # -- small pieces (a mutant overrides one) -------------------------------------------------
+    def linear(self, x, W, b):
+        """nn.Linear: y = x @ W.T (+ b); W is [out, in]."""
+        y = x @ W.T  # (..., out)
+        return y if b is None else y + b
+
+    def scale(self, config: AttentionConfig) -> float:
+        """The softmax scale 1/sqrt(head_dim)."""
+        return 1.0 / np.sqrt(config.head_dim)
+
+    def causal_mask(self, Tq: int, Tk: int):
+        """True where query i must not see key j (j > i + Tk - Tq): bottom-right aligned."""
+        xp = self.xp()
+        return xp.triu(xp.ones((Tq, Tk), dtype=bool), k=1 + Tk - Tq)  # (Tq, Tk)
+
+    def padding(self, key_padding_mask):
+        """Masked keys from a key padding mask (True = may attend): [B, Tk] -> [B, 1, 1, Tk]."""
+        return ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
+
+    def mask(self, config: AttentionConfig, B: int, Tq: int, Tk: int, key_padding_mask):
+        """True where the weight must be 0: causal and padding combined, [B, 1, Tq, Tk]."""
+        masked = self.xp().zeros((B, 1, Tq, Tk), dtype=bool)
+        if config.causal:
+            masked = masked | self.causal_mask(Tq, Tk)
+        if key_padding_mask is not None:
+            masked = masked | self.padding(key_padding_mask)
+        return masked
+
+    def softmax(self, s, masked):
+        """Masked, max-subtracted softmax over the key axis; fully masked rows give zeros."""
+        xp = self.xp()
+        s = xp.where(masked, -xp.inf, s)
+        m = s.max(axis=-1, keepdims=True)  # (B, H, Tq, 1)
+        e = xp.exp(s - xp.where(xp.isfinite(m), m, 0))  # masked: exp(-inf) = 0 exactly
+        total = e.sum(axis=-1, keepdims=True)
+        return e / xp.where(total > 0, total, 1)
+
+    def dropout(self, w, keep, p: float):
+        """Inverted dropout: kept weights scaled by 1/(1 - p), the others 0."""
+        return self.xp().where(keep, w / (1.0 - p), 0).astype(w.dtype)
+
+    def forward_dropout_mask(self, shape: tuple[int, ...], config: AttentionConfig, dropout_mask: Any,
+                             training: bool) -> Any:
+        """The keep mask forward applies: the given one, or our own draw; none in eval mode."""
+        if not training or config.dropout_p == 0:
+            return None
+        if dropout_mask is not None:
+            return dropout_mask
+        xp = self.xp()
+        if xp is np:
+            return np.random.default_rng().random(shape) >= config.dropout_p
+        return xp.random.random(shape) >= config.dropout_p
+
+    def kv_head_of(self, H: int, n_kv_heads: int) -> np.ndarray:
+        """Grouped-query attention: which K/V head each query head reads, h // (H / n_kv_heads)."""
+        return np.arange(H) // (H // n_kv_heads)  # (H,)
+
+    def repeat_kv(self, K, n_heads: int):
+        """K/V heads [B, Hkv, T, hd] -> [B, H, T, hd], one per query head (kv_head_of)."""
+        of = np.asarray(self.kv_head_of(n_heads, K.shape[1]))
+        if K.shape[1] == n_heads and (of == np.arange(n_heads)).all():
+            return K  # every query head its own K/V head: no copy
+        return K[:, self.xp().asarray(of)]  # (B, H, T, hd)
+
+    def sum_groups(self, dK, n_kv_heads: int):
+        """repeat_kv's backward: each K/V head's gradient summed over the query heads that read it."""
+        H = dK.shape[1]
+        of = np.asarray(self.kv_head_of(H, n_kv_heads))
+        if n_kv_heads == H and (of == np.arange(H)).all():
+            return dK
+        xp = self.xp()
+        out = xp.zeros((dK.shape[0], n_kv_heads, *dK.shape[2:]), dtype=dK.dtype)  # (B, Hkv, T, hd)
+        for h, j in enumerate(of.tolist()):  # in query-head order, as the forward repeated them
+            out[:, j] += dK[:, h]
+        return out
+
+    def qkv(self, x, weights):
+        """Step 4 inside forward: x (caller's array, caller's dtype) -> Q, K, V in the work dtype."""
+        return self.project_qkv(x.astype(work_dtype(x.dtype)), weights)
+
+    # -- the steps (3..12), same names and shapes as spec.steps ---------------------------------
     def init_params(self, config: AttentionConfig, seed: int = 0) -> Params:
-        from spec.params import (
-            init_params,  # the nn.Linear recipe, drawn with NumPy's RNG
-        )
+        from spec.params import init_params  # the nn.Linear recipe, drawn with NumPy's RNG
 
         return init_params(config, seed)
 
     def project_qkv(self, x, weights):
-        p = weights["params"]
-        Q, K, V = x @ p.W_q.T, x @ p.W_k.T, x @ p.W_v.T  # (B, T, d_out), K and V (B, T, d_kv)
-        if p.b_q is not None:
-            Q, K, V = Q + p.b_q, K + p.b_k, V + p.b_v
-        return Q, K, V
+        dt, work = x.dtype, work_dtype(x.dtype)
+        p = self.step_params(weights).map(lambda a: a.astype(work))
+        x = x.astype(work)
+        Q = self.linear(x, p.W_q, p.b_q)  # (B, T, d_out)
+        K = self.linear(x, p.W_k, p.b_k)  # (B, T, d_kv)
+        V = self.linear(x, p.W_v, p.b_v)  # (B, T, d_kv)
+        return Q.astype(dt), K.astype(dt), V.astype(dt)
 
     def split_heads(self, Q, n_heads: int):
         B, T, d_out = Q.shape
@@ -56,43 +154,25 @@ class ArraySteps:
     def group_by_heads(self, Q):
         return Q.transpose(0, 2, 1, 3)  # (B, H, T, hd)
 
-    def repeat_kv(self, K, n_heads: int):
-        """Grouped K/V heads [B, Hkv, T, hd] -> [B, H, T, hd]: query head h reads K/V head h // (H // Hkv)."""
-        Hkv = K.shape[1]
-        return K if Hkv == n_heads else self.xp().repeat(K, n_heads // Hkv, axis=1)  # (B, H, T, hd)
-
-    def sum_groups(self, dK, n_kv_heads: int):
-        """repeat_kv's backward: [B, H, T, hd] -> [B, Hkv, T, hd], summed over each group."""
-        B, H, T, hd = dK.shape
-        return dK if n_kv_heads == H else dK.reshape(B, n_kv_heads, H // n_kv_heads, T, hd).sum(axis=2)
-
     def attn_scores(self, Q, K):
-        return Q @ self.repeat_kv(K, Q.shape[1]).swapaxes(-1, -2)  # (B, H, Tq, Tk), K per group
+        work = work_dtype(Q.dtype)
+        K = self.repeat_kv(K, Q.shape[1])  # (B, H, Tk, hd): grouped K per query head
+        return (Q.astype(work) @ K.astype(work).swapaxes(-1, -2)).astype(Q.dtype)  # (B, H, Tq, Tk)
 
     def attn_weights(self, attn_scores, config: AttentionConfig, key_padding_mask=None, dropout_mask=None):
-        xp = self.xp()
         B, _, Tq, Tk = attn_scores.shape
         dt = attn_scores.dtype
-        s = attn_scores.astype(np.float32 if dt == np.float16 else dt)
-        masked = xp.zeros((B, 1, Tq, Tk), dtype=bool)  # (B, 1, Tq, Tk)
-        if config.causal:  # bottom-right aligned, as spec.steps.causal_mask
-            masked |= xp.triu(xp.ones((Tq, Tk), dtype=bool), 1 + Tk - Tq)
-        if key_padding_mask is not None:
-            masked |= ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
-        s = xp.where(masked, -xp.inf, s) / s.dtype.type(np.sqrt(config.head_dim))
-        m = s.max(axis=-1, keepdims=True)
-        e = xp.exp(s - xp.where(xp.isfinite(m), m, 0))  # fully masked rows: exp(-inf) = 0, not NaN
-        total = e.sum(axis=-1, keepdims=True)
-        w = e / xp.where(total > 0, total, 1)
+        s = attn_scores.astype(work_dtype(dt))
+        s = s * s.dtype.type(self.scale(config))
+        w = self.softmax(s, self.mask(config, B, Tq, Tk, key_padding_mask))
         if dropout_mask is not None:
-            w = xp.where(dropout_mask, w / (1.0 - config.dropout_p), 0)
+            w = self.dropout(w, dropout_mask, config.dropout_p)
         return w.astype(dt)
 
     def context(self, attn_weights, V):
-        V = self.repeat_kv(V, attn_weights.shape[1])  # (B, H, Tk, hd), V per group
-        if attn_weights.dtype == np.float16:  # accumulate the sum over keys in float32
-            return (attn_weights.astype(np.float32) @ V.astype(np.float32)).astype(np.float16)
-        return attn_weights @ V  # (B, H, Tq, hd)
+        work = work_dtype(V.dtype)
+        V = self.repeat_kv(V, attn_weights.shape[1])  # (B, H, Tk, hd): grouped V per query head
+        return (attn_weights.astype(work) @ V.astype(work)).astype(V.dtype)  # (B, H, Tq, hd)
 
     def permute_back(self, context):
         return context.transpose(0, 2, 1, 3)  # (B, T, H, hd)
@@ -102,5 +182,23 @@ class ArraySteps:
         return self.xp().ascontiguousarray(context).reshape(B, T, H * hd)  # (B, T, d_out)
 
     def out_proj(self, context, weights):
-        p = weights["params"]
-        return context @ p.W_o.T + p.b_o  # (B, T, d_out)
+        work = work_dtype(context.dtype)
+        p = self.step_params(weights).map(lambda a: a.astype(work))
+        return self.linear(context.astype(work), p.W_o, p.b_o).astype(context.dtype)  # (B, T, d_out)
+
+    # -- the whole block, composed of the steps ---------------------------------------------------
+    def forward(self, x, weights, config: AttentionConfig, *, key_padding_mask=None, dropout_mask=None,
+                training: bool = False):
+        """Steps 4-12 composed from the step methods, in the work dtype; output in x's dtype.
+
+        A backend with a fast forward of its own (NumPy, CuPy) overrides this; tests hold the
+        two equal."""
+        dt, H = x.dtype, config.n_heads
+        Q, K, V = self.qkv(x, weights)  # step 4: (B, T, d_out), K and V (B, T, d_kv), in work
+        heads = (H, config.kv_heads, config.kv_heads)
+        Q, K, V = (self.group_by_heads(self.split_heads(a, h)) for a, h in zip((Q, K, V), heads))  # steps 5-6
+        scores = self.attn_scores(Q, K)  # step 7: (B, H, T, T)
+        keep = self.forward_dropout_mask(scores.shape, config, dropout_mask, training)
+        w = self.attn_weights(scores, config, key_padding_mask, keep)  # step 8
+        ctx = self.concat_heads(self.permute_back(self.context(w, V)))  # steps 9-11: (B, T, d_out)
+        return self.out_proj(ctx, weights).astype(dt)  # step 12

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from impls.array_cache import ArrayCache
-from impls.array_backward import ArrayBackward, ArrayVJPs
+from impls.array_backward import ArrayBackward
 from impls.array_steps import ArraySteps, fused_qkv_heads
+from impls.array_vjps import ArrayVJPs
 from impls.base import Backend, Capabilities, library_versions
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
@@ -147,7 +148,7 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         out += weights["b_o"]
         return out.reshape(B, T, d_out).astype(weights["dtype"], copy=False)  # (B, T, d_out)
 
-    # -- the twelve steps (3..12): impls.array_steps.ArraySteps, on this module's arrays --
+    # -- the steps (3..12) and their VJPs: impls.array_steps / array_vjps, on this module's arrays --
     def xp(self):
         import cupy  # lazily: only where CuPy runs
 

@@ -8,8 +8,10 @@ Not a copy of the spec; where its speed comes from:
   NumPy's elementwise passes (max, subtract, exp, sum) are single-threaded and memory-bound;
 - the softmax is normalised on the (bq, hd) context, not the (bq, T) weights: one pass fewer;
 - the context is written straight into [B, T, H, hd], so concatenating heads costs nothing.
-The step methods are the plain per-step versions (impls.array_steps), for step-by-step checking;
-KV-cache decoding is composed from them (impls.array_cache).
+The step methods and their VJPs are the one array-generic implementation (impls.array_steps,
+impls.array_vjps, shared with CuPy and the mutants), for step-by-step checking; KV-cache
+decoding is composed from them (impls.array_cache). The forward and backward here are the fast
+ones; tests hold them equal to the ones composed of the steps.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from impls.array_cache import ArrayCache
-from impls.array_backward import ArrayBackward, ArrayVJPs
+from impls.array_backward import ArrayBackward
 from impls.array_steps import ArraySteps, fused_qkv_heads
+from impls.array_vjps import ArrayVJPs
 from impls.base import Backend, Capabilities, library_versions
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import Params
@@ -149,6 +152,6 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
             c = s @ v[..., :kend, :]  # (..., bq, hd)
             np.divide(c, total, out=ctx[..., i0:i1, :])
 
-    # -- the twelve steps (3..12): impls.array_steps.ArraySteps, on this module's arrays --
+    # -- the steps (3..12) and their VJPs: impls.array_steps / array_vjps, on this module's arrays --
     def xp(self):
         return np

@@ -25,7 +25,7 @@ import numpy as np
 from spec import steps as S
 from spec.config import AttentionConfig
 from spec.params import Params
-from spec.steps import _mm
+from spec.steps import matmul as _mm
 
 
 def _flat(a: np.ndarray) -> np.ndarray:

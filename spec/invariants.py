@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from spec.config import AttentionConfig
-from spec.steps import causal_mask
+from spec.masks import visible
 
 
 def _f64(a: np.ndarray) -> np.ndarray:
@@ -21,12 +21,7 @@ def _f64(a: np.ndarray) -> np.ndarray:
 def attendable(config: AttentionConfig, B: int, Tq: int, Tk: int,
                key_padding_mask: np.ndarray | None = None) -> np.ndarray:
     """Boolean [B, 1, Tq, Tk]: True where query i may attend to key j."""
-    ok = np.ones((B, 1, Tq, Tk), dtype=bool)
-    if config.causal:
-        ok &= ~causal_mask(Tq, Tk)
-    if key_padding_mask is not None:
-        ok &= key_padding_mask[:, None, None, :]
-    return ok
+    return np.ones((B, 1, Tq, Tk), dtype=bool) & visible(Tq, Tk, config.causal, key_padding_mask)  # (B, 1, Tq, Tk)
 
 
 def split_matches_index(x: np.ndarray, split: np.ndarray, n_heads: int) -> float:

@@ -14,13 +14,19 @@ from __future__ import annotations
 import numpy as np
 
 from spec.config import AttentionConfig, validate_input, validate_key_padding_mask
+from spec.masks import causal_mask, visible
 from spec.params import Params
 from spec.params import init_params as _init_params
 
+__all__ = ["matmul", "heads", "merge_heads", "causal_mask", "visible", "input_matrix", "head_dim",
+           "init_params", "project_qkv", "split_heads", "group_by_heads", "repeat_kv", "attn_scores",
+           "attn_weights", "context", "permute_back", "concat_heads", "out_proj"]
 
-def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # matmul in the inputs' dtype: ml_dtypes' bfloat16 matmul would otherwise return float32
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in a's dtype: ml_dtypes' bfloat16 matmul would otherwise return float32."""
     return np.matmul(a, b).astype(a.dtype, copy=False)
+
 
 
 def input_matrix(x: np.ndarray, config: AttentionConfig) -> np.ndarray:
@@ -54,9 +60,9 @@ def project_qkv(x: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, 
     `nn.Linear` layout: y = x @ W.T (+ b when qkv_bias). K and V have d_kv = Hkv * head_dim
     columns (d_out unless grouped).
     """
-    Q = _mm(x, params.W_q.T)  # (B, T, d_out)
-    K = _mm(x, params.W_k.T)  # (B, T, d_kv)
-    V = _mm(x, params.W_v.T)  # (B, T, d_kv)
+    Q = matmul(x, params.W_q.T)  # (B, T, d_out)
+    K = matmul(x, params.W_k.T)  # (B, T, d_kv)
+    V = matmul(x, params.W_v.T)  # (B, T, d_kv)
     if params.b_q is not None:
         Q, K, V = Q + params.b_q, K + params.b_k, V + params.b_v
     return Q, K, V
@@ -96,16 +102,7 @@ def attn_scores(Q: np.ndarray, K: np.ndarray) -> np.ndarray:
     Grouped K/V heads (Hkv < H): query head h is scored against K head h // (H // Hkv).
     """
     K = repeat_kv(K, Q.shape[1])  # (B, H, Tk, hd): each K head once per query head of its group
-    return _mm(Q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
-
-
-def causal_mask(Tq: int, Tk: int) -> np.ndarray:
-    """True where query i must NOT see key j: j > i + (Tk - Tq).
-
-    Aligned bottom-right, so with Tq < Tk (KV-cache decoding) the queries are the last
-    positions; with Tq == Tk this is the source document's `triu(ones, diagonal=1)`.
-    """
-    return np.triu(np.ones((Tq, Tk), dtype=bool), k=1 + Tk - Tq)  # (Tq, Tk)
+    return matmul(Q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
 
 
 def attn_weights(
@@ -123,12 +120,9 @@ def attn_weights(
     True = kept, applies inverted dropout: kept weights are scaled by 1/(1 - dropout_p).
     """
     B, H, Tq, Tk = attn_scores.shape
-    masked = np.zeros((B, 1, Tq, Tk), dtype=bool)  # (B, 1, Tq, Tk), broadcast over heads
-    if config.causal:
-        masked = masked | causal_mask(Tq, Tk)
     if key_padding_mask is not None:
         validate_key_padding_mask(key_padding_mask, B, Tk)
-        masked = masked | ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
+    masked = ~visible(Tq, Tk, config.causal, key_padding_mask)  # (B or 1, 1, Tq, Tk), broadcast over heads
     # a typed -inf: a Python float would promote ml_dtypes' bfloat16 to float64
     attn_scores = np.where(masked, attn_scores.dtype.type(-np.inf), attn_scores)
     attn_scores = attn_scores / attn_scores.dtype.type(np.sqrt(config.head_dim))
@@ -150,7 +144,7 @@ def context(attn_weights: np.ndarray, V: np.ndarray) -> np.ndarray:
     Grouped K/V heads: query head h's weights average V head h // (H // Hkv), as in step 7.
     """
     V = repeat_kv(V, attn_weights.shape[1])  # (B, H, Tk, hd)
-    return _mm(attn_weights, V)  # (B, H, Tq, head_dim)
+    return matmul(attn_weights, V)  # (B, H, Tq, head_dim)
 
 
 def permute_back(context: np.ndarray) -> np.ndarray:
@@ -166,4 +160,14 @@ def concat_heads(context: np.ndarray) -> np.ndarray:
 
 def out_proj(context: np.ndarray, params: Params) -> np.ndarray:
     """Step 12. Output projection: [B, T, d_out] -> [B, T, d_out], y = context @ W_o.T + b_o."""
-    return _mm(context, params.W_o.T) + params.b_o  # (B, T, d_out)
+    return matmul(context, params.W_o.T) + params.b_o  # (B, T, d_out)
+
+
+def heads(a: np.ndarray, n_heads: int) -> np.ndarray:
+    """Steps 5 and 6 at once: [B, T, n_heads * head_dim] -> [B, n_heads, T, head_dim]."""
+    return group_by_heads(split_heads(a, n_heads))  # (B, H, T, hd)
+
+
+def merge_heads(a: np.ndarray) -> np.ndarray:
+    """Steps 10 and 11 at once, heads' inverse: [B, n_heads, T, head_dim] -> [B, T, n_heads * head_dim]."""
+    return concat_heads(permute_back(a))  # (B, T, H * hd)

@@ -51,7 +51,7 @@ def decoded_by(context: Callable) -> Callable:
         for n in chunks:
             b = a + n  # the chunk's queries are the last n of the b keys
             ctx = context(q[:, :, a:b], k[:, :, :b], v[:, :, :b], config, _part(key_padding_mask, 0, b))
-            ys.append(S.out_proj(S.concat_heads(S.permute_back(ctx)), params))  # (B, n, d_out)
+            ys.append(S.out_proj(S.merge_heads(ctx), params))  # (B, n, d_out)
             a = b
         return np.concatenate(ys, axis=1)  # (B, T - t, d_out)
 

@@ -56,12 +56,11 @@ def decided_step8_rows(scores: np.ndarray, config: AttentionConfig, key_padding_
 def decided_output_rows(x: np.ndarray, params: Params, config: AttentionConfig,
                         key_padding_mask: np.ndarray | None, dtype: str) -> np.ndarray:
     """Bool [B, T]: query positions decided in every head, so the whole output row is."""
-    heads = lambda a, n: S.group_by_heads(S.split_heads(a, n))  # noqa: E731  (B, T, n*hd) -> (B, n, T, hd)
     H, Hkv = config.n_heads, config.kv_heads
     Q, K, _ = S.project_qkv(x, params)
-    Q, K = heads(Q, H), heads(K, Hkv)  # (B, H, T, hd), (B, Hkv, T, hd): step 7 repeats K per group
+    Q, K = S.heads(Q, H), S.heads(K, Hkv)  # (B, H, T, hd), (B, Hkv, T, hd): step 7 repeats K per group
     Qa, Ka, _ = S.project_qkv(np.abs(x), params.map(np.abs))
-    Qa, Ka = heads(Qa, H), heads(Ka, Hkv)
+    Qa, Ka = S.heads(Qa, H), S.heads(Ka, Hkv)
     scale = 1.0 / np.sqrt(config.head_dim)
     scaled = S.attn_scores(Q, K) * scale  # (B, H, T, T)
     bound = S.attn_scores(Qa, Ka) * scale  # (B, H, T, T), >= |scaled|

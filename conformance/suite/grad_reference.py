@@ -73,19 +73,12 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     """
     dt = x.dtype.type
     H, Hkv, hd = config.n_heads, config.kv_heads, config.head_dim
-    heads = lambda a, n=H: S.group_by_heads(S.split_heads(a, n))  # noqa: E731  (B, T, n*hd) -> (B, n, T, hd)
     Q, K_, V = S.project_qkv(x, params)  # (B, T, d_out), K and V (B, T, d_kv)
-    q = heads(Q)  # (B, H, T, hd)
-    k, v = (S.repeat_kv(heads(a, Hkv), H) for a in (K_, V))  # (B, H, T, hd): grouped K/V per query head
+    q = S.heads(Q, H)  # (B, H, T, hd)
+    k, v = (S.repeat_kv(S.heads(a, Hkv), H) for a in (K_, V))  # (B, H, T, hd): grouped K/V per query head
     scale = dt(1.0 / np.sqrt(hd))
-    s = S._mm(q, k.swapaxes(-2, -1)) * scale  # (B, H, Tq, Tk): FA2 scales the product
-    B, _, Tq, Tk = s.shape
-    masked = np.zeros((B, 1, Tq, Tk), dtype=bool)
-    if config.causal:
-        masked = masked | S.causal_mask(Tq, Tk)
-    if key_padding_mask is not None:
-        masked = masked | ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
-    s = np.where(masked, dt(-np.inf), s)
+    s = S.matmul(q, k.swapaxes(-2, -1)) * scale  # (B, H, Tq, Tk): FA2 scales the product
+    s = np.where(~S.visible(*s.shape[2:], config.causal, key_padding_mask), dt(-np.inf), s)  # the spec's mask
     m = s.max(axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, dt(0))
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -95,7 +88,7 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
             rng = np.random.default_rng(1)
             # a score's rounding is eps times its terms' size, |q| @ |k|^T * scale; the forward's
             # and the backward's scores each carry one, so they may differ by two
-            terms = S._mm(np.abs(q).astype(np.float64), np.abs(k).astype(np.float64).swapaxes(-2, -1))
+            terms = S.matmul(np.abs(q).astype(np.float64), np.abs(k).astype(np.float64).swapaxes(-2, -1))
             ulp = 2 * np.maximum(np.abs(s).astype(np.float64), terms / np.sqrt(hd)) * eps(x.dtype.name)
             moved = rng.choice([-1.0, 1.0], s.shape) * np.where(np.isfinite(s), ulp, 0)
             s = (s + moved.astype(x.dtype)).astype(x.dtype)
@@ -105,20 +98,19 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
         P = np.where(total > 0, np.exp(s - np.where(total > 0, lse, dt(0))), dt(0)).astype(x.dtype)
     keep = dt(1.0 / (1.0 - config.dropout_p))
     Pd = P if dropout_mask is None else np.where(dropout_mask, P * keep, dt(0)).astype(x.dtype)
-    O = S._mm(Pd, v)  # (B, H, Tq, hd)
-    concat = S.concat_heads(S.permute_back(O))  # (B, T, d_out)
+    O = S.matmul(Pd, v)  # (B, H, Tq, hd)
+    concat = S.merge_heads(O)  # (B, T, d_out)
     d_concat, d_p = BW.out_proj_vjp(grad_out, concat, params)
-    dO = heads(d_concat)  # (B, H, Tq, hd)
-    dv = S._mm(Pd.swapaxes(-2, -1), dO)  # (B, H, Tk, hd)
-    dPd = S._mm(dO, v.swapaxes(-2, -1))  # (B, H, Tq, Tk)
+    dO = S.heads(d_concat, H)  # (B, H, Tq, hd)
+    dv = S.matmul(Pd.swapaxes(-2, -1), dO)  # (B, H, Tk, hd)
+    dPd = S.matmul(dO, v.swapaxes(-2, -1))  # (B, H, Tq, Tk)
     dP = dPd if dropout_mask is None else np.where(dropout_mask, dPd * keep, dt(0)).astype(x.dtype)
     D = (dO * O).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1): FA2's row term, rowsum(dO * O)
     dS = (P * (dP - D)).astype(x.dtype)
-    dq = S._mm(dS, k) * scale  # (B, H, Tq, hd)
-    dk = S._mm(dS.swapaxes(-2, -1), q) * scale  # (B, H, Tk, hd)
-    back = lambda a: a.transpose(0, 2, 1, 3).reshape(a.shape[0], a.shape[2], -1)  # noqa: E731  (B, n, T, hd) -> (B, T, n*hd)
+    dq = S.matmul(dS, k) * scale  # (B, H, Tq, hd)
+    dk = S.matmul(dS.swapaxes(-2, -1), q) * scale  # (B, H, Tk, hd)
     dk, dv = BW.sum_groups(dk, Hkv), BW.sum_groups(dv, Hkv)  # (B, Hkv, T, hd): summed over each group
-    dx, d_in = BW.project_qkv_vjp(back(dq), back(dk), back(dv), x, params)
+    dx, d_in = BW.project_qkv_vjp(S.merge_heads(dq), S.merge_heads(dk), S.merge_heads(dv), x, params)
     g = {"dx": dx, **{"d" + n: a for n, a in {**d_in, **d_p}.items()}}
     return tuple(np.asarray(g[n]).astype(x.dtype, copy=False) for n in _names(params))
 
@@ -153,14 +145,12 @@ def sizes(case: Case, grad_out: np.ndarray, dropout: bool = False) -> dict[str, 
     c, p, H = case.config, case.params.map(np.abs), case.config.n_heads
     tr = intermediates(case.x, case.params, c, case.key_padding_mask, dmask)
     a = {k: np.abs(tr[k]) for k in ("x", "Q", "q", "k", "v", "attn_weights", "context_concat")}
-    heads = lambda t: S.group_by_heads(S.split_heads(t, H))  # noqa: E731  (B, T, d_out) -> (B, H, T, hd)
-    back = lambda t: t.transpose(0, 2, 1, 3).reshape(*t.shape[:1], t.shape[2], -1)  # noqa: E731  (B, n, T, hd) -> (B, T, n*hd)
     d_concat, d_o = BW.out_proj_vjp(np.abs(grad_out), a["context_concat"], p)
-    d_w, dv = BW.context_vjp(heads(d_concat), a["attn_weights"], a["v"])  # (B, H, Tq, Tk), (B, H, Tk, hd)
+    d_w, dv = BW.context_vjp(S.heads(d_concat, H), a["attn_weights"], a["v"])  # (B, H, Tq, Tk), (B, H, Tk, hd)
     P = S.attn_weights(tr["attn_scores"], c, case.key_padding_mask)  # before dropout
     dP = d_w if dmask is None else np.where(dmask, d_w / (1.0 - c.dropout_p), 0.0)
     dS = P * (dP + (P * dP).sum(axis=-1, keepdims=True)) / np.sqrt(c.head_dim)
     dq, dk = BW.attn_scores_vjp(dS, a["q"], a["k"])  # dk, dv (B, Hkv, Tk, hd): |terms| summed over each group
-    dx, d_in = BW.project_qkv_vjp(back(dq), back(dk), back(dv), a["x"], p)
+    dx, d_in = BW.project_qkv_vjp(S.merge_heads(dq), S.merge_heads(dk), S.merge_heads(dv), a["x"], p)
     out = {"dx": dx, **{"d" + k: v for k, v in {**d_in, **d_o}.items()}}
     return {n: float(np.max(out[n], initial=0.0)) for n in _names(case.params)}

@@ -27,10 +27,6 @@ def _NEG_INF(a: np.ndarray):
     return a.dtype.type(-np.inf)
 
 
-def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.matmul(a, b).astype(a.dtype, copy=False)
-
-
 def _mm_split(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b with the reduction split in two halves added last: another summation order."""
     n = a.shape[-1]
@@ -40,23 +36,17 @@ def _mm_split(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (_mm(a[..., :k], b[..., :k, :]) + _mm(a[..., k:], b[..., k:, :])).astype(a.dtype, copy=False)
 
 
-def _masked(config: AttentionConfig, B: int, Tq: int, Tk: int, kpm: np.ndarray | None) -> np.ndarray:
-    m = np.zeros((B, 1, Tq, Tk), dtype=bool)  # (B, 1, Tq, Tk)
-    if config.causal:
-        m = m | S.causal_mask(Tq, Tk)
-    if kpm is not None:
-        m = m | ~kpm[:, None, None, :]  # (B, 1, 1, Tk)
-    return m
+_mm = S.matmul  # every matmul in the inputs' dtype, as the spec's
 
 
-def _heads(a: np.ndarray, H: int) -> np.ndarray:
-    return S.group_by_heads(S.split_heads(a, H))  # (B, H, T, hd)
+def _masked(config: AttentionConfig, Tq: int, Tk: int, kpm: np.ndarray | None) -> np.ndarray:
+    return ~S.visible(Tq, Tk, config.causal, kpm)  # (B or 1, 1, Tq, Tk): the spec's mask
 
 
 def _qkv_heads(x: np.ndarray, params: Params, config: AttentionConfig) -> tuple[np.ndarray, ...]:
     """q (B, H, T, hd); k, v (B, Hkv, T, hd), their K/V heads (n_kv_heads; H unless grouped)."""
     Q, K, V = S.project_qkv(x, params)
-    return _heads(Q, config.n_heads), _heads(K, config.kv_heads), _heads(V, config.kv_heads)
+    return S.heads(Q, config.n_heads), S.heads(K, config.kv_heads), S.heads(V, config.kv_heads)
 
 
 def _keep(config: AttentionConfig, dropout_mask: np.ndarray | None, e: np.ndarray) -> np.ndarray:
@@ -67,7 +57,7 @@ def _keep(config: AttentionConfig, dropout_mask: np.ndarray | None, e: np.ndarra
 
 
 def _finish(ctx: np.ndarray, params: Params) -> np.ndarray:
-    return S.out_proj(S.concat_heads(S.permute_back(ctx)), params)  # (B, T, d_out)
+    return S.out_proj(S.merge_heads(ctx), params)  # (B, T, d_out)
 
 
 def forward_scale_on_q_late_norm(x: np.ndarray, params: Params, config: AttentionConfig,
@@ -85,7 +75,7 @@ def context_scale_on_q_late_norm(Q: np.ndarray, K: np.ndarray, V: np.ndarray, co
     K, V = S.repeat_kv(K, Q.shape[1]), S.repeat_kv(V, Q.shape[1])  # grouped K/V: (B, H, Tk, hd)
     q = Q * Q.dtype.type(1.0 / np.sqrt(config.head_dim))
     s = _mm(q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
-    s = np.where(_masked(config, *s.shape[:1], *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
+    s = np.where(_masked(config, *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
     m = s.max(axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     with np.errstate(over="ignore"):
@@ -113,7 +103,7 @@ def context_online_softmax(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config: 
     q, k = Q * r, K * r
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
-    masked = _masked(config, B, Tq, Tk, key_padding_mask)  # (B, 1, Tq, Tk)
+    masked = _masked(config, Tq, Tk, key_padding_mask)  # (B or 1, 1, Tq, Tk)
     m = np.full((B, H, Tq, 1), -np.inf, dtype=Q.dtype)
     total = np.zeros((B, H, Tq, 1), dtype=Q.dtype)
     acc = np.zeros((B, H, Tq, V.shape[-1]), dtype=Q.dtype)
@@ -138,8 +128,7 @@ def attn_weights_scale_first(attn_scores: np.ndarray, config: AttentionConfig,
                              dropout_mask: np.ndarray | None = None) -> np.ndarray:
     """Scores multiplied by the rounded 1/sqrt(hd), then masked; max subtracted after."""
     s = attn_scores * attn_scores.dtype.type(1.0 / np.sqrt(config.head_dim))
-    B, _, Tq, Tk = s.shape
-    s = np.where(_masked(config, B, Tq, Tk, key_padding_mask), _NEG_INF(s), s)
+    s = np.where(_masked(config, *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
     m = s.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore"):
         e = np.exp(s - np.where(np.isfinite(m), m, 0))
@@ -153,8 +142,7 @@ def attn_weights_max_first(attn_scores: np.ndarray, config: AttentionConfig,
                            key_padding_mask: np.ndarray | None = None,
                            dropout_mask: np.ndarray | None = None) -> np.ndarray:
     """The row maximum of the raw scores subtracted first, the scale applied to the difference."""
-    B, _, Tq, Tk = attn_scores.shape
-    s = np.where(_masked(config, B, Tq, Tk, key_padding_mask), _NEG_INF(attn_scores), attn_scores)
+    s = np.where(_masked(config, *attn_scores.shape[2:], key_padding_mask), _NEG_INF(attn_scores), attn_scores)
     m = s.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore", invalid="ignore"):
         d = (s - np.where(np.isfinite(m), m, 0)) * s.dtype.type(1.0 / np.sqrt(config.head_dim))

@@ -18,6 +18,7 @@ from conformance.suite.checks import CheckFailure, check
 from conformance.suite.checks.localize import step_matches_spec
 from conformance.suite.reference import forward_golden_and_plain, step_inputs
 from conformance.suite.tolerance import distinct_digits, eps
+from spec import steps as S
 from spec.block import sample_dropout_mask
 from spec.config import AttentionConfig
 from spec.params import Params
@@ -80,7 +81,7 @@ def dropout_statistics(run, case):
     """Own-RNG dropout: each weight is 0 or w/(1-p), and the dropped fraction is near p (binomial test)."""
     p, T = case.config.dropout_p, case.T
     got = run.forward(case, training=True)  # (B, T, T): the dropped weights themselves
-    ok = np.tril(np.ones((T, T), dtype=bool)) if case.config.causal else np.ones((T, T), dtype=bool)
+    ok = S.visible(T, T, case.config.causal)[0, 0]  # (T, T): the spec's mask
     w = 1.0 / ok.sum(-1, keepdims=True)  # uniform weights per row
     kept = w / (1 - p)
     tol = 4 * eps(case.dtype)  # a kept weight is w/(1-p) up to a few roundings in D

@@ -27,6 +27,7 @@ from conformance.suite import strategies as cs
 from conformance.suite.case import Case, round_to
 from conformance.suite.checks import check
 from conformance.suite.reference import forward_golden_and_plain
+from spec import steps as S
 from spec.config import numpy_dtype
 
 #: Poison reaches D's largest finite number divided by this: room for a backend's rounding and
@@ -60,10 +61,7 @@ def compared_rows(run, case: Case) -> np.ndarray:
     return run.property_rows(case.config, case.key_padding_mask, case.B, case.T) & ~poisoned_tokens(case)
 
 
-def _heads(a: np.ndarray, H: int) -> np.ndarray:
-    """[B, T, d_out] -> [B, H, T, hd]."""
-    B, T, d_out = a.shape
-    return a.reshape(B, T, H, d_out // H).transpose(0, 2, 1, 3)  # (B, H, T, hd)
+_heads = S.heads  # [B, T, d_out] -> [B, H, T, hd]: the spec's head split
 
 
 def _score_bound(qa: np.ndarray, ka: np.ndarray, H: int, axis: int, Hkv: int | None = None) -> np.ndarray:

@@ -1,33 +1,35 @@
-"""`PlainBackward`: the plain backend's backward, composed of its own step VJPs.
+"""The step VJPs for NumPy-compatible array libraries (NumPy, CuPy), and the backward composed of them.
 
-As `PlainBackend.forward` is composed of its step methods, `backward` is composed of the
-step VJPs (spec/backward.py's names and signatures), each small and overridable, so a
-backward mutant (`conformance.mutants.backward`) changes one piece by a few lines, and a bug
-planted in a VJP is named by the suite's backward localisation. float16 runs in float32.
+Mixed in beside `impls.array_steps.ArraySteps` (whose pieces and `xp()` it uses): the VJPs
+have spec.backward's names and signatures, so the suite can name the first wrong step of a
+backward; `forward_for_grad` / `backward` compose them, steps 12 down to 4 on the recomputed
+forward values. The mutants' plain backend takes this backward, so a backward mutant
+(`conformance.mutants.backward`) changes one VJP or hook by a few lines. The NumPy and CuPy
+backends take their fast FlashAttention-2 backward (`impls.array_backward`) instead, as they
+take their fast forward. float16 runs in float32.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
+from impls.array_steps import work_dtype
 from spec.config import AttentionConfig
-from spec.params import Params
 
 
-def _flat(a: np.ndarray) -> np.ndarray:
+def _flat(a: Any) -> Any:
     return a.reshape(-1, a.shape[-1])  # (B*T, features)
 
 
-class PlainBackward:
-    """forward_for_grad / backward and the step VJPs for `PlainBackend`."""
+class ArrayVJPs:
+    """The step VJPs (4..12), their hooks, and the backward composed of them."""
 
-    # -- the step VJPs (4..12), spec.backward's signatures ---------------------------------
-    def project_qkv_vjp(self, dQ, dK, dV, x, weights: Params):
-        dx = dQ @ weights.W_q + dK @ weights.W_k + dV @ weights.W_v  # (B, T, d_in): three paths
+    # -- the step VJPs, spec.backward's signatures; `weights` is what `prepare` returns ----------
+    def project_qkv_vjp(self, dQ, dK, dV, x, weights):
+        p = self.step_params(weights)
+        dx = dQ @ p.W_q + dK @ p.W_k + dV @ p.W_v  # (B, T, d_in): three paths
         d = {"W_q": _flat(dQ).T @ _flat(x), "W_k": _flat(dK).T @ _flat(x), "W_v": _flat(dV).T @ _flat(x)}
-        if weights.b_q is not None:
+        if p.b_q is not None:
             d.update(b_q=dQ.sum(axis=(0, 1)), b_k=dK.sum(axis=(0, 1)), b_v=dV.sum(axis=(0, 1)))
         return dx, d
 
@@ -41,16 +43,20 @@ class PlainBackward:
         dk = self.sum_groups(d_scores.swapaxes(-1, -2) @ q, k.shape[1])  # (B, Hkv, Tk, hd): over each group
         return d_scores @ self.repeat_kv(k, q.shape[1]), dk  # dq (B, H, Tq, hd)
 
-    def row_term(self, P: np.ndarray, dP: np.ndarray) -> np.ndarray:
+    def row_term(self, P, dP):
         """The softmax backward's row term rowsum(P * dP): [B, H, Tq, 1]."""
         return (P * dP).sum(axis=-1, keepdims=True)
 
     def attn_weights_vjp(self, d_weights, attn_scores, config: AttentionConfig, key_padding_mask=None,
                          dropout_mask=None):
-        P = self.attn_weights(attn_scores, config, key_padding_mask)  # recomputed, before dropout
-        dP = d_weights if dropout_mask is None else self.dropout(d_weights, dropout_mask, config.dropout_p)
+        dt = attn_scores.dtype
+        work = work_dtype(dt)  # the row sums in float32 for float16, as the forward's
+        P = self.attn_weights(attn_scores, config, key_padding_mask).astype(work)  # recomputed, before dropout
+        dP = d_weights.astype(work)
+        if dropout_mask is not None:
+            dP = self.dropout(dP, dropout_mask, config.dropout_p)
         dS = P * (dP - self.row_term(P, dP))  # (B, H, Tq, Tk): gradient of the scaled scores
-        return (dS * self.scale(config)).astype(P.dtype)
+        return (dS * self.scale(config)).astype(dt)
 
     def context_vjp(self, d_context, attn_weights, v):
         dv = self.sum_groups(attn_weights.swapaxes(-1, -2) @ d_context, v.shape[1])  # (B, Hkv, Tk, hd)
@@ -62,11 +68,12 @@ class PlainBackward:
     def concat_heads_vjp(self, d_concat, context_tokens):
         return d_concat.reshape(context_tokens.shape)  # (B, T, H, hd)
 
-    def out_proj_vjp(self, d_out, context_concat, weights: Params):
-        return d_out @ weights.W_o, {"W_o": _flat(d_out).T @ _flat(context_concat), "b_o": d_out.sum(axis=(0, 1))}
+    def out_proj_vjp(self, d_out, context_concat, weights):
+        p = self.step_params(weights)
+        return d_out @ p.W_o, {"W_o": _flat(d_out).T @ _flat(context_concat), "b_o": d_out.sum(axis=(0, 1))}
 
     # -- hooks a mutant may override ----------------------------------------------------------
-    def backward_dropout_mask(self, keep: np.ndarray | None, config: AttentionConfig) -> np.ndarray | None:
+    def backward_dropout_mask(self, keep: Any, config: AttentionConfig) -> Any:
         """The keep mask the backward applies: the forward's (replayed)."""
         return keep
 
@@ -74,28 +81,25 @@ class PlainBackward:
         """dQ, dK, dV in the order step 4's VJP takes them."""
         return dQ, dK, dV
 
-    def finish_grads(self, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def finish_grads(self, grads: dict[str, Any]) -> dict[str, Any]:
         """The gradients as returned; a hook for state kept across calls (none here)."""
         return grads
 
-    # -- the contract ---------------------------------------------------------------------------
-    def forward_for_grad(self, x, weights: Params, config: AttentionConfig, *, key_padding_mask=None,
-                         dropout_mask=None, training: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    # -- the contract, composed of the VJPs ---------------------------------------------------
+    def forward_for_grad(self, x, weights, config: AttentionConfig, *, key_padding_mask=None,
+                         dropout_mask=None, training: bool = False) -> tuple[Any, dict[str, Any]]:
         B, T = x.shape[:2]
         keep = self.forward_dropout_mask((B, config.n_heads, T, T), config, dropout_mask, training)
         out = self.forward(x, weights, config, key_padding_mask=key_padding_mask, dropout_mask=keep,
                            training=keep is not None)
         return out, {"x": x, "weights": weights, "config": config, "kpm": key_padding_mask, "keep": keep}
 
-    def backward(self, saved: dict[str, Any], grad_out: np.ndarray) -> dict[str, np.ndarray]:
-        """Steps 12 down to 4, each step's VJP on the recomputed forward values."""
-        x, config, kpm = saved["x"], saved["config"], saved["kpm"]
-        H, dt = config.n_heads, x.dtype
-        work = np.float32 if dt == np.float16 else dt
-        w = saved["weights"].map(lambda a: a.astype(work))
-        xw = x.astype(work)
+    def backward(self, saved: dict[str, Any], grad_out) -> dict[str, Any]:
+        """Steps 12 down to 4, each step's VJP on the recomputed forward values, in the work dtype."""
+        x, config, kpm, w = saved["x"], saved["config"], saved["kpm"], saved["weights"]
+        H, Hkv, dt = config.n_heads, config.kv_heads, x.dtype
+        xw = x.astype(work_dtype(dt))
         Q, K, V = self.project_qkv(xw, w)  # (B, T, d_out), K and V (B, T, d_kv)
-        Hkv = config.kv_heads
         Qs, Ks, Vs = self.split_heads(Q, H), self.split_heads(K, Hkv), self.split_heads(V, Hkv)  # (B, T, H or Hkv, hd)
         q, k, v = (self.group_by_heads(a) for a in (Qs, Ks, Vs))  # (B, H or Hkv, T, hd)
         scores = self.attn_scores(q, k)
@@ -103,7 +107,7 @@ class PlainBackward:
         context = self.context(weights, v)
         tokens = self.permute_back(context)
         concat = self.concat_heads(tokens)
-        d_concat, d_out_params = self.out_proj_vjp(grad_out.astype(work), concat, w)       # step 12
+        d_concat, d_out_params = self.out_proj_vjp(grad_out.astype(xw.dtype), concat, w)    # step 12
         d_context = self.permute_back_vjp(self.concat_heads_vjp(d_concat, tokens), context)  # 11, 10
         d_weights, dv = self.context_vjp(d_context, weights, v)                            # step 9
         d_scores = self.attn_weights_vjp(d_weights, scores, config, kpm,
