@@ -289,7 +289,7 @@ def _resolve(specs: list[str]):
         except Exception as e:
             raise UsageError(f"backend {i.spec!r}: reading its capabilities raised {text.first_line(e)}; "
                              f"capabilities must be an impls.base.Capabilities") from None
-    return infos, {i.spec: plan.availability(i.backend) for i in infos}
+    return infos, {i.spec: (i.skip_reason, i.error) for i in infos}  # the registry's one policy, evaluated once
 
 
 def _workers(text: str) -> int:

@@ -290,4 +290,5 @@ class BackendInfo:
     backend: Any
     spec: str
     source: str  # "builtin", "module:attr" or "entry point"
-    skip_reason: str | None = None
+    skip_reason: str | None = None  # availability() gave a reason: this machine lacks something
+    error: str | None = None  # availability() raised or returned something else: the backend's failure

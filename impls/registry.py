@@ -5,6 +5,11 @@ object missing part of the contract is refused with the parts named. A backend w
 or device is absent resolves fine and reports `availability()`: the suite skips it with that
 reason. All errors are `BackendSpecError`, one line each, for the CLI to print without a
 traceback.
+
+Availability has one policy, here (`availability`), evaluated once per process by `resolve`:
+a reason string is a skip (`BackendInfo.skip_reason`); an `availability()` that raises or
+returns anything but None or a non-empty string is the backend's failure (`BackendInfo.error`),
+never a skip. The run, its workers, the bench and the semantic profile all read those fields.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 
 from impls.base import BackendInfo, missing_parts
+
+_TEXT_LIMIT = 2000  # characters of a backend's reason or error kept: a 2 MB reason stays readable
 
 ENTRY_POINT_GROUP = "mha_conformance.backends"
 _CHECKOUT = str(Path(__file__).resolve().parent.parent)  # always importable: runs start here
@@ -87,8 +94,42 @@ def _load_module_attr(spec: str) -> object:
     return obj
 
 
+def _said(value: object, limit: int = _TEXT_LIMIT) -> str:
+    """str(value), encodable as UTF-8 and bounded; a __str__ that raises is said, not raised."""
+    try:
+        text = str(value)
+    except Exception as e:  # noqa: BLE001 - third-party __str__
+        text = f"<{type(value).__name__} whose str() raised {type(e).__name__}>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else f"{text[:limit]} [... {len(text) - limit} more characters cut]"
+
+
+def availability(backend: object) -> tuple[str | None, str | None]:
+    """(skip reason, error) of a backend under the one policy: a non-empty reason string means
+    this machine lacks something (a skip); an availability() that raises or returns anything
+    else but None is the backend's error, never a skip. No availability(): available."""
+    try:
+        fn = getattr(backend, "availability", None)
+        if fn is None:
+            return None, None
+        reason = fn()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # third-party code: even SystemExit is its error, not ours
+        lines = _said(e).strip().splitlines()
+        return None, f"availability() raised {type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    if reason is None or (isinstance(reason, str) and reason):
+        return (None if reason is None else _said(reason)), None
+    try:
+        shown = repr(reason)
+    except Exception as e:  # noqa: BLE001 - third-party __repr__
+        shown = f"<{type(reason).__name__} whose repr() raised {type(e).__name__}>"
+    return None, f"availability() returned {_said(shown, 200)}; expected None (available) or a reason string"
+
+
 def resolve(spec: str) -> BackendInfo:
-    """Resolve one backend specification to a backend object and its skip reason (if any)."""
+    """Resolve one backend specification to a backend object, its skip reason or its error (see
+    `availability`); availability() is called here, once."""
     spec = spec.strip()
     if spec in BUILTINS:
         obj, source = _load_module_attr(BUILTINS[spec]), "builtin"
@@ -106,11 +147,8 @@ def resolve(spec: str) -> BackendInfo:
                                    f"{type(e).__name__}: {e}") from None
         source = "entry point"
     backend = _instantiate(obj, spec)
-    try:
-        reason = backend.availability() if hasattr(backend, "availability") else None
-    except Exception as e:  # availability() itself is third-party code
-        reason = f"availability() raised {type(e).__name__}: {e}"
-    return BackendInfo(backend=backend, spec=spec, source=source, skip_reason=reason)
+    reason, error = availability(backend)
+    return BackendInfo(backend=backend, spec=spec, source=source, skip_reason=reason, error=error)
 
 
 def resolve_all(specs: list[str] | tuple[str, ...]) -> list[BackendInfo]:

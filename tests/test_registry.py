@@ -42,6 +42,11 @@ GOOD = textwrap.dedent('''
         def availability(self):
             raise RuntimeError("driver exploded")
 
+    class Odd(Good):
+        name = "odd"
+        def availability(self):
+            return 42
+
     class Partial:
         name = "partial"
         capabilities = Capabilities()
@@ -175,9 +180,41 @@ def test_unavailable_backend_resolves_with_its_reason(plugin_dir):
     assert resolve("fakepkg.attn:Away").skip_reason == "needs a quantum accelerator, found none"
 
 
-def test_availability_that_raises_becomes_a_reason(plugin_dir):
-    reason = resolve("fakepkg.attn:Raises").skip_reason
-    assert reason == "availability() raised RuntimeError: driver exploded"
+def test_availability_that_raises_is_an_error_not_a_skip(plugin_dir):
+    info = resolve("fakepkg.attn:Raises")
+    assert info.skip_reason is None
+    assert info.error == "availability() raised RuntimeError: driver exploded"
+
+
+def test_availability_returning_a_non_string_is_an_error(plugin_dir):
+    info = resolve("fakepkg.attn:Odd")
+    assert info.skip_reason is None
+    assert info.error == "availability() returned 42; expected None (available) or a reason string"
+
+
+def test_availability_is_called_once_per_resolve(plugin_dir):
+    import fakepkg.attn as mod
+
+    calls = []
+
+    class Counted(mod.Good):
+        def availability(self):
+            calls.append(1)
+            return "not here"
+
+    mod.Counted = Counted
+    info = resolve("fakepkg.attn:Counted")
+    assert (info.skip_reason, info.error, len(calls)) == ("not here", None, 1)
+
+
+def test_the_run_takes_the_registrys_policy(plugin_dir):
+    """The controller's states are the registry's fields, not a policy of its own."""
+    from conformance.cli import _resolve
+
+    infos, states = _resolve(["fakepkg.attn:Raises", "fakepkg.attn:Away", "numpy"])
+    assert states == {i.spec: (i.skip_reason, i.error) for i in infos}
+    assert states["fakepkg.attn:Raises"] == (None, "availability() raised RuntimeError: driver exploded")
+    assert states["fakepkg.attn:Away"] == ("needs a quantum accelerator, found none", None)
 
 
 def test_duplicate_names_are_an_error(plugin_dir):

@@ -103,8 +103,8 @@ def test_every_backend_of_the_run_gets_a_row_even_when_it_crashes(tmp_path, caps
     assert by[f"{CB}:MeanVRows"]["backend"] == "conv-mean-v"
     assert by[f"{CB}:MeanVRows"]["entries"]["fully_masked_row"]["value"] == "mean_v"  # measured in a child process
     reasons = {s: (by[s]["skip_reason"] or "") for s in specs}
-    assert reasons["tests.hostile_backends:AvailabilityRaises"] == (
-        "not available here: availability() raised RuntimeError: probing the device failed")
+    assert reasons["tests.hostile_backends:AvailabilityRaises"] == (  # a failure, not "not available here"
+        "the backend failed: availability() raised RuntimeError: probing the device failed")
     assert "child process killed by SIGSEGV" in reasons["tests.hostile_backends:Segfaults"]
     assert "child process exited with status 0 before writing its row" in reasons["tests.hostile_backends:ExitsZero"]
     assert "cannot import module 'no_such_module_xyz'" in reasons["no_such_module_xyz:Backend"]

@@ -83,8 +83,8 @@ def backend_state(spec: str) -> tuple[object | None, str | None, str | None]:
 
         try:
             with restored_state(full=True):  # a constructor or availability() may change state too
-                backend = resolve(spec).backend
-                _BACKENDS[spec] = (backend, *plan.availability(backend))
+                info = resolve(spec)  # availability() once, under the registry's one policy
+                _BACKENDS[spec] = (info.backend, info.skip_reason, info.error)
         except BaseException as e:  # it resolved in the controller; here it is the backend's doing
             _BACKENDS[spec] = (None, None, f"resolving the backend in the worker raised {type(e).__name__}: {e}")
     return _BACKENDS[spec]

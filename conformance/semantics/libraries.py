@@ -55,7 +55,8 @@ class SpecSteps:
     def missing(self) -> str | None:
         from impls.registry import resolve
 
-        return resolve(self.name).skip_reason
+        info = resolve(self.name)
+        return info.skip_reason or info.error  # not measured either way; the registry's policy names which
 
     def _run(self, q, k, v, mask=None, causal=False, dtype="float32", dropout_mask=None, p=0.0):
         b = self.backend()

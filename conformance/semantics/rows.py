@@ -96,6 +96,9 @@ def contract_row(spec: str) -> dict[str, Any]:
     if info.skip_reason:
         row["skip_reason"] = f"not available here: {info.skip_reason}"
         return row
+    if info.error:  # the registry's policy: a failing availability() is the backend's failure, not a skip
+        row["skip_reason"] = f"the backend failed: {info.error}"
+        return row
     row["entries"] = contract_profile(b)
     return row
 

@@ -135,7 +135,7 @@ def _backends(specs: list[str] | None) -> tuple[list, list[dict]]:
             except BackendSpecError as e:
                 skipped.append({"backend": name, "reason": str(e)})
     runnable = []
-    for info in infos:
+    for info in infos:  # an availability() error is not a skip: its worker answers every cell with it
         if info.skip_reason:
             skipped.append({"backend": info.backend.name, "reason": info.skip_reason})
         else:

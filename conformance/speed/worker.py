@@ -291,8 +291,8 @@ def main(argv: list[str]) -> int:
     threads = None if argv[1] == "-" else int(argv[1])
     try:
         info = resolve(argv[0])
-        handler: Handler | None = Handler(info.backend, threads) if info.skip_reason is None else None
-        why = info.skip_reason
+        why = info.skip_reason or info.error  # a skip was filtered out by the controller; an error is every cell's
+        handler: Handler | None = Handler(info.backend, threads) if why is None else None
     except BackendSpecError as e:
         handler, why = None, str(e)
     try:

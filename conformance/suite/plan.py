@@ -99,18 +99,3 @@ def missing(keys: list[Key], records: list[dict[str, Any]]) -> list[Key]:
     """The planned keys that have no record."""
     done = {(r["backend"], r["dtype"], r["check"]) for r in records}
     return [k for k in keys if k.triple() not in done]
-
-
-def availability(backend: Any) -> tuple[str | None, str | None]:
-    """(skip reason, error) of a backend: a reason string means this machine lacks something;
-    an availability() that raises or returns something else is the backend's error, never a skip."""
-    try:
-        fn = getattr(backend, "availability", None)
-        if fn is None:
-            return None, None
-        reason = fn()
-    except BaseException as e:  # third-party code: even SystemExit is its error, not ours
-        return None, f"availability() raised {text.first_line(e)}".rstrip(": ")
-    if reason is None or (isinstance(reason, str) and reason):
-        return (None if reason is None else text.safe(reason)), None
-    return None, f"availability() returned {text.safe_repr(reason)}; expected None (available) or a reason string"
