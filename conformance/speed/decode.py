@@ -28,12 +28,14 @@ import numpy as np
 
 from conformance.speed.cells import Timing, WorkerDied, WorkerUnit, ask
 from conformance.speed.harness import summarize
+from conformance.speed.worker import DECODE_D_IN as D_IN
+from conformance.speed.worker import DECODE_D_OUT as D_OUT
+from conformance.speed.worker import DECODE_HEADS as HEADS
+from conformance.speed.worker import decode_inputs
 from spec.config import AttentionConfig, numpy_dtype
-from spec.params import init_params
 
 DECODE_LENGTHS = [128 * 2 ** i for i in range(7)]  # 128 ... 8192
 DECODE_BATCHES = (1, 8)
-D_IN, D_OUT, HEADS = 64, 512, 8
 FULL = {"lengths": DECODE_LENGTHS, "budget": 0.3, "min_samples": 8, "copy_mb": 256}
 QUICK = {"lengths": [128, 1024, 8192], "budget": 0.05, "min_samples": 3, "copy_mb": 128}
 _COPY_REPS = 5
@@ -75,13 +77,6 @@ def _copy_record(library: str, nbytes: int, run, reps: int) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     best = min(times)
     return {"library": library, "best_s": best, "reps": reps, "gb_per_s": 2 * nbytes / best / 1e9}
-
-
-def decode_inputs(B: int, L: int, dtype: str, seed: int = 0) -> tuple[AttentionConfig, Any, np.ndarray]:
-    """(config, float64 params, x) of one decode cell: x holds the L prompt tokens and the new one."""
-    config = AttentionConfig(d_in=D_IN, d_out=D_OUT, n_heads=HEADS, causal=True)
-    x = np.random.default_rng(seed + L + B).standard_normal((B, L + 1, D_IN))  # (B, L + 1, d_in)
-    return config, init_params(config, seed=seed), x
 
 
 def _cell(unit: Any, name: str, B: int, L: int, dtype: str, budget: float, min_samples: int,

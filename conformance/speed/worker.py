@@ -172,8 +172,6 @@ class Handler:
 
     def op_prepare_decode(self, B: int, L: int, dtype: str, seed: int) -> dict[str, Any]:
         """Prefill a cache of L tokens (untimed), then time the first decode of one new token."""
-        from conformance.speed.decode import decode_inputs
-
         b = self.backend
 
         def build() -> tuple[Any, Any]:
@@ -279,6 +277,23 @@ def _cell(shape: list[int], causal: bool, seed: int) -> tuple[Any, Any, np.rando
     _, _, d_in, d_out, H = shape
     config = AttentionConfig(d_in, d_out, H, causal=causal)
     return config, init_params(config, seed), np.random.default_rng(seed)
+
+
+#: The decode cell's shape (`conformance.speed.decode` says why): d_in, d_out, heads.
+DECODE_D_IN, DECODE_D_OUT, DECODE_HEADS = 64, 512, 8
+
+
+def decode_inputs(B: int, L: int, dtype: str, seed: int = 0) -> tuple[Any, Any, np.ndarray]:
+    """(config, float64 params, x) of one decode cell: x holds the L prompt tokens and the new one.
+
+    Here, beside the forward cells' `_cell`, so the worker imports nothing of the controller's
+    side (decode -> cells -> worker, never back)."""
+    from spec.config import AttentionConfig
+    from spec.params import init_params
+
+    config = AttentionConfig(d_in=DECODE_D_IN, d_out=DECODE_D_OUT, n_heads=DECODE_HEADS, causal=True)
+    x = np.random.default_rng(seed + L + B).standard_normal((B, L + 1, DECODE_D_IN))  # (B, L + 1, d_in)
+    return config, init_params(config, seed=seed), x
 
 
 def main(argv: list[str]) -> int:
