@@ -1,0 +1,66 @@
+"""spec.masks.visible, the one attention mask, and the head split/merge and matmul the spec exports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spec import steps as S
+from spec.masks import causal_mask, visible
+
+
+@pytest.mark.parametrize("Tq,Tk", [(1, 1), (5, 5), (1, 7), (3, 7)])
+def test_causal_is_bottom_right_aligned(Tq, Tk):
+    v = visible(Tq, Tk, causal=True)
+    assert v.shape == (1, 1, Tq, Tk)
+    for i in range(Tq):
+        assert v[0, 0, i].tolist() == [j <= i + Tk - Tq for j in range(Tk)]
+    assert np.array_equal(v[0, 0], ~causal_mask(Tq, Tk))
+    if Tq == Tk:  # the source document's triu(ones, diagonal=1) masks the future
+        assert np.array_equal(~v[0, 0], np.triu(np.ones((Tq, Tk), bool), 1))
+
+
+def test_not_causal_sees_everything_and_padding_masks_whole_keys():
+    kpm = np.array([[True, False, True], [False, False, False]])
+    v = visible(2, 3, causal=False, key_padding_mask=kpm)
+    assert v.shape == (2, 1, 2, 3)
+    assert v[0, 0].tolist() == [[True, False, True]] * 2
+    assert not v[1].any()  # a row with every key padded sees nothing
+    assert visible(2, 3, causal=False).all()
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_window_keeps_the_latest_positions_up_to_the_query(window):
+    Tq, Tk = 3, 6
+    v = visible(Tq, Tk, causal=True, window=window)[0, 0]
+    for i in range(Tq):
+        pos = i + Tk - Tq
+        assert v[i].tolist() == [pos - window < j <= pos for j in range(Tk)]
+    assert np.array_equal(visible(Tq, Tk, True, window=Tk)[0, 0], visible(Tq, Tk, True)[0, 0])  # wide: no effect
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
+def test_a_bad_window_names_the_value_and_what_is_valid(bad):
+    with pytest.raises(ValueError, match=rf"window={bad!r}: must be a positive int"):
+        visible(2, 2, True, window=bad)
+
+
+def test_the_step_8_mask_is_visible():
+    from spec.config import AttentionConfig
+
+    config = AttentionConfig(d_in=4, d_out=4, n_heads=2, causal=True)
+    kpm = np.array([[True, True, False, True]])
+    w = S.attn_weights(np.random.default_rng(0).standard_normal((1, 2, 2, 4)), config, kpm)
+    assert np.array_equal(w > 0, np.broadcast_to(visible(2, 4, True, kpm), w.shape))
+
+
+def test_heads_and_merge_heads_are_steps_5_6_and_10_11():
+    a = np.arange(2 * 3 * 12, dtype=np.float64).reshape(2, 3, 12)  # (B, T, H * hd)
+    h = S.heads(a, 4)
+    assert h.shape == (2, 4, 3, 3) and h[1, 2, 0].tolist() == a[1, 0, 6:9].tolist()
+    assert np.array_equal(S.merge_heads(h), a)
+
+
+def test_matmul_keeps_the_inputs_dtype():
+    a = np.ones((2, 3), np.float16)
+    assert S.matmul(a, np.ones((3, 2), np.float16)).dtype == np.float16
