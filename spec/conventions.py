@@ -19,6 +19,7 @@ import numpy as np
 
 from spec.config import AttentionConfig
 from spec.invariants import attendable
+from spec.masks import visible
 from spec.params import Params
 
 #: name -> {value: what it means}; the first value of each is the spec's own decision.
@@ -92,9 +93,8 @@ def adjusted_rows(conventions: Mapping[str, str], x: np.ndarray, params: Params,
         empty = empty_rows(config, B, T, T, key_padding_mask)
         rows |= empty
         if rule in ("mean_v", "uniform_causal_keys"):
-            ok = np.ones((B, T, T), dtype=bool)  # (B, Tq, Tk): keys averaged over
-            if rule == "uniform_causal_keys" and config.causal:
-                ok &= np.tril(np.ones((T, T), dtype=bool))[None]
+            causal = rule == "uniform_causal_keys" and config.causal
+            ok = np.ones((B, T, T), dtype=bool) & visible(T, T, causal)[0]  # (B, Tq, Tk): keys averaged over
             mean_v = (ok / ok.sum(-1, keepdims=True)) @ _values(x, params)  # (B, T, d_out)
             values = np.where(empty[..., None], mean_v @ params.W_o.T + params.b_o, values)
         elif rule == "nan":

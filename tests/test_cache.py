@@ -185,7 +185,9 @@ def test_decoding_keeps_the_dtype(dtype):
 def test_top_left_alignment_gives_different_outputs(monkeypatch):
     cfg, p, x, _ = _case(9, T=6)
     y = forward(x, p, cfg)
-    monkeypatch.setattr(S, "causal_mask", lambda Tq, Tk: np.triu(np.ones((Tq, Tk), dtype=bool), k=1))
+    import spec.masks  # the spec's one mask: step 8 and the cache both build theirs there
+
+    monkeypatch.setattr(spec.masks, "causal_mask", lambda Tq, Tk: np.triu(np.ones((Tq, Tk), dtype=bool), k=1))
     assert np.array_equal(forward(x, p, cfg), y)  # Tq == Tk: both alignments are the same mask
     got, _ = _decode_in_chunks(x, p, cfg, [3, 1, 2])
     assert _rel_err(got, y[:, 3:]) > 1e-3  # decoding top-left: token 3 would see key 0 only
