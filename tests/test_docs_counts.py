@@ -9,6 +9,7 @@ phrased otherwise.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections import Counter
@@ -84,46 +85,9 @@ def _builtins() -> list[str]:
     return list(BUILTINS)
 
 
-def _mutants() -> int:
-    from conformance.mutants.catalogue import MUTANTS
-
-    return len(MUTANTS)
-
-
-def _profiles() -> int:
-    from conformance.suite.profiles import PROFILES
-
-    return len(PROFILES)
-
-
-def _steps() -> int:
-    from spec.table import STEPS
-
-    return len(STEPS)
-
-
-def _dtypes() -> int:
-    from spec.config import FLOAT_DTYPES
-
-    return len(FLOAT_DTYPES)
-
-
-def _verdicts() -> int:
-    from conformance.verdict import WORDS
-
-    return len(WORDS)
-
-
-def _commands() -> int:
-    from conformance.commands import COMMANDS
-
-    return len(COMMANDS)
-
-
-def _conventions() -> int:
-    from spec.conventions import MENU
-
-    return len(MENU)
+def _len(module: str, attr: str) -> int:
+    """The length of a registry the code keeps (`module.attr`)."""
+    return len(getattr(importlib.import_module(module), attr))
 
 
 WORDS = {"twelve": 12}  # number words a count may still be written in
@@ -139,17 +103,18 @@ COUNTS: dict[str, tuple[str, Callable[..., tuple[int, ...]]]] = {
                lambda: (len(_checks()), _group("forward"), _group("gradients"))),
     "gradient checks": (r"\b(\d+) gradient checks\b", lambda: (_group("gradients"),)),
     "built-in backends": (r"\b(\d+) built-in backends\b", lambda: (len(_builtins()),)),
-    "mutants": (r"\b(\d+) mutants\b(?! in `conformance/mutants/)", lambda: (_mutants(),)),
+    "mutants": (r"\b(\d+) mutants\b(?! in `conformance/mutants/)",
+                lambda: (_len("conformance.mutants.catalogue", "MUTANTS"),)),
     "mutants of one module": (r"\b(\d+) mutants in `conformance/mutants/(\w+)\.py`",
                               lambda module: (_mutants_in(module),)),
     "outcomes": (r"\b(\d+) outcomes\b", lambda: (len(_outcomes()),)),
-    "verdicts": (r"\b(\d+) verdicts\b", lambda: (_verdicts(),)),
-    "profiles": (r"\b(\d+) profiles\b", lambda: (_profiles(),)),
-    "steps": (r"\b(\d+|twelve) steps\b", lambda: (_steps(),)),
-    "dtypes": (r"\b(\d+) dtypes\b", lambda: (_dtypes(),)),
+    "verdicts": (r"\b(\d+) verdicts\b", lambda: (_len("conformance.verdict", "WORDS"),)),
+    "profiles": (r"\b(\d+) profiles\b", lambda: (_len("conformance.suite.profiles", "PROFILES"),)),
+    "steps": (r"\b(\d+|twelve) steps\b", lambda: (_len("spec.table", "STEPS"),)),
+    "dtypes": (r"\b(\d+) dtypes\b", lambda: (_len("spec.config", "FLOAT_DTYPES"),)),
     "nox sessions": (r"\b(\d+) nox sessions\b", lambda: (len(_nox_sessions()),)),
-    "commands": (r"\b(\d+) commands\b", lambda: (_commands(),)),
-    "conventions": (r"\b(\d+) conventions\b", lambda: (_conventions(),)),
+    "commands": (r"\b(\d+) commands\b", lambda: (_len("conformance.commands", "COMMANDS"),)),
+    "conventions": (r"\b(\d+) conventions\b", lambda: (_len("spec.conventions", "MENU"),)),
 }
 
 
