@@ -24,6 +24,7 @@ CAUSES = {
     "mask_inverted": "mask inverted",
     "causal_alignment": "causal alignment",
     "crash": "crash",
+    "non_finite": "NaN or inf where keys are visible",
     "unexplained": "unexplained",
 }
 
