@@ -63,8 +63,12 @@ def parse_args(argv: list[str]):
                    help="per-example time limit in seconds (default 30; the first example gets 4x)")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="run only part K of N of the planned (backend, dtype, check) matrix; needs --seed")
-    p.add_argument("--expect", default=None, metavar="FILE",
-                   help="TOML list of expected failures with reasons (docs/ci.md); a listed pass exits 1")
+    p.add_argument("--expect", action="append", default=[], metavar="FILE",
+                   help="TOML list of expected failures with reasons (docs/ci.md); a listed pass exits 1; "
+                        "repeatable (the first matching entry decides)")
+    p.add_argument("--no-known-defects", action="store_true",
+                   help="do not apply the built-in backends' list of known library defects "
+                        "(impls/expected/known-defects.toml)")
     p.add_argument("--junit-xml", default=None, metavar="FILE",
                    help="also write a JUnit XML file: one testcase per planned (backend, dtype, check)")
     p.add_argument("--list-checks", action="store_true", help="print the checks and exit")
@@ -97,7 +101,9 @@ def validate(args) -> None:
         raise UsageError(f"--shard {args.shard} needs --seed N: every shard must draw the same examples")
     from conformance import expect
 
-    args.expectations = expect.load(args.expect, names, FLOAT_DTYPES) if args.expect else []
+    if not args.no_known_defects:  # after the user's lists: their entries decide first
+        args.expect = [*args.expect, str(expect.KNOWN_DEFECTS)]
+    args.expectations = [e for f in args.expect for e in expect.load(f, names, FLOAT_DTYPES)]
 
 
 def print_checks() -> None:
@@ -344,7 +350,7 @@ def run(args, infos, states: dict, out: Path) -> int:
         print(f"  backend {text.name(i.backend.name)!r:18s} ({i.spec}) {state}")
     header = _header(infos, states, args, seed, checks, dtypes, pid, len(whole))
     if args.expect:
-        header["expect"] = {"file": args.expect, "entries": [e.to_dict() for e in args.expectations]}
+        header["expect"] = {"file": ", ".join(args.expect), "entries": [e.to_dict() for e in args.expectations]}
     recorder = Recorder(out, header, keys, args.machine)
     if args.expectations:  # a listed failure is recorded as expected, a listed pass as unexpected
         from conformance import expect

@@ -12,7 +12,9 @@ A planned (backend, dtype, check) that an entry names and that fails is recorded
 never as a pass, and the run's exit status stays 0 for it. One that passes is "unexpectedly
 passing" and makes the run exit 1, so lists stay current; with `strict = false` (a failure that
 shows only on some draws) the pass is still recorded as unexpectedly passing but does not fail
-the run. The first entry that matches a combination decides it.
+the run. `--expect` may be given several times; the files' entries are read in order, then the
+built-in backends' known library defects (`impls/expected/known-defects.toml`, off with
+`--no-known-defects`), and the first entry that matches a combination decides it.
 
 A bad file (not TOML, an unknown key, a missing or mistyped field, a check or dtype pattern
 that names nothing) is a usage error naming the entry: one line, exit 2.
@@ -29,6 +31,9 @@ from typing import Any, Iterable
 from conformance.usage import UsageError
 
 from conformance.verdict import EXPECTED, UNEXPECTED_PASS  # the two outcomes this module adds
+#: The built-in backends' measured library defects that no convention covers, applied to every
+#: run after the user's lists unless --no-known-defects.
+KNOWN_DEFECTS = Path(__file__).resolve().parent.parent / "impls" / "expected" / "known-defects.toml"
 FIELDS = {"backend": str, "check": str, "dtype": str, "reason": str, "strict": bool}
 REQUIRED = ("backend", "check", "reason")
 
@@ -42,6 +47,7 @@ class Entry:
     dtype: str
     reason: str
     strict: bool = True
+    file: str = ""  # the list it comes from (several --expect files, the known defects)
 
     def matches(self, backend: str, dtype: str, check: str) -> bool:
         return (fnmatch.fnmatchcase(backend, self.backend) and fnmatch.fnmatchcase(dtype, self.dtype)
@@ -49,7 +55,7 @@ class Entry:
 
     def to_dict(self) -> dict[str, Any]:
         """What a record carries as its "expected" field."""
-        return {"entry": self.number, "reason": self.reason, "strict": self.strict,
+        return {"entry": self.number, "file": self.file, "reason": self.reason, "strict": self.strict,
                 "pattern": {"backend": self.backend, "dtype": self.dtype, "check": self.check}}
 
 
@@ -69,7 +75,8 @@ def _entry(path: Path, i: int, raw: Any, checks: Iterable[str], dtypes: Iterable
                              f"expected a {'boolean' if kind is bool else 'string'}")
     if not raw["reason"].strip():
         raise UsageError(f"{where}: reason is empty; say why this combination fails")
-    e = Entry(i, raw["backend"], raw["check"], raw.get("dtype", "*"), raw["reason"].strip(), raw.get("strict", True))
+    e = Entry(i, raw["backend"], raw["check"], raw.get("dtype", "*"), raw["reason"].strip(), raw.get("strict", True),
+              str(path))
     # a pattern that can match nothing is a typo: it would silently expect nothing
     checks, dtypes = list(checks), list(dtypes)
     if not any(fnmatch.fnmatchcase(c, e.check) for c in checks):

@@ -41,6 +41,9 @@ class Capabilities:
     W_k, W_v (and b_k, b_v) come with n_kv_heads * head_dim rows, query head h reads K/V head
     h // (n_heads // n_kv_heads), and `cache_kv` returns [B, n_kv_heads, t, head_dim]. Without
     it the suite only draws n_kv_heads = n_heads.
+    batch_invariant: a promise, checked bit for bit: a sequence's output bits do not depend on
+    the rest of its batch (run alone, or in the batch shuffled). Most kernels pick their tiling
+    or split-K by shape, so none of the built-ins makes it; declare it only if you guarantee it.
     conventions: known, intended departures from the spec, from the fixed menu in
     `spec.conventions.MENU` (e.g. `{"fully_masked_rows": "mean_v"}`): the suite judges
     everything else against the spec adjusted for them, and reports show them beside the verdict.
@@ -60,6 +63,7 @@ class Capabilities:
     cache_arrays: bool = False
     gradients: bool = False
     grouped_kv: bool = False
+    batch_invariant: bool = False
     conventions: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
@@ -130,6 +134,9 @@ NEEDS: dict[str, tuple[Any, Any]] = {
     "maskable": (lambda c: c.causal or c.key_padding_mask,
                  "neither causal attention nor key padding masks: no position the spec says cannot matter"),
     "grouped_kv": (lambda c: c.grouped_kv, "grouped K/V heads not declared (Capabilities.grouped_kv)"),
+    "batch_invariant": (lambda c: c.batch_invariant,
+                        "batch invariance not declared (Capabilities.batch_invariant): outputs may differ in "
+                        "the last bits with what else is in the batch, as most kernels' do"),
     "kv_cache": (lambda c: c.kv_cache, "KV-cache decoding not declared (Capabilities.kv_cache)"),
     "cache_arrays": (lambda c: c.cache_arrays, "cache not exposed (Capabilities.cache_arrays)"),
 }

@@ -53,5 +53,7 @@ def backend_rows(columns: list[Any], verdicts: list[str]) -> list[tuple[str, str
     out = []
     for c, v in zip(columns, verdicts):
         conv = "; ".join(f"{k}={x} ({fnd.convention_label(k, x)})" for k, x in c.conventions.items())
+        promised = f"promises {', '.join(c.promises)}" if c.promises else ""
+        conv = "; ".join(t for t in (conv, promised) if t)
         out.append((c.label, v, conv or "none declared", fnd.versions_text(c.versions)))
     return out

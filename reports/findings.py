@@ -24,6 +24,7 @@ CAUSES = {
     "mask_inverted": "mask inverted",
     "causal_alignment": "causal alignment",
     "crash": "crash",
+    "non_finite": "NaN or inf where keys are visible",
     "unexplained": "unexplained",
 }
 
@@ -61,6 +62,16 @@ def declared(capabilities: Any) -> dict[str, str]:
     no deviation, so declaring it changes nothing)."""
     conv = _str_dict((capabilities or {}).get("conventions") if isinstance(capabilities, dict) else None)
     return {k: v for k, v in conv.items() if SPEC_VALUE.get(k) != v}
+
+
+#: Promises a backend may declare, checked bit for bit: capability field -> what the report says
+PROMISES = {"batch_invariant": "batch invariance (bitwise)"}
+
+
+def promises(capabilities: Any) -> tuple[str, ...]:
+    """The bitwise promises a backend declares (`PROMISES`), as the report words them."""
+    caps = capabilities if isinstance(capabilities, dict) else {}
+    return tuple(words for k, words in PROMISES.items() if caps.get(k) is True)
 
 
 def versions(header: dict[str, Any]) -> dict[str, str]:

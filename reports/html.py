@@ -114,7 +114,7 @@ def _environment(report: Report) -> str:
         verdicts = [backend_verdict(m, i).text for i in range(len(m.columns))]
         rows = [[f"<code>{esc(b)}</code>", esc(v), esc(c), esc(x)] for b, v, c, x in backend_rows(m.columns, verdicts)]
         out.append("<p>Backends, as each declares and reports itself:</p>"
-                   + _table(["Backend", "Verdict", "Declared conventions", "Versions"], rows, "backends"))
+                   + _table(["Backend", "Verdict", "Declared conventions and promises", "Versions"], rows, "backends"))
     return "".join(out) + "</section>"
 
 

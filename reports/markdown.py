@@ -89,7 +89,7 @@ def _environment(report: Report) -> list[str]:
     if m is not None and m.columns:  # what each backend declares and reports about itself
         verdicts = [backend_verdict(m, i).text for i in range(len(m.columns))]
         out += ["Backends, as each declares and reports itself:", ""]
-        out += _table(["Backend", "Verdict", "Declared conventions", "Versions"],
+        out += _table(["Backend", "Verdict", "Declared conventions and promises", "Versions"],
                       [[code(b), text(v), text(c), text(x)] for b, v, c, x in backend_rows(m.columns, verdicts)])
         out.append("")
     return out

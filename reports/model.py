@@ -56,6 +56,7 @@ class Column:
     missing: int = 0  # planned records of this backend that do not exist (not run, never passed)
     conventions: dict[str, str] = field(default_factory=dict)  # declared deviations from the spec
     versions: dict[str, str] = field(default_factory=dict)     # as the backend reports them; {}: none
+    promises: tuple[str, ...] = ()  # bitwise promises it declares (reports.findings.PROMISES)
 
 
 @dataclass
@@ -193,7 +194,8 @@ def _columns(runs: list[dict[str, Any]], multi: bool) -> list[Column]:
             label = f"{name} @ {run['machine']}" if multi else name
             cols.append(Column(run["machine"], name, label, b.get("source", ""), b.get("skip_reason"),
                                sum(m["backend"] == name for m in conf.get("missing", [])),
-                               fnd.declared(b.get("capabilities")), fnd.versions(b)))
+                               fnd.declared(b.get("capabilities")), fnd.versions(b),
+                               fnd.promises(b.get("capabilities"))))
     return cols
 
 

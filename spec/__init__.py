@@ -1,6 +1,6 @@
 """The executable specification of multi-head self-attention: the twelve steps in float64 NumPy.
 
-Read `spec/steps.py` beside the README's "The spec's decisions"; `spec/table.py` is the step
+Read `spec/steps.py` beside docs/spec-decisions.md; `spec/table.py` is the step
 table (each step's inputs, outputs and shapes), `spec/block.py` composes the steps,
 `spec/backward.py` holds each step's backward (VJP) and `spec.block.grads` composes them,
 `spec/cache.py` runs them as KV-cache decoding (prefill, then decode over the cached K and V),

@@ -10,7 +10,7 @@ their share. A VJP recomputes what it needs from the forward's arguments rather 
 anything a forward saved.
 
 Like the forward, every function is plain NumPy in its inputs' dtype, so the same code is the
-float64 golden and the plain reference in dtype D. Decisions (README, "The spec's decisions"):
+float64 golden and the plain reference in dtype D. Decisions (docs/spec-decisions.md):
 a query with no attendable key gets zero gradient through the attention, never NaN; a grouped
 K/V head's gradient is the sum over its group of query heads (`sum_groups`); masked
 weights pass no gradient to their scores; dropout is replayed with the forward's keep mask.

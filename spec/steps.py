@@ -1,6 +1,6 @@
 """The twelve steps of multi-head self-attention, one reference function each.
 
-Read beside the README's "The spec's decisions"; spec/table.py says what each step takes
+Read beside docs/spec-decisions.md; spec/table.py says what each step takes
 and returns. Symbols: B batch, T tokens (Tq queries and Tk
 keys where they may differ, as in KV-cache decoding), d_in input features, d_out output
 features, H heads, head_dim = d_out // H, Hkv K/V heads (grouped-query attention; Hkv = H

@@ -325,3 +325,18 @@ class CapabilitiesRaise(ForwardOnly):
     @property
     def capabilities(self):
         raise RuntimeError("capabilities are not ready")
+
+
+class SleepsWhenSignalled(ForwardOnly):
+    """Its first forward writes its pid to $MHA_TEST_INSIDE and sleeps $MHA_TEST_SLEEP seconds,
+    then answers correctly: the window in which a test kills the controller."""
+
+    name = "hostile-sleeps-once"
+
+    def result(self, out, x):
+        path = os.environ.get("MHA_TEST_INSIDE")
+        if path and not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(float(os.environ.get("MHA_TEST_SLEEP", "5")))
+        return out

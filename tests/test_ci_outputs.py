@@ -75,7 +75,20 @@ def test_a_listed_failure_is_an_expected_failure_and_the_run_exits_0(listed):
     assert r["causality"]["outcome"] == "unexpectedly passing" and r["causality"]["expected"]["strict"] is False
     assert "fails only where expected: 1 expected failure, 1 unexpectedly passing" in proc.stdout
     assert "UNEXPECTEDLY PASSING bug-wrong-scale [float32] causality (strict = false" in proc.stdout
-    assert [e["entry"] for e in section["expect"]["entries"]] == [1, 2]
+    files = [(Path(e["file"]).name, e["entry"]) for e in section["expect"]["entries"]]
+    assert files[:2] == [("listed.toml", 1), ("listed.toml", 2)]  # the user's list first: it decides first
+    assert {f for f, _ in files[2:]} == {"known-defects.toml"}  # then the built-ins' known defects
+
+
+def test_the_known_defects_list_names_only_built_in_backends_and_loads():
+    from conformance.expect import KNOWN_DEFECTS, load
+    from conformance.suite.checks import catalogue
+    from impls.registry import available_names
+    from spec.config import FLOAT_DTYPES
+
+    entries = load(KNOWN_DEFECTS, [c.name for c in catalogue()], FLOAT_DTYPES)
+    assert entries and all(e.backend in available_names() for e in entries)
+    assert all(not e.strict for e in entries)  # the defect shows on some draws only
 
 
 def test_a_listed_combination_that_passes_makes_the_run_exit_1(stale):

@@ -168,3 +168,31 @@ def test_every_comparison_passes_the_one_observer_hook():
     get("causality").fn(run, _padded_case())
     assert [w for w, _ in seen] == ["forward", "outputs 0..1 after changing tokens 2.. vs before"]
     assert all(err <= 1e-5 for _, err in seen)
+
+
+def _saved_failure(tmp_path: Path, backend, kpm: np.ndarray) -> dict:
+    config = AttentionConfig(d_in=8, d_out=8, n_heads=2, causal=True)
+    case = case_from(config, *kpm.shape, "float32", seed=5).with_(key_padding_mask=kpm)
+    path = case.save(tmp_path / "failures" / "x.npz", {"backend": backend.name, "check": "matches_spec"})
+    return {"backend": backend.name, "check": "matches_spec", "dtype": "float32", "step": None,
+            "outcome": "failed", "reason": "forward: ... (got nan, expected 0.1)",
+            "inputs": str(path.relative_to(tmp_path))}
+
+
+def test_nan_in_a_row_that_sees_keys_is_named_not_unexplained(tmp_path):
+    from conformance.findings.diagnose import Diagnosis
+
+    kpm = np.array([[1, 1, 0, 1, 1], [1, 1, 0, 1, 1], [0, 0, 0, 1, 1]], dtype=bool)  # element 2: queries 0-2 see nothing
+    rec = _saved_failure(tmp_path, cb.NanLeak(), kpm)
+    [finding] = Diagnosis(tmp_path, budget_s=60).run([rec], {"bug-nan-leak": cb.NanLeak()})
+    assert finding["cause"] == "non_finite" and rec["finding"] == finding["id"]
+    assert "(0, 4)" in finding["detail"] and "batch elements [2]" in finding["detail"]  # where, and next to what
+
+
+def test_nan_only_in_rows_without_keys_is_a_convention_not_a_leak(tmp_path):
+    from conformance.findings.diagnose import Diagnosis
+
+    kpm = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=bool)
+    rec = _saved_failure(tmp_path, cb.NanRows(), kpm)
+    [finding] = Diagnosis(tmp_path, budget_s=60).run([rec], {"conv-nan-rows": cb.NanRows()})
+    assert finding["cause"] == "fully_masked_rows"

@@ -166,6 +166,30 @@ def test_sigterm_stops_the_run_cleanly_and_leaves_no_worker(tmp_path):  # 5
     assert sorted(p.name for p in (out / ".records").iterdir()) == ["0.json", "1.json"]
 
 
+def test_a_worker_whose_controller_died_writes_no_record(tmp_path):  # 5: orphans
+    """The controller is killed (SIGKILL: no handler runs) while a worker is inside a backend; when
+    the backend returns, the orphaned worker must not write into --out, which a new run may hold."""
+    psutil = pytest.importorskip("psutil")
+    import signal
+
+    out, inside = tmp_path / "out", tmp_path / "inside"
+    cmd = [sys.executable, "-m", "conformance", *quick(out, [f"{H}:SleepsWhenSignalled"], ["matches_spec"],
+                                                       "--dtype", "float32", "-n", "1", "--example-timeout", "60")]
+    env = {**os.environ, "MHA_TEST_INSIDE": str(inside), "MHA_TEST_SLEEP": "4"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not inside.exists() or not inside.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, "the worker never reached the backend"
+        time.sleep(0.1)
+    worker = psutil.Process(int(inside.read_text()))
+    proc.kill()  # SIGKILL: the controller stops no worker and writes nothing more
+    proc.wait(timeout=30)
+    worker.wait(timeout=90)  # the backend returns, the check ends, the worker finds its controller gone
+    records = out / ".records"
+    assert not records.exists() or not list(records.iterdir())
+    assert not any(out.glob("failures/*")), "nor a failure bundle"
+
+
 # -- 7: the run's bookkeeping is out of a backend's reach through --out ----------------------------
 
 def test_a_backend_cannot_fake_markers_or_delete_the_records_or_the_plan(tmp_path):  # 7

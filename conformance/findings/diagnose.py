@@ -7,6 +7,8 @@ For each backend with failures, in order:
    (`conformance.suite.judgement`): a row convention the probes saw the backend follow
    (`conformance.findings.probes`), a precision one dtype lower, the key padding mask ignored
    or inverted. The first hypothesis under which the example passes is its cause;
+   before them, the saved example's forward is looked at: NaN or inf where the spec's output is
+   finite, in a query row that sees keys, is named as such (no convention makes it right);
 3. what no hypothesis explains is grouped by a stated fallback: the first wrong step the
    backend's exposed steps localise (or "not localised"), across dtypes, so one unknown cause
    reads as one finding.
@@ -20,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from conformance.findings import probes
 from conformance.suite.judgement import Judgement, declared
@@ -118,6 +122,14 @@ def _own_step(rec: dict[str, Any]) -> str | None:
     return f"{n} ({STEPS[n].name})" if isinstance(n, int) and n in STEPS else None
 
 
+def _finfo_max(dtype: str) -> float:
+    from spec.config import numpy_dtype
+
+    import ml_dtypes  # finfo of bfloat16 as well as NumPy's own floats
+
+    return float(ml_dtypes.finfo(numpy_dtype(dtype)).max)
+
+
 def _precision_convention(rec: dict[str, Any]) -> dict[str, str] | None:
     return {"float64_compute": "float32"} if rec.get("dtype") == "float64" else None
 
@@ -196,6 +208,10 @@ class Diagnosis:
             hyps = hypotheses(backend, seen, base)
         for r in rest:
             case, check = self._saved(r)
+            leak = self._non_finite(backend, case) if case is not None else None
+            if leak is not None:
+                self._add(name, ("non_finite",), r, cause="non_finite", title=leak[0], detail=leak[1])
+                continue
             h = self._explain(backend, check, case, hyps, base) if case is not None else None
             if h is None:
                 step = _own_step(r) or (self._localise(backend, check, case, base) if case is not None else None)
@@ -209,6 +225,34 @@ class Diagnosis:
                 c = h.convention if h.cause != "precision" else _precision_convention(r)
                 self._add(name, (h.cause, tuple(sorted((c or {}).items()))), r, cause=h.cause, title=h.title,
                           detail=h.detail, convention=c)
+
+    def _non_finite(self, backend: Any, case: Any) -> tuple[str, str] | None:
+        """(title, detail) when the example's forward has NaN or inf in a row whose query sees at
+        least one key (the spec's row is finite there, whatever a convention says of empty rows)."""
+        if backend is None or time.monotonic() > self.deadline:
+            return None
+        got, _ = probes._forward(backend, case)  # a forward that fails is not this cause
+        if got is None or not np.issubdtype(np.asarray(got).dtype, np.floating) or got.ndim != 3:
+            return None
+        from conformance.suite.reference import forward_golden_and_plain
+
+        empty = conv.empty_rows(case.config, case.B, case.T, case.T, case.key_padding_mask)  # (B, T)
+        try:
+            golden, _ = forward_golden_and_plain(case)  # (B, T, d_out) float64
+        except Exception:  # the suite's own reference failing is not a finding about the backend
+            return None
+        representable = (np.abs(golden) < float(_finfo_max(case.dtype))).all(-1)  # the dtype can hold the spec's row
+        bad = ~np.isfinite(np.asarray(got, dtype=np.float64)).all(-1) & ~empty & representable  # (B, T)
+        if not bad.any():
+            return None
+        where = ", ".join(f"({b}, {t})" for b, t in zip(*np.nonzero(bad)))
+        context = (f"; the batch also has {int(empty.sum())} queries with no visible key (batch elements "
+                   f"{sorted(set(np.nonzero(empty)[0].tolist()))}): a kernel's empty-row handling may spill "
+                   "into other rows" if empty.any() else "; no query of the batch is without keys")
+        return ("NaN or inf in rows whose query sees keys",
+                f"the saved example's forward is not finite at (batch, query) {where[:300]}, rows that see at "
+                f"least one key{context}. No convention covers it: it is a defect to report upstream "
+                "(or list with --expect and its reason until fixed).")
 
     def _saved(self, rec: dict[str, Any]) -> tuple[Any, Any]:
         from conformance.suite.case import Case

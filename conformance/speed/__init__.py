@@ -1,4 +1,4 @@
-"""Relative speed of backends, timed side by side in one run (README.md, "Speed").
+"""Relative speed of backends, timed side by side in one run (docs/speed.md).
 
 Modules, one topic each: `flops` (useful FLOPs of the block), `timers` (host clock or device
 events, chosen by device and framework), `harness` (first call apart, chunks of warm calls,

@@ -6,7 +6,7 @@ attention work, `forward_for_grad` then `backward` (then `synchronize`), and eac
 of results.json gains `fwd_bwd_median_s`, `fwd_bwd_p25_s`, `fwd_bwd_p75_s`, `fwd_bwd_flops`,
 `fwd_bwd_gflops` (reports show them next to the forward's).
 
-Useful FLOPs (README, "Speed"): the backward of a matmul C = A @ B is two matmuls of the same
+Useful FLOPs (docs/speed.md): the backward of a matmul C = A @ B is two matmuls of the same
 size, dA = dC @ B^T and dB = A^T @ dC, so the backward's useful work is twice the forward's
 matmul FLOPs (projections: dx and dW; attention: dS @ K and dS^T @ Q for dQ, dK, P^T @ dO and
 dO @ V^T for dV and dP), and forward plus backward is 3x `useful_flops`. The causal discount

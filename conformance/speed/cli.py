@@ -1,4 +1,4 @@
-"""`python -m conformance.speed`: time backends side by side (README.md, "Speed").
+"""`python -m conformance.speed`: time backends side by side (docs/speed.md).
 
 Default sweep: T = 64 ... 4096 doubling, d_in = d_out = 512, 8 heads, B*T = 4096 (B = 64 at
 T = 64 down to 1 at 4096, so the projections cost the same everywhere and the growing

@@ -1,4 +1,4 @@
-"""Useful floating-point operations of one multi-head self-attention block (README.md, "Speed").
+"""Useful floating-point operations of one multi-head self-attention block (docs/speed.md).
 
 "Useful" means the work the math needs, counted the same way for every backend, whatever it
 actually executes: a backend that computes the masked half of causal attention and throws it

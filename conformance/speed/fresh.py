@@ -3,7 +3,7 @@
 The isolation check (selfcheck.py) times a backend "alone" through the harness's own worker
 and chunks. This timer shares none of that: each process resolves one backend, primes malloc
 as every worker does (worker.prime_allocator: the state of any process that has freed one
-large array, which is part of what "alone" means here, see README "Speed"), builds the cell's
+large array, which is part of what "alone" means here, see docs/speed.md), builds the cell's
 inputs twice (the first build called once, then freed), makes one untimed call, then warm
 calls back to back (`CALLS`, or fewer but at least `MIN_CALLS` once `SECONDS` have passed),
 and prints their median. Processes alternate between the backends

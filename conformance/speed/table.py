@@ -1,6 +1,6 @@
 """Readable output: one progress line per timed cell, then summary tables.
 
-Time first, then useful GFLOP/s, then the fraction of the machine's matmul peak (README.md, "Speed").
+Time first, then useful GFLOP/s, then the fraction of the machine's matmul peak (docs/speed.md).
 Markers: "~" noisy (spread (p75-p25)/median > 10%), "!" nonconforming (timed only on
 request; no headline figure), "?" conformance unknown (not run), "E" the call raised, "*" the
 ratio to torch is undecided (conformance.speed.verdict): its interval is printed, not a ratio.
