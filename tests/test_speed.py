@@ -288,6 +288,17 @@ def test_unresolvable_worker_spec_is_an_error_cell(tmp_path):
     assert "NoSuchBackend" in cell["error"] and cell["samples_s"] == []
 
 
+def test_a_failing_availability_is_an_error_cell_not_a_skip(tmp_path):
+    """The registry's one policy: availability() raising is the backend's failure, so the bench
+    times it (its worker answers every cell with the error) instead of listing it as skipped."""
+    runnable, skipped = cli._backends(["tests.hostile_backends:AvailabilityRaises", "numpy"])
+    assert skipped == [] and [i.backend.name for i in runnable] == ["hostile-availability-raises", "numpy"]
+    section = bench.run(plan(tmp_path, [], backends=runnable[:1], in_process=False, shapes=[(1, 4, 8, 8, 2)]),
+                        out=io.StringIO())
+    (cell,) = section["cells"]
+    assert cell["error"] == "availability() raised RuntimeError: probing the device failed" and cell["samples_s"] == []
+
+
 # -- the isolation check ----------------------------------------------------------------------
 
 def _pooled(shape, values: dict[str, tuple[float, float]]) -> dict:
