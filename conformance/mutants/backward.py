@@ -1,6 +1,6 @@
 """Backward mutants: `PlainBackend` with one bug in its backward, forward untouched.
 
-Each changes one step VJP or hook of `conformance.mutants.plain_backward.PlainBackward`, so
+Each changes one step VJP or hook of `impls.array_vjps.ArrayVJPs` (PlainBackend's backward), so
 every forward check passes and only the gradient checks can kill it. The bugs are the classes
 real attention backwards have had: a Jacobian term dropped, a scale or mask forgotten on one
 path, dropout redrawn, outputs swapped or transposed, state kept between calls.
