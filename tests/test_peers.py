@@ -182,7 +182,7 @@ def test_probes_see_the_spec_decisions_in_numpy():
         "fully_masked_row": "zeros", "mask_polarity": "True = take part", "causal_alignment": "bottom-right",
         "default_scale": "1/sqrt(head_dim)", "dropout": "replay",
         "low_precision_output": "float16 → float16, bfloat16: raises",  # bfloat16 is not declared
-        "dtypes": "float64, float32, float16"}
+        "dtypes": "float64, float32, float16", "kv_grouping": "consecutive; groups 2, 3, 4, multi-query"}
 
 
 def test_probes_tell_the_other_behaviours_apart():
