@@ -270,20 +270,24 @@ class Flax(Jax):
         from impls.jax_backend import x64
 
         B, H, Tq, hd = q.shape
-        E = H * hd
+        Hkv = k.shape[1]  # fewer than H: grouped K/V heads (num_kv_heads)
+        E, Ekv = H * hd, Hkv * hd
         with x64(dtype):
             jdt = jnp.dtype(numpy_dtype(dtype))
-            key = (H, hd, dtype, p)  # one module per setting: its dropout stream advances per call
+            key = (H, Hkv, hd, dtype, p)  # one module per setting: its dropout stream advances per call
             if key not in self._modules:
+                grouped = {} if Hkv == H else {"num_kv_heads": Hkv, "in_kv_features": Ekv}
                 mha = nnx.MultiHeadAttention(num_heads=H, in_features=E, dtype=jdt, param_dtype=jdt, use_bias=False,
-                                             dropout_rate=p, decode=False, rngs=nnx.Rngs(0))
+                                             dropout_rate=p, decode=False, rngs=nnx.Rngs(0), **grouped)
                 eye = jnp.eye(E, dtype=jdt)
-                for lin in (mha.query, mha.key, mha.value):
-                    lin.kernel[...] = eye.reshape(E, H, hd)  # (E, H, hd): identity
+                mha.query.kernel[...] = eye.reshape(E, H, hd)  # (E, H, hd): identity
+                for lin in (mha.key, mha.value):
+                    lin.kernel[...] = jnp.eye(Ekv, dtype=jdt).reshape(Ekv, Hkv, hd)  # (Ekv, Hkv, hd): identity
                 mha.out.kernel[...] = eye.reshape(H, hd, E)  # (H, hd, E): identity
                 self._modules[key] = mha
             mha = self._modules[key]
-            x = {id(a): self._j(a.transpose(0, 2, 1, 3).reshape(B, a.shape[2], E), dtype) for a in (q, k, v)}
+            x = {id(a): self._j(a.transpose(0, 2, 1, 3).reshape(B, a.shape[2], a.shape[1] * hd), dtype)
+                 for a in (q, k, v)}
             m = None if mask is None else jnp.asarray(mask)[:, None, None, :]  # (B, 1, 1, Tk)
             call = nnx.jit(lambda mod, *a, **kw: mod(*a, **kw), static_argnames=("is_causal", "deterministic")) \
                 if jit else (lambda mod, *a, **kw: mod(*a, **kw))
