@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from conformance import COMMAND
 from conformance.suite.checks import get
 from conformance.text import first_line, safe_record
 from conformance.plugin.conftest import backend_state, orphaned
@@ -71,7 +72,7 @@ def _run(key: Key, out_dir: Path, markers: Path, seed: int | None,
         result.case.save(path, {"backend": key.backend, "backend_spec": key.spec, "import_path": import_path(key.spec),
                                 "check": check.name, "reason": result.reason})
         rec["inputs"] = str(path.relative_to(out_dir))
-        rec["repro"] = f"python -m conformance repro {shlex.quote(str(path))}"
+        rec["repro"] = f"{COMMAND} repro {shlex.quote(str(path))}"
     return rec
 
 
