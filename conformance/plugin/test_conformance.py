@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from conformance import COMMAND
+from conformance.pytest_entry import failure_text
 from conformance.suite.checks import get
 from conformance.text import first_line, safe_record
 from conformance.plugin.conftest import backend_state, orphaned
@@ -109,10 +110,4 @@ def test_check(key: Key, out_dir: Path, markers: Path, hypothesis_seed: int | No
     if rec["outcome"] in ("unsupported", "skipped"):
         pytest.skip(f"{rec['outcome']}: {rec['reason']}")
     if rec["outcome"] == "failed":
-        step = "end to end" if rec.get("step") is None else f"step {rec['step']}"
-        lines = [f"{key.backend} [{key.dtype}] {key.check} ({step})", f"  {rec['reason']}"]
-        if rec.get("counterexample"):
-            lines.append(f"  example: {rec['counterexample']}")
-        if "repro" in rec:
-            lines.append(f"  reproduce: {rec['repro']}")
-        pytest.fail("\n".join(lines), pytrace=False)
+        pytest.fail(failure_text(key.backend, key.dtype, key.check, rec), pytrace=False)
