@@ -130,11 +130,12 @@ def test_installed_command_runs_outside_the_checkout(venv, project: Path):
         p = run([python, "-c", f"import {name}"], project, env)
         assert p.returncode != 0 and "ModuleNotFoundError" in p.stderr, name
     backends = ["mypkg.attn:Backend", "numpy", "mypkg.bad:Backend"]
-    args = ["mha-conformance", "--out", "r", "--profile", "quick", "--dtype", "float32", "-n", "1",
+    args = ["mha-conformance", "--out", "r", "--profile", "quick", "--seed", "1", "--dtype", "float32", "-n", "1",
             *(a for b in backends for a in ("--backend", b)), *(a for c in CHECKS for a in ("--check", c))]
     p = run(args, project, env)
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]  # mypkg-bad fails matches_spec, nothing else
-    records = json.loads((project / "r" / "results.json").read_text())["runs"][0]["conformance"]["records"]
+    section = json.loads((project / "r" / "results.json").read_text())["runs"][0]["conformance"]
+    records = section["records"]
     outcomes = {(r["backend"], r["check"]): r["outcome"] for r in records}
     assert outcomes == {("mypkg-numpy", "matches_spec"): "passed", ("mypkg-numpy", "causality"): "passed",
                         ("mypkg-numpy", "fully_masked_queries_give_bias"): "unsupported",  # no key padding mask
@@ -143,6 +144,8 @@ def test_installed_command_runs_outside_the_checkout(venv, project: Path):
                         ("mypkg-bad", "matches_spec"): "failed", ("mypkg-bad", "causality"): "passed",
                         ("mypkg-bad", "fully_masked_queries_give_bias"): "unsupported"}
     (failed,) = [r for r in records if r["outcome"] == "failed"]
+    # the diagnosis ran in its own process (python -m mha_conformance.conformance.findings)
+    assert [f["backend"] for f in section["findings"]] == ["mypkg-bad"] and failed["finding"]
     assert failed["repro"].startswith("mha-conformance repro ") and f"reproduce: {failed['repro']}" in p.stdout
     p = run(shlex.split(failed["repro"]), project, env)
     assert p.returncode == 1 and "FAILED" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
