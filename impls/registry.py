@@ -20,7 +20,8 @@ from pathlib import Path
 from impls.base import BackendInfo, missing_parts
 
 ENTRY_POINT_GROUP = "mha_conformance.backends"
-_CHECKOUT = str(Path(__file__).resolve().parent.parent)  # always importable: runs start here
+# always importable: the checkout (runs start there), or installed the site-packages holding mha_conformance
+_CHECKOUT = str(Path(__file__).resolve().parents[__name__.count(".")])
 
 #: Built-in backends: name -> "module:attr" inside this checkout.
 BUILTINS: dict[str, str] = {
