@@ -111,6 +111,7 @@ def test_wheel_has_one_top_level_name(wheel: Path):
     assert tops == {"mha_conformance"}
     assert "mha_conformance/conformance/results.schema.json" in names  # package data
     assert "mha_conformance/conformance/plugin/pytest.ini" in names
+    assert "mha_conformance/impls/expected/known-defects.toml" in names  # every run applies it
     assert not [n for n in names if n.startswith("mha_conformance/tests/")]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "mha-conformance = mha_conformance.conformance.commands:console" in zipfile.ZipFile(wheel).read(
