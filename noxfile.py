@@ -1,4 +1,5 @@
-"""Sessions of mha-conformance. Each runs from the repo root; nothing of ours is installed.
+"""Sessions of mha-conformance. Each runs from the repo root; nothing of ours is installed
+(tests/test_install.py builds and installs the package into a temporary venv of its own).
 
 `nox -s conformance` checks every backend this machine can run, `nox -s tests` runs the
 project's own tests. Dependencies come from pyproject.toml; torch is pinned there, because
@@ -21,6 +22,9 @@ EXTRAS: dict[str, list[str]] = PYPROJECT["project"]["optional-dependencies"]  # 
 TORCH: list[str] = EXTRAS["torch"]
 CUPY: list[str] = EXTRAS["cupy"]
 PEERS: list[str] = EXTRAS["peers"]  # jax, flax, onnxruntime
+# tests/test_install.py builds the wheel without build isolation: setup.py needs setuptools >= 70.1
+# (bdist_wheel built in), newer than the 65.5 a Python 3.11 venv starts with
+BUILD: list[str] = ["setuptools==84.2.1"]
 
 
 def install(session: nox.Session, *, torch: bool = True, cupy: bool = False) -> None:
@@ -54,8 +58,9 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the project's own tests (spec, backends, suite, mutants, speed harness, reports)."""
+    """Run the project's own tests (spec, backends, suite, mutants, speed harness, reports, the install)."""
     install(session)
+    session.install("--disable-pip-version-check", "-q", *BUILD)
     session.run("python", "-m", "pytest", "-n", "auto", *session.posargs)
 
 

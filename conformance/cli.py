@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from conformance import text
+from conformance import COMMAND, text
 from conformance.suite import plan, profiles
 from conformance.suite.checks import catalogue
 from conformance.usage import OneLineParser, UsageError, report
@@ -40,7 +40,7 @@ from conformance.verdict import EXPECTED, UNEXPECTED_PASS, verdict_text
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "plugin"  # the pytest side of a run: conftest.py and the one test
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-PROG = "python -m conformance"
+PROG = COMMAND
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 MAX_EXAMPLE_TIMEOUT_S = 86400.0  # a day: beyond it setitimer overflows and nothing is gained
@@ -365,7 +365,8 @@ def run(args, infos, states: dict, out: Path) -> int:
     # no:faulthandler: each worker sends its crash dumps to a file the crash's record keeps (conftest)
     pytest_args = [str(PLUGIN / "test_conformance.py"), "-q", "--no-header", "-p", "no:cacheprovider",
                    "-p", "no:faulthandler",
-                   f"--rootdir={HERE.parent}", f"--hypothesis-profile={args.profile}", "--capture=no",
+                   "-c", str(PLUGIN / "pytest.ini"), f"--rootdir={HERE.parent}",  # not the user's configuration
+                   f"--hypothesis-profile={args.profile}", "--capture=no",
                    "-W", "ignore::pytest.PytestAssertRewriteWarning", f"--hypothesis-seed={seed}",
                    f"--mha-plan={plan_path}", "-n", str(workers), f"--max-worker-restart={restarts}"]
     if args.example_timeout:

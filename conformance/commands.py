@@ -8,9 +8,10 @@ command is `run`. The older entry points (`python -m conformance.speed`, `python
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-from conformance import usage
+from conformance import COMMAND, usage
 
 #: command -> (module, what it does); every module defines main(argv) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("conformance.tools.sweep", "run the default profile on many seeds; count false failures"),
     "gpu-check": ("conformance.tools.gpu_check", "on a GPU machine: conformance and speed of the GPU backends"),
 }
-PROG = "python -m conformance"
+PROG = COMMAND  # "python -m conformance", or "mha-conformance" installed
 
 
 def overview() -> str:
@@ -56,3 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(rest) or 0)
     except SystemExit as e:  # argparse's --help (0) and any tool that exits itself
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+
+def console() -> int:
+    """The installed `mha-conformance` script: `main`, with the current directory first on
+    sys.path as `python -m` has it, so a `mypkg.attn:Backend` beside the user is importable
+    (pytest-xdist's workers inherit this sys.path)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return main()

@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from conformance import completeness
+from conformance import INSTALLED, completeness
 from conformance.same_machine import combine
 
 SCHEMA_VERSION = "1.0"
@@ -244,7 +244,7 @@ def _close_shards(conf: dict[str, Any]) -> None:
 # version only (importlib.metadata), so collecting it imports no framework; GPU details come from
 # torch or CuPy only when they are already imported.
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout (installed: site-packages/mha_conformance)
 LIBRARIES = ("numpy", "ml_dtypes", "scipy", "hypothesis", "pytest", "pytest-xdist", "torch",
              "cupy-cuda12x", "cupy", "threadpoolctl", "jax", "jaxlib", "flax", "onnx", "onnxruntime")
 
@@ -272,7 +272,10 @@ def _cpu_name() -> str:
 
 
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout, or (None, None) outside git."""
+    """(commit, dirty) of the checkout, or (None, None) outside git and when installed (the
+    directory around site-packages may be the user's repository, whose commit is not ours)."""
+    if INSTALLED:
+        return None, None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                                 text=True, timeout=10).stdout.strip() or None

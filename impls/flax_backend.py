@@ -64,7 +64,7 @@ class FlaxBackend(JaxEdges):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="rng",
-        grouped_kv=False,  # nnx.MultiHeadAttention has one K/V head per query head
+        grouped_kv=True,  # nnx.MultiHeadAttention(num_kv_heads=n_kv_heads): K/V kernels (d_in, n_kv_heads, hd)
         notes="flax.nnx.MultiHeadAttention with the spec's weights as LinearGeneral kernels (zero Q/K/V "
               "biases without qkv_bias); mask passed as is (its True = take part); rows with no "
               "attendable key set to b_o after the call (flax gives them the mean of V); dropout is "
@@ -85,8 +85,8 @@ class FlaxBackend(JaxEdges):
         """The weights in dtype, once; the module itself needs n_heads, so it is built on first use."""
         self.check_dtype(dtype)
         d_out, d_in = params.W_q.shape
-        zeros = np.zeros(d_out)
-        bias = {n: getattr(params, f"b_{n}") if params.b_q is not None else zeros for n in "qkv"}
+        bias = {n: getattr(params, f"b_{n}") if params.b_q is not None else np.zeros(len(getattr(params, f"W_{n}")))
+                for n in "qkv"}  # b_q (d_out,), b_k and b_v (d_kv,)
         return {"params": params, "dtype": dtype, "d_in": d_in, "d_out": d_out, "bias": bias,
                 "b_o": self.from_numpy(params.b_o, dtype), "modules": {}}
 
@@ -94,8 +94,8 @@ class FlaxBackend(JaxEdges):
         """The nnx.MultiHeadAttention for this head count and dropout, built once per weights."""
         from flax import nnx
 
-        H, hd, dtype = config.n_heads, config.head_dim, weights["dtype"]
-        key = (H, config.dropout_p)
+        H, Hkv, hd, dtype = config.n_heads, config.kv_heads, config.head_dim, weights["dtype"]
+        key = (H, Hkv, config.dropout_p)
         if key not in weights["modules"]:
             p, d_in, d_out = weights["params"], weights["d_in"], weights["d_out"]
             jdt = self.from_numpy(np.zeros(1), dtype).dtype
@@ -103,11 +103,12 @@ class FlaxBackend(JaxEdges):
                 mha = nnx.MultiHeadAttention(
                     num_heads=H, in_features=d_in, qkv_features=d_out, out_features=d_out,
                     dtype=jdt, param_dtype=jdt, use_bias=True, dropout_rate=config.dropout_p,
-                    broadcast_dropout=False, decode=False, rngs=nnx.Rngs(0))
-                for n, lin in (("q", mha.query), ("k", mha.key), ("v", mha.value)):
-                    W = getattr(p, f"W_{n}")  # (d_out, d_in)
-                    lin.kernel[...] = self.from_numpy(W.T.reshape(d_in, H, hd), dtype)  # (d_in, H, hd)
-                    lin.bias[...] = self.from_numpy(weights["bias"][n].reshape(H, hd), dtype)  # (H, hd)
+                    broadcast_dropout=False, decode=False, rngs=nnx.Rngs(0),
+                    **({} if Hkv == H else {"num_kv_heads": Hkv}))  # grouped: flax groups consecutively
+                for n, lin, h in (("q", mha.query, H), ("k", mha.key, Hkv), ("v", mha.value, Hkv)):
+                    W = getattr(p, f"W_{n}")  # (h * hd, d_in)
+                    lin.kernel[...] = self.from_numpy(W.T.reshape(d_in, h, hd), dtype)  # (d_in, h, hd)
+                    lin.bias[...] = self.from_numpy(weights["bias"][n].reshape(h, hd), dtype)  # (h, hd)
                 mha.out.kernel[...] = self.from_numpy(p.W_o.T.reshape(H, hd, d_out), dtype)  # (H, hd, d_out)
                 mha.out.bias[...] = weights["b_o"]  # (d_out,)
             weights["modules"][key] = mha

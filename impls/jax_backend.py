@@ -13,7 +13,9 @@ How the spec's decisions are expressed with JAX's own options:
   [B, Tk] mask goes in as [B, 1, 1, Tk] unchanged;
 - causal: `is_causal=True`. The suite's forward has Tq == Tk, where top-left and
   bottom-right alignment agree; the semantic profile shows how JAX aligns when Tq < Tk;
-- scale: JAX's default, 1/sqrt(head_dim) (the spec's; measured by the profile).
+- scale: JAX's default, 1/sqrt(head_dim) (the spec's; measured by the profile);
+- grouped K/V heads: K and V go in with their n_kv_heads heads ([B, T, Hkv, hd]); JAX reads
+  query head h against K/V head h // group, the spec's consecutive groups (the profile measures it).
 
 Corrected here, openly (see `Capabilities.notes`): a query with no attendable key. JAX's XLA
 implementation gives it a uniform average of V (the masked logits are a large finite
@@ -141,10 +143,11 @@ def _forward(x, W_q, W_k, W_v, W_o, b_o, b_q, b_k, b_v, kpm, *, n_heads: int, ca
 
     B, T, _ = x.shape
     hd = W_q.shape[0] // n_heads
-    q, k, v = x @ W_q.T, x @ W_k.T, x @ W_v.T  # (B, T, d_out)
+    q, k, v = x @ W_q.T, x @ W_k.T, x @ W_v.T  # q (B, T, d_out), k and v (B, T, d_kv)
     if b_q is not None:
         q, k, v = q + b_q, k + b_k, v + b_v
-    q, k, v = (a.reshape(B, T, n_heads, hd) for a in (q, k, v))  # (B, T, H, hd): JAX's BTNH
+    q = q.reshape(B, T, n_heads, hd)  # (B, T, H, hd): JAX's BTNH
+    k, v = (a.reshape(B, T, a.shape[-1] // hd, hd) for a in (k, v))  # (B, T, Hkv, hd): JAX groups consecutively
     mask = None if kpm is None else kpm[:, None, None, :]  # (B, 1, 1, Tk): True = take part
     ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)  # (B, T, H, hd)
     if kpm is not None:  # JAX: uniform average of V on a row with no key; spec: zero context
@@ -161,7 +164,7 @@ class JaxBackend(JaxEdges):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="none",
-        grouped_kv=False,  # dot_product_attention takes grouped K/V heads; this adapter does not pass them yet
+        grouped_kv=True,  # K, V of n_kv_heads heads passed as they are: dot_product_attention groups consecutively
         notes="jax.nn.dot_product_attention (XLA) for steps 7-9; mask passed as is "
               "(its True = take part); rows with no attendable key zeroed after the call (JAX gives "
               "them the mean of V); its softmax runs in float32 for every dtype, float64 included; "

@@ -1,8 +1,10 @@
 """ONNX Runtime as a backend: the standard ONNX `Attention` operator (opset 23) on the CPU.
 
 A real peer: the graph, built with `onnx.helper`, is the whole block, MatMul (+ Add) for the
-Q, K, V projections, one `Attention` node with `q_num_heads = kv_num_heads = H` on the
-[B, T, d_out] projections (the operator splits and merges the heads itself), then MatMul +
+Q, K, V projections, one `Attention` node with `q_num_heads = H` and `kv_num_heads =
+n_kv_heads` on the [B, T, d_out] and [B, T, d_kv] projections (the operator splits and merges
+the heads itself, and groups query head h with K/V head h // group, the spec's consecutive
+groups: measured by the semantic profile), then MatMul +
 Add for the output projection. Weights are graph inputs, so one session per (dtype, heads,
 options) serves every shape and every weight draw (dimensions are symbolic).
 
@@ -70,20 +72,21 @@ def elem_type(dtype: str) -> int:
             "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}[dtype]
 
 
-def attention_graph(dtype: str, n_heads: int, causal: bool, qkv_bias: bool, mask: bool) -> bytes:
+def attention_graph(dtype: str, n_heads: int, causal: bool, qkv_bias: bool, mask: bool,
+                    n_kv_heads: int | None = None) -> bytes:
     """The block as a serialized ONNX model: inputs x, W_q^T, W_k^T, W_v^T, W_o^T, b_o (+ biases, mask)."""
     from onnx import TensorProto, helper
 
     t = elem_type(dtype)
     vi = helper.make_tensor_value_info
     inputs = [vi("x", t, ["B", "T", "d_in"])]
-    inputs += [vi(f"W_{n}T", t, ["d_in", "d_out"]) for n in "qkv"]
+    inputs += [vi(f"W_{n}T", t, ["d_in", "d_out" if n == "q" else "d_kv"]) for n in "qkv"]
     inputs += [vi("W_oT", t, ["d_out", "d_out"]), vi("b_o", t, ["d_out"])]
     nodes = []
-    for n in "qkv":  # (B, T, d_out) each
+    for n in "qkv":  # q (B, T, d_out), k and v (B, T, d_kv)
         nodes.append(helper.make_node("MatMul", ["x", f"W_{n}T"], [f"{n}0" if qkv_bias else n]))
         if qkv_bias:
-            inputs.append(vi(f"b_{n}", t, ["d_out"]))
+            inputs.append(vi(f"b_{n}", t, ["d_out" if n == "q" else "d_kv"]))
             nodes.append(helper.make_node("Add", [f"{n}0", f"b_{n}"], [n]))
     attn_in = ["q", "k", "v"]
     if mask:
@@ -99,8 +102,8 @@ def attention_graph(dtype: str, n_heads: int, causal: bool, qkv_bias: bool, mask
         nodes.append(helper.make_node("Concat", ["B", "one", "T", "T"], ["shape4"], axis=0))
         nodes.append(helper.make_node("Expand", ["kpm4", "shape4"], ["attn_mask"]))  # (B, 1, Tq, Tk)
         attn_in.append("attn_mask")
-    nodes.append(helper.make_node("Attention", attn_in, ["ctx"], q_num_heads=n_heads, kv_num_heads=n_heads,
-                                  is_causal=int(causal)))  # (B, T, d_out)
+    nodes.append(helper.make_node("Attention", attn_in, ["ctx"], q_num_heads=n_heads,
+                                  kv_num_heads=n_kv_heads or n_heads, is_causal=int(causal)))  # (B, T, d_out)
     nodes.append(helper.make_node("MatMul", ["ctx", "W_oT"], ["y0"]))
     nodes.append(helper.make_node("Add", ["y0", "b_o"], ["y"]))  # (B, T, d_out)
     graph = helper.make_graph(nodes, "mha", inputs, [vi("y", t, ["B", "T", "d_out"])])
@@ -116,7 +119,7 @@ class OnnxRuntimeBackend(Backend):
         key_padding_mask=True,
         qkv_bias=True,
         dropout="none",
-        grouped_kv=False,  # the Attention operator takes kv_num_heads; this adapter's graph does not use it yet
+        grouped_kv=True,  # kv_num_heads = n_kv_heads on the Attention node; K/V projections of d_kv columns
         notes="ONNX Attention operator (opset 23) on ONNX Runtime's CPU execution provider, one graph for "
               "the block; mask passed as is (its True = take part); no correction needed (fully masked "
               "rows already zero); no bfloat16 CPU kernel; the operator has no dropout.",
@@ -156,9 +159,9 @@ class OnnxRuntimeBackend(Backend):
     def session(self, dtype: str, config: AttentionConfig, qkv_bias: bool, mask: bool) -> Any:
         import onnxruntime as ort
 
-        key = (dtype, config.n_heads, config.causal, qkv_bias, mask)
+        key = (dtype, config.n_heads, config.kv_heads, config.causal, qkv_bias, mask)
         if key not in self._sessions:
-            model = attention_graph(dtype, config.n_heads, config.causal, qkv_bias, mask)
+            model = attention_graph(dtype, config.n_heads, config.causal, qkv_bias, mask, config.kv_heads)
             self._sessions[key] = ort.InferenceSession(model, session_options(),
                                                        providers=["CPUExecutionProvider"])
         return self._sessions[key]

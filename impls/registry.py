@@ -27,7 +27,8 @@ from impls.base import BackendInfo, missing_parts
 _TEXT_LIMIT = 2000  # characters of a backend's reason or error kept: a 2 MB reason stays readable
 
 ENTRY_POINT_GROUP = "mha_conformance.backends"
-_CHECKOUT = str(Path(__file__).resolve().parent.parent)  # always importable: runs start here
+# always importable: the checkout (runs start there), or installed the site-packages holding mha_conformance
+_CHECKOUT = str(Path(__file__).resolve().parents[__name__.count(".")])
 
 #: Built-in backends: name -> "module:attr" inside this checkout.
 BUILTINS: dict[str, str] = {

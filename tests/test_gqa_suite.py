@@ -10,8 +10,9 @@ from hypothesis import Phase, given, settings
 
 from conformance.cli import grouped_share, print_grouped_share
 from conformance.mutants.base import PlainBackend
-from conformance.mutants.grouped import (GROUPED_CACHE_MUTANTS, GroupCacheRepeated, GroupGradAveraged,
-                                         GroupGradFirstHead, GroupInterleaved, GroupOnlyAtTheEnds)
+from conformance.mutants.grouped import (GROUPED_CACHE_MUTANTS, GroupCacheReadsGroupZero, GroupCacheRepeated,
+                                         GroupGradAveraged, GroupGradFirstHead, GroupInterleaved,
+                                         GroupOnlyAtTheEnds)
 from conformance.suite import profiles
 from conformance.suite import strategies as cs
 from conformance.suite.checks import get
@@ -71,6 +72,8 @@ def test_fixed_examples_are_multi_query_and_a_group_of_two_only_for_declaring_ba
     assert cs.grouped_representatives(TorchMhaBackend.capabilities, "float32") == []
     assert get("grads_match_spec").explicit_cases(NumpyBackend(), "float32")  # gradients see them too
     assert all(c.extra["prefill"] == 9 for c in get("cache_holds_spec_kv").explicit_cases(NumpyBackend(), "float32"))
+    one_by_one = get("decode_token_by_token").explicit_cases(NumpyBackend(), "float32")
+    assert len(one_by_one) == 2 and all(c.extra["chunks"] == [1] * 8 for c in one_by_one)  # 8 steps past the first
 
 
 def test_repeated_kv_is_the_spec_exactly_and_head_permutations_keep_groups():
@@ -105,7 +108,8 @@ def mutants():
 
 
 @pytest.mark.parametrize("check", ["matches_spec", "grouped_equals_repeated_kv", "head_permutation_invariance",
-                                   "grads_match_spec", "grads_head_permutation_invariant", "cache_holds_spec_kv"])
+                                   "grads_match_spec", "grads_head_permutation_invariant", "cache_holds_spec_kv",
+                                   "decode_token_by_token"])
 def test_the_correct_plain_backend_passes_the_grouped_checks(check, quick):
     r = run_check(get(check), PlainBackend(), "float32", seed=3)
     assert r.outcome == "passed", r.reason
@@ -128,6 +132,7 @@ def test_the_run_summary_states_each_backends_grouped_share(capsys):
     (GroupInterleaved, "grouped_equals_repeated_kv"), (GroupOnlyAtTheEnds, "grouped_equals_repeated_kv"),
     (GroupGradFirstHead, "grads_match_spec"), (GroupGradAveraged, "grads_match_spec"),
     (GroupCacheRepeated, "cache_holds_spec_kv"),
+    (GroupCacheReadsGroupZero, "cache_holds_spec_kv"), (GroupCacheReadsGroupZero, "decode_token_by_token"),
 ], ids=lambda v: getattr(v, "name", v))
 def test_each_grouped_mutant_is_killed(mutant, killer, dtype, mutants):
     r = run_check(get(killer), mutant(), dtype, seed=3)

@@ -116,6 +116,34 @@ def test_adapter_matches_spec_with_padding(peer, causal, qkv_bias, d_in):
     np.testing.assert_allclose(out[empty], np.broadcast_to(params.b_o, out[empty].shape), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("H,n_kv_heads,qkv_bias", [(6, 2, True), (4, 1, False), (8, 4, True)])
+def test_adapter_matches_spec_with_grouped_kv_heads(peer, H, n_kv_heads, qkv_bias):
+    assert peer.capabilities.grouped_kv
+    config = spec.AttentionConfig(d_in=5, d_out=2 * H, n_heads=H, n_kv_heads=n_kv_heads, causal=True,
+                                  qkv_bias=qkv_bias)
+    params = spec.init_params(config, seed=3)
+    assert params.W_k.shape == (2 * n_kv_heads, 5)  # K/V projections of n_kv_heads * head_dim rows
+    x = np.random.default_rng(4).standard_normal((2, 7, 5))
+    kpm = np.ones((2, 7), bool)
+    kpm[1, :2] = False
+    golden = spec.forward(x, params, config, key_padding_mask=kpm)
+    for dtype in ("float64", "float32"):
+        err = np.abs(_forward(peer, x, params, config, dtype, kpm) - golden).max() / np.abs(golden).max()
+        assert err < TOL[dtype], (peer.name, dtype, err)
+
+
+@pytest.mark.parametrize("name", sorted(PEERS))
+def test_peer_libraries_group_consecutively(name):
+    from conformance.semantics.libraries import all_raw
+
+    raw = {r.name: r for r in all_raw()}[name]
+    if raw.missing():
+        pytest.skip(raw.missing())
+    e = probes.kv_grouping(raw)  # the library itself: jnp-level call, nnx(num_kv_heads=), Attention's 4-D K/V
+    assert e["value"] == "consecutive; groups 2, 3, 4, multi-query", e
+    assert "6 over 4 (no whole groups): refused" in e["detail"], e
+
+
 def test_adapter_refuses_what_it_does_not_declare(peer):
     config = spec.AttentionConfig(d_in=8, d_out=8, n_heads=2, dropout_p=0.3)
     params = spec.init_params(config, seed=0)
@@ -182,7 +210,7 @@ def test_probes_see_the_spec_decisions_in_numpy():
         "fully_masked_row": "zeros", "mask_polarity": "True = take part", "causal_alignment": "bottom-right",
         "default_scale": "1/sqrt(head_dim)", "dropout": "replay",
         "low_precision_output": "float16 → float16, bfloat16: raises",  # bfloat16 is not declared
-        "dtypes": "float64, float32, float16"}
+        "dtypes": "float64, float32, float16", "kv_grouping": "consecutive; groups 2, 3, 4, multi-query"}
 
 
 def test_probes_tell_the_other_behaviours_apart():

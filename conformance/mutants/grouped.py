@@ -3,7 +3,8 @@
 Each overrides one piece of `conformance.mutants.base.PlainBackend` (`kv_head_of`, the mapping of
 query heads to K/V heads; `sum_groups`, its backward; the cache's `heads`). They are bugs real
 GQA code has had: heads interleaved instead of grouped, a group's gradient taken from one head or
-averaged, a cache that stores the repeated heads, a mapping right only at the two ends.
+averaged, a cache that stores the repeated heads or that decodes against group 0's keys after its
+first step, a mapping right only at the two ends.
 Killed by the grouped draws and the fixed examples (n_kv_heads = 1 and a group of 2,
 `conformance.suite.strategies.GROUPED_EXAMPLES`).
 """
@@ -14,6 +15,7 @@ import numpy as np
 
 from conformance.mutants.backward import BackwardMutant
 from conformance.mutants.base import PlainBackend
+from impls.array_cache import ArrayKV
 
 
 class GroupInterleaved(PlainBackend):
@@ -64,8 +66,34 @@ class GroupCacheRepeated(PlainBackend):
         return q, self.repeat_kv(k, config.n_heads), self.repeat_kv(v, config.n_heads)  # (B, H, n, hd)
 
 
+class DecodedKV(ArrayKV):
+    """A cache that has been through at least one decode step (the type is the mark)."""
+
+
+class GroupCacheReadsGroupZero(PlainBackend):
+    """Past the first decode step, every query head reads K/V head 0 of the cache (grouped heads only).
+
+    The cache itself stays right (cache_kv gives the spec's K and V); only the later steps'
+    attention indexes the wrong group, as a decode kernel that takes the K/V head from a stale
+    or zeroed head index does. Right for multi-query (one group) and on the first step.
+    """
+
+    name = "mutant-gqa-cache-group-zero"
+
+    def decode(self, x_new, cache, weights, config, *, key_padding_mask=None):
+        q, k, v = self.heads(x_new, weights, config)  # q (B, H, n, hd), k, v (B, Hkv, n, hd)
+        c = self.append(cache, k, v, self.keep(x_new, key_padding_mask))
+        new = DecodedKV(c.k, c.v, c.key_padding_mask)  # right values, marked as decoded
+        read = new
+        if isinstance(cache, DecodedKV) and config.kv_heads < config.n_heads:  # past the first decode step
+            Hkv = new.k.shape[1]
+            read = ArrayKV(np.repeat(new.k[:, :1], Hkv, axis=1),  # (B, Hkv, t + n, hd): group 0 everywhere
+                           np.repeat(new.v[:, :1], Hkv, axis=1), new.key_padding_mask)
+        return self.attend(q, read, weights, config), new
+
+
 #: Grouped mutants the forward and gradient checks kill (the kill table runs them all).
 GROUPED_MUTANTS: list[type[PlainBackend]] = [GroupInterleaved, GroupOnlyAtTheEnds, GroupGradFirstHead,
                                              GroupGradAveraged]
 #: Only the cache checks can kill these: its forward is right.
-GROUPED_CACHE_MUTANTS: list[type[PlainBackend]] = [GroupCacheRepeated]
+GROUPED_CACHE_MUTANTS: list[type[PlainBackend]] = [GroupCacheRepeated, GroupCacheReadsGroupZero]

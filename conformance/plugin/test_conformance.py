@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from conformance import COMMAND
+from conformance.pytest_entry import failure_text
 from conformance.suite.checks import get
 from conformance.text import first_line, safe_record
 from conformance.plugin.conftest import backend_state, orphaned
@@ -71,7 +73,7 @@ def _run(key: Key, out_dir: Path, markers: Path, seed: int | None,
         result.case.save(path, {"backend": key.backend, "backend_spec": key.spec, "import_path": import_path(key.spec),
                                 "check": check.name, "reason": result.reason})
         rec["inputs"] = str(path.relative_to(out_dir))
-        rec["repro"] = f"python -m conformance repro {shlex.quote(str(path))}"
+        rec["repro"] = f"{COMMAND} repro {shlex.quote(str(path))}"
     return rec
 
 
@@ -108,10 +110,4 @@ def test_check(key: Key, out_dir: Path, markers: Path, hypothesis_seed: int | No
     if rec["outcome"] in ("unsupported", "skipped"):
         pytest.skip(f"{rec['outcome']}: {rec['reason']}")
     if rec["outcome"] == "failed":
-        step = "end to end" if rec.get("step") is None else f"step {rec['step']}"
-        lines = [f"{key.backend} [{key.dtype}] {key.check} ({step})", f"  {rec['reason']}"]
-        if rec.get("counterexample"):
-            lines.append(f"  example: {rec['counterexample']}")
-        if "repro" in rec:
-            lines.append(f"  reproduce: {rec['repro']}")
-        pytest.fail("\n".join(lines), pytrace=False)
+        pytest.fail(failure_text(key.backend, key.dtype, key.check, rec), pytrace=False)

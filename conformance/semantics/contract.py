@@ -27,6 +27,7 @@ from conformance.suite.watchdog import BackendHang, time_limit
 from conformance.semantics.probes import COLUMNS
 from spec import block
 from spec.block import sample_dropout_mask
+from spec.config import AttentionConfig
 
 #: Columns only the contract probes measure (a library row shows "—" there).
 CONTRACT_ONLY: tuple[tuple[str, str], ...] = (
@@ -163,6 +164,49 @@ def dtypes(backend: Any) -> tuple[str, str]:
     return ", ".join(ok) or "none", "declared: " + ", ".join(backend.capabilities.dtypes) + "; " + "; ".join(notes)
 
 
+def _interleaved(config: Any, params: Any) -> tuple[Any, Any]:
+    """The ordinary config and params whose K/V head h is grouped K/V head h % n_kv_heads (interleaved)."""
+    Hkv, hd = config.kv_heads, config.head_dim
+
+    def rows(a: np.ndarray | None) -> np.ndarray | None:
+        if a is None:
+            return None
+        heads = a.reshape(Hkv, hd, *a.shape[1:])  # (Hkv, hd, ...)
+        return np.tile(heads, (config.group,) + (1,) * (heads.ndim - 1)).reshape(config.d_out, *a.shape[1:])
+
+    return (replace(config, n_kv_heads=config.n_heads),
+            replace(params, W_k=rows(params.W_k), W_v=rows(params.W_v), b_k=rows(params.b_k), b_v=rows(params.b_v)))
+
+
+def kv_grouping(backend: Any) -> tuple[str, str]:
+    """Declared grouped_kv: 4 query heads over 2 K/V heads through the forward, consecutive (the
+    spec's h // group) or interleaved (h % n_kv_heads); then multi-query (4 over 1)."""
+    caps = backend.capabilities
+    if not caps.grouped_kv:
+        return "n/a", "grouped K/V heads not declared (Capabilities.grouped_kv is False)"
+    from conformance.suite.strategies import case_from
+
+    dtype = fp.probe_dtype(backend)
+    found, notes = {}, []
+    for Hkv in (2, 1):
+        config = AttentionConfig(d_in=8, d_out=16, n_heads=4, n_kv_heads=Hkv, causal=not caps.non_causal)
+        case = case_from(config, 2, 6, dtype, seed=20 + Hkv)
+        got, err = _measured(backend, "grouping probe", lambda r, case=case: r.forward(case), dtype)
+        if err:
+            return "raises", "; ".join(notes + [f"4 query heads over {Hkv} K/V heads: {err}"])
+        candidates = {"consecutive": block.forward(case.x, case.params, config)}
+        if Hkv > 1:
+            full, full_params = _interleaved(config, case.params)
+            candidates["interleaved"] = block.forward(case.x, full_params, full)
+        found[Hkv] = fp._match(got, candidates, dtype)
+        notes.append(f"4 over {Hkv}: " + {"consecutive": "as the spec (query head h reads K/V head h // group)"
+                                          if Hkv > 1 else "as the spec (every query head reads the one K/V head)",
+                                          "interleaved": "query head h reads K/V head h % n_kv_heads",
+                                          None: "matches no mapping"}[found[Hkv]])
+    value = (found[2] or "other") + ("" if found[1] else "; multi-query matches no mapping")
+    return value, "; ".join(notes)
+
+
 #: column key -> probe; the findings probes keep their meaning (the diagnosis uses them).
 PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "fully_masked_row": fp.fully_masked_rows,
@@ -172,6 +216,7 @@ PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "dropout": dropout,
     "low_precision_output": low_precision_output,
     "dtypes": dtypes,
+    "kv_grouping": kv_grouping,
     "padded_query_rows": fp.padded_query_rows,
     "float64_compute": fp.float64_compute,
 }

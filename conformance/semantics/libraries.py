@@ -13,7 +13,9 @@ Interface: `attend(q, k, v, *, mask=None, causal=False, dtype="float32")` with q
 k and v [B, H, Tk, hd] (float64 NumPy) and mask a boolean [B, Tk] passed to the library as it
 is; returns the context [B, H, Tq, hd] as NumPy. `output_dtype(q, k, v, dtype)` names the
 dtype the library returns; `dropout()` measures what dropout the library offers and returns
-(value, detail). Frameworks are imported inside methods only.
+(value, detail). `attend_grouped(q, k, v)` passes k and v of fewer heads [B, Hkv, Tk, hd] the
+way the library takes them; a library that has no such way has `cannot_group()`, its reason,
+read from its own signature. Frameworks are imported inside methods only.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class SpecSteps:
     def attend(self, q, k, v, *, mask=None, causal=False, dtype="float32"):
         return self._run(q, k, v, mask, causal, dtype)
 
+    def attend_grouped(self, q, k, v):
+        return self._run(q, k, v)  # steps 7 and 9 take K and V of their own head count
+
     def output_dtype(self, q, k, v, dtype):
         return str(self._run(q, k, v, dtype=dtype).dtype)
 
@@ -119,6 +124,11 @@ class TorchSdpa:
 
         return self._run(q, k, v, mask, causal, dtype).to(torch.float64).numpy()
 
+    def attend_grouped(self, q, k, v):
+        import torch
+
+        return self._run(q, k, v, enable_gqa=True).to(torch.float64).numpy()  # K, V (B, Hkv, Tk, hd)
+
     def output_dtype(self, q, k, v, dtype):
         return str(self._run(q, k, v, dtype=dtype).dtype).replace("torch.", "")
 
@@ -148,6 +158,12 @@ class TorchMha(TorchSdpa):
             mha.in_proj_weight.copy_(torch.cat([torch.eye(E)] * 3))  # (3E, E): identity Q, K, V
             mha.out_proj.weight.copy_(torch.eye(E))
         return mha.requires_grad_(False).eval()
+
+    def cannot_group(self) -> str | None:
+        import torch
+
+        return _no_kv_heads_argument(torch.nn.MultiheadAttention, "nn.MultiheadAttention",
+                                     "kdim and vdim set the K/V inputs' width, not their head count")
 
     def _run(self, q, k, v, mask=None, causal=False, dtype="float32", p=0.0, train=False):
         import torch
@@ -197,6 +213,9 @@ class Jax:
     def attend(self, q, k, v, *, mask=None, causal=False, dtype="float32"):
         return self._run(q, k, v, mask, causal, dtype)
 
+    def attend_grouped(self, q, k, v):
+        return self._run(q, k, v)  # K, V (B, Tk, Hkv, hd): fewer heads in the N axis
+
     def output_dtype(self, q, k, v, dtype):
         return str(self._run(q, k, v, dtype=dtype).dtype)
 
@@ -239,6 +258,12 @@ class Flax(Jax):
 
         return jax_missing(FLAX_PINS, "flax")
 
+    def cannot_group(self) -> str | None:
+        from flax import nnx
+
+        return _no_kv_heads_argument(nnx.MultiHeadAttention, "nnx.MultiHeadAttention",
+                                     "its key and value projections have num_heads heads, as the query's")
+
     def _run(self, q, k, v, mask=None, causal=False, dtype="float32", jit=False, p=0.0, train=False):
         import jax.numpy as jnp
         from flax import nnx
@@ -246,20 +271,24 @@ class Flax(Jax):
         from impls.jax_backend import x64
 
         B, H, Tq, hd = q.shape
-        E = H * hd
+        Hkv = k.shape[1]  # fewer than H: grouped K/V heads (num_kv_heads)
+        E, Ekv = H * hd, Hkv * hd
         with x64(dtype):
             jdt = jnp.dtype(numpy_dtype(dtype))
-            key = (H, hd, dtype, p)  # one module per setting: its dropout stream advances per call
+            key = (H, Hkv, hd, dtype, p)  # one module per setting: its dropout stream advances per call
             if key not in self._modules:
+                grouped = {} if Hkv == H else {"num_kv_heads": Hkv, "in_kv_features": Ekv}
                 mha = nnx.MultiHeadAttention(num_heads=H, in_features=E, dtype=jdt, param_dtype=jdt, use_bias=False,
-                                             dropout_rate=p, decode=False, rngs=nnx.Rngs(0))
+                                             dropout_rate=p, decode=False, rngs=nnx.Rngs(0), **grouped)
                 eye = jnp.eye(E, dtype=jdt)
-                for lin in (mha.query, mha.key, mha.value):
-                    lin.kernel[...] = eye.reshape(E, H, hd)  # (E, H, hd): identity
+                mha.query.kernel[...] = eye.reshape(E, H, hd)  # (E, H, hd): identity
+                for lin in (mha.key, mha.value):
+                    lin.kernel[...] = jnp.eye(Ekv, dtype=jdt).reshape(Ekv, Hkv, hd)  # (Ekv, Hkv, hd): identity
                 mha.out.kernel[...] = eye.reshape(H, hd, E)  # (H, hd, E): identity
                 self._modules[key] = mha
             mha = self._modules[key]
-            x = {id(a): self._j(a.transpose(0, 2, 1, 3).reshape(B, a.shape[2], E), dtype) for a in (q, k, v)}
+            x = {id(a): self._j(a.transpose(0, 2, 1, 3).reshape(B, a.shape[2], a.shape[1] * hd), dtype)
+                 for a in (q, k, v)}
             m = None if mask is None else jnp.asarray(mask)[:, None, None, :]  # (B, 1, 1, Tk)
             call = nnx.jit(lambda mod, *a, **kw: mod(*a, **kw), static_argnames=("is_causal", "deterministic")) \
                 if jit else (lambda mod, *a, **kw: mod(*a, **kw))
@@ -317,6 +346,9 @@ class OnnxRuntime:
     def attend(self, q, k, v, *, mask=None, causal=False, dtype="float32"):
         return self._run(q, k, v, mask, causal, dtype)
 
+    def attend_grouped(self, q, k, v):
+        return self._run(q, k, v)  # 4-D K, V (B, Hkv, Tk, hd): the operator reads kv_num_heads from them
+
     def output_dtype(self, q, k, v, dtype):
         return str(self._run(q, k, v, dtype=dtype).dtype)
 
@@ -328,6 +360,16 @@ class OnnxRuntime:
         found = [n for n in names if "drop" in n.lower()]
         return ("none" if not found else "has " + ", ".join(found),
                 f"Attention-{s.since_version} schema in onnx: inputs and attributes {', '.join(names)}")
+
+
+def _no_kv_heads_argument(cls: type, title: str, why: str) -> str | None:
+    """None when `cls`'s constructor has an argument naming K/V heads (then it can group), else the reason."""
+    import inspect
+
+    names = list(inspect.signature(cls.__init__).parameters)[1:]
+    if any("kv" in n.lower() and "head" in n.lower() for n in names):
+        return None
+    return f"{title} has no argument for fewer K/V heads ({why}); its arguments: {', '.join(names)}"
 
 
 def all_raw() -> list[Any]:

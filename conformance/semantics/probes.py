@@ -8,7 +8,8 @@ exception, an unrecognised value). Nothing is copied from documentation.
 
 Columns of the profile (`COLUMNS`): the fully masked row, the key padding mask polarity,
 causal alignment when Tq < Tk, the default scale, the dropout mode, the output dtype for
-float16 and bfloat16 inputs, and the dtypes that run.
+float16 and bfloat16 inputs, the dtypes that run, and grouped K/V heads (the query-to-K/V
+head mapping and the groups accepted).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("dropout", "dropout mode"),
     ("low_precision_output", "output dtype, low-precision inputs"),
     ("dtypes", "dtypes supported"),
+    ("kv_grouping", "grouped K/V heads"),
 )
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 #: How close a float32 output must be to a candidate's float64 value to be called a match:
@@ -182,6 +184,55 @@ def dtypes(raw: Any) -> dict[str, str]:
     return entry(value + "".join(f" ({short})" for short, _ in extra), "; ".join(notes + [n for _, n in extra]))
 
 
+#: (H, n_kv_heads) the grouping probe offers after the mapping's 4 over 2: groups of 2, 3 and 4,
+#: multi-query, and 6 query heads over 4 K/V heads, which no grouping divides (should be refused).
+GROUPINGS = ((6, 3), (6, 2), (8, 2), (4, 1), (6, 4))
+
+
+def grouped_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """`reference` with query head h reading K/V head heads[h]: k, v [B, Hkv, Tk, hd]."""
+    return reference(q, k[:, heads], v[:, heads])  # (B, H, Tq, hd)
+
+
+def kv_grouping(raw: Any) -> dict[str, str]:
+    """Fewer K/V heads than query heads, given to the library as it takes them (`attend_grouped`).
+
+    4 query heads over 2 K/V heads tell consecutive groups (head h reads K/V head h // 2, the
+    spec's) from interleaved ones (h % 2); then each of `GROUPINGS` runs and must match that
+    mapping. A library with no way to pass fewer K/V heads says why (`cannot_group`).
+    """
+    why = raw.cannot_group() if hasattr(raw, "cannot_group") else None
+    if why:
+        return entry("cannot", why)
+    q, _, _ = inputs(1, 4, 3, 5, 4, seed=10)
+    _, k, v = inputs(1, 2, 3, 5, 4, seed=11)
+    out, err = _call(lambda: raw.attend_grouped(q, k, v))
+    if err:
+        return entry("raises", f"4 query heads over 2 K/V heads: {err}")
+    H = np.arange(4)
+    mapping = _closest(out, {"consecutive": grouped_reference(q, k, v, H // 2),
+                             "interleaved": grouped_reference(q, k, v, H % 2)})
+    if mapping is None:
+        return entry("other", "4 query heads over 2 K/V heads: neither consecutive (h // 2) nor interleaved (h % 2)")
+    accepted, notes = [], [f"4 over 2: {mapping} (query head h reads K/V head "
+                           f"{'h // group' if mapping == 'consecutive' else 'h % n_kv_heads'})"]
+    for Hq, Hkv in GROUPINGS:
+        q, _, _ = inputs(1, Hq, 3, 5, 4, seed=12)
+        _, k, v = inputs(1, Hkv, 3, 5, 4, seed=13)
+        out, err = _call(lambda: raw.attend_grouped(q, k, v))
+        if Hq % Hkv:
+            notes.append(f"{Hq} over {Hkv} (no whole groups): " + (f"refused ({err})" if err else "accepted"))
+            continue
+        heads = np.arange(Hq) // (Hq // Hkv) if mapping == "consecutive" else np.arange(Hq) % Hkv
+        ok = err is None and float(np.abs(out - grouped_reference(q, k, v, heads)).max()) < MATCH
+        if ok:
+            accepted.append("multi-query" if Hkv == 1 else f"{Hq // Hkv}")
+        notes.append(f"{Hq} over {Hkv}: " + ("as the mapping" if ok else err or "a different output"))
+    groups = sorted({2, *(int(a) for a in accepted if a != "multi-query")})
+    value = f"{mapping}; groups {', '.join(map(str, groups))}" + (", multi-query" if "multi-query" in accepted else "")
+    return entry(value, "; ".join(notes))
+
+
 def profile(raw: Any) -> dict[str, dict[str, str]]:
     """All columns for one library; a probe that crashes is reported, not raised."""
     out: dict[str, dict[str, str]] = {}
@@ -192,6 +243,7 @@ def profile(raw: Any) -> dict[str, dict[str, str]]:
     out["dropout"] = _guard(lambda: entry(*raw.dropout()))
     out["low_precision_output"] = _guard(lambda: low_precision_output(raw))
     out["dtypes"] = _guard(lambda: dtypes(raw))
+    out["kv_grouping"] = _guard(lambda: kv_grouping(raw))
     return {key: out[key] for key, _ in COLUMNS}
 
 

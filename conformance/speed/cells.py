@@ -29,9 +29,13 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from conformance import IMPORT_ROOT, INSTALLED
 from conformance.results import REPO_ROOT
 from conformance.speed.verdict import MAX_ROUNDS, undecided
 from conformance.speed.worker import Handler
+
+# where a worker starts: the checkout, or installed the user's directory (their `mypkg` beside them)
+CWD = None if INSTALLED else REPO_ROOT
 
 ROUNDS = 3  # each backend sampled early, mid-cell and late; more rounds cost re-warm calls
 # A call this long gains under 1% from a re-warm call (waking a pool costs microseconds,
@@ -73,10 +77,10 @@ class WorkerUnit:
         self.close()
         self.err = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        env["PYTHONPATH"] = os.pathsep.join([str(IMPORT_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "conformance.speed.worker", self.spec, "-" if self.threads is None else str(self.threads)],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True, bufsize=1)
+            cwd=CWD, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True, bufsize=1)
 
     def request(self, op: str, **kw: Any) -> dict[str, Any]:
         if self.proc is None or self.proc.poll() is not None:

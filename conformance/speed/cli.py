@@ -14,6 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from conformance import INSTALLED
 from conformance.results import REPO_ROOT, machine_label
 from conformance import usage
 from conformance.usage import OneLineParser, UsageError
@@ -173,7 +174,8 @@ def build_plan(args: argparse.Namespace, argv: list[str]):
     threads = _int("--threads", args.threads) if args.threads is not None else None
     peak_n = _int("--peak-size", args.peak_size, 16) if args.peak_size is not None else base["peak_size"]
     seed = _int("--seed", args.seed, 0) if args.seed is not None else 0
-    out_dir = Path(args.out) if args.out else REPO_ROOT / "reports" / "latest"
+    # the run's default: reports/latest of the checkout, or of the current directory installed
+    out_dir = Path(args.out) if args.out else (Path("reports") if INSTALLED else REPO_ROOT / "reports") / "latest"
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {str(out_dir)!r}: exists and is not a directory")
     machine = args.machine if args.machine is not None else machine_label()

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from typing import Any
 
+from conformance import IMPORT_ROOT, INSTALLED
 from conformance.results import REPO_ROOT
 from conformance.speed.verdict import median_interval
 
@@ -28,6 +29,9 @@ CALLS = 15  # warm calls per process, at most
 MIN_CALLS = 5  # at least, however slow the calls
 SECONDS = 3.0  # a process stops after MIN_CALLS once this has passed (0.9 s calls at B=1 T=4096)
 PROCS = 3  # processes per backend and cell
+
+# where a worker starts: the checkout, or installed the user's directory (their `mypkg` beside them)
+CWD = None if INSTALLED else REPO_ROOT
 
 _CHILD = r"""
 import json, statistics, sys, time
@@ -70,9 +74,9 @@ def one_process(spec: str, shape: tuple[int, ...], dtype: str, causal: bool, see
                 threads: int | None = None) -> float:
     """Median of `calls` warm calls of one backend in a fresh process (RuntimeError if it fails)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(IMPORT_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     arg = json.dumps([spec, list(shape), dtype, causal, seed, calls, min(calls, MIN_CALLS), SECONDS, threads])
-    r = subprocess.run([sys.executable, "-c", _CHILD, arg], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", _CHILD, arg], cwd=CWD, env=env, capture_output=True, text=True)
     lines = r.stdout.strip().splitlines()
     if r.returncode != 0 or not lines:
         tail = (r.stderr.strip().splitlines() or ["no output"])[-1]

@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from conformance import COMMAND
 from conformance.suite.checks import CheckFailure, catalogue
 from conformance.suite.calls import Runner
 from conformance.suite.tolerance import FLOOR, K
@@ -149,7 +150,7 @@ def _print(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m conformance calibrate", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog=f"{COMMAND} calibrate", description=__doc__.splitlines()[0])
     p.add_argument("--backend", action="append", default=[], help=f"default: {' '.join(DEFAULT_BACKENDS)}")
     p.add_argument("--dtype", action="append", default=[], help="default: every dtype a backend declares")
     p.add_argument("--cases", type=int, default=5000,

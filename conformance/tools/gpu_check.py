@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from conformance import COMMAND, MODULE
 from conformance.usage import OneLineParser, UsageError, add_workers, report, workers_count
 
 BACKENDS = ("cupy", "torch-cuda", "torch-sdpa-cuda")
@@ -54,7 +55,7 @@ def run_part(name: str, argv: list[str], limit_s: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m conformance gpu-check", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog=f"{COMMAND} gpu-check", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="reports/latest", help="run directory (default reports/latest)")
     p.add_argument("--machine", default=None, help="label in reports (default: gpu-<GPU name>)")
     add_workers(p, "4", "pytest-xdist workers for the conformance part")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu_check: machine {machine!r}, output {args.out}")
     backends = [a for b in BACKENDS for a in ("--backend", b)]
     dtypes = [a for d in DTYPES for a in ("--dtype", d)]
-    conf = ["-m", "conformance", *backends, *dtypes, "--profile", "quick" if args.quick else "default",
+    conf = ["-m", MODULE, *backends, *dtypes, "--profile", "quick" if args.quick else "default",
             "--out", args.out, "--machine", machine, "-n", args.workers]
     speed = ["-m", "conformance.speed", *backends, *dtypes, "--out", args.out, "--machine", machine]
     speed += ["--quick"] if args.quick else ["--d", "1024", "--heads", "16", "--tokens", TOKENS]

@@ -14,13 +14,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+from conformance import COMMAND
 from conformance.suite.case import Case
 from conformance.suite.checks import get
 from conformance.suite.engine import run_once
 from conformance.usage import OneLineParser, UsageError, report
 from impls.registry import BackendSpecError, resolve
 
-PROG = "python -m conformance repro"
+PROG = f"{COMMAND} repro"
 
 
 def _load(path: Path) -> tuple[Case, dict]:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from conformance import COMMAND, MODULE
 from conformance.usage import OneLineParser, UsageError, report
 
 CORRECT = ("numpy", "torch", "torch-sdpa", "torch-mha")
@@ -31,7 +32,7 @@ def _failed_records(out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m conformance sweep", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog=f"{COMMAND} sweep", description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=30, help="suite runs, each with a fresh random seed (default 30)")
     p.add_argument("--backend", action="append", default=[], help=f"default: {' '.join(CORRECT)}")
     p.add_argument("--profile", default="default", help="Hypothesis profile of each run (default: default)")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, seed in enumerate(seeds, 1):
         out = Path(args.out) / f"seed{seed}"
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "conformance", *backends, "--profile", args.profile,
+        proc = subprocess.run([sys.executable, "-m", MODULE, *backends, "--profile", args.profile,
                                "--seed", str(seed), "--out", str(out)], capture_output=True, text=True)
         bad = _failed_records(out)
         if proc.returncode not in (0, 1):

@@ -149,7 +149,7 @@ def assert_decodes_as_spec(run, case, got: np.ndarray, what: str = "") -> None:
 
 # -- the checks ----------------------------------------------------------------------------------
 @check(step=None, strategy=lambda caps, dtype: decoding_cases(caps, dtype, one_by_one=True),
-       needs=("kv_cache",))
+       needs=("kv_cache",), examples=lambda caps, dtype: grouped_decodings(caps, dtype, (1,) * MAX_STEPS))
 def decode_token_by_token(run, case):
     """Decoding token by token after a prefill of any length gives the full forward's outputs at every position."""
     assert_decodes_as_spec(run, case, decode_outputs(run, case))
@@ -169,10 +169,11 @@ def decode_with_padding(run, case):
     assert_decodes_as_spec(run, case, decode_outputs(run, case))
 
 
-def grouped_decodings(caps, dtype) -> list:
+def grouped_decodings(caps, dtype, chunks: tuple[int, ...] = (3, 5)) -> list:
     """The fixed grouped-query examples (cs.grouped_representatives, none unless grouped_kv):
-    a prefill of 9 of 17 tokens, then chunks of 3 and 5."""
-    return [c.with_(extra={**c.extra, "prefill": 9, "chunks": [3, 5]}) for c in cs.grouped_representatives(caps, dtype)]
+    a prefill of 17 - sum(chunks) tokens, then `chunks` (default 3 and 5; one by one: eight 1s)."""
+    return [c.with_(extra={**c.extra, "prefill": c.T - sum(chunks), "chunks": list(chunks)})
+            for c in cs.grouped_representatives(caps, dtype)]
 
 
 @check(step=None, strategy=lambda caps, dtype: decoding_cases(caps, dtype, one_by_one=False),
