@@ -109,13 +109,12 @@ def _run(info: Any, dtype: str, check_name: str, profile: str, seed: int | None,
     from conformance import COMMAND
     from conformance.suite.checks import get
     from conformance.suite.engine import run_check
-    from conformance.suite.plan import availability
     from conformance.suite.process_state import restored_state
     from impls.registry import import_path
 
     check, backend = get(check_name), info.backend
     rec: dict[str, Any] = {"backend": backend.name, "dtype": dtype, "check": check_name, "step": check.step}
-    skip, error = availability(backend)
+    skip, error = info.skip_reason, info.error  # the registry's one policy, read once at resolve
     if error or skip:
         return {**rec, "outcome": "failed" if error else "skipped", "reason": error or skip}
     previous = settings.get_current_profile_name()
