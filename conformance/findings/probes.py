@@ -41,7 +41,7 @@ def _case(backend: Any, causal: bool, kpm: np.ndarray | None, seed: int, dtype: 
     return case.with_(key_padding_mask=kpm)
 
 
-def _forward(backend: Any, case: Case) -> tuple[np.ndarray | None, str | None]:
+def forward_unjudged(backend: Any, case: Case) -> tuple[np.ndarray | None, str | None]:
     """The backend's forward on the case, judged by nobody: (output, None) or (None, what went wrong)."""
     try:
         with restored_state(), judged_under(Judgement()), time_limit(PROBE_LIMIT_S, f"probe on {backend.name}"):
@@ -81,7 +81,7 @@ def fully_masked_rows(backend: Any) -> tuple[str, str]:
     else:
         kpm[0, :] = False  # every key of batch element 0 padded
     case = _case(backend, causal, kpm, seed=11)
-    got, err = _forward(backend, case)
+    got, err = forward_unjudged(backend, case)
     if err:
         return "raises", err
     empty = conv.empty_rows(case.config, case.B, case.T, case.T, kpm)  # (B, T)
@@ -107,7 +107,7 @@ def padded_query_rows(backend: Any) -> tuple[str, str]:
     kpm = np.ones((2, 6), dtype=bool)
     kpm[0, 4:] = False  # right padding: queries 4 and 5 are padding but see keys 0..3
     case = _case(backend, _causal(backend), kpm, seed=12)
-    got, err = _forward(backend, case)
+    got, err = forward_unjudged(backend, case)
     if err:
         return "raises", err
     padded = ~kpm
@@ -124,7 +124,7 @@ def mask_polarity(backend: Any) -> tuple[str, str]:
         return "n/a", "key padding masks not supported"
     kpm = np.array([[True, False, True, False, True, True]] * 2)  # both it and its inverse leave keys
     case = _case(backend, False if backend.capabilities.non_causal else True, kpm, seed=13)
-    got, err = _forward(backend, case)
+    got, err = forward_unjudged(backend, case)
     if err:
         return "raises", err
     readings = {"True = may attend": kpm, "True = masked out": ~kpm, "ignored": None}
@@ -146,7 +146,7 @@ def output_dtypes(backend: Any) -> tuple[str, str]:
             continue
         for kpm in (None, np.ones((2, 6), dtype=bool)) if backend.capabilities.key_padding_mask else (None,):
             case = _case(backend, _causal(backend), kpm, seed=14, dtype=dtype)
-            _, err = _forward(backend, case)
+            _, err = forward_unjudged(backend, case)
             with_mask = " with a mask" if kpm is not None else ""
             if err and "returned dtype" in err:
                 changed = True
@@ -166,7 +166,7 @@ def float64_compute(backend: Any) -> tuple[str, str]:
     if "float64" not in backend.capabilities.dtypes:
         return "n/a", "float64 not declared"
     case = _case(backend, _causal(backend), None, seed=15, dtype="float64")
-    got, err = _forward(backend, case)
+    got, err = forward_unjudged(backend, case)
     if err:
         return "raises", err
     golden, _ = forward_golden_and_plain(case)

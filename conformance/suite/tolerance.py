@@ -60,6 +60,15 @@ def eps(dtype: str) -> float:
     return _EPS[dtype]
 
 
+def largest_finite(dtype: str) -> float:
+    """The dtype's largest finite number (np.finfo knows no bfloat16: ml_dtypes', lazily)."""
+    import ml_dtypes
+
+    from spec.config import numpy_dtype
+
+    return float(ml_dtypes.finfo(numpy_dtype(dtype)).max)
+
+
 def distinct_digits(a: float, b: float, least: int = 6) -> int:
     """Significant digits that print a and b differently (at least `least`, at most 17:
     float64's round-trip precision), so a message never reads "got 1.07383, expected 1.07383":

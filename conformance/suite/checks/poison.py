@@ -27,8 +27,8 @@ from conformance.suite import strategies as cs
 from conformance.suite.case import Case, round_to
 from conformance.suite.checks import check
 from conformance.suite.reference import forward_golden_and_plain
+from conformance.suite.tolerance import largest_finite
 from spec import steps as S
-from spec.config import numpy_dtype
 
 #: Poison reaches D's largest finite number divided by this: room for a backend's rounding and
 #: order of summation (each bound below is a sum of absolute values, already past any order's).
@@ -40,12 +40,6 @@ POISON_BUDGET_SCALE = 0.25
 #: Padding layouts the check draws: left (early causal queries see little), right (the usual
 #: batch padding: under causal the padded tokens are also future tokens), random.
 POISON_PADDINGS = ("left", "right", "random")
-
-
-def _largest(dtype: str) -> float:
-    import ml_dtypes  # lazily, as spec.config does: np.finfo knows no bfloat16
-
-    return float(ml_dtypes.finfo(numpy_dtype(dtype)).max)
 
 
 def poisoned_tokens(case: Case) -> np.ndarray:
@@ -80,7 +74,7 @@ def _score_bound(qa: np.ndarray, ka: np.ndarray, H: int, axis: int, Hkv: int | N
 def poisoned_inputs(case: Case) -> np.ndarray:
     """x with each poisoned token's input a random direction scaled as far as D allows (see the module doc)."""
     p, H, Hkv = case.params, case.config.n_heads, case.config.kv_heads
-    limit = _largest(case.dtype) / POISON_HEADROOM
+    limit = largest_finite(case.dtype) / POISON_HEADROOM
     poison = poisoned_tokens(case)
     rng = np.random.default_rng(case.extra["poison_seed"])
     u = rng.standard_normal(case.x.shape) * poison[..., None]  # (B, T, d_in), zero where clean
