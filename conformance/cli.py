@@ -341,7 +341,8 @@ def run(args, infos, states: dict, out: Path) -> int:
     pid = plan.plan_id(whole, args.profile, seed, args.shard_kn[1])
     plan_path = plan.write(out, keys)
     shard = f", shard {args.shard_kn[0]}/{args.shard_kn[1]} ({len(keys)} of {len(whole)} planned)" if args.shard else ""
-    print(f"mha-conformance: profile {args.profile}, seed {seed}, output {out}{shard}")
+    fixed = " (not used: this profile is derandomised)" if profiles.PROFILES[args.profile]["derandomize"] else ""
+    print(f"mha-conformance: profile {args.profile}, seed {seed}{fixed}, output {out}{shard}")
     for i in infos:
         skip, error = states[i.spec]
         caps = i.backend.capabilities

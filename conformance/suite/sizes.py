@@ -160,8 +160,9 @@ def _values(d: _Draw, dim: str, values, lo: int | None = None, hi: int | None = 
     return st.one_of(options) if options else None
 
 
-def _small(d: _Draw, dim: str, max_batch: int) -> st.SearchStrategy[int]:
-    """The old strategies' values of dim, cut to what fits the budget next to a large draw."""
+def _small(d: _Draw, dim: str, max_batch: int, grouped: bool = False) -> st.SearchStrategy[int]:
+    """The old strategies' values of dim, cut to what fits the budget next to a large draw;
+    `grouped`: H for a backend taking fewer K/V heads, drawn as configs() draws it."""
     lo = d.min.get(dim, 1)
     if dim == "T":
         top = d.max_fit("T", max(SMALL_TOKENS))
@@ -169,7 +170,10 @@ def _small(d: _Draw, dim: str, max_batch: int) -> st.SearchStrategy[int]:
         ints = st.integers(lo, max(lo, min(12, top)))
         return st.one_of(ints, st.sampled_from(edges)) if edges else ints
     hi = max(lo, max_batch) if dim == "B" else SMALL[dim][1]
-    return st.integers(lo, max(lo, min(hi, d.max_fit(dim, hi))))
+    top = max(lo, min(hi, d.max_fit(dim, hi)))
+    if dim == "H" and grouped:  # group size x K/V heads, as configs() draws them, so most can group
+        return st.integers(1, min(2, top)).flatmap(lambda g: st.integers(1, max(1, min(4, top // g))).map(g.__mul__))
+    return st.integers(lo, top)
 
 
 def _tokens(draw, d: _Draw, above: int) -> int:
@@ -285,11 +289,14 @@ def class_names(dtype: str, budget_s: float, equal_d: bool = False, min_tokens: 
 
 @st.composite
 def sizes(draw, dtype: str, large_share: float, budget_s: float, *, equal_d: bool = False,
-          min_tokens: int = 1, min_batch: int = 1, max_batch: int = 3, max_tokens: int | None = None) -> Sizes:
+          min_tokens: int = 1, min_batch: int = 1, max_batch: int = 3, max_tokens: int | None = None,
+          grouped: bool = False) -> Sizes:
     """B, T, d_in, H, head_dim: small, or (with probability large_share) large within budget_s.
 
     The first draw decides small or large and shrinks to small; a large example shrinks
     towards its class's smallest member and the other dimensions towards their minimum.
+    `grouped` (the backend takes fewer K/V heads than query heads): a small H is a group size
+    times a K/V head count, so it has a proper divisor as often as in the small strategies.
     """
     d = _Draw(dtype, budget_s, equal_d, min_tokens, min_batch, max_tokens or MAX_TOKENS)
     names = class_names(dtype, budget_s, equal_d, min_tokens, min_batch, max_tokens)
@@ -303,5 +310,5 @@ def sizes(draw, dtype: str, large_share: float, budget_s: float, *, equal_d: boo
         # large examples: each other dimension small or large (half and half), as the budget allows
         big = large and draw(st.booleans())
         value = _large(draw, d, dim) if big else None
-        d.set(**{dim: draw(_small(d, dim, max_batch)) if value is None else value})
+        d.set(**{dim: draw(_small(d, dim, max_batch, grouped)) if value is None else value})
     return d.s

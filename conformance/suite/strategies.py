@@ -168,7 +168,7 @@ def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
         share, budget = profiles.large_regime()
         shape = draw(sz.sizes(dtype, share, budget * budget_scale, equal_d=caps.d_in_equals_d_out,
                               min_tokens=min_tokens, min_batch=min_batch, max_batch=max_batch,
-                              max_tokens=caps.max_tokens))
+                              max_tokens=caps.max_tokens, grouped=caps.grouped_kv))
         config = draw(configs(caps, causal=causal, shape=shape))
         B, T = shape.B, shape.T
     else:
