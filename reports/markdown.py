@@ -294,7 +294,7 @@ def has_backward(t: SpeedTable) -> bool:
 
 def speed_head(t: SpeedTable) -> list[str]:
     unit = time_unit(t)[0]
-    bwd = [f"Fwd+bwd {unit}", "Fwd+bwd GFLOP/s"] if has_backward(t) else []
+    bwd = [f"Fwd+bwd {unit}", "Fwd+bwd GFLOP/s", "Fwd+bwd vs torch"] if has_backward(t) else []
     return ["Shape", "Backend", f"Median {unit} (p25–p75)", "GFLOP/s", *bwd, "% of peak", "Time vs torch",
             f"First call {unit}", "Memory MiB", "Samples", "Notes"]
 
@@ -309,7 +309,8 @@ def speed_cells(r: SpeedRow, t: SpeedTable) -> list[str]:
     first = "—" if r.first_ms is None else sig(r.first_ms * scale)
     mem = "—" if r.memory_mib is None else sig(r.memory_mib)
     bwd = ([("—" if r.fwd_bwd_ms is None else sig(r.fwd_bwd_ms * scale)),
-            ("—" if r.fwd_bwd_gflops is None else sig(r.fwd_bwd_gflops))] if has_backward(t) else [])
+            ("—" if r.fwd_bwd_gflops is None else sig(r.fwd_bwd_gflops)),
+            ("—" if r.fwd_bwd_ratio is None else f"{r.fwd_bwd_ratio:.2f}×")] if has_backward(t) else [])
     return [r.shape, r.backend, range_time(r, scale), "—" if r.gflops is None else sig(r.gflops), *bwd, pct,
             ratio_text(r), first, mem, str(r.samples), "; ".join(r.notes)]
 

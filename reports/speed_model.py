@@ -66,6 +66,7 @@ class SpeedRow:
     fwd_bwd_gflops: float | None = None
     ratio_interval: tuple[float, float] | None = None  # the rounds' interval of time_ratio (speed/verdict.py)
     ratio_verdict: str | None = None  # faster, slower, level, or undecided: the rounds cannot tell it from torch
+    fwd_bwd_ratio: float | None = None  # forward + backward median / torch eager's, timed in the same rounds
 
 
 @dataclass
@@ -107,7 +108,19 @@ DECODE_INTRO = ("KV-cache decoding: one decode step of one new token over a cach
 
 
 def decode_head() -> list[str]:
-    return ["Cache", "Backend", "K+V read MiB", "Median ms (p25–p75)", "GB/s", "% of copy bandwidth", "Notes"]
+    return ["Cache", "Backend", "K+V read MiB", "Median ms (p25–p75)", "GB/s", "% of copy bandwidth",
+            "Time vs torch", "Notes"]
+
+
+def _decode_ratio(c: dict[str, Any]) -> str:
+    """Time / torch eager's at the cell, timed in alternating rounds; the rounds' interval alone
+    when they cannot tell the backend from torch (speed/verdict.py)."""
+    ratio, iv = number(c.get("time_vs_torch")), c.get("ratio_interval")
+    if ratio is None:
+        return "—"
+    if c.get("ratio_verdict") == "undecided" and isinstance(iv, list) and len(iv) == 2:
+        return f"undecided {iv[0]:.2f}–{iv[1]:.2f}"
+    return f"{ratio:.2f}×" + (f" ({c['ratio_verdict']})" if c.get("ratio_verdict") else "")
 
 
 def _decode_row(c: dict[str, Any]) -> list[str]:
@@ -115,7 +128,7 @@ def _decode_row(c: dict[str, Any]) -> list[str]:
     t = "—" if med is None else f"{sig(med * 1e3)}" + (f" ({sig(p25 * 1e3)}–{sig(p75 * 1e3)})" if p25 and p75 else "")
     gbs, frac = number(c.get("gb_per_s")), number(c.get("bandwidth_fraction"))
     return [f"B={c['B']} L={c['L']}", str(c["backend"]), sig(c["kv_bytes"] / 2**20), t,
-            "—" if gbs is None else sig(gbs), "—" if frac is None else f"{frac * 100:.1f}%",
+            "—" if gbs is None else sig(gbs), "—" if frac is None else f"{frac * 100:.1f}%", _decode_ratio(c),
             f"error: {one_line(c['error'])}" if c.get("error") else ""]
 
 
@@ -160,6 +173,9 @@ def _row(c: dict[str, Any], base: dict[str, Any] | None, peak: float | None) -> 
     iv = (float(iv[0]), float(iv[1])) if isinstance(iv, list) and len(iv) == 2 else None
     if c.get("ratio_verdict") == "undecided" and iv:
         notes.append(f"⚠ ratio to torch undecided: its rounds give {iv[0]:.2f}–{iv[1]:.2f}")
+    biv = c.get("fwd_bwd_ratio_interval")
+    if c.get("fwd_bwd_ratio_verdict") == "undecided" and isinstance(biv, list) and len(biv) == 2:
+        notes.append(f"⚠ forward + backward ratio to torch undecided: its rounds give {biv[0]:.2f}–{biv[1]:.2f}")
     gflops = c.get("gflops")
     if gflops is None and headline:
         gflops = c["flops"] / med / 1e9
@@ -178,7 +194,8 @@ def _row(c: dict[str, Any], base: dict[str, Any] | None, peak: float | None) -> 
         c["flops"] / p75 / 1e9 if headline and p75 else None, c["flops"] / p25 / 1e9 if headline and p25 else None,
         frac * 100 if headline and frac is not None else None, med / bmed if headline and bmed else None,
         mem / 2**20 if headline and mem is not None else None, headline, notes, len(c.get("samples_s") or []),
-        ms(c.get("fwd_bwd_median_s")), c.get("fwd_bwd_gflops") if headline else None, iv, c.get("ratio_verdict"))
+        ms(c.get("fwd_bwd_median_s")), c.get("fwd_bwd_gflops") if headline else None, iv, c.get("ratio_verdict"),
+        number(c.get("fwd_bwd_time_vs_torch")) if headline else None)
 
 
 def _speed_notes(sp: dict[str, Any], env: dict[str, Any]) -> list[str]:

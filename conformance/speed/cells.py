@@ -166,20 +166,25 @@ def ask(unit: Any, t: Timing, op: str, **kw: Any) -> dict[str, Any] | None:
 def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool, seed: int, budget_s: float,
               min_samples: int, max_samples: int = 2000, memory: bool = True, rounds: int = ROUNDS,
               rewarm: bool = True, op: str = "prepare", reference: str | None = None,
-              max_rounds: int = MAX_ROUNDS) -> list[Timing]:
+              max_rounds: int = MAX_ROUNDS, prepare: dict[str, Any] | None = None,
+              fresh_inputs: bool = True) -> list[Timing]:
     """Time every unit at one cell; the Timings come back in the units' order.
 
     reference: the unit every other's ratio is taken against (verdict.py). After `rounds`
     rounds, while some unit's ratio to it is undecided, every unit runs one more round, up to
     `max_rounds` in all (more rounds pool more chunks, each of budget_s / rounds seconds).
 
-    op: the worker request that builds the timed call, "prepare" (forward) or
-    "prepare_fwd_bwd" (forward plus backward).
+    op: the worker request that builds the timed call, "prepare" (forward),
+    "prepare_fwd_bwd" (forward plus backward) or "prepare_decode" (a decode step; `prepare`
+    then gives its arguments instead of the forward's shape, dtype, causal and seed).
+
+    fresh_inputs=False: later rounds time the call built once (a decode step's prefill is far
+    dearer than the timed step, so its cache is not built anew each round).
 
     rewarm=False: chunks start without the untimed call (a lone process, called back to back
     after its first call, has nothing to re-warm)."""
     timings = [Timing(u.name) for u in units]
-    prepare = {"shape": list(shape), "dtype": dtype, "causal": causal, "seed": seed}
+    prepare = prepare or {"shape": list(shape), "dtype": dtype, "causal": causal, "seed": seed}
     for u, t in zip(units, timings):
         r = ask(u, t, op, **prepare)
         if r is not None:
@@ -193,7 +198,8 @@ def time_cell(units: list[Any], shape: tuple[int, ...], dtype: str, causal: bool
             t = timings[i]
             # inputs built anew each round: a call's time depends on where its arrays landed
             # in memory, so a cell's figure is pooled over `rounds` placements, not one
-            if r > 0 and (ask(units[i], t, "release") is None or ask(units[i], t, op, **prepare) is None):
+            if r > 0 and fresh_inputs and (ask(units[i], t, "release") is None
+                                           or ask(units[i], t, op, **prepare) is None):
                 continue
             last = t.samples[-1] if t.samples else t.first_call_s
             reply = ask(units[i], t, "time", min_calls=per_chunk, seconds=budget_s / rounds,

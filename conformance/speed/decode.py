@@ -15,8 +15,11 @@ backends' decode return a new cache and leave the old one as it was).
 The shape: d_out = 512 in 8 heads (head_dim 64), float32, causal, B = 1 and 8. d_in is 64:
 the input width only sets the new token's projection (a few microseconds) and the prefill's,
 which would dominate the run's time at B = 8, L = 8192 with d_in = 512. Each backend is timed
-in its own worker process, as the forward bench times it (`conformance.speed.cells`), its
-cells one after the other; only backends declaring `kv_cache` are timed.
+in its own worker process, as the forward bench times it (`conformance.speed.cells`): at each
+cell every worker prefills its cache once, then the workers' chunks of decode steps alternate
+over the rounds, so each backend's time relative to torch eager gets a verdict from its rounds
+(faster, slower, level or undecided; `conformance.speed.verdict`); only backends declaring
+`kv_cache` are timed.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from conformance.speed.cells import Timing, WorkerDied, WorkerUnit, ask
+from conformance.speed.cells import WorkerUnit, time_cell
 from conformance.speed.harness import summarize
+from conformance.speed.table import ratio_text
+from conformance.speed.verdict import paired, round_medians
 from conformance.speed.worker import DECODE_D_IN as D_IN
 from conformance.speed.worker import DECODE_D_OUT as D_OUT
 from conformance.speed.worker import DECODE_HEADS as HEADS
@@ -39,6 +44,7 @@ DECODE_BATCHES = (1, 8)
 FULL = {"lengths": DECODE_LENGTHS, "budget": 0.3, "min_samples": 8, "copy_mb": 256}
 QUICK = {"lengths": [128, 1024, 8192], "budget": 0.05, "min_samples": 3, "copy_mb": 128}
 _COPY_REPS = 5
+REFERENCE = "torch"  # as the forward bench: every other backend's ratio is to PyTorch eager
 
 
 def kv_bytes(B: int, L: int, config: AttentionConfig, itemsize: int) -> int:
@@ -79,28 +85,35 @@ def _copy_record(library: str, nbytes: int, run, reps: int) -> dict[str, Any]:
     return {"library": library, "best_s": best, "reps": reps, "gb_per_s": 2 * nbytes / best / 1e9}
 
 
-def _cell(unit: Any, name: str, B: int, L: int, dtype: str, budget: float, min_samples: int,
-          bandwidth: float) -> dict[str, Any]:
-    """One (backend, B, L) cell timed in the backend's worker: prefill, first decode, warm decodes."""
+def _cells(units: list[Any], B: int, L: int, dtype: str, budget: float, min_samples: int,
+           bandwidth: float) -> list[dict[str, Any]]:
+    """One (B, L) cell for every unit: a prefill each (untimed), the first decode, then warm
+    decodes in rounds alternating between the backends' workers, as the forward bench times a
+    cell (`time_cell`); each backend's ratio to torch gets a verdict from its rounds."""
     config = decode_inputs(B, L, dtype)[0]
     itemsize = np.dtype(numpy_dtype(dtype)).itemsize
-    cell = {"backend": name, "dtype": dtype, "B": B, "L": L, "d_in": D_IN, "d_out": D_OUT, "n_heads": HEADS,
+    head = {"dtype": dtype, "B": B, "L": L, "d_in": D_IN, "d_out": D_OUT, "n_heads": HEADS,
             "kv_bytes": kv_bytes(B, L, config, itemsize)}
-    t = Timing(name)
-    r = ask(unit, t, "prepare_decode", B=B, L=L, dtype=dtype, seed=0)
-    if r is not None:
-        t.first_call_s = r["first_call_s"]
-        reply = ask(unit, t, "time", min_calls=min_samples, seconds=budget, rewarm=False)
-        if reply is not None:
-            t.samples = reply["samples"]
-    try:
-        unit.request("release")
-    except WorkerDied:
-        pass  # recorded in t.error; the worker is started again for the next cell
-    stats = summarize(t.samples)
-    gbs = cell["kv_bytes"] / stats["median_s"] / 1e9 if stats["median_s"] else None
-    return {**cell, **stats, "samples_s": t.samples, "first_call_s": t.first_call_s, "error": t.error,
-            "gb_per_s": gbs, "bandwidth_fraction": gbs / bandwidth if gbs and bandwidth else None}
+    names = [u.name for u in units]
+    reference = REFERENCE if REFERENCE in names else None
+    # the cache is built once per worker: a prefill of L tokens costs far more than the steps
+    timings = time_cell(units, (), dtype, True, 0, budget, min_samples, memory=False, rewarm=False,
+                        op="prepare_decode", prepare={"B": B, "L": L, "dtype": dtype, "seed": 0},
+                        fresh_inputs=False, reference=reference)
+    ref = next((t for t in timings if t.name == reference and t.samples), None)
+    cells = []
+    for t in timings:
+        stats = summarize(t.samples)
+        gbs = head["kv_bytes"] / stats["median_s"] / 1e9 if stats["median_s"] else None
+        c = {"backend": t.name, **head, **stats, "samples_s": t.samples, "first_call_s": t.first_call_s,
+             "error": t.error, "gb_per_s": gbs, "bandwidth_fraction": gbs / bandwidth if gbs and bandwidth else None,
+             "round_medians_s": [m for m in round_medians(t.rounds) if m is not None]}
+        if ref is not None and stats["median_s"]:
+            c["time_vs_torch"] = stats["median_s"] / summarize(ref.samples)["median_s"]
+            if t is not ref:
+                c.update(paired(t.rounds, ref.rounds) or {})
+        cells.append(c)
+    return cells
 
 
 def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: TextIO | None = None,
@@ -108,7 +121,8 @@ def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: Text
     """Every cache-declaring backend at every (B, L): the "decode" part of the speed section.
 
     Each backend runs in its own worker process (`conformance.speed.worker`), as in the forward
-    bench: no library's thread pools, allocator or caches are shared with another's.
+    bench: no library's thread pools, allocator or caches are shared with another's; at each
+    cell the backends' chunks alternate, so drift on a noisy machine is shared between them.
     """
     base = QUICK if quick else FULL
     t0 = time.perf_counter()
@@ -119,20 +133,20 @@ def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: Text
     skipped = [{"backend": i.backend.name, "reason": "KV-cache decoding not declared (Capabilities.kv_cache)"}
                for i in backends if i not in timed]
     cells = []
-    for info in timed:
-        unit = WorkerUnit(info.backend.name, info.spec, threads)
-        try:
-            for dtype in (d for d in dtypes if d in info.backend.capabilities.dtypes):
-                for B in DECODE_BATCHES:
-                    for L in base["lengths"]:
-                        c = _cell(unit, info.backend.name, B, L, dtype, base["budget"], base["min_samples"],
-                                  bw["gb_per_s"])
+    units = [WorkerUnit(info.backend.name, info.spec, threads) for info in timed]
+    try:
+        for dtype in dtypes:
+            here = [u for u, info in zip(units, timed) if dtype in info.backend.capabilities.dtypes]
+            for B in DECODE_BATCHES:
+                for L in base["lengths"]:
+                    for c in _cells(here, B, L, dtype, base["budget"], base["min_samples"], bw["gb_per_s"]) if here else []:
                         cells.append(c)
                         _say(out, _line(c))
-        finally:
-            unit.close()
+    finally:
+        for u in units:
+            u.close()
     return {"dtypes": dtypes, "causal": True, "new_tokens": 1, "bandwidth": bw, "cells": cells, "skipped": skipped,
-            "layout": WorkerUnit.layout, "duration_s": round(time.perf_counter() - t0, 2),
+            "layout": WorkerUnit.layout, "reference": REFERENCE, "duration_s": round(time.perf_counter() - t0, 2),
             "load_average": {"start": load_start, "end": _load()}}  # other processes on the cores
 
 
@@ -160,8 +174,9 @@ def _line(c: dict[str, Any]) -> str:
     head = f"decode {c['backend']:12s} {c['dtype']:8s} B={c['B']} L={c['L']:5d}  K+V {c['kv_bytes'] / 2**20:8.1f} MiB"
     if c["error"] or not c["median_s"]:
         return f"{head}  error: {c['error']}"
+    vs = f"  t/{REFERENCE} {ratio_text(c)}" if c.get("time_vs_torch") is not None and c["backend"] != REFERENCE else ""
     return (f"{head}  {c['median_s'] * 1e3:9.3f} ms  {c['gb_per_s']:6.1f} GB/s"
-            f"  {c['bandwidth_fraction']:6.1%} of copy bandwidth")
+            f"  {c['bandwidth_fraction']:6.1%} of copy bandwidth{vs}")
 
 
 def _say(out: TextIO | None, text: str) -> None:
