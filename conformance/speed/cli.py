@@ -66,6 +66,13 @@ def parser() -> argparse.ArgumentParser:
            "bandwidth (conformance/speed/decode.py); keeps the forward's cells in results.json")
     a("--backward", action="store_true",
       help="also time forward + backward for the backends with gradients (conformance/speed/backward.py)")
+    a("--compare", metavar="OLD.json",
+      help="after timing, compare each cell with this earlier results file (or its directory); exit 1 if "
+           "some cell is slower (conformance/speed/compare.py)")
+    a("--current", metavar="NEW.json",
+      help="with --compare: compare this results file with OLD instead of timing now")
+    a("--slowdown", metavar="FRACTION",
+      help="with --compare: a cell is slower past 1 + FRACTION with its quartiles apart (default 0.25)")
     return p
 
 
@@ -86,6 +93,16 @@ def _float(opt: str, text: str) -> float:
         raise UsageError(f"{opt} {text!r}: not a number; expected seconds > 0, e.g. 0.4") from None
     if not v > 0 or v == float("inf"):
         raise UsageError(f"{opt} {text}: must be a finite number of seconds > 0, e.g. 0.4")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"--slowdown {text!r}: not a number; expected a fraction > 0, e.g. 0.25 for 1.25x") from None
+    if not 0 < v < float("inf"):
+        raise UsageError(f"--slowdown {text}: must be a finite fraction > 0, e.g. 0.25 for 1.25x")
     return v
 
 
@@ -223,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         if args.overhead:
             return overhead()
+        if (args.current or args.slowdown) and not args.compare:
+            raise UsageError(f"{'--current' if args.current else '--slowdown'} needs --compare OLD.json")
+        threshold = _fraction(args.slowdown) if args.slowdown is not None else None
+        if args.current:
+            return _compare(args.compare, args.current, threshold)
         plan = build_plan(args, argv)
     except (UsageError, BackendSpecError) as e:
         print(f"{usage.INVOKED_AS or PROG}: error: {e}", file=sys.stderr)
@@ -237,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
               + "; ".join(f"{s['backend']}: {s['reason']}" for s in plan.skipped), file=sys.stderr)
         return 2
     if args.decode:
-        return _decode(plan, args.quick)
+        code = _decode(plan, args.quick)
+        return _compare(args.compare, plan.out_dir, threshold) if args.compare and code == 0 else code
     try:
         if args.check_isolation:
             from conformance.speed.selfcheck import check
@@ -259,4 +282,16 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    return 0
+    return _compare(args.compare, plan.out_dir, threshold) if args.compare else 0
+
+
+def _compare(old: str, new: str | Path, threshold: float | None) -> int:
+    """`--compare`: each cell of `new` against `old` (conformance/speed/compare.py)."""
+    from conformance.results import ResultsError
+    from conformance.speed.compare import SLOWDOWN, report
+
+    try:
+        return report(Path(old), Path(new), SLOWDOWN if threshold is None else threshold)
+    except ResultsError as e:
+        print(f"{usage.INVOKED_AS or PROG}: error: --compare: {e}", file=sys.stderr)
+        return 2
