@@ -34,9 +34,9 @@ LAYOUT_STEPS = (7, 8, 9)
 #: What one example runs laid out: forward, the backward (where declared) or one exposed step of
 #: 7 to 9 (each a fifth of the examples); a backend without them runs forward instead.
 PATHS = ("forward", "backward", *LAYOUT_STEPS)
-#: The longest sequence drawn: a layout bug shows at any size, and past a 32- or 64-key tile's
-#: edge (65 = 1 mod 32, PyTorch #191937's count) is enough; longer would cost the default run.
-LAYOUT_MAX_TOKENS = 65
+#: The longest sequence drawn: a layout bug shows at any size, and one key past a 32-key tile
+#: (33 = 1 mod 32, PyTorch #191937's count) is enough; longer would cost the default run.
+LAYOUT_MAX_TOKENS = 33
 
 
 def _step_roles(n: int) -> tuple[str, ...]:
