@@ -44,6 +44,10 @@ class Capabilities:
     batch_invariant: a promise, checked bit for bit: a sequence's output bits do not depend on
     the rest of its batch (run alone, or in the batch shuffled). Most kernels pick their tiling
     or split-K by shape, so none of the built-ins makes it; declare it only if you guarantee it.
+    layout_invariant: a promise, checked bit for bit: the output bits do not depend on the
+    inputs' memory layout (transposed, sliced, negative or zero strides, as `from_numpy` carries
+    them); without it a laid-out run is held to the tolerance model only. Measured for the
+    built-ins in docs/layouts.md.
     conventions: known, intended departures from the spec, from the fixed menu in
     `spec.conventions.MENU` (e.g. `{"fully_masked_rows": "mean_v"}`): the suite judges
     everything else against the spec adjusted for them, and reports show them beside the verdict.
@@ -66,6 +70,7 @@ class Capabilities:
     batch_invariant: bool = False
     conventions: dict[str, str] = field(default_factory=dict)
     notes: str = ""
+    layout_invariant: bool = False
 
     def __post_init__(self) -> None:
         bad = [d for d in self.dtypes if d not in FLOAT_DTYPES]

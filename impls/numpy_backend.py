@@ -26,6 +26,7 @@ from impls.array_backward import ArrayBackward
 from impls.array_steps import ArraySteps, fused_qkv_heads
 from impls.array_vjps import ArrayVJPs
 from impls.base import Backend, Capabilities, library_versions
+from impls.strided import copy_keeping_strides
 from spec.config import AttentionConfig, numpy_dtype
 from spec.params import Params
 
@@ -54,7 +55,8 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
 
     # -- edges -------------------------------------------------------------------------
     def from_numpy(self, a: np.ndarray, dtype: str | None = None) -> np.ndarray:
-        return np.array(a, dtype=numpy_dtype(dtype) if dtype else a.dtype, copy=True)
+        # a copy in a's own layout (strided, stride 0, negative): the suite's layouts reach forward
+        return copy_keeping_strides(a, numpy_dtype(dtype) if dtype else None)
 
     def to_numpy(self, a: np.ndarray) -> np.ndarray:
         return np.asarray(a)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from impls.base import Backend, Capabilities, library_versions
+from impls.strided import copy_keeping_strides
 from impls.torch_cache import TorchCache
 from impls.torch_grad import TorchAutograd
 from impls.torch_masks import query_has_key  # noqa: F401  (re-exported: torch_mha, peers)
@@ -78,13 +79,14 @@ class TorchEdges(Backend):
 
         a = np.asarray(a)
         if dtype is None and a.dtype == np.bool_:  # masks
-            return torch.from_numpy(a.copy()).to(self.device)
+            return torch.from_numpy(copy_keeping_strides(a, negative=False)).to(self.device)
         name = dtype or dtype_name(a.dtype)
         if name == "bfloat16":  # NumPy has no native bfloat16: widen exactly, round in torch
             return torch.from_numpy(a.astype(np.float32)).to(self.device, torch.bfloat16)
         if name not in ("float64", "float32", "float16"):  # ints etc.: keep as they are
-            return torch.from_numpy(a.copy()).to(self.device)
-        return torch.from_numpy(a.astype(numpy_dtype(name))).to(self.device)  # astype copies
+            return torch.from_numpy(copy_keeping_strides(a, negative=False)).to(self.device)
+        # a copy in a's layout (strided, stride 0) where a tensor can hold it: no negative strides
+        return torch.from_numpy(copy_keeping_strides(a, numpy_dtype(name), negative=False)).to(self.device)
 
     def to_numpy(self, a: torch.Tensor) -> np.ndarray:
         import torch

@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from reports import markdown as md
-from reports import expected, semantic
+from reports import expected, layouts, semantic
 from reports.environment import backend_rows
 from reports.model import Failure, Report, backend_verdict, conformance_summary, sig, step_title, totals_text
 from reports.speed_model import DECODE_INTRO, decode_head
@@ -305,7 +305,7 @@ def _plots(report: Report) -> str:
 
 def render(report: Report) -> str:
     body = "\n".join([_header(report), _findings(report), _environment(report), _matrix(report),
-                      expected.html(report.expected, esc), _failures(report),
+                      expected.html(report.expected, esc), _failures(report), layouts.html(report.runs, esc),
                       semantic.html(report, esc), _speed(report), _plots(report)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

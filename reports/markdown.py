@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from reports import findings as fnd
-from reports import expected, semantic
+from reports import expected, layouts, semantic
 from reports.environment import backend_rows
 from reports.model import (BACKEND_VERDICT, VERDICT, Failure, Report, backend_verdict, conformance_summary, sig, step_title,
                            totals_text)
@@ -362,5 +362,6 @@ def render(report: Report) -> str:
         out += [f"**{text(conformance_summary(report))}**", ""]
     out += _findings(report) + _environment(report) + _matrix(report)
     out += expected.markdown(report.expected, text, code, _table) + _failures(report)
+    out += layouts.markdown(report.runs, text, code)
     out += semantic.markdown(report, text, code) + _speed(report)
     return "\n".join(out).rstrip() + "\n"

@@ -138,6 +138,7 @@ class Report:
     semantics: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (machine, section)
     findings: list[Finding] = field(default_factory=list)  # per backend, its not-diagnosed group last
     expected: list[exp.ExpectedRow] = field(default_factory=list)  # --expect's outcomes, with reasons
+    runs: list[dict[str, Any]] = field(default_factory=list)  # the runs as read (the layouts section reads their records)
 
 
 def _verdict_text(status: str, dtypes: list[str] | None = None) -> str:
@@ -337,7 +338,7 @@ def build(doc: dict[str, Any], title: str | None = None) -> Report:
         skipped_backends=[c for c in (matrix.columns if matrix else []) if c.skip_reason],
         failures=failures, speed=speed, multi_machine=multi,
         semantics=[(r["machine"], r["semantics"]) for r in runs if r.get("semantics")], findings=found,
-        expected=exp.build(runs, multi))
+        expected=exp.build(runs, multi), runs=runs)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from impls.array_cache import ArrayCache
 from impls.array_steps import ArraySteps, work_dtype
 from impls.array_vjps import ArrayVJPs
 from impls.base import Backend, Capabilities
+from impls.strided import copy_keeping_strides
 from spec.config import numpy_dtype
 from spec.params import Params
 
@@ -47,7 +48,7 @@ class PlainBackend(ArrayCache, ArrayVJPs, ArraySteps, Backend):
 
     # -- edges -----------------------------------------------------------------------------
     def from_numpy(self, a: np.ndarray, dtype: str | None = None) -> np.ndarray:
-        return np.array(a, dtype=numpy_dtype(dtype) if dtype else a.dtype, copy=True)
+        return copy_keeping_strides(a, numpy_dtype(dtype) if dtype else None)  # a's layout kept
 
     def to_numpy(self, a: Any) -> np.ndarray:
         return np.asarray(a)

@@ -68,6 +68,8 @@ def _run(key: Key, out_dir: Path, markers: Path, seed: int | None,
                 "tolerance": result.tolerance, "counterexample": result.counterexample,
                 "examples": result.examples,
                 "grouped_examples": result.grouped, "duration_s": round(result.duration_s, 4)})
+    if result.layouts:
+        rec["layouts"] = result.layouts
     if result.outcome == "failed" and result.case is not None:
         path = out_dir / "failures" / f"{_slug(key.backend)}__{key.dtype}__{check.name}.npz"
         result.case.save(path, {"backend": key.backend, "backend_spec": key.spec, "import_path": import_path(key.spec),

@@ -7,10 +7,12 @@ converts back, turning an exception, a non-array, a wrong shape or a wrong dtype
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from conformance.suite import layouts
 from conformance.suite.case import Case
 from conformance.text import first_line, safe_repr
 from conformance.suite.checks import CheckFailure
@@ -41,15 +43,37 @@ class Runner:
         self.dtype = dtype
         self.np_dtype = numpy_dtype(dtype)
         self.observers = list(observers or ())  # each sees every comparison (the calibration records them)
+        self.laid: dict[str, str] = {}  # input role -> layout its next conversions take (`laid_out`)
+        self.layouts_seen: dict[str, str | None] = {}  # "role layout" -> None if it reached the backend, else why not
 
     # -- edges ---------------------------------------------------------------------------
-    def native(self, a: np.ndarray | None) -> Any:
-        """float64 or bool NumPy array -> the backend's array in the dtype under test."""
+    def native(self, a: np.ndarray | None, role: str | None = None) -> Any:
+        """float64 or bool NumPy array -> the backend's array in the dtype under test; in the
+        layout `laid_out` gave `role`, if any, and whether that layout reached it noted."""
         if a is None:
             return None
-        if a.dtype == np.bool_:
-            return self.call("from_numpy", self.backend.from_numpy, a.copy(), None)
-        return self.call("from_numpy", self.backend.from_numpy, a.astype(self.np_dtype), self.dtype)
+        bool_ = a.dtype == np.bool_
+        a = a.copy() if bool_ else a.astype(self.np_dtype)
+        layout = self.laid.get(role) if role else None
+        if layout:
+            a = layouts.lay_out(a, layout, layouts.BROADCAST_AXIS.get(role, 0))
+        out = self.call("from_numpy", self.backend.from_numpy, a, None if bool_ else self.dtype)
+        if layout:
+            key = f"{role} {layout}"
+            why = layouts.reached(a, out)
+            if why is None or key not in self.layouts_seen:  # reached once is reached
+                self.layouts_seen[key] = why
+        return out
+
+    @contextmanager
+    def laid_out(self, plan: dict[str, str]) -> Iterator[None]:
+        """Inputs by role ("x", "key_padding_mask", "grad_out", a step's input name) converted in
+        the plan's layouts (`conformance.suite.layouts`) inside the block; contiguous after."""
+        self.laid = dict(plan)
+        try:
+            yield
+        finally:
+            self.laid = {}
 
     def weights(self, params: Params) -> Any:
         return self.call("prepare", self.backend.prepare, params, self.dtype)
@@ -101,7 +125,7 @@ class Runner:
         without a keep mask asks for the backend's own random dropout.
         """
         kwargs = self._mask_kwargs(case, training)
-        out = self.call("forward", self.backend.forward, self.native(case.x), self.weights(case.params),
+        out = self.call("forward", self.backend.forward, self.native(case.x, "x"), self.weights(case.params),
                         case.config, **kwargs)
         self.call("synchronize", self.backend.synchronize)
         return self.to_float64("forward", out, (case.B, case.T, case.config.d_out))
@@ -111,7 +135,7 @@ class Runner:
         training=True when training (without a keep mask: the backend's own random dropout)."""
         kwargs: dict[str, Any] = {}
         if case.key_padding_mask is not None:
-            kwargs["key_padding_mask"] = self.native(case.key_padding_mask)
+            kwargs["key_padding_mask"] = self.native(case.key_padding_mask, "key_padding_mask")
         if training and case.dropout_mask is not None:
             kwargs["dropout_mask"] = self.native(case.dropout_mask)
         if training:
@@ -126,11 +150,11 @@ class Runner:
         as in `forward`. "out" holds forward_for_grad's output.
         """
         kwargs = self._mask_kwargs(case, training)
-        res = self.call("forward_for_grad", self.backend.forward_for_grad, self.native(case.x),
+        res = self.call("forward_for_grad", self.backend.forward_for_grad, self.native(case.x, "x"),
                         self.weights(case.params), case.config, **kwargs)
         if not isinstance(res, (tuple, list)) or len(res) != 2:
             raise CheckFailure(f"forward_for_grad: expected (out, saved), got {type(res).__name__}")
-        got = self.call("backward", self.backend.backward, res[1], self.native(grad_out))
+        got = self.call("backward", self.backend.backward, res[1], self.native(grad_out, "grad_out"))
         self.call("synchronize", self.backend.synchronize)
         shapes = grad_shapes(case)
         got, present = self.call("reading backward's gradients", _grad_mapping, got)
@@ -141,10 +165,13 @@ class Runner:
         out.update({k: self.to_float64(f"backward {k}", got[k], s) for k, s in shapes.items()})
         return out
 
-    def step(self, name: str, *args: Any, shapes: tuple[tuple[int, ...], ...], **kwargs: Any):
-        """Call the backend's step method `name`; NumPy arrays in args are converted first."""
-        conv = [self.native(a) if isinstance(a, np.ndarray) else a for a in args]
-        kw = {k: (self.native(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    def step(self, name: str, *args: Any, shapes: tuple[tuple[int, ...], ...], roles: tuple[str, ...] = (),
+             **kwargs: Any):
+        """Call the backend's step method `name`; NumPy arrays in args are converted first
+        (`roles`: the args' input names, for `laid_out`; keyword arguments are named by their key)."""
+        roles = tuple(roles) + (None,) * (len(args) - len(roles))
+        conv = [self.native(a, r) if isinstance(a, np.ndarray) else a for a, r in zip(args, roles)]
+        kw = {k: (self.native(v, k) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
         out = self.call(name, getattr(self.backend, name), *conv, **kw)
         self.call("synchronize", self.backend.synchronize)
         if len(shapes) == 1:
@@ -165,7 +192,8 @@ class Runner:
         args, kwargs = call_args(n, trace, case.config, case.key_padding_mask, weights=weights,
                                  tensor=tensor, dropout_mask=case.dropout_mask)
         shapes = expected_shapes(n, case.config, case.B, case.T)
-        return self.step(s.name, *args, shapes=(shapes[tensor],) if s.per_tensor else shapes, **kwargs)
+        roles = tuple(r for r in s.inputs if r not in kwargs and r not in ("key_padding_mask", "dropout_mask"))
+        return self.step(s.name, *args, shapes=(shapes[tensor],) if s.per_tensor else shapes, roles=roles, **kwargs)
 
     # -- KV-cache decoding (Capabilities.kv_cache): the cache itself stays opaque ----------
     def prefill(self, x: np.ndarray, weights: Any, config: Any, key_padding_mask: np.ndarray | None = None) -> Any:

@@ -38,6 +38,7 @@ class Result:
     examples: int = 0
     duration_s: float = 0.0
     grouped: int = 0  # of the examples, those with fewer K/V heads than query heads
+    layouts: dict[str, str] | None = None  # "role layout" -> "exercised" or "not exercised: why" (layout check)
 
     @property
     def counterexample(self) -> str | None:
@@ -115,13 +116,31 @@ def run_once(check: Check, backend: Any, case: Case, judgement: Judgement | None
 def run_check(check: Check, backend: Any, dtype: str, seed: int | None = None,
               timeouts: dict[str, float] | None = None) -> Result:
     """Hypothesis-driven run of `check`; the current settings profile decides how many examples."""
-    t0 = time.perf_counter()
     reason = check.unsupported(backend, dtype)
     if reason:
         return Result("unsupported", reason)
+    runner = Runner(backend, dtype)
+    return with_layouts(_run_drawn(check, backend, dtype, seed, timeouts, runner), runner)
+
+
+def with_layouts(result: Result, runner: Runner) -> Result:
+    """The result with the layouts its examples laid out, each "exercised" or "not exercised: why"
+    (read back from the native arrays); a pass where none reached the backend is no pass."""
+    if not runner.layouts_seen:
+        return result
+    result.layouts = {k: "exercised" if why is None else f"not exercised: {why}"
+                      for k, why in sorted(runner.layouts_seen.items())}
+    if result.outcome == "passed" and all(why is not None for why in runner.layouts_seen.values()):
+        first = next(iter(result.layouts.values()))
+        result.outcome, result.reason = "unsupported", f"no layout reached the backend's arrays ({first})"
+    return result
+
+
+def _run_drawn(check: Check, backend: Any, dtype: str, seed: int | None, timeouts: dict[str, float] | None,
+               runner: Runner) -> Result:
+    t0 = time.perf_counter()
     limits = timeouts or EXAMPLE_TIMEOUT_S
     idle = IDLE_FACTOR * limits["later"]  # not 4x for the first example: sleeping needs no warm-up
-    runner = Runner(backend, dtype)
     judgement = declared(backend)  # everything is judged against the spec adjusted for these
     state: dict[str, Any] = {"n": 0, "grouped": 0, "case": None}
 
