@@ -3,10 +3,11 @@
 `MaskedSelect` is the correct control: `PlainBackend` masks its scores by a select already, and
 its step 9 sums only the values whose weight is not 0, as the spec's does
 (`spec.steps.non_finite_terms`), so a padded or future token's NaN or +-inf input reaches no
-other row. The two mutants declare the same and break it the two ways real code does; on finite
-inputs, poison included, they are exactly right, so only the non-finite variant of
-`poisoned_positions_ignored` (drawn for declaring backends) kills them, in float16 too (it needs
-no large finite number: the backends compute float16 in float32, where -1e9 stays finite).
+other row. The two mutants declare the same and break it the two ways real code does; both pass
+the finite poison, and the non-finite variant of `poisoned_positions_ignored` (drawn for
+declaring backends) kills them, in float16 too (it needs no large finite number: the backends
+compute float16 in float32, where -1e9 stays finite). `BlendedSentinel` also loses a visible
+score below -1e9 to the masked keys, so at float32 the large-logit step checks reach it first.
 
 The older `mutant-padding-adds-sentinel` (catalogue.py) covers the finite half at float32 only
 (a poisoned score past 1e9 wins over an added -1e9; float16 scores cannot pass it): it declares
