@@ -93,6 +93,8 @@ class TokenByToken(PlainBackend):
         return cache
 
     def decode(self, x_new, cache, weights, config, *, key_padding_mask=None):
+        if not config.causal:  # a non-causal chunk's tokens see each other: one call, as PlainBackend
+            return super().decode(x_new, cache, weights, config, key_padding_mask=key_padding_mask)
         return self._tokens(x_new, cache, weights, config, key_padding_mask)
 
 
