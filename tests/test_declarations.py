@@ -94,11 +94,19 @@ def test_the_non_finite_variant_kills_both_mutants(mutant, dtype, mutants_profil
     assert mutant in MUTANTS
 
 
-def test_the_value_mutant_is_right_on_finite_poison(mutants_profile):
-    """Without the declaration it is PlainBackend itself, which passes the finite check."""
-    r = run_check(get("poisoned_positions_ignored"), PlainBackend(), "float32", seed=1)
-    assert r.outcome == "passed", r.reason
-    assert ValueTimesZero.context is not MaskedSelect.context
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("mutant", [ValueTimesZero, BlendedSentinel])
+def test_both_mutants_pass_the_finite_poison_and_fail_the_non_finite_on_one_case(mutant, dtype):
+    case = case_from(AttentionConfig(d_in=6, d_out=8, n_heads=2, causal=True), 2, 6, dtype, seed=5)
+    kpm = np.ones((2, 6), dtype=bool)
+    kpm[0, 4:] = False  # right padding
+    kpm[1, :1] = False  # left padding
+    case = case.with_(key_padding_mask=kpm, extra={"t": 3, "padding": "random", "poison_seed": 7})
+    check = get("poisoned_positions_ignored")
+    for fill, outcome in (("finite", "passed"), ("nan", "failed"), ("inf", "failed"), ("mixed", "failed")):
+        r = run_once(check, mutant(), case.with_(extra={**case.extra, "fill": fill}), Judgement())
+        assert r.outcome == outcome, (fill, r.reason)
+    assert run_once(check, MaskedSelect(), case.with_(extra={**case.extra, "fill": "nan"}), Judgement()).outcome == "passed"
 
 
 # -- decode invariance ---------------------------------------------------------------------------
