@@ -86,7 +86,7 @@ def test_the_select_control_keeps_the_promise(dtype, mutants_profile):
     assert r.outcome == "passed", r.reason
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float16"])  # float32: the fixed case below (its draws shrink for 20 s)
 @pytest.mark.parametrize("mutant", [ValueTimesZero, BlendedSentinel])
 def test_the_non_finite_variant_kills_both_mutants(mutant, dtype, mutants_profile):
     r = run_check(get("poisoned_positions_ignored"), mutant(), dtype, seed=1)
