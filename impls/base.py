@@ -48,6 +48,16 @@ class Capabilities:
     inputs' memory layout (transposed, sliced, negative or zero strides, as `from_numpy` carries
     them); without it a laid-out run is held to the tolerance model only. Measured for the
     built-ins in docs/layouts.md.
+    non_finite_masked_inputs: a promise: NaN and +-inf in the inputs the spec says cannot matter
+    (padded tokens' inputs; under causal attention, later tokens' inputs for the earlier rows)
+    leave every other row as with clean inputs: a masked key contributes nothing even when its
+    score or value is not finite (a select, never 0 x NaN). Checked with NaN and +-inf there
+    (`poisoned_positions_ignored`); the suite never cleans the inputs up. None of the built-ins
+    keeps it (measured: the semantic profile's "non-finite masked inputs" column).
+    decode_invariant: a promise, checked bit for bit: decoding token by token after a prefill
+    (`kv_cache`) gives the bits of the full causal forward at those positions. Kernels that
+    compute one query row differently from a block of rows (GEMV against GEMM, split-KV decoding)
+    break it; none of the built-ins keeps it (measured, `python -m conformance.tools.bitwise_survey`).
     conventions: known, intended departures from the spec, from the fixed menu in
     `spec.conventions.MENU` (e.g. `{"fully_masked_rows": "mean_v"}`): the suite judges
     everything else against the spec adjusted for them, and reports show them beside the verdict.
@@ -68,9 +78,11 @@ class Capabilities:
     gradients: bool = False
     grouped_kv: bool = False
     batch_invariant: bool = False
+    layout_invariant: bool = False
+    non_finite_masked_inputs: bool = False
+    decode_invariant: bool = False
     conventions: dict[str, str] = field(default_factory=dict)
     notes: str = ""
-    layout_invariant: bool = False
 
     def __post_init__(self) -> None:
         bad = [d for d in self.dtypes if d not in FLOAT_DTYPES]
@@ -82,6 +94,9 @@ class Capabilities:
             raise ValueError("Capabilities must support causal or non_causal attention (or both)")
         if self.cache_arrays and not self.kv_cache:
             raise ValueError("Capabilities.cache_arrays=True needs kv_cache=True (cache_kv reads the cache)")
+        if self.decode_invariant and not (self.kv_cache and self.causal):
+            raise ValueError("Capabilities.decode_invariant=True needs kv_cache=True and causal=True "
+                             "(it compares causal decoding with the forward)")
         object.__setattr__(self, "conventions", conv.validate(self.conventions or {}))
 
     def unsupported(self, config: AttentionConfig, T: int | None = None,
@@ -142,6 +157,9 @@ NEEDS: dict[str, tuple[Any, Any]] = {
     "batch_invariant": (lambda c: c.batch_invariant,
                         "batch invariance not declared (Capabilities.batch_invariant): outputs may differ in "
                         "the last bits with what else is in the batch, as most kernels' do"),
+    "decode_invariant": (lambda c: c.decode_invariant,
+                         "decode invariance not declared (Capabilities.decode_invariant): decoding may differ "
+                         "from the forward in the last bits, as most kernels' does"),
     "kv_cache": (lambda c: c.kv_cache, "KV-cache decoding not declared (Capabilities.kv_cache)"),
     "cache_arrays": (lambda c: c.cache_arrays, "cache not exposed (Capabilities.cache_arrays)"),
 }

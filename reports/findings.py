@@ -64,12 +64,14 @@ def declared(capabilities: Any) -> dict[str, str]:
     return {k: v for k, v in conv.items() if SPEC_VALUE.get(k) != v}
 
 
-#: Promises a backend may declare, checked bit for bit: capability field -> what the report says
-PROMISES = {"batch_invariant": "batch invariance (bitwise)"}
+#: Promises a backend may declare, each checked where declared: capability field -> what the report says
+PROMISES = {"batch_invariant": "batch invariance (bitwise)",
+            "decode_invariant": "decoding equals the forward (bitwise)",
+            "non_finite_masked_inputs": "non-finite masked inputs ignored"}
 
 
 def promises(capabilities: Any) -> tuple[str, ...]:
-    """The bitwise promises a backend declares (`PROMISES`), as the report words them."""
+    """The promises a backend declares (`PROMISES`), as the report words them."""
     caps = capabilities if isinstance(capabilities, dict) else {}
     return tuple(words for k, words in PROMISES.items() if caps.get(k) is True)
 

@@ -56,7 +56,7 @@ class Column:
     missing: int = 0  # planned records of this backend that do not exist (not run, never passed)
     conventions: dict[str, str] = field(default_factory=dict)  # declared deviations from the spec
     versions: dict[str, str] = field(default_factory=dict)     # as the backend reports them; {}: none
-    promises: tuple[str, ...] = ()  # bitwise promises it declares (reports.findings.PROMISES)
+    promises: tuple[str, ...] = ()  # promises it declares (reports.findings.PROMISES)
 
 
 @dataclass

@@ -4,6 +4,11 @@ Every mask the spec and the suite's references use is built here (`visible`), so
 of mask (a sliding window today) is one argument in one place. Queries and keys may differ in
 length (Tq <= Tk, KV-cache decoding): the queries are then the LAST Tq positions, so query i
 sits at position i + Tk - Tq and the causal mask is aligned bottom-right.
+
+A key a query may not see contributes nothing to that query's output, even when its input is
+NaN or +-inf: the spec applies the mask by selection (step 8 puts -inf in the masked scores with
+`np.where`; step 9 sums only the values whose weight is not 0), never by arithmetic that
+multiplies a masked term by 0 or adds a finite sentinel, which a NaN survives.
 """
 
 from __future__ import annotations

@@ -118,6 +118,9 @@ def attn_weights(
     finite scores give finite weights. A row with no attendable key is all zeros (as SDPA
     and FlashAttention decide; the naive -inf softmax gives NaN). dropout_mask [B, H, Tq, Tk],
     True = kept, applies inverted dropout: kept weights are scaled by 1/(1 - dropout_p).
+    The mask is a select (`np.where`), not an added -1e9 nor a product with 0: a masked score
+    that is NaN or +-inf (a padded or future token's non-finite input) becomes -inf and its
+    weight exactly 0, as any other masked score; step 9 keeps that key's value out likewise.
     """
     B, H, Tq, Tk = attn_scores.shape
     if key_padding_mask is not None:
@@ -142,9 +145,30 @@ def context(attn_weights: np.ndarray, V: np.ndarray) -> np.ndarray:
     """Step 9. context = attn_weights @ V: [B, H, Tq, Tk], [B, Hkv, Tk, hd] -> [B, H, Tq, hd].
 
     Grouped K/V heads: query head h's weights average V head h // (H // Hkv), as in step 7.
+
+    A key whose weight is exactly 0 (masked, or dropped) contributes exactly 0, even when its
+    value is NaN or +-inf: the sum is over the selected terms, never 0 x NaN = NaN. Finite values
+    take the plain matmul; only when V holds a non-finite value does `non_finite_terms` add
+    what those entries give where their weight is not 0.
     """
     V = repeat_kv(V, attn_weights.shape[1])  # (B, H, Tk, hd)
-    return matmul(attn_weights, V)  # (B, H, Tq, head_dim)
+    if np.isfinite(V).all():
+        return matmul(attn_weights, V)  # (B, H, Tq, head_dim)
+    finite = np.where(np.isfinite(V), V, V.dtype.type(0))  # a select: masked NaN never meets its 0 weight
+    return matmul(attn_weights, finite) + non_finite_terms(attn_weights, V)
+
+
+def non_finite_terms(w: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """[B, H, Tq, hd]: the sum over keys j with w[..., j] != 0 of w[..., j] * V[..., j, :] restricted to
+    V's non-finite entries (0 where there is none): +-inf when they agree in sign, else NaN."""
+    pos, neg = (w > 0).astype(np.float64), (w < 0).astype(np.float64)  # (B, H, Tq, Tk); 0 selects nothing
+    up, down, nan = (V == np.inf), (V == -np.inf), np.isnan(V)  # (B, H, Tk, hd)
+    plus = pos @ up + neg @ down  # (B, H, Tq, hd): terms that are +inf
+    minus = pos @ down + neg @ up  # terms that are -inf
+    bad = (pos + neg) @ nan  # NaN terms (a NaN weight is NaN in the finite matmul already)
+    out = np.where(plus > 0, np.inf, np.where(minus > 0, -np.inf, 0.0))
+    out = np.where((bad > 0) | ((plus > 0) & (minus > 0)), np.nan, out)
+    return out.astype(V.dtype)
 
 
 def permute_back(context: np.ndarray) -> np.ndarray:

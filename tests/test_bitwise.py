@@ -69,8 +69,21 @@ def test_the_survey_tool_reports_both_measurements_for_a_backend_with_a_cache(ca
 
     assert bitwise_survey.main(["-b", "numpy", "--cases", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in out] == ["numpy float64", "numpy float32", "numpy float16"]
-    assert all("batch changes the bits of" in line and "decoding differs from the forward in" in line for line in out)
+    assert [line.split(":")[0] for line in out[:3] + out[4:]] == ["numpy float64", "numpy float32", "numpy float16",
+                                                                  "batch_invariant", "decode_invariant"]
+    assert out[3].startswith("numpy library (numpy ")
+    assert all("batch changes the bits of" in line and "decoding differs from the forward in" in line for line in out[:3])
+    assert "last query decoded alone vs the causal forward's last row" in out[3]
+    assert all("every bit kept in every case by" in line for line in out[4:])
+
+
+def test_the_survey_says_when_a_backend_has_no_cache(capsys):
+    from conformance.tools import bitwise_survey
+
+    assert bitwise_survey.main(["-b", "torch-mha", "--cases", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert all("decoding not measured (no KV cache" in line for line in out if line.startswith("torch-mha float"))
+    assert out[-1] == "decode_invariant: every bit kept in every case by none of them"
 
 
 def test_the_report_shows_who_promises_batch_invariance():

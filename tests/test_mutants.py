@@ -16,6 +16,7 @@ from conformance.mutants.base import PlainBackend
 from conformance.mutants.bitwise import BITWISE_MUTANTS
 from conformance.mutants.cache import CACHE_MUTANTS
 from conformance.mutants.grouped import GROUPED_CACHE_MUTANTS
+from conformance.mutants.nonfinite import NON_FINITE_MUTANTS
 from conformance.mutants.catalogue import MUTANTS
 from conformance.mutants.sized import SIZE_MUTANTS
 
@@ -23,8 +24,9 @@ SEED = 0
 #: The KV-cache mutants' forward is right, so each passes every forward check before a cache
 #: check kills it (45 to 90 s per dtype on this loaded machine): tests/test_cache_checks.py
 #: kills them with the cache checks alone, and this run takes the rest of the catalogue.
-#: So is the batch-invariance mutant (right values, only the promised bits differ): tests/test_bitwise.py.
-RUN = [m for m in MUTANTS if m not in CACHE_MUTANTS + GROUPED_CACHE_MUTANTS + BITWISE_MUTANTS]
+#: So are the bitwise mutants (right values, only the promised bits differ): tests/test_bitwise.py and
+#: tests/test_declarations.py, and the non-finite ones (right on finite inputs): tests/test_declarations.py.
+RUN = [m for m in MUTANTS if m not in CACHE_MUTANTS + GROUPED_CACHE_MUTANTS + BITWISE_MUTANTS + NON_FINITE_MUTANTS]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,9 @@ def test_plain_backend_passes_every_check(report, dtype):
     v = _verdict(report, PlainBackend.name, dtype)
     assert v.outcome == "survived", f"PlainBackend fails {v.check} at {dtype}: {v.reason}"
     supported = [c for c in catalogue() if not c.unsupported(PlainBackend(), dtype)]
-    # the one promise it does not make is checked on its per-sequence control (tests/test_bitwise.py)
-    assert {c.name for c in catalogue()} - {c.name for c in supported} == {"batch_invariant_bitwise"}
+    # the promises it does not make are checked on their controls (tests/test_bitwise.py, test_declarations.py)
+    assert {c.name for c in catalogue()} - {c.name for c in supported} == {"batch_invariant_bitwise",
+                                                                             "decode_invariant_bitwise"}
     assert v.passed == len(supported), f"only {v.passed} of {len(supported)} checks passed (others unsupported?)"
     assert not report.control_failures() and not report.survivors()
 

@@ -16,6 +16,7 @@ from conformance.mutants.base import PlainBackend, work_dtype
 from conformance.mutants.cache import CACHE_MUTANTS
 from conformance.mutants.backward import BACKWARD_MUTANTS, BACKWARD_SIZE_MUTANTS
 from conformance.mutants.bitwise import BITWISE_MUTANTS
+from conformance.mutants.nonfinite import NON_FINITE_MUTANTS
 from conformance.mutants.grouped import GROUPED_CACHE_MUTANTS, GROUPED_MUTANTS
 from conformance.mutants.layouts import LAYOUT_MUTANTS
 from conformance.mutants.sized import SIZE_MUTANTS
@@ -361,7 +362,7 @@ MUTANTS: list[type[PlainBackend]] = [
     Untransposed, NoOutputBias, SplitWrongOrder, NoPermuteBack, BatchMixed, DropsTailBlock,
     Float16Scores, MutatesInput, CachedMask, PaddingAddsSentinel, PaddingZeroedAfterExp, *SIZE_MUTANTS,
     *CACHE_MUTANTS, *BACKWARD_MUTANTS, *BACKWARD_SIZE_MUTANTS, *GROUPED_MUTANTS, *GROUPED_CACHE_MUTANTS,
-    *BITWISE_MUTANTS, *LAYOUT_MUTANTS,
+    *BITWISE_MUTANTS, *LAYOUT_MUTANTS, *NON_FINITE_MUTANTS,
 ]
 
 

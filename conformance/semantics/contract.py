@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from conformance.findings import probes as fp
+from conformance.semantics import declarations as dc
 from conformance.suite.calls import Runner
 from conformance.suite.checks import CheckFailure
 from conformance.suite.judgement import Judgement, judged_under
@@ -217,6 +218,8 @@ PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "low_precision_output": low_precision_output,
     "dtypes": dtypes,
     "kv_grouping": kv_grouping,
+    "non_finite_masked": lambda b: dc.contract_non_finite(b, _measured),
+    "decode_bitwise": lambda b: dc.contract_decode(b, _measured),
     "padded_query_rows": fp.padded_query_rows,
     "float64_compute": fp.float64_compute,
 }

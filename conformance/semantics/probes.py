@@ -9,7 +9,9 @@ exception, an unrecognised value). Nothing is copied from documentation.
 Columns of the profile (`COLUMNS`): the fully masked row, the key padding mask polarity,
 causal alignment when Tq < Tk, the default scale, the dropout mode, the output dtype for
 float16 and bfloat16 inputs, the dtypes that run, and grouped K/V heads (the query-to-K/V
-head mapping and the groups accepted).
+head mapping and the groups accepted), and two promises a backend may declare, measured
+(`declarations.py`): whether NaN and +-inf in masked positions stay out of the other rows, and
+whether a decode step gives the forward's bits.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("low_precision_output", "output dtype, low-precision inputs"),
     ("dtypes", "dtypes supported"),
     ("kv_grouping", "grouped K/V heads"),
+    ("non_finite_masked", "non-finite masked inputs"),
+    ("decode_bitwise", "decoding = forward, bitwise"),
 )
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 #: How close a float32 output must be to a candidate's float64 value to be called a match:
@@ -244,6 +248,10 @@ def profile(raw: Any) -> dict[str, dict[str, str]]:
     out["low_precision_output"] = _guard(lambda: low_precision_output(raw))
     out["dtypes"] = _guard(lambda: dtypes(raw))
     out["kv_grouping"] = _guard(lambda: kv_grouping(raw))
+    from conformance.semantics import declarations as dc  # here: it reads this module's helpers
+
+    out["non_finite_masked"] = _guard(lambda: entry(*dc.library_non_finite(raw, out["mask_polarity"]["value"])))
+    out["decode_bitwise"] = _guard(lambda: entry(*dc.library_decode(raw)))
     return {key: out[key] for key, _ in COLUMNS}
 
 

@@ -4,8 +4,13 @@ not checked): `python -m conformance.tools.bitwise_survey [-b NAME ...] [--cases
 For each backend and dtype: N drawn batches of 2 to 3 sequences (the suite's strategies, size
 regime included), each sequence run alone and compared bit for bit with its row of the batch;
 and, for backends with a KV cache, N causal cases decoded token by token after a prefill of half
-their tokens, compared bit for bit with the full forward's rows. The figures in
-docs/spec-decisions.md ("Batch invariance") come from this tool with --cases 40.
+their tokens, compared bit for bit with the full forward's rows; a backend without one says
+so. Where the backend has a raw library probe (`conformance.semantics.libraries`), one more
+line: the library's last query computed alone over every key against its causal call's last
+row, bit for bit (`conformance.semantics.declarations.library_decode`). Last, which backends
+kept every bit in every case, for each promise: the measured basis for declaring
+`Capabilities.batch_invariant` or `Capabilities.decode_invariant`. The figures in
+docs/spec-decisions.md ("Batch invariance", "Decode invariance") come from this tool with --cases 40.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import warnings
 import numpy as np
 
 
-def survey(name: str, cases: int) -> list[str]:
+def survey(name: str, cases: int, kept: dict[str, list[str]] | None = None) -> list[str]:
+    """Lines for one backend; `kept` collects, per promise, the backends that kept every bit."""
     from hypothesis.errors import NonInteractiveExampleWarning
 
     from conformance.suite import strategies as cs
@@ -28,7 +34,7 @@ def survey(name: str, cases: int) -> list[str]:
     reason = b.availability()
     if reason:
         return [f"{name}: not run ({reason})"]
-    lines = []
+    lines, batch_ok, decode_ok = [], True, b.capabilities.kv_cache and b.capabilities.causal
     for dtype in b.capabilities.dtypes:
         run = Runner(b, dtype)
         batches = cs.cases(b.capabilities, dtype, large=True, min_batch=2)
@@ -54,8 +60,29 @@ def survey(name: str, cases: int) -> list[str]:
                     ys.append(y)
                 differ += not np.array_equal(np.concatenate(ys, axis=1), full[:, t:], equal_nan=True)
             line += f"; decoding differs from the forward in {differ} of {cases} cases"
+            decode_ok = decode_ok and differ == 0
+        else:
+            line += "; decoding not measured (" + ("no KV cache, Capabilities.kv_cache" if not b.capabilities.kv_cache
+                                                   else "causal attention not supported") + ")"
+        batch_ok = batch_ok and changed == 0
         lines.append(line)
+    lines += _library_lines(name)
+    if kept is not None:
+        for promise, ok in (("batch_invariant", batch_ok), ("decode_invariant", decode_ok)):
+            kept.setdefault(promise, []).extend([name] if ok else [])
     return lines
+
+
+def _library_lines(name: str) -> list[str]:
+    """The raw library's decode step against its causal forward, bit for bit, where it has a raw probe."""
+    from conformance.semantics.declarations import library_decode
+    from conformance.semantics.libraries import all_raw
+
+    raw = next((r for r in all_raw() if r.name == name), None)
+    if raw is None or raw.missing():
+        return []
+    value, detail = library_decode(raw)
+    return [f"{name} library ({raw.library}): decoding {value}; {detail}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cases < 1:
         p.error(f"--cases must be at least 1, got {args.cases}")
+    kept: dict[str, list[str]] = {}
     for name in args.backend or ["numpy", "torch", "torch-sdpa", "torch-mha"]:
-        for line in survey(name, args.cases):
+        for line in survey(name, args.cases, kept):
             print(line, flush=True)
+    for promise, names in kept.items():
+        print(f"{promise}: every bit kept in every case by {', '.join(names) or 'none of them'}", flush=True)
     return 0
 
 

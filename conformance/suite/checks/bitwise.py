@@ -1,10 +1,17 @@
-"""Bitwise invariances a backend may promise (`Capabilities.batch_invariant`), checked bit for bit.
+"""Bitwise invariances a backend may promise (`Capabilities.batch_invariant`,
+`Capabilities.decode_invariant`), checked bit for bit.
 
 Not asked of every backend: a kernel that picks its tiling or split-K by the batch's shape, as
 BLAS does, changes the last bits legitimately, and every built-in backend does (measured in
 docs/spec-decisions.md). A backend that promises it, for reproducible serving (the same bits
 for a request whatever else is batched with it, as FlashInfer tests), is held to it exactly:
 one differing bit fails, and the message says where and by how much.
+
+Decode invariance is the same kind of promise for KV-cache decoding: a prefill of t tokens, then
+the rest decoded one token at a time, gives the bits of the full causal forward at those rows
+(a serving system that prefills on one path and decodes on another then reproduces a forward's
+output). No built-in keeps it: a one-query decode step is a matrix-vector product, the forward a
+matrix product (`python -m conformance.tools.bitwise_survey`).
 """
 
 from __future__ import annotations
@@ -54,3 +61,26 @@ def batch_invariant_bitwise(run, case):
     for b in range(case.B):
         alone = run.forward(_rows(case, [b]))  # (1, T, d_out)
         run.assert_exact(f"sequence {b} alone vs in its batch of {case.B}", *bit_difference(alone, full[b:b + 1]))
+
+
+@st.composite
+def decode_cases(draw, caps, dtype):
+    """A causal case (everyday shapes, T >= 2, padded where supported), a prefill of t tokens and
+    the rest, at most `cache.MAX_STEPS`, decoded one token at a time."""
+    from conformance.suite.checks.cache import chunking  # here: cache's checks register last
+
+    case = draw(cs.cases(caps, dtype, causal=True, min_tokens=2))
+    t, chunks = draw(chunking(case.T, one_by_one=True))
+    return case.with_(extra={**case.extra, "prefill": t, "chunks": chunks})
+
+
+@check(step=None, strategy=decode_cases, needs=("kv_cache", "causal", "decode_invariant"))
+def decode_invariant_bitwise(run, case):
+    """Decoding token by token after a prefill gives the bits of the full causal forward at those rows (declared)."""
+    from conformance.suite.checks.cache import decode_outputs
+
+    t = case.extra["prefill"]
+    got = decode_outputs(run, case)  # (B, T - t, d_out)
+    full = run.forward(case)  # (B, T, d_out)
+    run.assert_exact(f"tokens {t}..{case.T - 1} decoded one at a time after a prefill of {t} vs the forward",
+                     *bit_difference(got, full[:, t:]))

@@ -16,6 +16,13 @@ The compared rows, those neither poisoned nor decided by a declared row conventi
 spec's golden sets only the scale). A masked key must contribute exactly nothing: a finite
 -1e9 added to its score, or its exponential zeroed by multiplying it by 0 (0 x inf = NaN once
 it overflows), lets a poisoned key through, though both pass every check on moderate inputs.
+
+A backend that declares `Capabilities.non_finite_masked_inputs` is also drawn non-finite poison
+(`NON_FINITE_FILLS`: NaN, +inf, -inf, or each element one of the three): the spec's masked key
+contributes nothing even then (a select, see `spec.steps.attn_weights` and `context`), and the
+compared rows must equal the clean run's in the same way. Every other backend draws only the
+finite poison (no extra draw, so its examples are unchanged). The inputs reach the backend as
+they are: nothing cleans them up on the way.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ POISON_BUDGET_SCALE = 0.25
 #: Padding layouts the check draws: left (early causal queries see little), right (the usual
 #: batch padding: under causal the padded tokens are also future tokens), random.
 POISON_PADDINGS = ("left", "right", "random")
+#: What the poisoned tokens' inputs hold for a backend that declares non-finite masked inputs:
+#: the finite poison, NaN, +inf, -inf, or a mix (each element NaN, +inf or -inf at random).
+NON_FINITE_FILLS = ("finite", "nan", "inf", "-inf", "mixed")
 
 
 def poisoned_tokens(case: Case) -> np.ndarray:
@@ -110,6 +120,18 @@ def poisoned_inputs(case: Case) -> np.ndarray:
     return x
 
 
+def non_finite_inputs(case: Case, fill: str) -> np.ndarray:
+    """x with each poisoned token's input NaN, +inf, -inf, or ("mixed") each element one of the three."""
+    x = case.x.copy()
+    poison = poisoned_tokens(case)
+    if fill == "mixed":
+        rng = np.random.default_rng(case.extra["poison_seed"])
+        x[poison] = rng.choice(np.array([np.nan, np.inf, -np.inf]), size=(int(poison.sum()), case.x.shape[-1]))
+    else:
+        x[poison] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}[fill]
+    return x
+
+
 @st.composite
 def poison_cases(draw, caps, dtype):
     """A case of the size regime, its causal split t (rows 0..t compared) and a padding layout."""
@@ -137,22 +159,27 @@ def poison_cases(draw, caps, dtype):
         # padding, short of the last token (something must be poisoned)
         first = 0 if kpm is None else int(np.argmax(kpm, axis=1).min())
         t = draw(st.integers(first, T - 1 if kind != "none" else T - 2))
-    return case.with_(key_padding_mask=kpm,
-                      extra={**case.extra, "t": t, "padding": kind, "poison_seed": draw(st.integers(0, 2**31 - 1))})
+    extra = {**case.extra, "t": t, "padding": kind, "poison_seed": draw(st.integers(0, 2**31 - 1))}
+    if caps.non_finite_masked_inputs:  # declared: NaN and +-inf too (others draw nothing more)
+        extra["fill"] = draw(st.sampled_from(NON_FINITE_FILLS))
+    return case.with_(key_padding_mask=kpm, extra=extra)
 
 
 @check(step=None, strategy=poison_cases, needs=("maskable",))
 def poisoned_positions_ignored(run, case):
-    """Huge finite inputs at padded tokens (and causal future tokens) leave every other row as in the clean run."""
+    """Huge finite inputs at padded tokens (and causal future tokens) leave every other row as in the clean run
+    (NaN and +-inf too, where declared)."""
     rows = compared_rows(run, case)
     if not rows.any():  # every compared row is decided by a declared convention: nothing to judge
         return
-    x = poisoned_inputs(case)
+    fill = case.extra.get("fill", "finite")
+    x = poisoned_inputs(case) if fill == "finite" else non_finite_inputs(case, fill)
     clean = run.forward(case)
     dirty = run.forward(case.with_(x=x))
     golden, plain = forward_golden_and_plain(case)  # the allowance's scale only
     t = case.extra["t"]
     where = f"padded tokens{f' and tokens {t + 1}..' if case.config.causal and t < case.T - 1 else ''}"
-    run.assert_same(f"{int(rows.sum())} rows that never see the poisoned inputs ({where}, up to "
-                    f"{float(np.max(np.abs(x), initial=0.0)):.3g}) vs the clean run",
+    size = (f"up to {float(np.max(np.abs(x), initial=0.0)):.3g}" if fill == "finite" else
+            f"{fill} (declared non_finite_masked_inputs)")
+    run.assert_same(f"{int(rows.sum())} rows that never see the poisoned inputs ({where}, {size}) vs the clean run",
                     dirty, clean, golden, plain, rows)
