@@ -124,10 +124,13 @@ def class_representatives(caps: Capabilities, dtype: str, *, budget_scale: float
     """One fixed case per edge of each size class (`conformance.suite.sizes.representatives`) within
     the backend's capabilities: causal where supported, no bias, unit x and the first weight
     scale (2: softmax far from uniform, so a dropped key shows). Run first, as explicit examples.
-    `budget_scale`, `first_edges`, `long_past`: as `cases` and `sizes.representatives` (gradients)."""
+    `budget_scale`, `first_edges`, `long_past`: as `cases` and `sizes.representatives` (gradients);
+    without `first_edges`, the index-width edges (`sizes.index_representatives`) that fit too."""
     _, budget = profiles.large_regime()
     reps = sz.representatives(dtype, budget * budget_scale, caps.d_in_equals_d_out, max_tokens=caps.max_tokens,
                               first_edges=first_edges, long_past=long_past)
+    if not first_edges:  # the forward's index-width edges (H = 300, B x H past 65,535) where they fit
+        reps += sz.index_representatives(dtype, budget * budget_scale, caps.d_in_equals_d_out)
     param_scale = value_scales(dtype)[1][0]
     out = []
     for _, s in reps:
