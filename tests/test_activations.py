@@ -145,3 +145,11 @@ def test_float16_accumulator_is_right_on_gaussian_draws_and_overflows_on_outlier
     tied = case.with_(x=x)
     assert np.all(np.isfinite(_forward(PlainBackend, tied)))
     assert not np.all(np.isfinite(_forward(Float16Accumulator, tied)))
+
+
+def test_calibrate_values_option_names_the_distributions(capsys):
+    from conformance.tools import calibrate
+
+    assert calibrate.main(["--values", "uniform"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'gaussian', 'activation-like'" in err

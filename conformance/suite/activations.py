@@ -91,10 +91,11 @@ def activation_params(rng: np.random.Generator, config: AttentionConfig) -> Para
 def score_bound(x: np.ndarray, params: Params, config: AttentionConfig) -> float:
     """An upper bound on |score| (Cauchy-Schwarz per head: max |q| times max |k| times the scale):
     O(B T d), where the scores themselves cost O(B T^2 d)."""
-    B, T, _ = x.shape
+    B, T, d_in = x.shape
     hd, g = config.head_dim, config.group
-    q = x @ params.W_q.T + (0 if params.b_q is None else params.b_q)
-    k = x @ params.W_k.T + (0 if params.b_k is None else params.b_k)
+    x2 = np.ascontiguousarray(x.reshape(B * T, d_in))  # (B*T, d_in): one 2-D GEMM, not B batched ones
+    q = x2 @ params.W_q.T + (0 if params.b_q is None else params.b_q)  # (B*T, d_out)
+    k = x2 @ params.W_k.T + (0 if params.b_k is None else params.b_k)  # (B*T, d_kv)
     qn = np.linalg.norm(q.reshape(B * T, config.n_heads, hd), axis=-1).max(axis=0, initial=0.0)  # (H,)
     kn = np.linalg.norm(k.reshape(B * T, config.kv_heads, hd), axis=-1).max(axis=0, initial=0.0)  # (Hkv,)
     return float(np.max(qn * np.repeat(kn, g), initial=0.0)) / np.sqrt(hd)
