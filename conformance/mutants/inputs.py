@@ -1,8 +1,8 @@
 """Input-keyed mutants: `PlainBackend` with a bug that only real inputs or index-width sizes show.
 
-- An output accumulator with float16's range: right on Gaussian draws, where no context sum
-  comes near 65,504, overflowing only where outlier channels of V meet near-tied keys, as the
-  activation-like draws (`conformance.suite.activations`) make them.
+- A linear layer's accumulator with float16's range on scaled weights: right on Gaussian
+  draws, where no sum comes near 65,504, overflowing where an outlier channel of x (the
+  activation-like draws, `conformance.suite.activations`) meets it.
 - Indices kept in 16 bits: a key count or a (batch, head) pair past 65,535 wraps to the
   start, reached only by the index-width examples (`sizes.INDEX_EDGES`, the 2^16 + 1-key decode
   of `checks.cache.longest_cache`).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.mutants.base import PlainBackend, work_dtype
+from conformance.mutants.base import PlainBackend
 
 #: float16's largest finite value: what a half-precision accumulator overflows past.
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -21,24 +21,26 @@ INDEX_16 = 2**16
 
 
 class Float16Accumulator(PlainBackend):
-    """FlashAttention-style deferred normalisation with the unnormalised accumulator in float16's range.
+    """Linear layers accumulated in float16's range on per-row scaled weights, the scale applied after.
 
-    The kernel sums exp(s - m) @ V (each weight at most 1, their row sum l up to Tk) and divides
-    by l at the end; held in half precision, the sum overflows once l x |v| passes 65,504: many
-    near-tied keys (l large) over an outlier channel of V (|v| large). The mutant keeps the
-    dtype's rounding and adds only float16's range, so what kills it is the overflow alone.
+    As a weight-quantised (W8A16-style) GEMM: each weight row is stored divided by its scale
+    max|W_row| / 127 (so its largest entry is 127), x @ W_scaled^T is summed in a half-precision
+    accumulator, and the result multiplied by the scale. The sum is 127 / max|W_row| times the
+    true output: for Gaussian inputs it stays well under 65,504, but an outlier channel 100 to
+    1000 times the rest overflows it (the failure LLM.int8's outlier features describe). The
+    mutant keeps the dtype's rounding and adds only float16's range: what kills it is the
+    overflow alone.
     """
 
     name = "mutant-float16-accumulator"
 
-    def context(self, attn_weights, V):
-        work = work_dtype(V.dtype)
-        w, V_ = attn_weights.astype(work), self.repeat_kv(V, attn_weights.shape[1]).astype(work)
-        top = w.max(axis=-1, keepdims=True)  # (B, H, Tq, 1): exp(s - m) = w / top, l = 1 / top
-        e = np.where(top > 0, w / np.where(top > 0, top, 1), w)  # a row with no key keeps w (zeros)
-        acc = e @ V_  # (B, H, Tq, hd): the unnormalised sum
+    def linear(self, x, W, b):
+        s = np.abs(W).max(axis=1) / 127  # (out,): each row's scale
+        s = np.where(s > 0, s, 1).astype(W.dtype)
+        acc = x @ (W / s[:, None]).T  # (..., out): the scaled sum a half accumulator holds
         acc = np.where(np.abs(acc) > FLOAT16_MAX, np.copysign(np.inf, acc), acc)  # half's range
-        return (acc * np.where(top > 0, top, 1)).astype(V.dtype)
+        y = acc * s
+        return y if b is None else y + b
 
 
 class KeyIndex16(PlainBackend):
