@@ -154,3 +154,11 @@ def test_calibrate_values_option_names_the_distributions(capsys):
     assert calibrate.main(["--values", "uniform"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'gaussian', 'activation-like'" in err
+
+
+def test_a_wrong_decode_over_2_16_keys_is_judged_without_the_top_left_square():
+    from conformance.suite.cache_reference import looks_top_left
+
+    (_, wide) = cc.longest_cache(CAPS, "float32")
+    got = np.zeros((1, 1, 4))
+    assert looks_top_left(wide, got, 1e-3) is False  # the (Tk, Tk) square would be 32 GiB
