@@ -111,9 +111,16 @@ def close_to(got: np.ndarray, want: np.ndarray, allowed: float) -> bool:
     return float(np.abs(got - want).max(initial=0.0)) / scale <= allowed
 
 
+#: Largest B x H x T x T for the top-left diagnosis, which builds the (Tk, Tk) causal square:
+#: 2^26 elements (512 MiB in float64) holds T = 4096 at B x H = 4; the 2^16 + 1-key decode
+#: (4.3e9 elements, 32 GiB) goes without it.
+TOP_LEFT_MAX_ELEMENTS = 2**26
+
+
 def looks_top_left(case: Case, got: np.ndarray, allowed: float) -> bool:
-    """True when a causal decoding's output is within `allowed` of the top-left-aligned answer."""
-    if not case.config.causal:
+    """True when a causal decoding's output is within `allowed` of the top-left-aligned answer
+    (False without trying past TOP_LEFT_MAX_ELEMENTS)."""
+    if not case.config.causal or case.B * case.config.n_heads * case.T**2 > TOP_LEFT_MAX_ELEMENTS:
         return False
     want = decoded_top_left(case.x, case.params, case.config, case.key_padding_mask,
                             case.extra["prefill"], tuple(case.extra["chunks"]))

@@ -280,6 +280,29 @@ def representatives(dtype: str, budget_s: float, equal_d: bool = False, min_toke
     return out
 
 
+#: Index-width edges (fixed examples only, never drawn): a head count no kernel tiles for
+#: (xformers tests H = 300), and more (batch, head) pairs than a CUDA grid's y or z dimension
+#: holds (65,535), at tiny T and head_dim so the reference stays cheap: 2049 x 32 = 65,568
+#: pairs. A key index past 16 bits is the cache checks' (checks/cache.py, INDEX_WIDTH_KEYS).
+INDEX_EDGES: dict[str, dict[str, int]] = {
+    "H=300": {"B": 1, "T": 17, "d_in": 16, "H": 300, "head_dim": 1},
+    "B*H>65535": {"B": 2049, "T": 2, "d_in": 4, "H": 32, "head_dim": 1},
+}
+
+
+def index_representatives(dtype: str, budget_s: float, equal_d: bool = False, min_tokens: int = 1,
+                          min_batch: int = 1) -> list[tuple[str, Sizes]]:
+    """(edge, sizes) of each INDEX_EDGES entry that fits budget_s at dtype (d_in = d_out where the
+    backend takes only that; T and B at least min_tokens, min_batch)."""
+    out = []
+    for name, kw in INDEX_EDGES.items():
+        s = Sizes(**{**kw, "B": max(kw["B"], min_batch), "T": max(kw["T"], min_tokens)})
+        s = replace(s, d_in=s.d_out) if equal_d else s
+        if affordable(dtype, s, budget_s):
+            out.append((name, s))
+    return out
+
+
 def class_names(dtype: str, budget_s: float, equal_d: bool = False, min_tokens: int = 1,
                 min_batch: int = 1, max_tokens: int | None = None) -> list[str]:
     """The classes drawn at dtype: those with a representative that fits the budget."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from conformance.suite import activations as act
 from conformance.suite import profiles
 from conformance.suite import sizes as sz
 from conformance.suite.case import Case, round_to
@@ -101,7 +102,10 @@ def padding_mask(kind: str, B: int, T: int, rng: np.random.Generator) -> np.ndar
 
 
 def _values(config: AttentionConfig, B: int, T: int, dtype: str, seed: int, x_scale: float,
-            param_scale: float):
+            param_scale: float, values: str = "gaussian", grads: bool = False):
+    if values == "activation-like":  # conformance/suite/activations.py; param_scale does not apply
+        rng, x, params = act.activation_values(config, B, T, dtype, seed, x_scale, grads=grads)
+        return rng, round_to(x, dtype), params.map(lambda a: round_to(a, dtype))
     rng = np.random.default_rng(seed)
     x = round_to(rng.standard_normal((B, T, config.d_in)) * x_scale, dtype)
     params = init_params(config, seed=seed + 1).map(lambda a: round_to(a * param_scale, dtype))
@@ -120,10 +124,13 @@ def class_representatives(caps: Capabilities, dtype: str, *, budget_scale: float
     """One fixed case per edge of each size class (`conformance.suite.sizes.representatives`) within
     the backend's capabilities: causal where supported, no bias, unit x and the first weight
     scale (2: softmax far from uniform, so a dropped key shows). Run first, as explicit examples.
-    `budget_scale`, `first_edges`, `long_past`: as `cases` and `sizes.representatives` (gradients)."""
+    `budget_scale`, `first_edges`, `long_past`: as `cases` and `sizes.representatives` (gradients);
+    without `first_edges`, the index-width edges (`sizes.index_representatives`) that fit too."""
     _, budget = profiles.large_regime()
     reps = sz.representatives(dtype, budget * budget_scale, caps.d_in_equals_d_out, max_tokens=caps.max_tokens,
                               first_edges=first_edges, long_past=long_past)
+    if not first_edges:  # the forward's index-width edges (H = 300, B x H past 65,535) where they fit
+        reps += sz.index_representatives(dtype, budget * budget_scale, caps.d_in_equals_d_out)
     param_scale = value_scales(dtype)[1][0]
     out = []
     for _, s in reps:
@@ -158,11 +165,15 @@ def grouped_representatives(caps: Capabilities, dtype: str, B: int = 1, T: int =
 @st.composite
 def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
           padding: bool = True, min_tokens: int = 1, max_batch: int = 3, min_batch: int = 1,
-          large: bool = False, budget_scale: float = 1.0) -> Case:
+          large: bool = False, budget_scale: float = 1.0, values: str | None = None,
+          grads: bool = False) -> Case:
     """A Case with moderate values: the everyday input of the equality properties.
 
     `large`: shapes from the size regime, the profile's share of them at large sizes, each within
     the profile's forward budget times `budget_scale` (a check doing more per example scales it down).
+    `values`: one of activations.DISTRIBUTIONS, or None to draw it (shrinking to "gaussian"; see
+    `FORCED_VALUES`); an activation-like case says so in extra["values"]. `grads`: the case feeds a
+    backward, which bounds an activation-like x lower (activations.GRAD_X_MAX).
     """
     if large:
         share, budget = profiles.large_regime()
@@ -180,10 +191,22 @@ def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
     x_scales, param_scales = value_scales(dtype)
     x_scale = draw(st.sampled_from(x_scales))
     param_scale = draw(st.sampled_from(param_scales))
-    rng, x, params = _values(config, B, T, dtype, seed, x_scale, param_scale)
+    if values is None:
+        values = FORCED_VALUES or act.DISTRIBUTIONS[draw(st.integers(0, VALUES_ODDS - 1)) == VALUES_ODDS - 1]
+    rng, x, params = _values(config, B, T, dtype, seed, x_scale, param_scale, values, grads)
+    if values != "gaussian":
+        extra = {"values": values}
+    else:
+        extra = {"param_scale": param_scale} if param_scale != 1 else {}
     return Case(config=config, dtype=dtype, x=x, params=params,
-                key_padding_mask=padding_mask(kind, B, T, rng), seed=seed, x_scale=x_scale,
-                extra={"param_scale": param_scale} if param_scale != 1 else {})
+                key_padding_mask=padding_mask(kind, B, T, rng), seed=seed, x_scale=x_scale, extra=extra)
+
+
+#: One drawn case in VALUES_ODDS is activation-like (conformance/suite/activations.py).
+VALUES_ODDS = 4
+#: Every drawn case of this distribution instead of a draw (None: drawn): calibration over one
+#: distribution (`calibrate --values`). A case asking for one distribution keeps it.
+FORCED_VALUES: str | None = None
 
 
 def large_logit_target(dtype: str) -> float:
@@ -198,7 +221,8 @@ def large_logit_target(dtype: str) -> float:
 @st.composite
 def large_logit_cases(draw, caps: Capabilities, dtype: str, target: float | None = None) -> Case:
     """A Case whose scores reach `target` (default large_logit_target(dtype)): naive softmax overflows to NaN."""
-    case = draw(cases(caps, dtype, padding=False))
+    # Gaussian: scaling an activation-like x up to these scores would overflow its outlier channels
+    case = draw(cases(caps, dtype, padding=False, values="gaussian"))
     from spec import steps  # the golden scores decide how far to scale x
 
     Q, K, _ = steps.project_qkv(case.x, case.params)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from conformance import COMMAND
+from conformance.suite.activations import DISTRIBUTIONS
 from conformance.suite.checks import CheckFailure, catalogue
 from conformance.suite.calls import Runner
 from conformance.suite.tolerance import FLOOR, K
@@ -70,14 +71,17 @@ def recorder(backend: Any, dtype: str, check: str, sink: list[Sample], case: lis
     return observe
 
 
-def calibrate_one(spec: str, dtype: str, examples: int, seed: int,
-                  only: tuple[str, ...] = ()) -> tuple[list[Sample], list[str], int]:
-    """Every supported check on one backend and dtype: (samples, failures, cases run)."""
+def calibrate_one(spec: str, dtype: str, examples: int, seed: int, only: tuple[str, ...] = (),
+                  values: str | None = None) -> tuple[list[Sample], list[str], int]:
+    """Every supported check on one backend and dtype: (samples, failures, cases run). `values`:
+    every drawn case of that distribution (strategies.FORCED_VALUES), None: drawn as the suite does."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hyp_seed
 
+    from conformance.suite import strategies
     from impls.registry import resolve
 
+    strategies.FORCED_VALUES = values
     info = resolve(spec)
     samples: list[Sample] = []
     failures: list[str] = []
@@ -157,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cases per dtype, spread evenly over its (backend, check) pairs (default 5000)")
     p.add_argument("--check", action="append", default=[], help="default: every check")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
+    p.add_argument("--values", choices=DISTRIBUTIONS, default=None,
+                   help="draw every case's values from this distribution (default: drawn as the suite "
+                        "does; a check that asks for one, such as the large-logit checks' gaussian, keeps it)")
     add_workers(p, 2, aliases=("-j", "--jobs"))
     p.add_argument("--json", default=None, help="also write the summary to this file")
     try:
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     cases: dict[str, int] = defaultdict(int)
     with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
         futures = [(spec, dtype, pool.submit(calibrate_one, spec, dtype, examples[dtype], args.seed,
-                                                        tuple(args.check)))
+                                                        tuple(args.check), args.values))
                    for spec, dtype in jobs]
         for spec, dtype, fut in futures:
             s, f, n = fut.result()

@@ -88,13 +88,23 @@ def long_cache_cases(draw, caps, dtype):
     return case.with_(key_padding_mask=kpm, extra={"param_scale": param_scale, "prefill": T - n, "chunks": chunks})
 
 
+#: Keys in the index-width decode: one past what a 16-bit key index holds (xformers tests 1 + 2^16).
+INDEX_WIDTH_KEYS = 2**16 + 1
+
+
 def longest_cache(caps, dtype) -> list:
-    """The fixed example every run reaches: a 4095-token cache and one decoded token (T = 4096)."""
-    T = min(sz.MAX_TOKENS, caps.max_tokens or sz.MAX_TOKENS)
-    config = AttentionConfig(d_in=4, d_out=4, n_heads=1, causal=caps.causal)
+    """The fixed examples every run reaches: a 4095-token cache and one decoded token (T = 4096),
+    and one decoded token over INDEX_WIDTH_KEYS keys (a cache of 2^16 tokens; cheap: one query,
+    and the spec's prefill only projects), where the backend takes that many tokens."""
     param_scale = cs.value_scales(dtype)[1][0]
-    case = cs.case_from(config, 1, T, dtype, seed=T, param_scale=param_scale)
-    return [case.with_(extra={"param_scale": param_scale, "prefill": T - 1, "chunks": [1]})]
+    out = []
+    for T in (min(sz.MAX_TOKENS, caps.max_tokens or sz.MAX_TOKENS), INDEX_WIDTH_KEYS):
+        if T == INDEX_WIDTH_KEYS and (caps.max_tokens or T) < T:
+            continue
+        config = AttentionConfig(d_in=4, d_out=4, n_heads=1, causal=caps.causal)
+        case = cs.case_from(config, 1, T, dtype, seed=T, param_scale=param_scale)
+        out.append(case.with_(extra={"param_scale": param_scale, "prefill": T - 1, "chunks": [1]}))
+    return out
 
 
 # -- running a decoding --------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def _with_grad_seed(draw, case):
 @st.composite
 def grad_cases(draw, caps, dtype, causal=None, min_tokens=1):
     """An everyday case and the seed of its grad_out."""
-    return _with_grad_seed(draw, draw(cs.cases(caps, dtype, causal=causal, min_tokens=min_tokens)))
+    return _with_grad_seed(draw, draw(cs.cases(caps, dtype, causal=causal, min_tokens=min_tokens, grads=True)))
 
 
 def assert_grads_close(run, case, got: dict, grad_out: np.ndarray, what: str, dropout: bool = False,
@@ -75,7 +75,8 @@ GRAD_BUDGET_SCALE = 1 / 16
 
 @st.composite
 def _sized_grad_cases(draw, caps, dtype):
-    return _with_grad_seed(draw, draw(cs.cases(caps, dtype, large=True, budget_scale=GRAD_BUDGET_SCALE)))
+    return _with_grad_seed(draw, draw(cs.cases(caps, dtype, large=True, budget_scale=GRAD_BUDGET_SCALE,
+                                                       grads=True)))
 
 
 def _grouped_grad_cases(caps, dtype) -> list:
