@@ -24,6 +24,7 @@ from conformance.suite.checks import CheckFailure
 from conformance.suite.judgement import Judgement, judged_under
 from conformance.suite.process_state import restored_state
 from conformance.suite.watchdog import BackendHang, time_limit
+from conformance.semantics import modifiers
 from conformance.semantics.probes import COLUMNS
 from spec import block
 from spec.block import sample_dropout_mask
@@ -217,6 +218,8 @@ PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "low_precision_output": low_precision_output,
     "dtypes": dtypes,
     "kv_grouping": kv_grouping,
+    "window": lambda b: modifiers.contract_window(b),
+    "softcap": lambda b: modifiers.contract_softcap(b),
     "padded_query_rows": fp.padded_query_rows,
     "float64_compute": fp.float64_compute,
 }

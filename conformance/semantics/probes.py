@@ -8,8 +8,9 @@ exception, an unrecognised value). Nothing is copied from documentation.
 
 Columns of the profile (`COLUMNS`): the fully masked row, the key padding mask polarity,
 causal alignment when Tq < Tk, the default scale, the dropout mode, the output dtype for
-float16 and bfloat16 inputs, the dtypes that run, and grouped K/V heads (the query-to-K/V
-head mapping and the groups accepted).
+float16 and bfloat16 inputs, the dtypes that run, grouped K/V heads (the query-to-K/V
+head mapping and the groups accepted), the sliding window's keys covered and the softcap's
+position (`conformance.semantics.modifiers`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("low_precision_output", "output dtype, low-precision inputs"),
     ("dtypes", "dtypes supported"),
     ("kv_grouping", "grouped K/V heads"),
+    # the score modifiers' conventions (conformance/semantics/modifiers.py)
+    ("window", "sliding window w: keys covered, Tq < Tk"),
+    ("softcap", "softcap position"),
 )
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 #: How close a float32 output must be to a candidate's float64 value to be called a match:
@@ -244,6 +248,10 @@ def profile(raw: Any) -> dict[str, dict[str, str]]:
     out["low_precision_output"] = _guard(lambda: low_precision_output(raw))
     out["dtypes"] = _guard(lambda: dtypes(raw))
     out["kv_grouping"] = _guard(lambda: kv_grouping(raw))
+    from conformance.semantics import modifiers  # it imports this module's helpers
+
+    out["window"] = _guard(lambda: modifiers.window_convention(raw))
+    out["softcap"] = _guard(lambda: modifiers.softcap_position(raw))
     return {key: out[key] for key, _ in COLUMNS}
 
 
