@@ -1,4 +1,4 @@
-"""The semantic profile's window and softcap columns: each candidate told apart by the library
+"""The semantic profile's window and softcap columns (conformance/semantics/probes.py, contract.py): each candidate told apart by the library
 probes, the in-house steps measured as the spec, SDPA and nn.MHA read as offering neither, and
 the contract probes naming what a backend delivers."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conformance.mutants.windows import SoftcapUnscaled, WindowLeftNarrow
-from conformance.semantics import modifiers
+from conformance.semantics import probes as modifiers
 from conformance.semantics.contract import ALL_COLUMNS, PROBES
 from conformance.semantics.libraries import SpecSteps
 from conformance.semantics.probes import COLUMNS, reference
@@ -46,9 +46,9 @@ def test_a_softcap_ignored_is_read_as_ignored():
 def test_the_in_house_steps_measure_as_the_spec(name):
     if name == "torch":
         pytest.importorskip("torch")
-    got = modifiers.library_profile(SpecSteps(name, name))
-    assert got["window"]["value"] == "w + 1 keys, bottom-right"
-    assert got["softcap"]["value"] == "before the mask"
+    raw = SpecSteps(name, name)
+    assert modifiers.window_convention(raw)["value"] == "w + 1 keys, bottom-right"
+    assert modifiers.softcap_position(raw)["value"] == "before the mask"
 
 
 def test_sdpa_and_nn_mha_offer_neither_by_their_signatures():
