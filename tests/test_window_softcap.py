@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import errors, find
 
-from conformance.mutants.windows import WINDOW_MUTANTS, WindowedPlain
+from conformance.mutants.windows import WINDOW_DECODE_MUTANTS, WINDOW_MUTANTS, WindowedPlain
 from conformance.suite import strategies as cs
 from conformance.suite.cache_reference import decoded
 from impls.base import Capabilities
@@ -100,7 +100,7 @@ MUTANT_PATHS = {
 }
 
 
-@pytest.mark.parametrize("mutant", WINDOW_MUTANTS, ids=lambda m: m.name)
+@pytest.mark.parametrize("mutant", WINDOW_MUTANTS + WINDOW_DECODE_MUTANTS, ids=lambda m: m.name)
 def test_each_window_mutant_changes_step_8_where_it_says(mutant):
     config, Tq = MUTANT_PATHS[mutant.name]
     s = np.random.default_rng(1).standard_normal((1, 1, Tq, 6)) * 4  # Tq queries over 6 keys
@@ -110,3 +110,27 @@ def test_each_window_mutant_changes_step_8_where_it_says(mutant):
     if Tq < 6:  # a decode bug: right when the queries are all the keys
         square = np.random.default_rng(2).standard_normal((1, 1, 6, 6))
         np.testing.assert_allclose(mutant().attn_weights(square, config), S.attn_weights(square, config), atol=1e-12)
+
+
+@pytest.mark.parametrize("mutant", [WindowedPlain, *WINDOW_DECODE_MUTANTS], ids=lambda m: m.__name__)
+def test_the_cache_checks_kill_each_window_decode_mutant_and_pass_the_windowed_control(mutant, dtype="float32"):
+    """Their forward is right (Tq = Tk), so the kill table reaches them only after every forward
+    check (minutes each): here the cache checks alone, in catalogue order, at float32 and the quick
+    profile, as tests/test_cache_checks.py does (`nox -s mutants` kills them at float16 too)."""
+    from conformance.suite import profiles
+    from conformance.suite.checks import catalogue, get
+    from conformance.suite.engine import run_check
+
+    profiles.load("quick")  # a suite profile (no deadline); tests/conftest.py puts the previous one back
+    failed = None
+    for c in [c for c in catalogue() if c.fn.__module__.endswith(".cache")]:
+        r = run_check(c, mutant(), dtype, seed=2)
+        if r.outcome == "failed":
+            failed = (c.name, r.reason)
+            break
+        assert r.outcome == "passed", (c.name, r.outcome, r.reason)
+    if mutant is WindowedPlain:
+        assert failed is None, failed
+    else:
+        assert failed, f"{mutant.name} survived the cache checks"
+        assert run_check(get("matches_spec"), mutant(), dtype, seed=2).outcome == "passed"  # the forward is right

@@ -18,7 +18,7 @@ from conformance.mutants.backward import BACKWARD_MUTANTS, BACKWARD_SIZE_MUTANTS
 from conformance.mutants.bitwise import BITWISE_MUTANTS
 from conformance.mutants.grouped import GROUPED_CACHE_MUTANTS, GROUPED_MUTANTS
 from conformance.mutants.sized import SIZE_MUTANTS
-from conformance.mutants.windows import WINDOW_MUTANTS
+from conformance.mutants.windows import WINDOW_DECODE_MUTANTS, WINDOW_MUTANTS
 from spec.config import AttentionConfig
 from spec.params import Params
 
@@ -361,7 +361,7 @@ MUTANTS: list[type[PlainBackend]] = [
     Untransposed, NoOutputBias, SplitWrongOrder, NoPermuteBack, BatchMixed, DropsTailBlock,
     Float16Scores, MutatesInput, CachedMask, PaddingAddsSentinel, PaddingZeroedAfterExp, *SIZE_MUTANTS,
     *CACHE_MUTANTS, *BACKWARD_MUTANTS, *BACKWARD_SIZE_MUTANTS, *GROUPED_MUTANTS, *GROUPED_CACHE_MUTANTS,
-    *BITWISE_MUTANTS, *WINDOW_MUTANTS,
+    *BITWISE_MUTANTS, *WINDOW_MUTANTS, *WINDOW_DECODE_MUTANTS,
 ]
 
 

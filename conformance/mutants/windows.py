@@ -119,7 +119,8 @@ class SoftcapUnscaled(_ModifierOrder):
         return self.softcap(s, c) * scale, masked  # capped at c before the scale: at c / sqrt(hd) after
 
 
-#: The window and softcap mutants, in table order.
+#: The window and softcap mutants the forward checks kill (the kill table runs them all).
 WINDOW_MUTANTS: list[type[PlainBackend]] = [WindowLeftWide, WindowLeftNarrow, WindowRightWide, WindowRightNarrow,
-                                            WindowTopLeft, WindowForgottenInDecode, SoftcapAfterMask,
-                                            SoftcapUnscaled]
+                                            SoftcapAfterMask, SoftcapUnscaled]
+#: Only queries apart from keys (decoding, steps_with_fewer_queries) can kill these: their forward is right.
+WINDOW_DECODE_MUTANTS: list[type[PlainBackend]] = [WindowTopLeft, WindowForgottenInDecode]
