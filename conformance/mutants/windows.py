@@ -100,8 +100,9 @@ class _ModifierOrder(WindowedPlain):
 
 
 class SoftcapAfterMask(_ModifierOrder):
-    """The softcap applied after the mask: a masked key's -inf becomes -c, so it gets weight
-    exp(-c - max) back, and a fully masked row a uniform one."""
+    """The softcap applied after the mask: a masked key's -inf becomes -c and gets weight exp(-c - max) back.
+
+    A fully masked row becomes a uniform one."""
 
     name = "mutant-softcap-after-mask"
 
