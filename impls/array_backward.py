@@ -13,7 +13,8 @@ A backend mixes in `ArrayBackward` beside `ArraySteps` (its `xp()`, and `prepare
 W_qkv_T, b_qkv, W_o_T, b_o in the work dtype into the weights). float16 runs in float32 and
 the gradients are rounded back. This is the fast backward, as the backend's forward is its
 fast forward; the plain per-step VJPs and the backward composed of them are
-`impls.array_vjps.ArrayVJPs` (the mutants' backward), which the tests hold this one equal to.
+`impls.array_vjps.ArrayVJPs` (the mutants' backward), which the tests hold this one equal to;
+a config with a sliding window or a softcap takes that composed backward (`modified`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from impls.array_vjps import ArrayVJPs
 from spec.config import AttentionConfig
+
+
+def modified(config: AttentionConfig) -> bool:
+    """True when the scores carry a sliding window or a softcap: the fast blocked paths do not take
+    them (yet), so the forward and backward are the ones composed of the steps and their VJPs."""
+    return config.window is not None or config.softcap is not None
 
 _BLOCK = 128  # query rows per block, as the forward's
 _BUDGET = 2 << 20  # bytes of one block's scores over all heads of a group: about one core's L2
@@ -42,6 +50,10 @@ class ArrayBackward:
 
     def forward_for_grad(self, x, weights, config: AttentionConfig, *, key_padding_mask=None,
                          dropout_mask=None, training: bool = False) -> tuple[Any, dict]:
+        if modified(config):  # a window or softcap: the backward composed of the step VJPs
+            out, saved = ArrayVJPs.forward_for_grad(self, x, weights, config, key_padding_mask=key_padding_mask,
+                                                    dropout_mask=dropout_mask, training=training)
+            return out, {**saved, "composed": True}
         xp = self.xp()
         B, T, d_in = x.shape
         H, hd, d_out = config.n_heads, config.head_dim, config.d_out
@@ -101,6 +113,8 @@ class ArrayBackward:
             yield i0, i1, s, None if lse is None else xp.exp(s - lse[..., i0:i1, :])
 
     def backward(self, saved: dict, grad_out) -> dict[str, Any]:
+        if saved.get("composed"):
+            return ArrayVJPs.backward(self, saved, grad_out)
         xp = self.xp()
         B, T, d_in = saved["shape"]
         config, w = saved["config"], saved["weights"]

@@ -4,7 +4,7 @@ The one array-generic implementation of the steps: the NumPy and CuPy backends e
 for step-by-step checking (their fast forward stays their own), and the mutants' plain backend
 (`conformance.mutants.base.PlainBackend`) is this class with NumPy arrays, its forward composed
 of the steps. Each step is built from small pieces (`linear`, `scale`, `causal_mask`,
-`padding`, `mask`, `softmax`, `dropout`, `kv_head_of`), so a mutant overrides one piece by a
+`window_mask`, `softcap`, `padding`, `mask`, `softmax`, `dropout`, `kv_head_of`), so a mutant overrides one piece by a
 few lines and the bug reaches every path that uses it: the forward, the steps, the backward
 (`impls.array_vjps`) and the KV cache (`impls.array_cache`).
 
@@ -67,15 +67,33 @@ class ArraySteps:
         xp = self.xp()
         return xp.triu(xp.ones((Tq, Tk), dtype=bool), k=1 + Tk - Tq)  # (Tq, Tk)
 
+    def window_mask(self, Tq: int, Tk: int, window: tuple[int, int]):
+        """True where key j is outside query i's sliding window (left, right): j < p - left or
+        j > p + right, p = i + Tk - Tq its position (the queries are the last Tq keys)."""
+        xp = self.xp()
+        left, right = window
+        pos = xp.arange(Tq)[:, None] + (Tk - Tq)  # (Tq, 1)
+        j = xp.arange(Tk)[None, :]  # (1, Tk)
+        return (j < pos - left) | (j > pos + right)  # (Tq, Tk)
+
+    def softcap(self, s, c: float | None):
+        """The logit softcap c * tanh(s / c) on the scaled scores s (before any mask); None: s."""
+        if c is None:
+            return s
+        xp = self.xp()
+        return (c * xp.tanh(s / c)).astype(s.dtype)
+
     def padding(self, key_padding_mask):
         """Masked keys from a key padding mask (True = may attend): [B, Tk] -> [B, 1, 1, Tk]."""
         return ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
 
     def mask(self, config: AttentionConfig, B: int, Tq: int, Tk: int, key_padding_mask):
-        """True where the weight must be 0: causal and padding combined, [B, 1, Tq, Tk]."""
+        """True where the weight must be 0: causal, window and padding combined, [B, 1, Tq, Tk]."""
         masked = self.xp().zeros((B, 1, Tq, Tk), dtype=bool)
         if config.causal:
             masked = masked | self.causal_mask(Tq, Tk)
+        if config.window is not None:
+            masked = masked | self.window_mask(Tq, Tk, config.window)
         if key_padding_mask is not None:
             masked = masked | self.padding(key_padding_mask)
         return masked
@@ -164,6 +182,7 @@ class ArraySteps:
         dt = attn_scores.dtype
         s = attn_scores.astype(work_dtype(dt))
         s = s * s.dtype.type(self.scale(config))
+        s = self.softcap(s, config.softcap)  # the spec's order: scale, softcap, then the masks
         w = self.softmax(s, self.mask(config, B, Tq, Tk, key_padding_mask))
         if dropout_mask is not None:
             w = self.dropout(w, dropout_mask, config.dropout_p)

@@ -55,8 +55,18 @@ class ArrayVJPs:
         dP = d_weights.astype(work)
         if dropout_mask is not None:
             dP = self.dropout(dP, dropout_mask, config.dropout_p)
-        dS = P * (dP - self.row_term(P, dP))  # (B, H, Tq, Tk): gradient of the scaled scores
+        dS = P * (dP - self.row_term(P, dP))  # (B, H, Tq, Tk): gradient of the (capped) scaled scores
+        dS = self.softcap_vjp(dS, attn_scores.astype(work) * work.type(self.scale(config)), config.softcap, P)
         return (dS * self.scale(config)).astype(dt)
+
+    def softcap_vjp(self, dS, s, c: float | None, P):
+        """The softcap's backward: dS * (1 - tanh(s / c)^2) at the scaled scores s; 0 where P is 0
+        (masked, whatever the score, NaN included)."""
+        if c is None:
+            return dS
+        xp = self.xp()
+        t = xp.tanh(s / c)
+        return xp.where(P == 0, 0, dS * (1 - t * t)).astype(dS.dtype)
 
     def context_vjp(self, d_context, attn_weights, v):
         dv = self.sum_groups(attn_weights.swapaxes(-1, -2) @ d_context, v.shape[1])  # (B, Hkv, Tk, hd)

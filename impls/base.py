@@ -61,6 +61,12 @@ class Capabilities:
     conventions: known, intended departures from the spec, from the fixed menu in
     `spec.conventions.MENU` (e.g. `{"fully_masked_rows": "mean_v"}`): the suite judges
     everything else against the spec adjusted for them, and reports show them beside the verdict.
+    window: a sliding window `AttentionConfig.window = (left, right)`: the query at position p
+    (the last Tq of Tk keys) sees keys p - left .. p + right, so (2, 0) covers 3 keys, itself and
+    the 2 before (FlashAttention's window_size=(2, 0); JAX's sliding_window_length=3).
+    softcap: `AttentionConfig.softcap = c`: the scaled scores s become c * tanh(s / c) before any
+    mask (Gemma 2's attn_logit_softcapping, FlashAttention's softcap; c = 50 bounds every score
+    to (-50, 50)). Without them the suite draws neither.
     """
 
     dtypes: tuple[str, ...] = ("float64", "float32")
@@ -77,6 +83,8 @@ class Capabilities:
     cache_arrays: bool = False
     gradients: bool = False
     grouped_kv: bool = False
+    window: bool = False
+    softcap: bool = False
     batch_invariant: bool = False
     layout_invariant: bool = False
     non_finite_masked_inputs: bool = False
@@ -111,6 +119,10 @@ class Capabilities:
         if config.kv_heads != config.n_heads and not self.grouped_kv:
             return (f"grouped K/V heads are not supported (n_kv_heads={config.kv_heads} < "
                     f"n_heads={config.n_heads}; declare Capabilities.grouped_kv)")
+        if config.window is not None and not self.window:
+            return f"sliding windows are not supported (window={config.window}; declare Capabilities.window)"
+        if config.softcap is not None and not self.softcap:
+            return f"logit softcapping is not supported (softcap={config.softcap}; declare Capabilities.softcap)"
         if key_padding_mask and not self.key_padding_mask:
             return "key padding masks are not supported"
         if dropout and self.dropout == "none":
@@ -160,6 +172,8 @@ NEEDS: dict[str, tuple[Any, Any]] = {
     "decode_invariant": (lambda c: c.decode_invariant,
                          "decode invariance not declared (Capabilities.decode_invariant): decoding may differ "
                          "from the forward in the last bits, as most kernels' does"),
+    "window": (lambda c: c.window, "sliding windows not declared (Capabilities.window)"),
+    "softcap": (lambda c: c.softcap, "logit softcapping not declared (Capabilities.softcap)"),
     "kv_cache": (lambda c: c.kv_cache, "KV-cache decoding not declared (Capabilities.kv_cache)"),
     "cache_arrays": (lambda c: c.cache_arrays, "cache not exposed (Capabilities.cache_arrays)"),
 }

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from impls.array_cache import ArrayCache
-from impls.array_backward import ArrayBackward
+from impls.array_backward import ArrayBackward, modified
 from impls.array_steps import ArraySteps, fused_qkv_heads
 from impls.array_vjps import ArrayVJPs
 from impls.base import Backend, Capabilities, library_versions
@@ -57,6 +57,8 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         cache_arrays=True,
         notes="float16 inputs are computed in float32 and rounded back, as the NumPy backend; "
               "decode concatenates past keys and values (impls.array_cache, shared with NumPy).",
+        window=True,  # sliding windows and softcap: forward and backward composed of the steps
+        softcap=True,  # (impls.array_steps window_mask / softcap), not the blocked fast paths
     )
 
     def availability(self) -> str | None:
@@ -116,6 +118,9 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
     # -- the whole block -----------------------------------------------------------------
     def forward(self, x, weights, config: AttentionConfig, *, key_padding_mask=None,
                 dropout_mask=None, training: bool = False) -> cupy.ndarray:
+        if modified(config):  # a window or softcap: the forward composed of the steps (ArraySteps)
+            return ArraySteps.forward(self, x, weights, config, key_padding_mask=key_padding_mask,
+                                      dropout_mask=dropout_mask, training=training)
         import cupy
 
         B, T, d_in = x.shape

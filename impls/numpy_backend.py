@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from impls.array_cache import ArrayCache
-from impls.array_backward import ArrayBackward
+from impls.array_backward import ArrayBackward, modified
 from impls.array_steps import ArraySteps, fused_qkv_heads
 from impls.array_vjps import ArrayVJPs
 from impls.base import Backend, Capabilities, library_versions
@@ -48,6 +48,8 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         cache_arrays=True,
         notes="float16 inputs are computed in float32 and rounded back (NumPy has no float16 BLAS); "
               "decode concatenates past keys and values (impls.array_cache).",
+        window=True,  # sliding windows and softcap: forward and backward composed of the steps
+        softcap=True,  # (impls.array_steps window_mask / softcap), not the blocked fast paths
     )
 
     def versions(self) -> dict[str, str]:
@@ -81,6 +83,9 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
     # -- the whole block -----------------------------------------------------------------
     def forward(self, x, weights, config: AttentionConfig, *, key_padding_mask=None,
                 dropout_mask=None, training: bool = False) -> np.ndarray:
+        if modified(config):  # a window or softcap: the forward composed of the steps (ArraySteps)
+            return ArraySteps.forward(self, x, weights, config, key_padding_mask=key_padding_mask,
+                                      dropout_mask=dropout_mask, training=training)
         B, T, d_in = x.shape
         H, hd, d_out = config.n_heads, config.head_dim, config.d_out
         work = weights["work"]

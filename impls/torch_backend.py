@@ -23,7 +23,7 @@ from impls.base import Backend, Capabilities, library_versions
 from impls.strided import copy_keeping_strides
 from impls.torch_cache import TorchCache
 from impls.torch_grad import TorchAutograd
-from impls.torch_masks import query_has_key  # noqa: F401  (re-exported: torch_mha, peers)
+from impls.torch_masks import allowed_keys, query_has_key  # noqa: F401  (query_has_key re-exported: torch_mha, peers)
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
 
@@ -162,6 +162,8 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         notes="PyTorch eager, the source document's code; fully masked rows give weight 0 "
               "(softmax NaN replaced); to_numpy returns bfloat16 as ml_dtypes.bfloat16; "
               "decode concatenates past keys and values (torch.cat).",
+        window=True,  # an explicit bottom-right (Tq, Tk) mask (impls.torch_masks.allowed_keys)
+        softcap=True,  # c * tanh(s / c) after the scale, before the masks
     )
 
     def init_params(self, config: AttentionConfig, seed: int = 0) -> Params:
@@ -192,16 +194,17 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         import torch
 
         Tq, Tk = attn_scores.shape[-2:]
-        mask = None
-        if config.causal:  # (Tq, Tk); bottom-right aligned as the spec, not a (B, H, T, T) ones_like
-            mask = torch.triu(torch.ones(Tq, Tk, dtype=torch.bool, device=attn_scores.device),
-                              diagonal=1 + Tk - Tq)
+        # the spec's order: scale, softcap, then the masks (a masked score is -inf whatever it was)
+        attn_scores = attn_scores / math.sqrt(config.head_dim)
+        if config.softcap is not None:  # Gemma 2's attn_logit_softcapping
+            attn_scores = config.softcap * torch.tanh(attn_scores / config.softcap)
+        ok = allowed_keys(config, Tq, Tk, attn_scores.device)  # (Tq, Tk) causal and window, bottom-right
+        mask = None if ok is None else ~ok
         if key_padding_mask is not None:
             pad = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk): True = masked
             mask = pad if mask is None else mask | pad  # (B, 1, Tq, Tk)
         if mask is not None:
             attn_scores = attn_scores.masked_fill(mask, float("-inf"))
-        attn_scores = attn_scores / math.sqrt(config.head_dim)
         attn_weights = torch.softmax(attn_scores, dim=-1)
         if key_padding_mask is not None:  # a row with every key masked is NaN: the spec says 0
             attn_weights = attn_weights.masked_fill(mask, 0.0)

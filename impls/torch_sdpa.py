@@ -36,6 +36,7 @@ from impls.torch_backend import (
     query_has_key,
 )
 from impls.torch_cache import TorchCache
+from impls.torch_masks import allowed_keys
 from spec.config import AttentionConfig
 from spec.params import Params
 
@@ -59,7 +60,9 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         notes="torch.nn.functional.scaled_dot_product_attention for steps 7-9; fully masked "
               "rows zeroed after the call; dropout only with SDPA's own RNG; decode passes "
               "causal_lower_right (or an explicit bottom-right mask), since is_causal aligns "
-              "top-left when Tq != Tk.",
+              "top-left when Tq != Tk; a sliding window is an explicit boolean mask; no softcap: "
+              "SDPA takes no score modifier (a softcap needs flex_attention's score_mod).",
+        window=True,  # as an explicit bottom-right attn_mask (impls.torch_masks.allowed_keys)
     )
 
     def forward(self, x: torch.Tensor, weights: Params, config: AttentionConfig, *,
@@ -83,6 +86,18 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
 
         Tq, Tk = Q.shape[2], K.shape[2]
         gqa = K.shape[1] != Q.shape[1]  # grouped K/V heads: SDPA maps query head h to h // group
+        if config.softcap is not None:
+            raise ValueError(f"backend {self.name!r} cannot softcap (softcap={config.softcap}): SDPA takes no "
+                             f"score modifier; valid: softcap=None")
+        if config.window is not None:  # no window argument in SDPA: the band as an explicit mask
+            allowed = allowed_keys(config, Tq, Tk, Q.device)  # (Tq, Tk), True = may attend
+            if key_padding_mask is None:  # a window alone never empties a row
+                return F.scaled_dot_product_attention(Q, K, V, attn_mask=allowed, dropout_p=dropout_p,
+                                                      enable_gqa=gqa)
+            allowed = allowed & key_padding_mask[:, None, None, :]  # (B, 1, Tq, Tk)
+            context = F.scaled_dot_product_attention(Q, K, V, attn_mask=allowed, dropout_p=dropout_p, enable_gqa=gqa)
+            empty = ~query_has_key(config, key_padding_mask, Tq)[:, None, :, None]  # (B, 1, Tq, 1)
+            return context.masked_fill(empty, 0.0)  # spec: no attendable key -> zero context
         if key_padding_mask is None:
             if not config.causal or Tq == Tk:  # is_causal aligns top-left: the spec's only when Tq == Tk
                 return F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout_p, is_causal=config.causal,

@@ -89,7 +89,8 @@ def attn_weights_vjp(d_weights: np.ndarray, attn_scores: np.ndarray, config: Att
     incoming gradient where the forward's keep mask kept a weight, times 1/(1 - dropout_p), and
     0 where it dropped one. The softmax Jacobian gives dS = P * (dP - rowsum(P * dP)); masked
     entries have P = 0 so their scores get exactly 0, and a row with no attendable key (P all 0)
-    gets 0, never NaN. Last, the scale 1/sqrt(head_dim) of the forward.
+    gets 0, never NaN. With a softcap, dS is multiplied by its derivative 1 - tanh(s / c)^2 at
+    the scaled scores s (0 where masked, whatever the score). Last, the scale 1/sqrt(head_dim).
     """
     P = S.attn_weights(attn_scores, config, key_padding_mask)  # before dropout
     dt = P.dtype.type
@@ -97,7 +98,12 @@ def attn_weights_vjp(d_weights: np.ndarray, attn_scores: np.ndarray, config: Att
     if dropout_mask is not None:
         dP = np.where(dropout_mask, d_weights * dt(1.0 / (1.0 - config.dropout_p)), dt(0)).astype(P.dtype)
     row = (P * dP).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1): the softmax's row term
-    dS = P * (dP - row)  # (B, H, Tq, Tk), gradient of the scaled scores
+    dS = P * (dP - row)  # (B, H, Tq, Tk), gradient of the capped scaled scores
+    if config.softcap is not None:
+        c = dt(config.softcap)
+        with np.errstate(invalid="ignore"):
+            t = np.tanh(attn_scores / dt(np.sqrt(config.head_dim)) / c)  # (B, H, Tq, Tk)
+            dS = np.where(P == 0, dt(0), dS * (dt(1) - t * t)).astype(P.dtype)  # masked: 0, even if NaN
     return (dS / dt(np.sqrt(config.head_dim))).astype(P.dtype, copy=False)
 
 

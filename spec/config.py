@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spec.masks import check_window
+
 #: Float dtypes the spec knows, by name. bfloat16 comes from ml_dtypes in NumPy.
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
@@ -36,6 +38,10 @@ class AttentionConfig:
     query attention); it divides n_heads, query head h reads K/V head h // (n_heads // n_kv_heads)
     (consecutive groups); 1 is multi-query attention, None (the default) means n_heads, and
     n_kv_heads = n_heads is stored as None. `kv_heads` is the resolved count.
+    window: a sliding window (left, right), two ints >= 0: the query at position p (with Tq < Tk
+    the queries are the last Tq positions) sees keys p - left <= j <= p + right; left = w covers
+    w + 1 keys; None (the default) is no window (spec/masks.py). softcap: c > 0 applies
+    c * tanh(s / c) to the scaled scores before any mask (Gemma 2); None (the default) is none.
     """
 
     d_in: int
@@ -45,6 +51,8 @@ class AttentionConfig:
     qkv_bias: bool = False
     dropout_p: float = 0.0
     n_kv_heads: int | None = None
+    window: tuple[int, int] | None = None
+    softcap: float | None = None
     head_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +83,12 @@ class AttentionConfig:
             # None is the one spelling of ordinary attention: equal configs compare equal, and
             # dataclasses.replace(config, n_heads=...) of an ungrouped config stays ungrouped
             object.__setattr__(self, "n_kv_heads", None if self.n_kv_heads == self.n_heads else int(self.n_kv_heads))
+        object.__setattr__(self, "window", check_window(self.window))
+        c = self.softcap
+        if c is not None:
+            if isinstance(c, bool) or not isinstance(c, (int, float, np.floating)) or not (0 < c < math.inf):
+                raise ValueError(f"softcap must be a finite number > 0 (scores become c * tanh(s / c)) or None, got {c!r}")
+            object.__setattr__(self, "softcap", float(c))
 
     @property
     def kv_heads(self) -> int:
@@ -101,12 +115,15 @@ class AttentionConfig:
             "dropout_p": self.dropout_p,
             # only when grouped, so ordinary configs read and write exactly as before
             **({"n_kv_heads": self.n_kv_heads} if self.n_kv_heads is not None else {}),
+            **({"window": list(self.window)} if self.window is not None else {}),
+            **({"softcap": self.softcap} if self.softcap is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "AttentionConfig":
         return cls(**{k: d[k] for k in ("d_in", "d_out", "n_heads", "causal", "qkv_bias", "dropout_p")},
-                   n_kv_heads=d.get("n_kv_heads"))
+                   n_kv_heads=d.get("n_kv_heads"),
+                   window=None if d.get("window") is None else tuple(d["window"]), softcap=d.get("softcap"))
 
 
 def numpy_dtype(name: str) -> np.dtype:

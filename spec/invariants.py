@@ -21,7 +21,7 @@ def _f64(a: np.ndarray) -> np.ndarray:
 def attendable(config: AttentionConfig, B: int, Tq: int, Tk: int,
                key_padding_mask: np.ndarray | None = None) -> np.ndarray:
     """Boolean [B, 1, Tq, Tk]: True where query i may attend to key j."""
-    return np.ones((B, 1, Tq, Tk), dtype=bool) & visible(Tq, Tk, config.causal, key_padding_mask)  # (B, 1, Tq, Tk)
+    return np.ones((B, 1, Tq, Tk), dtype=bool) & visible(Tq, Tk, config.causal, key_padding_mask, config.window)  # (B, 1, Tq, Tk)
 
 
 def split_matches_index(x: np.ndarray, split: np.ndarray, n_heads: int) -> float:

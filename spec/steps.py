@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from spec.config import AttentionConfig, validate_input, validate_key_padding_mask
-from spec.masks import causal_mask, visible
+from spec.masks import causal_mask, softcap, visible
 from spec.params import Params
 from spec.params import init_params as _init_params
 
-__all__ = ["matmul", "heads", "merge_heads", "causal_mask", "visible", "input_matrix", "head_dim",
+__all__ = ["matmul", "heads", "merge_heads", "causal_mask", "visible", "softcap", "input_matrix", "head_dim",
            "init_params", "project_qkv", "split_heads", "group_by_heads", "repeat_kv", "attn_scores",
            "attn_weights", "context", "permute_back", "concat_heads", "out_proj"]
 
@@ -111,13 +111,17 @@ def attn_weights(
     key_padding_mask: np.ndarray | None = None,
     dropout_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Step 8. Mask, scale, softmax (and dropout): [B, H, Tq, Tk] -> [B, H, Tq, Tk].
+    """Step 8. Scale, softcap, mask, softmax (and dropout): [B, H, Tq, Tk] -> [B, H, Tq, Tk].
 
-    Masked positions (causal: j > i; padding: key_padding_mask[b, j] False) get weight
-    exactly 0. Scale is 1/sqrt(head_dim). The row maximum is subtracted before exp, so
-    finite scores give finite weights. A row with no attendable key is all zeros (as SDPA
-    and FlashAttention decide; the naive -inf softmax gives NaN). dropout_mask [B, H, Tq, Tk],
-    True = kept, applies inverted dropout: kept weights are scaled by 1/(1 - dropout_p).
+    The score modifiers apply here, in this order (docs/spec-decisions.md, "Score modifiers"):
+    1. scale by 1/sqrt(head_dim);
+    2. softcap c * tanh(s / c) when config.softcap (Gemma 2), on the scaled scores;
+    3. the masks: causal (j > p), the sliding window (config.window, spec/masks.py) and padding
+       (key_padding_mask[b, j] False): masked positions get weight exactly 0;
+    4. the softmax, the row maximum subtracted before exp, so finite scores give finite weights.
+    A row with no attendable key is all zeros (as SDPA and FlashAttention decide; the naive -inf
+    softmax gives NaN). dropout_mask [B, H, Tq, Tk], True = kept, applies inverted dropout: kept
+    weights are scaled by 1/(1 - dropout_p).
     The mask is a select (`np.where`), not an added -1e9 nor a product with 0: a masked score
     that is NaN or +-inf (a padded or future token's non-finite input) becomes -inf and its
     weight exactly 0, as any other masked score; step 9 keeps that key's value out likewise.
@@ -125,10 +129,11 @@ def attn_weights(
     B, H, Tq, Tk = attn_scores.shape
     if key_padding_mask is not None:
         validate_key_padding_mask(key_padding_mask, B, Tk)
-    masked = ~visible(Tq, Tk, config.causal, key_padding_mask)  # (B or 1, 1, Tq, Tk), broadcast over heads
+    attn_scores = attn_scores / attn_scores.dtype.type(np.sqrt(config.head_dim))  # 1. scale
+    attn_scores = softcap(attn_scores, config.softcap)  # 2. softcap (no-op when None)
+    masked = ~visible(Tq, Tk, config.causal, key_padding_mask, config.window)  # 3. (B or 1, 1, Tq, Tk)
     # a typed -inf: a Python float would promote ml_dtypes' bfloat16 to float64
     attn_scores = np.where(masked, attn_scores.dtype.type(-np.inf), attn_scores)
-    attn_scores = attn_scores / attn_scores.dtype.type(np.sqrt(config.head_dim))
     row_max = attn_scores.max(axis=-1, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, 0)  # fully masked rows: avoid -inf - -inf
     with np.errstate(over="ignore"):  # s - max may round to -inf in float16; exp gives 0, as it should

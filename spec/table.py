@@ -73,7 +73,7 @@ STEPS: dict[int, Step] = {s.number: s for s in (
          S.group_by_heads, per_tensor=True, vjp=BW.group_by_heads_vjp),
     Step(7, "attn_scores", "attention scores", ("q", "k"), ("attn_scores",), (("B", "H", "Tq", "Tk"),),
          S.attn_scores, vjp=BW.attn_scores_vjp),
-    Step(8, "attn_weights", "mask + scale + softmax (+ dropout)",
+    Step(8, "attn_weights", "scale + softcap + mask + softmax (+ dropout)",
          ("attn_scores", "config", "key_padding_mask", "dropout_mask"),
          ("attn_weights",), (("B", "H", "Tq", "Tk"),), S.attn_weights, vjp=BW.attn_weights_vjp),
     Step(9, "context", "context vectors", ("attn_weights", "v"), ("context",), (("B", "H", "Tq", "head_dim"),),

@@ -24,8 +24,9 @@ STEPS = ("project_qkv", "split_heads", "group_by_heads", "attn_scores", "attn_we
          "permute_back", "concat_heads", "out_proj")
 
 
-def _problem(Hkv=2, causal=True, B=2, T=6, seed=3):
-    config = AttentionConfig(d_in=8, d_out=8, n_heads=4, n_kv_heads=Hkv, causal=causal, qkv_bias=True)
+def _problem(Hkv=2, causal=True, B=2, T=6, seed=3, modifiers=False):
+    config = AttentionConfig(d_in=8, d_out=8, n_heads=4, n_kv_heads=Hkv, causal=causal, qkv_bias=True,
+                             **(dict(window=(2, 0 if causal else 1), softcap=1.5) if modifiers else {}))
     rng = np.random.default_rng(seed)
     kpm = np.ones((B, T), dtype=bool)
     kpm[1, 2] = False
@@ -78,12 +79,14 @@ def test_a_piece_planted_in_the_implementation_reaches_every_path(mutant):
         assert not np.allclose(right[path], wrong[path]), f"{mutant.name}'s bug does not reach {path}"
 
 
-def test_plain_backend_is_right_on_every_path():
+@pytest.mark.parametrize("modifiers", [False, True], ids=["plain", "window_softcap"])
+@pytest.mark.parametrize("cls", [PlainBackend, NumpyBackend])
+def test_plain_backend_is_right_on_every_path(cls, modifiers):
     from spec.block import grads as spec_grads
     from spec.block import forward as spec_forward
 
-    config, params, x, g, kpm = _problem()
-    p = _paths(PlainBackend(), config, params, x, g, kpm)
+    config, params, x, g, kpm = _problem(modifiers=modifiers)
+    p = _paths(cls(), config, params, x, g, kpm)
     np.testing.assert_allclose(p["forward"], spec_forward(x, params, config, kpm), rtol=0, atol=1e-12)
     np.testing.assert_allclose(p["backward dx"], spec_grads(x, params, config, g, kpm).dx, rtol=0, atol=1e-12)
     np.testing.assert_allclose(p["decode"], spec_forward(x, params, config, kpm)[:, 4:], rtol=0, atol=1e-12)

@@ -36,6 +36,10 @@ CASES = {
     "padding_non_causal_all_padded_batch": (dict(causal=False), KPM_ALL_PADDED, None),
     "dropout": (dict(causal=True), None, 0.3),
     "everything_non_causal": (dict(causal=False, qkv_bias=True), KPM_CAUSAL, 0.4),
+    # the score modifiers: a window of 1 key back (and 1 ahead when not causal), a softcap of 2
+    # (scores past it: tanh's derivative far from 1)
+    "window_softcap_causal": (dict(causal=True, window=(1, 0), softcap=2.0), KPM_CAUSAL, None),
+    "window_softcap_non_causal": (dict(causal=False, qkv_bias=True, window=(1, 1), softcap=2.0), None, 0.3),
 }
 
 
@@ -114,9 +118,14 @@ def torch_grads(x, params: Params, cfg: AttentionConfig, g, kpm, dm) -> dict[str
 
     q, k, v = (heads(lin(X, P["W_" + n], P.get("b_" + n))) for n in "qkv")
     s = q @ k.transpose(-2, -1) / math.sqrt(hd)  # (B, H, T, T)
+    if cfg.softcap is not None:
+        s = cfg.softcap * torch.tanh(s / cfg.softcap)
     masked = torch.zeros(Bn, 1, Tn, Tn, dtype=torch.bool)
     if cfg.causal:
         masked = masked | torch.ones(Tn, Tn, dtype=torch.bool).triu(1)
+    if cfg.window is not None:  # keys outside i - left .. i + right
+        left, right = cfg.window
+        masked = masked | torch.ones(Tn, Tn, dtype=torch.bool).tril(-left - 1) | torch.ones(Tn, Tn, dtype=torch.bool).triu(right + 1)
     if kpm is not None:
         masked = masked | ~torch.tensor(kpm)[:, None, None, :]
     empty = masked.all(-1, keepdim=True)  # rows with no key: softmax of the raw scores, then zeroed
@@ -215,7 +224,7 @@ def test_steps_4_to_12_have_a_vjp_named_after_the_step():
             assert s.vjp.__name__ == s.name + "_vjp"
 
 
-@pytest.mark.parametrize("case", ["everything_non_causal", "padding_causal_fully_masked_row"])
+@pytest.mark.parametrize("case", ["everything_non_causal", "padding_causal_fully_masked_row", "window_softcap_causal"])
 @pytest.mark.parametrize("n", range(4, 13))
 def test_step_vjp_matches_finite_differences(n, case):
     """<cotangent, step(inputs)> differentiated by central differences, input by input."""

@@ -19,14 +19,17 @@ from conformance.mutants.grouped import GROUPED_CACHE_MUTANTS
 from conformance.mutants.nonfinite import NON_FINITE_MUTANTS
 from conformance.mutants.catalogue import MUTANTS
 from conformance.mutants.sized import SIZE_MUTANTS
+from conformance.mutants.windows import WINDOW_DECODE_MUTANTS
 
 SEED = 0
 #: The KV-cache mutants' forward is right, so each passes every forward check before a cache
 #: check kills it (45 to 90 s per dtype on this loaded machine): tests/test_cache_checks.py
 #: kills them with the cache checks alone, and this run takes the rest of the catalogue.
 #: So are the bitwise mutants (right values, only the promised bits differ): tests/test_bitwise.py and
-#: tests/test_declarations.py, and the non-finite ones (right on finite inputs): tests/test_declarations.py.
-RUN = [m for m in MUTANTS if m not in CACHE_MUTANTS + GROUPED_CACHE_MUTANTS + BITWISE_MUTANTS + NON_FINITE_MUTANTS]
+#: tests/test_declarations.py; the non-finite ones (right on finite inputs): tests/test_declarations.py;
+#: and the window's decode mutants (right when Tq = Tk): tests/test_window_softcap.py.
+RUN = [m for m in MUTANTS if m not in CACHE_MUTANTS + GROUPED_CACHE_MUTANTS + BITWISE_MUTANTS + NON_FINITE_MUTANTS
+       + WINDOW_DECODE_MUTANTS]
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ from spec.config import AttentionConfig
 from spec.params import init_params
 
 
-def _case(causal: bool, padding: bool, dropout: bool, T: int = 37):
+def _case(causal: bool, padding: bool, dropout: bool, T: int = 37, modifiers: bool = False):
     cfg = AttentionConfig(d_in=7, d_out=12, n_heads=3, causal=causal, qkv_bias=True,
-                          dropout_p=0.25 if dropout else 0.0)
+                          dropout_p=0.25 if dropout else 0.0,
+                          **(dict(window=(5, 0 if causal else 3), softcap=3.0) if modifiers else {}))
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, T, 7)) * 3
     params = init_params(cfg, seed=4).map(lambda a: a * 2)
@@ -27,21 +28,23 @@ def _case(causal: bool, padding: bool, dropout: bool, T: int = 37):
     return x, params, cfg, kpm, dmask
 
 
+@pytest.mark.parametrize("modifiers", [False, True], ids=["plain", "window_softcap"])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("padding", [True, False])
 @pytest.mark.parametrize("dropout", [True, False])
 @pytest.mark.parametrize("order", orders.FORWARD_ORDERS, ids=lambda f: f.__name__)
-def test_forward_orders_equal_the_spec_in_float64(order, causal, padding, dropout):
-    x, params, cfg, kpm, dmask = _case(causal, padding, dropout)
+def test_forward_orders_equal_the_spec_in_float64(order, causal, padding, dropout, modifiers):
+    x, params, cfg, kpm, dmask = _case(causal, padding, dropout, modifiers=modifiers)
     want = block.forward(x, params, cfg, kpm, dmask)
     got = order(x, params, cfg, kpm, dmask)
     assert got.dtype == np.float64 and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("modifiers", [False, True], ids=["plain", "window_softcap"])
 @pytest.mark.parametrize("fn", list(orders.ORDERS), ids=lambda f: f.__name__)
-def test_step_orders_equal_the_spec_in_float64(fn):
-    x, params, cfg, kpm, _ = _case(True, True, False)
+def test_step_orders_equal_the_spec_in_float64(fn, modifiers):
+    x, params, cfg, kpm, _ = _case(True, True, False, modifiers=modifiers)
     inter = block.intermediates(x, params, cfg, kpm)
     args = {S.project_qkv: (x, params), S.attn_scores: inter[6][:2], S.attn_weights: (inter[7], cfg, kpm),
             S.context: (inter[8], inter[6][2]), S.out_proj: (inter[11], params)}[fn]

@@ -29,20 +29,42 @@ def test_not_causal_sees_everything_and_padding_masks_whole_keys():
     assert visible(2, 3, causal=False).all()
 
 
-@pytest.mark.parametrize("window", [1, 2, 3])
-def test_window_keeps_the_latest_positions_up_to_the_query(window):
-    Tq, Tk = 3, 6
-    v = visible(Tq, Tk, causal=True, window=window)[0, 0]
+@pytest.mark.parametrize("left,right", [(0, 0), (1, 0), (2, 0), (2, 1), (0, 3)])
+@pytest.mark.parametrize("Tq,Tk", [(6, 6), (3, 6), (1, 6)])
+def test_window_left_right_is_counted_in_key_positions_from_the_last_queries(left, right, Tq, Tk):
+    """(left, right): the query at position p = i + Tk - Tq sees p - left <= j <= p + right; left = w
+    covers w + 1 keys (itself and the w before), FlashAttention's window_size=(w, 0)."""
+    v = visible(Tq, Tk, causal=False, window=(left, right))[0, 0]
     for i in range(Tq):
-        pos = i + Tk - Tq
-        assert v[i].tolist() == [pos - window < j <= pos for j in range(Tk)]
-    assert np.array_equal(visible(Tq, Tk, True, window=Tk)[0, 0], visible(Tq, Tk, True)[0, 0])  # wide: no effect
+        p = i + Tk - Tq
+        assert v[i].tolist() == [p - left <= j <= p + right for j in range(Tk)]
+    causal = visible(Tq, Tk, causal=True, window=(left, 0))[0, 0]
+    assert causal.sum(-1).tolist() == [min(left + 1, i + Tk - Tq + 1) for i in range(Tq)]  # w + 1 keys once far enough in
+    assert np.array_equal(visible(Tq, Tk, True, window=(left, right))[0, 0], causal)  # causal cuts the right side
+    assert np.array_equal(visible(Tq, Tk, True, window=(Tk, 0))[0, 0], visible(Tq, Tk, True)[0, 0])  # wide: no effect
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
+def test_a_decode_query_sees_the_left_window_before_it():
+    v = visible(1, 10, causal=True, window=(3, 0))[0, 0, 0]  # one new token at position 9
+    assert np.flatnonzero(v).tolist() == [6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", (1,), (-1, 0), (1, 2.0), (True, 0)])
 def test_a_bad_window_names_the_value_and_what_is_valid(bad):
-    with pytest.raises(ValueError, match=rf"window={bad!r}: must be a positive int"):
+    with pytest.raises(ValueError, match=r"window=.*must be \(left, right\), two ints >= 0"):
         visible(2, 2, True, window=bad)
+    from spec.config import AttentionConfig
+
+    with pytest.raises(ValueError, match=r"window=.*must be \(left, right\)"):
+        AttentionConfig(4, 4, 1, window=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), "5", True])
+def test_a_bad_softcap_names_the_value_and_what_is_valid(bad):
+    from spec.config import AttentionConfig
+
+    with pytest.raises(ValueError, match=r"softcap must be a finite number > 0"):
+        AttentionConfig(4, 4, 1, softcap=bad)
 
 
 def test_the_step_8_mask_is_visible():

@@ -208,6 +208,40 @@ def kv_grouping(backend: Any) -> tuple[str, str]:
     return value, "; ".join(notes)
 
 
+def contract_window(backend: Any) -> tuple[str, str]:
+    """Declared window: window (2, 0) through the forward (Tq = Tk), against (1, 0), (3, 0) and none."""
+    if not backend.capabilities.window:
+        return "n/a", "sliding windows not declared (Capabilities.window is False)"
+    return _contract(backend, "window", {"w + 1 keys (the spec)": (2, 0), "w keys": (1, 0),
+                                         "w + 2 keys": (3, 0), "no window": None})
+
+
+def contract_softcap(backend: Any) -> tuple[str, str]:
+    """Declared softcap: softcap 2 through the forward, against none and the cap on unscaled scores
+    (which is the spec's softcap c / sqrt(head_dim): c * tanh(s * sqrt(hd) / c) / sqrt(hd))."""
+    if not backend.capabilities.softcap:
+        return "n/a", "logit softcapping not declared (Capabilities.softcap is False)"
+    return _contract(backend, "softcap", {"on the scaled scores (the spec)": 2.0, "ignored": None,
+                                          "on unscaled scores": 2.0 / 2})  # head_dim 4
+
+
+def _contract(backend: Any, field: str, candidates: dict[str, Any]) -> tuple[str, str]:
+    from conformance.suite.strategies import case_from
+
+    caps, dtype = backend.capabilities, fp.probe_dtype(backend)
+    config = AttentionConfig(d_in=8, d_out=8, n_heads=2, causal=caps.causal,  # head_dim 4
+                             **{field: next(iter(candidates.values()))})  # the first candidate is the spec's
+    case = case_from(config, 1, 7, dtype, seed=32, x_scale=3.0, param_scale=3.0)
+    got, err = _measured(backend, f"{field} probe", lambda r: r.forward(case), dtype)
+    if err:
+        return "raises", err
+    want = {name: block.forward(case.x.astype(np.float64), case.params.map(lambda a: a.astype(np.float64)),
+                                replace(config, **{field: value})) for name, value in candidates.items()}
+    found = fp._match(got, want, dtype)
+    return found or "other", f"{field}={getattr(config, field)} through the forward (Tq = Tk = 7): " \
+                             f"{found or 'matches no candidate'}"
+
+
 #: column key -> probe; the findings probes keep their meaning (the diagnosis uses them).
 PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "fully_masked_row": fp.fully_masked_rows,
@@ -220,6 +254,8 @@ PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "kv_grouping": kv_grouping,
     "non_finite_masked": lambda b: dc.contract_non_finite(b, _measured),
     "decode_bitwise": lambda b: dc.contract_decode(b, _measured),
+    "window": contract_window,
+    "softcap": contract_softcap,
     "padded_query_rows": fp.padded_query_rows,
     "float64_compute": fp.float64_compute,
 }

@@ -79,6 +79,16 @@ class SpecSteps:
     def attend_grouped(self, q, k, v):
         return self._run(q, k, v)  # steps 7 and 9 take K and V of their own head count
 
+    def attend_modified(self, q, k, v, *, window=None, softcap=None, mask=None):
+        """A window of `window` keys back (causal, AttentionConfig.window = (window, 0)) or a softcap, float64."""
+        b = self.backend()
+        H, hd = q.shape[1], q.shape[-1]
+        cfg = AttentionConfig(d_in=H * hd, d_out=H * hd, n_heads=H, causal=window is not None,
+                              window=None if window is None else (window, 0), softcap=softcap)
+        Q, K, V = (b.from_numpy(a, "float64") for a in (q, k, v))
+        kpm = None if mask is None else b.from_numpy(mask)
+        return b.to_numpy(b.context(b.attn_weights(b.attn_scores(Q, K), cfg, key_padding_mask=kpm), V))
+
     def output_dtype(self, q, k, v, dtype):
         return str(self._run(q, k, v, dtype=dtype).dtype)
 
@@ -132,6 +142,11 @@ class TorchSdpa:
     def output_dtype(self, q, k, v, dtype):
         return str(self._run(q, k, v, dtype=dtype).dtype).replace("torch.", "")
 
+    def no_modifier(self, kind: str) -> str | None:
+        import torch.nn.functional as F
+
+        return _no_argument(F.scaled_dot_product_attention, "scaled_dot_product_attention", kind)
+
     def dropout(self) -> tuple[str, str]:
         from conformance.semantics.probes import inputs
 
@@ -158,6 +173,11 @@ class TorchMha(TorchSdpa):
             mha.in_proj_weight.copy_(torch.cat([torch.eye(E)] * 3))  # (3E, E): identity Q, K, V
             mha.out_proj.weight.copy_(torch.eye(E))
         return mha.requires_grad_(False).eval()
+
+    def no_modifier(self, kind: str) -> str | None:
+        import torch
+
+        return _no_argument(torch.nn.MultiheadAttention.forward, "nn.MultiheadAttention.forward", kind)
 
     def cannot_group(self) -> str | None:
         import torch
@@ -370,6 +390,24 @@ def _no_kv_heads_argument(cls: type, title: str, why: str) -> str | None:
     if any("kv" in n.lower() and "head" in n.lower() for n in names):
         return None
     return f"{title} has no argument for fewer K/V heads ({why}); its arguments: {', '.join(names)}"
+
+
+def _no_argument(fn: Any, title: str, kind: str) -> str | None:
+    """None when `fn` has an argument naming the modifier (window / softcap), else the reason, read
+    from its signature."""
+    import inspect
+
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except ValueError:  # a builtin (SDPA): its docstring's first line is its signature
+        import re
+
+        head = re.search(r"\((.*?)\)", fn.__doc__ or "", re.S)
+        names = [a.split("=")[0].strip(" *\n") for a in head.group(1).split(",")] if head else []
+    words = {"window": ("window",), "softcap": ("softcap", "cap")}[kind]
+    if any(w in n.lower() for n in names for w in words):
+        return None
+    return f"{title} has no {kind} argument (an explicit attn_mask{' can carry a window' if kind == 'window' else ' cannot cap scores'}); its arguments: {', '.join(names)}"
 
 
 def all_raw() -> list[Any]:

@@ -8,10 +8,11 @@ exception, an unrecognised value). Nothing is copied from documentation.
 
 Columns of the profile (`COLUMNS`): the fully masked row, the key padding mask polarity,
 causal alignment when Tq < Tk, the default scale, the dropout mode, the output dtype for
-float16 and bfloat16 inputs, the dtypes that run, and grouped K/V heads (the query-to-K/V
-head mapping and the groups accepted), and two promises a backend may declare, measured
-(`declarations.py`): whether NaN and +-inf in masked positions stay out of the other rows, and
-whether a decode step gives the forward's bits.
+float16 and bfloat16 inputs, the dtypes that run, grouped K/V heads (the query-to-K/V
+head mapping and the groups accepted), the sliding window's keys covered and the softcap's
+position (a raw's `attend_modified`, or `no_modifier` saying why it has none), and two
+promises a backend may declare, measured (`declarations.py`): whether NaN and +-inf in
+masked positions stay out of the other rows, and whether a decode step gives the forward's bits.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("low_precision_output", "output dtype, low-precision inputs"),
     ("dtypes", "dtypes supported"),
     ("kv_grouping", "grouped K/V heads"),
+    # the score modifiers' conventions (conformance/semantics/modifiers.py)
+    ("window", "sliding window w: keys covered, Tq < Tk"),
+    ("softcap", "softcap position"),
     ("non_finite_masked", "non-finite masked inputs"),
     ("decode_bitwise", "decoding = forward, bitwise"),
 )
@@ -237,6 +241,75 @@ def kv_grouping(raw: Any) -> dict[str, str]:
     return entry(value, "; ".join(notes))
 
 
+# -- the score modifiers: a sliding window's keys covered, the softcap's position ----------------
+W = 2  # the window the probes pass: the spec's (2, 0) covers 3 keys
+
+
+def _unprobed(raw: Any, kind: str) -> dict[str, str] | None:
+    if hasattr(raw, "attend_modified"):
+        return None
+    why = raw.no_modifier(kind) if hasattr(raw, "no_modifier") else None
+    return entry("not offered", why) if why else entry("not probed", f"no {kind} probe for this library this round")
+
+
+def _band(Tq: int, Tk: int, left: int, top_left: bool = False) -> np.ndarray:
+    p = np.arange(Tq)[:, None] + (0 if top_left else Tk - Tq)  # (Tq, 1): each query's position
+    j = np.arange(Tk)[None, :]
+    return (j <= p) & (j >= p - left)  # (Tq, Tk)
+
+
+def window_convention(raw: Any) -> dict[str, str]:
+    """3 queries over 7 keys (the last 3 positions), causal, the library's window of w = 2."""
+    skip = _unprobed(raw, "window")
+    if skip:
+        return skip
+    Tq, Tk = 3, 7
+    q, k, v = inputs(1, 1, Tq, Tk, 4, seed=30)
+    q = np.zeros_like(q)
+    out, err = _call(lambda: raw.attend_modified(q, k, v, window=W))
+    if err:
+        return entry("raises", f"window {W}, Tq={Tq} < Tk={Tk}: {err}")
+    found = _closest(out, {"w + 1 keys, bottom-right": reference(q, k, v, _band(Tq, Tk, W)),
+                           "w keys, bottom-right": reference(q, k, v, _band(Tq, Tk, W - 1)),
+                           "w + 1 keys, top-left": reference(q, k, v, _band(Tq, Tk, W, top_left=True)),
+                           "no window": reference(q, k, v, _band(Tq, Tk, Tk))})
+    return entry(found or "other", f"window {W} passed as the library takes it, Tq={Tq}, Tk={Tk}: "
+                                   f"{found or 'none of the candidates'} (the spec: w + 1 keys, bottom-right)")
+
+
+def _capped(q, k, v, allowed, c: float, how: str) -> np.ndarray:
+    scale = 1 / math.sqrt(q.shape[-1])
+    s = q @ k.swapaxes(-1, -2)  # (B, H, Tq, Tk)
+    if how == "before the mask":
+        s = np.where(allowed, c * np.tanh(s * scale / c), -np.inf)
+    elif how == "after the mask":
+        s = c * np.tanh(np.where(allowed, s * scale, -np.inf) / c)  # -inf -> -c: masked keys come back
+    elif how == "on unscaled scores":
+        s = np.where(allowed, c * np.tanh(s / c) * scale, -np.inf)
+    else:  # ignored
+        s = np.where(allowed, s * scale, -np.inf)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)) @ v
+
+
+def softcap_position(raw: Any) -> dict[str, str]:
+    """4 queries over 4 keys, key 3 padded, scores up to about 30, softcap 2."""
+    skip = _unprobed(raw, "softcap")
+    if skip:
+        return skip
+    q, k, v = inputs(1, 1, 4, 4, 4, seed=31)
+    q, mask = q * 4, np.array([[True, True, True, False]])
+    out, err = _call(lambda: raw.attend_modified(q, k, v, softcap=2.0, mask=mask))
+    if err:
+        return entry("raises", f"softcap 2: {err}")
+    allowed = mask[:, None, None, :]
+    hows = ("before the mask", "after the mask", "on unscaled scores", "ignored")
+    found = _closest(out, {h: _capped(q, k, v, allowed, 2.0, h) for h in hows})
+    return entry(found or "other", f"softcap 2 on scaled scores up to ~30, key 3 padded: {found or 'none'} "
+                                   f"(the spec: on the scaled scores, before the mask)")
+
+
+
 def profile(raw: Any) -> dict[str, dict[str, str]]:
     """All columns for one library; a probe that crashes is reported, not raised."""
     out: dict[str, dict[str, str]] = {}
@@ -248,6 +321,8 @@ def profile(raw: Any) -> dict[str, dict[str, str]]:
     out["low_precision_output"] = _guard(lambda: low_precision_output(raw))
     out["dtypes"] = _guard(lambda: dtypes(raw))
     out["kv_grouping"] = _guard(lambda: kv_grouping(raw))
+    out["window"] = _guard(lambda: window_convention(raw))
+    out["softcap"] = _guard(lambda: softcap_position(raw))
     from conformance.semantics import declarations as dc  # here: it reads this module's helpers
 
     out["non_finite_masked"] = _guard(lambda: entry(*dc.library_non_finite(raw, out["mask_polarity"]["value"])))

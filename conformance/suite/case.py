@@ -61,6 +61,10 @@ class Case:
                  f"dtype={self.dtype}", f"x_scale={self.x_scale:g}", f"seed={self.seed}"]
         if c.dropout_p:
             parts.append(f"dropout_p={c.dropout_p:g}")
+        if c.window is not None:
+            parts.append(f"window=({c.window[0]}, {c.window[1]})")
+        if c.softcap is not None:
+            parts.append(f"softcap={c.softcap:g}")
         if self.key_padding_mask is not None and self.key_padding_mask.size <= 256:
             rows = ["".join("1" if v else "0" for v in row) for row in self.key_padding_mask]
             parts.append(f"key_padding_mask=[{', '.join(rows)}]")

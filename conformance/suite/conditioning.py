@@ -49,7 +49,7 @@ def decided_step8_rows(scores: np.ndarray, config: AttentionConfig, key_padding_
                        dtype: str) -> np.ndarray:
     """decided_rows for step 8, whose input scores are given (rounded to D)."""
     B, _, Tq, Tk = scores.shape
-    scaled = scores / np.sqrt(config.head_dim)
+    scaled = S.softcap(scores / np.sqrt(config.head_dim), config.softcap)  # |capped| <= |scaled|: still a bound
     return decided_rows(scaled, scaled, inv.attendable(config, B, Tq, Tk, key_padding_mask), dtype)
 
 
@@ -62,7 +62,7 @@ def decided_output_rows(x: np.ndarray, params: Params, config: AttentionConfig,
     Qa, Ka, _ = S.project_qkv(np.abs(x), params.map(np.abs))
     Qa, Ka = S.heads(Qa, H), S.heads(Ka, Hkv)
     scale = 1.0 / np.sqrt(config.head_dim)
-    scaled = S.attn_scores(Q, K) * scale  # (B, H, T, T)
+    scaled = S.softcap(S.attn_scores(Q, K) * scale, config.softcap)  # (B, H, T, T), capped as the spec
     bound = S.attn_scores(Qa, Ka) * scale  # (B, H, T, T), >= |scaled|
     B, T = x.shape[:2]
     ok = inv.attendable(config, B, T, T, key_padding_mask)

@@ -78,7 +78,8 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     k, v = (S.repeat_kv(S.heads(a, Hkv), H) for a in (K_, V))  # (B, H, T, hd): grouped K/V per query head
     scale = dt(1.0 / np.sqrt(hd))
     s = S.matmul(q, k.swapaxes(-2, -1)) * scale  # (B, H, Tq, Tk): FA2 scales the product
-    s = np.where(~S.visible(*s.shape[2:], config.causal, key_padding_mask), dt(-np.inf), s)  # the spec's mask
+    s = S.softcap(s, config.softcap)  # (B, H, Tq, Tk): capped before the mask, as the spec
+    s = np.where(~S.visible(*s.shape[2:], config.causal, key_padding_mask, config.window), dt(-np.inf), s)  # the spec's mask
     m = s.max(axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, dt(0))
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -107,6 +108,9 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     dP = dPd if dropout_mask is None else np.where(dropout_mask, dPd * keep, dt(0)).astype(x.dtype)
     D = (dO * O).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1): FA2's row term, rowsum(dO * O)
     dS = (P * (dP - D)).astype(x.dtype)
+    if config.softcap is not None:  # the softcap's derivative 1 - tanh^2 = 1 - (s / c)^2 at the capped s
+        t = np.where(P == 0, dt(0), s / dt(config.softcap))  # masked (P = 0, s = -inf): no gradient
+        dS = (dS * (dt(1) - t * t)).astype(x.dtype)
     dq = S.matmul(dS, k) * scale  # (B, H, Tq, hd)
     dk = S.matmul(dS.swapaxes(-2, -1), q) * scale  # (B, H, Tk, hd)
     dk, dv = BW.sum_groups(dk, Hkv), BW.sum_groups(dv, Hkv)  # (B, Hkv, T, hd): summed over each group

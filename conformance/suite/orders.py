@@ -40,7 +40,7 @@ _mm = S.matmul  # every matmul in the inputs' dtype, as the spec's
 
 
 def _masked(config: AttentionConfig, Tq: int, Tk: int, kpm: np.ndarray | None) -> np.ndarray:
-    return ~S.visible(Tq, Tk, config.causal, kpm)  # (B or 1, 1, Tq, Tk): the spec's mask
+    return ~S.visible(Tq, Tk, config.causal, kpm, config.window)  # (B or 1, 1, Tq, Tk): the spec's mask
 
 
 def _qkv_heads(x: np.ndarray, params: Params, config: AttentionConfig) -> tuple[np.ndarray, ...]:
@@ -74,7 +74,7 @@ def context_scale_on_q_late_norm(Q: np.ndarray, K: np.ndarray, V: np.ndarray, co
     """Steps 7-9 of forward_scale_on_q_late_norm for Tq <= Tk queries: (B, H, Tq, hd)."""
     K, V = S.repeat_kv(K, Q.shape[1]), S.repeat_kv(V, Q.shape[1])  # grouped K/V: (B, H, Tk, hd)
     q = Q * Q.dtype.type(1.0 / np.sqrt(config.head_dim))
-    s = _mm(q, K.swapaxes(-2, -1))  # (B, H, Tq, Tk)
+    s = S.softcap(_mm(q, K.swapaxes(-2, -1)), config.softcap)  # (B, H, Tq, Tk), capped after the scale
     s = np.where(_masked(config, *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
     m = s.max(axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
@@ -126,7 +126,8 @@ def context_online_softmax(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config: 
     acc = np.zeros((B, H, Tq, V.shape[-1]), dtype=Q.dtype)
     for j in range(0, Tk, block):
         sl = slice(j, j + block)
-        s = np.where(masked[..., sl], dt(-np.inf), _mm(q, k[:, :, sl].swapaxes(-2, -1)))  # (B, H, Tq, blk)
+        s = S.softcap(_mm(q, k[:, :, sl].swapaxes(-2, -1)), config.softcap)  # (B, H, Tq, blk), scaled, capped
+        s = np.where(masked[..., sl], dt(-np.inf), s)
         m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
         base = np.where(np.isfinite(m_new), m_new, 0)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -145,6 +146,7 @@ def attn_weights_scale_first(attn_scores: np.ndarray, config: AttentionConfig,
                              dropout_mask: np.ndarray | None = None) -> np.ndarray:
     """Scores multiplied by the rounded 1/sqrt(hd), then masked; max subtracted after."""
     s = attn_scores * attn_scores.dtype.type(1.0 / np.sqrt(config.head_dim))
+    s = S.softcap(s, config.softcap)
     s = np.where(_masked(config, *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
     m = s.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore"):
@@ -158,11 +160,16 @@ def attn_weights_scale_first(attn_scores: np.ndarray, config: AttentionConfig,
 def attn_weights_max_first(attn_scores: np.ndarray, config: AttentionConfig,
                            key_padding_mask: np.ndarray | None = None,
                            dropout_mask: np.ndarray | None = None) -> np.ndarray:
-    """The row maximum of the raw scores subtracted first, the scale applied to the difference."""
-    s = np.where(_masked(config, *attn_scores.shape[2:], key_padding_mask), _NEG_INF(attn_scores), attn_scores)
+    """The row maximum of the raw scores subtracted first, the scale applied to the difference.
+    With a softcap (not linear, so the scale cannot follow the max): the capped scaled scores' maximum."""
+    scale = attn_scores.dtype.type(1.0 / np.sqrt(config.head_dim))
+    capped = config.softcap is not None
+    s = S.softcap(attn_scores * scale, config.softcap) if capped else attn_scores
+    s = np.where(_masked(config, *attn_scores.shape[2:], key_padding_mask), _NEG_INF(s), s)
     m = s.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore", invalid="ignore"):
-        d = (s - np.where(np.isfinite(m), m, 0)) * s.dtype.type(1.0 / np.sqrt(config.head_dim))
+        d = s - np.where(np.isfinite(m), m, 0)
+        d = d if capped else d * scale
         e = np.exp(d)
     w = e / np.where((t := e.sum(axis=-1, keepdims=True)) > 0, t, 1)
     if dropout_mask is not None:

@@ -71,7 +71,36 @@ def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: flo
     qkv_bias = draw(st.booleans()) if caps.qkv_bias else False
     n_kv = draw(kv_heads(H)) if caps.grouped_kv else H
     return AttentionConfig(d_in=d_in, d_out=d_out, n_heads=H, causal=causal, qkv_bias=qkv_bias,
-                           dropout_p=dropout_p, n_kv_heads=n_kv)
+                           dropout_p=dropout_p, n_kv_heads=n_kv, window=draw(windows(caps, causal)),
+                           softcap=draw(softcaps(caps)))
+
+
+#: Window sides drawn: 0 (none on that side), the narrow ones where an off-by-one shows, a few wider.
+WINDOW_SIDES = (0, 1, 2, 3, 5, 8, 17)
+#: Softcaps drawn: Gemma 2's 50 and 30 (tanh far from saturated at moderate scores), and small
+#: ones (1, 5) that saturate tanh at the scores the value scales give, as FlashAttention's tests
+#: do by scaling q.
+SOFTCAPS = (50.0, 30.0, 5.0, 1.0)
+
+
+@st.composite
+def windows(draw, caps: Capabilities, causal: bool) -> tuple[int, int] | None:
+    """A sliding window (left, right) for a backend declaring windows, half the time; None
+    (shrinks there) otherwise. Causal: right = 0 mostly, as causal kernels take it (a wider right
+    side is cut by the causal mask anyway, and checks that the backend intersects the two)."""
+    if not caps.window or draw(st.integers(0, 1)) == 0:
+        return None
+    left = draw(st.sampled_from(WINDOW_SIDES))
+    right = draw(st.sampled_from((0, 0, 0, 1))) if causal else draw(st.sampled_from(WINDOW_SIDES))
+    return left, right
+
+
+@st.composite
+def softcaps(draw, caps: Capabilities) -> float | None:
+    """A logit softcap for a backend declaring it, a third of the time; None (shrinks there) otherwise."""
+    if not caps.softcap or draw(st.integers(0, 2)) != 0:
+        return None
+    return draw(st.sampled_from(SOFTCAPS))
 
 
 @st.composite
