@@ -210,7 +210,9 @@ def test_probes_see_the_spec_decisions_in_numpy():
         "fully_masked_row": "zeros", "mask_polarity": "True = take part", "causal_alignment": "bottom-right",
         "default_scale": "1/sqrt(head_dim)", "dropout": "replay",
         "low_precision_output": "float16 → float16, bfloat16: raises",  # bfloat16 is not declared
-        "dtypes": "float64, float32, float16", "kv_grouping": "consecutive; groups 2, 3, 4, multi-query"}
+        "dtypes": "float64, float32, float16", "kv_grouping": "consecutive; groups 2, 3, 4, multi-query",
+        "window": "w + 1 keys, bottom-right", "softcap": "before the mask",
+        "non_finite_masked": "leaks (causal, padding)", "decode_bitwise": "differs (float64, float32)"}
 
 
 def test_probes_tell_the_other_behaviours_apart():

@@ -52,11 +52,10 @@ def _compare(out: np.ndarray | None, err: str | None, clean: np.ndarray, rows: A
 
 
 # -- the library probes ----------------------------------------------------------------------------
-def library_non_finite(raw: Any, polarity: str) -> tuple[str, str]:
-    """Padded keys (the library's own mask polarity) and causal future tokens holding NaN / +-inf."""
-    from conformance.semantics import probes as lp
-
-    q, k, v = lp.inputs(2, 2, 5, 5, 4, seed=30)
+def library_non_finite(raw: Any, polarity: str, inputs: Callable, call: Callable) -> tuple[str, str]:
+    """Padded keys (the library's own mask polarity) and causal future tokens holding NaN / +-inf.
+    `inputs` and `call` are the library probes' own (semantics/probes.py, which calls this)."""
+    q, k, v = inputs(2, 2, 5, 5, 4, seed=30)
     parts: dict[str, str] = {}
     take = np.ones((2, 5), dtype=bool)
     take[0, 3:] = False  # right padding
@@ -70,7 +69,7 @@ def library_non_finite(raw: Any, polarity: str) -> tuple[str, str]:
         if kind == "padding" and not known:
             parts["padding"] = f"not measured (mask polarity: {polarity})"
             continue
-        clean, err = lp._call(lambda kw=kw: raw.attend(q, k, v, **kw))
+        clean, err = call(lambda kw=kw: raw.attend(q, k, v, **kw))
         if err:
             parts[kind] = f"raises {err}"
             continue
@@ -78,21 +77,20 @@ def library_non_finite(raw: Any, polarity: str) -> tuple[str, str]:
         for name, f in FILLS.items():
             sel = bad[:, None, :, None]  # (B, 1, T, 1)
             qq, kk, vv = (np.where(sel, f, a) for a in (q, k, v))
-            out, err = lp._call(lambda qq=qq, kk=kk, vv=vv, kw=kw: raw.attend(qq, kk, vv, **kw))
+            out, err = call(lambda qq=qq, kk=kk, vv=vv, kw=kw: raw.attend(qq, kk, vv, **kw))
             parts[f"{kind} {name}"] = _compare(None if out is None else out.transpose(0, 2, 1, 3), err,
                                                clean.transpose(0, 2, 1, 3), rows)  # (B, Tq, H, hd)
     return _verdict(parts)
 
 
-def library_decode(raw: Any) -> tuple[str, str]:
-    """The last query alone over every key (a decode step) against the causal call's last row, bit for bit."""
-    from conformance.semantics import probes as lp
-
-    q, k, v = lp.inputs(2, 2, 24, 24, 16, seed=31)
+def library_decode(raw: Any, inputs: Callable, call: Callable) -> tuple[str, str]:
+    """The last query alone over every key (a decode step) against the causal call's last row, bit
+    for bit; `inputs` and `call` as in `library_non_finite`."""
+    q, k, v = inputs(2, 2, 24, 24, 16, seed=31)
     notes, differs = [], []
     for dtype in ("float64", "float32"):
-        full, err = lp._call(lambda dtype=dtype: raw.attend(q, k, v, causal=True, dtype=dtype))
-        last, err2 = lp._call(lambda dtype=dtype: raw.attend(q[:, :, -1:], k, v, dtype=dtype))
+        full, err = call(lambda dtype=dtype: raw.attend(q, k, v, causal=True, dtype=dtype))
+        last, err2 = call(lambda dtype=dtype: raw.attend(q[:, :, -1:], k, v, dtype=dtype))
         if err or err2:
             notes.append(f"{dtype}: raises {err or err2}")
             continue

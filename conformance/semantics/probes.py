@@ -323,10 +323,11 @@ def profile(raw: Any) -> dict[str, dict[str, str]]:
     out["kv_grouping"] = _guard(lambda: kv_grouping(raw))
     out["window"] = _guard(lambda: window_convention(raw))
     out["softcap"] = _guard(lambda: softcap_position(raw))
-    from conformance.semantics import declarations as dc  # here: it reads this module's helpers
+    from conformance.semantics import declarations as dc  # lazily: it loads the suite's checks
 
-    out["non_finite_masked"] = _guard(lambda: entry(*dc.library_non_finite(raw, out["mask_polarity"]["value"])))
-    out["decode_bitwise"] = _guard(lambda: entry(*dc.library_decode(raw)))
+    polarity = out["mask_polarity"]["value"]
+    out["non_finite_masked"] = _guard(lambda: entry(*dc.library_non_finite(raw, polarity, inputs, _call)))
+    out["decode_bitwise"] = _guard(lambda: entry(*dc.library_decode(raw, inputs, _call)))
     return {key: out[key] for key, _ in COLUMNS}
 
 

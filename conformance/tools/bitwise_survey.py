@@ -75,13 +75,14 @@ def survey(name: str, cases: int, kept: dict[str, list[str]] | None = None) -> l
 
 def _library_lines(name: str) -> list[str]:
     """The raw library's decode step against its causal forward, bit for bit, where it has a raw probe."""
+    from conformance.semantics import probes as lp
     from conformance.semantics.declarations import library_decode
     from conformance.semantics.libraries import all_raw
 
     raw = next((r for r in all_raw() if r.name == name), None)
     if raw is None or raw.missing():
         return []
-    value, detail = library_decode(raw)
+    value, detail = library_decode(raw, lp.inputs, lp._call)
     return [f"{name} library ({raw.library}): decoding {value}; {detail}"]
 
 
