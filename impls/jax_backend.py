@@ -14,6 +14,9 @@ How the spec's decisions are expressed with JAX's own options:
 - causal: `is_causal=True`. The suite's forward has Tq == Tk, where top-left and
   bottom-right alignment agree; the semantic profile shows how JAX aligns when Tq < Tk;
 - scale: JAX's default, 1/sqrt(head_dim) (the spec's; measured by the profile);
+- sliding window: `local_window_size=(left, right)`, query i sees keys i - left .. i + right,
+  the spec's window when Tq == Tk (JAX aligns it top-left when Tq < Tk, as `is_causal`;
+  the profile measures both); no softcap: `dot_product_attention` has no such argument;
 - grouped K/V heads: K and V go in with their n_kv_heads heads ([B, T, Hkv, hd]); JAX reads
   query head h against K/V head h // group, the spec's consecutive groups (the profile measures it).
 
@@ -90,11 +93,16 @@ def x64(dtype: str | None) -> contextlib.AbstractContextManager:
     return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
 
 
-def has_key(key_padding_mask: Any, Tq: int, causal: bool) -> Any:
-    """Bool [B, Tq]: True where query i has an attendable key (bottom-right causal, as the spec)."""
+def has_key(key_padding_mask: Any, Tq: int, causal: bool, window: tuple[int, int] | None = None) -> Any:
+    """Bool [B, Tq]: True where query i has an attendable key (bottom-right causal and window, as the spec)."""
     import jax.numpy as jnp
 
     Tk = key_padding_mask.shape[-1]
+    if window is not None:  # a padded window can be empty even when keys are kept elsewhere
+        p = jnp.arange(Tq)[:, None] + Tk - Tq  # (Tq, 1): each query's key position
+        j = jnp.arange(Tk)[None, :]  # (1, Tk)
+        band = (j >= p - window[0]) & (j <= p + (0 if causal else window[1]))  # (Tq, Tk)
+        return (key_padding_mask[:, None, :] & band).any(-1)  # (B, Tq)
     if not causal:
         return jnp.broadcast_to(key_padding_mask.any(-1, keepdims=True), (key_padding_mask.shape[0], Tq))
     seen = jnp.cumsum(key_padding_mask.astype(jnp.int32), -1) > 0  # (B, Tk): a kept key in 0..j
@@ -136,7 +144,8 @@ class JaxEdges(Backend):
         return params.map(lambda a: self.from_numpy(a, dtype))
 
 
-def _forward(x, W_q, W_k, W_v, W_o, b_o, b_q, b_k, b_v, kpm, *, n_heads: int, causal: bool):
+def _forward(x, W_q, W_k, W_v, W_o, b_o, b_q, b_k, b_v, kpm, *, n_heads: int, causal: bool,
+             window: tuple[int, int] | None = None):
     """Steps 4-12 on jnp arrays; jitted per shape, dtype and static options."""
     import jax
     import jax.numpy as jnp
@@ -149,9 +158,11 @@ def _forward(x, W_q, W_k, W_v, W_o, b_o, b_q, b_k, b_v, kpm, *, n_heads: int, ca
     q = q.reshape(B, T, n_heads, hd)  # (B, T, H, hd): JAX's BTNH
     k, v = (a.reshape(B, T, a.shape[-1] // hd, hd) for a in (k, v))  # (B, T, Hkv, hd): JAX groups consecutively
     mask = None if kpm is None else kpm[:, None, None, :]  # (B, 1, 1, Tk): True = take part
-    ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)  # (B, T, H, hd)
+    # local_window_size=(left, right): query i sees keys i - left .. i + right, the spec's (left, right)
+    # when Tq == Tk, as here (JAX aligns it top-left when Tq < Tk: the semantic profile measures it)
+    ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, local_window_size=window)  # (B, T, H, hd)
     if kpm is not None:  # JAX: uniform average of V on a row with no key; spec: zero context
-        ctx = jnp.where(has_key(kpm, T, causal)[:, :, None, None], ctx, jnp.zeros((), ctx.dtype))
+        ctx = jnp.where(has_key(kpm, T, causal, window)[:, :, None, None], ctx, jnp.zeros((), ctx.dtype))
     ctx = ctx.reshape(B, T, n_heads * hd)  # (B, T, d_out)
     return ctx @ W_o.T + b_o  # (B, T, d_out)
 
@@ -165,11 +176,15 @@ class JaxBackend(JaxEdges):
         qkv_bias=True,
         dropout="none",
         grouped_kv=True,  # K, V of n_kv_heads heads passed as they are: dot_product_attention groups consecutively
+        # local_window_size=(left, right) is the spec's window when Tq == Tk (the forward's only case: no
+        # KV cache here); no softcap argument (jax 0.10.2's dot_product_attention has none)
+        window=True,
         notes="jax.nn.dot_product_attention (XLA) for steps 7-9; mask passed as is "
               "(its True = take part); rows with no attendable key zeroed after the call (JAX gives "
               "them the mean of V); its softmax runs in float32 for every dtype, float64 included; "
               "float16/bfloat16 run op by op (under jit XLA's CPU compiler rejects the F16_F16_F32 / "
-              "BF16_BF16_F32 dots it asks for); float64/float32 under jax.jit; float64 inside a scoped jax.enable_x64; no dropout argument.",
+              "BF16_BF16_F32 dots it asks for); float64/float32 under jax.jit; float64 inside a scoped jax.enable_x64; no dropout argument; "
+              "the window as local_window_size=(left, right) (top-left when Tq < Tk, never sent: no KV cache); no softcap argument.",
     )
 
     def __init__(self) -> None:
@@ -187,10 +202,11 @@ class JaxBackend(JaxEdges):
         fn = _forward
         if dtype not in EAGER_DTYPES:
             if "jit" not in self._jitted:
-                self._jitted["jit"] = jax.jit(_forward, static_argnames=("n_heads", "causal"))
+                self._jitted["jit"] = jax.jit(_forward, static_argnames=("n_heads", "causal", "window"))
             fn = self._jitted["jit"]
         w = weights
         with x64(dtype):
             out = fn(x, w.W_q, w.W_k, w.W_v, w.W_o, w.b_o, w.b_q, w.b_k, w.b_v,
-                     key_padding_mask, n_heads=config.n_heads, causal=config.causal)
+                     key_padding_mask, n_heads=config.n_heads, causal=config.causal,
+                     window=None if config.window is None else tuple(config.window))
             return out.block_until_ready()

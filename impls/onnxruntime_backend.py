@@ -16,6 +16,10 @@ How the spec's decisions are expressed with the operator's own options:
 - causal: the `is_causal` attribute. The suite's forward has Tq == Tk, where top-left and
   bottom-right alignment agree; the semantic profile shows how it aligns when Tq < Tk;
 - scale: the operator's default, 1/sqrt(head_dim);
+- softcap: the operator's `softcap` attribute, applied to the scaled scores before the mask is
+  added (the operator's definition and the spec's order; the semantic profile measures it on
+  ONNX Runtime itself). One session per cap value (an attribute is fixed in the graph). No
+  sliding window: the operator has no window attribute;
 - a query with no attendable key: ONNX Runtime returns a zero context, as the spec says
   (measured by the semantic profile), so nothing is corrected.
 
@@ -73,7 +77,7 @@ def elem_type(dtype: str) -> int:
 
 
 def attention_graph(dtype: str, n_heads: int, causal: bool, qkv_bias: bool, mask: bool,
-                    n_kv_heads: int | None = None) -> bytes:
+                    n_kv_heads: int | None = None, softcap: float | None = None) -> bytes:
     """The block as a serialized ONNX model: inputs x, W_q^T, W_k^T, W_v^T, W_o^T, b_o (+ biases, mask)."""
     from onnx import TensorProto, helper
 
@@ -102,8 +106,9 @@ def attention_graph(dtype: str, n_heads: int, causal: bool, qkv_bias: bool, mask
         nodes.append(helper.make_node("Concat", ["B", "one", "T", "T"], ["shape4"], axis=0))
         nodes.append(helper.make_node("Expand", ["kpm4", "shape4"], ["attn_mask"]))  # (B, 1, Tq, Tk)
         attn_in.append("attn_mask")
+    cap = {} if softcap is None else {"softcap": float(softcap)}  # the operator's 0 (default) is no cap
     nodes.append(helper.make_node("Attention", attn_in, ["ctx"], q_num_heads=n_heads,
-                                  kv_num_heads=n_kv_heads or n_heads, is_causal=int(causal)))  # (B, T, d_out)
+                                  kv_num_heads=n_kv_heads or n_heads, is_causal=int(causal), **cap))  # (B, T, d_out)
     nodes.append(helper.make_node("MatMul", ["ctx", "W_oT"], ["y0"]))
     nodes.append(helper.make_node("Add", ["y0", "b_o"], ["y"]))  # (B, T, d_out)
     graph = helper.make_graph(nodes, "mha", inputs, [vi("y", t, ["B", "T", "d_out"])])
@@ -120,9 +125,11 @@ class OnnxRuntimeBackend(Backend):
         qkv_bias=True,
         dropout="none",
         grouped_kv=True,  # kv_num_heads = n_kv_heads on the Attention node; K/V projections of d_kv columns
+        softcap=True,  # the operator's softcap attribute: on the scaled scores, before the mask (the spec's order)
         notes="ONNX Attention operator (opset 23) on ONNX Runtime's CPU execution provider, one graph for "
               "the block; mask passed as is (its True = take part); no correction needed (fully masked "
-              "rows already zero); no bfloat16 CPU kernel; the operator has no dropout.",
+              "rows already zero); no bfloat16 CPU kernel; the operator has no dropout; softcap as the "
+              "operator's softcap attribute; no window attribute.",
     )
 
     def __init__(self) -> None:
@@ -159,9 +166,10 @@ class OnnxRuntimeBackend(Backend):
     def session(self, dtype: str, config: AttentionConfig, qkv_bias: bool, mask: bool) -> Any:
         import onnxruntime as ort
 
-        key = (dtype, config.n_heads, config.kv_heads, config.causal, qkv_bias, mask)
+        key = (dtype, config.n_heads, config.kv_heads, config.causal, qkv_bias, mask, config.softcap)
         if key not in self._sessions:
-            model = attention_graph(dtype, config.n_heads, config.causal, qkv_bias, mask, config.kv_heads)
+            model = attention_graph(dtype, config.n_heads, config.causal, qkv_bias, mask, config.kv_heads,
+                                    config.softcap)
             self._sessions[key] = ort.InferenceSession(model, session_options(),
                                                        providers=["CPUExecutionProvider"])
         return self._sessions[key]

@@ -246,10 +246,11 @@ W = 2  # the window the probes pass: the spec's (2, 0) covers 3 keys
 
 
 def _unprobed(raw: Any, kind: str) -> dict[str, str] | None:
-    if hasattr(raw, "attend_modified"):
-        return None
+    """The entry of a library that lacks the modifier (read from its signature) or has no probe; None: probe it."""
     why = raw.no_modifier(kind) if hasattr(raw, "no_modifier") else None
-    return entry("not offered", why) if why else entry("not probed", f"no {kind} probe for this library this round")
+    if why:
+        return entry("not offered", why)
+    return None if hasattr(raw, "attend_modified") else entry("not probed", f"no {kind} probe for this library this round")
 
 
 def _band(Tq: int, Tk: int, left: int, top_left: bool = False) -> np.ndarray:
