@@ -30,6 +30,7 @@ from conformance.usage import OneLineParser, UsageError, report
 from impls.base import exposed_steps
 from impls.registry import (
     DEFAULT_BACKENDS,
+    OPT_IN,
     BackendSpecError,
     available_names,
     resolve_all,
@@ -50,7 +51,8 @@ def parse_args(argv: list[str]):
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--backend", "-b", action="append", default=[], metavar="SPEC",
                    help="built-in name, module.path:attr, or installed entry point (repeatable; "
-                        f"default: all built-ins: {', '.join(DEFAULT_BACKENDS)})")
+                        f"default: all built-ins: {', '.join(DEFAULT_BACKENDS)}; opt-in, run only when named: "
+                        f"{', '.join(OPT_IN)})")
     p.add_argument("--dtype", action="append", default=[], help=f"repeatable; default all: {', '.join(FLOAT_DTYPES)}")
     p.add_argument("--check", action="append", default=[], help="check name (repeatable; default all; see --list-checks)")
     p.add_argument("--profile", default="default", help=f"Hypothesis profile: {', '.join(profiles.PROFILES)}")

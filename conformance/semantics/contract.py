@@ -20,6 +20,7 @@ import numpy as np
 
 from conformance.findings import probes as fp
 from conformance.semantics import declarations as dc
+from conformance.semantics import invariance as iv
 from conformance.suite.calls import Runner
 from conformance.suite.checks import CheckFailure
 from conformance.suite.judgement import Judgement, judged_under
@@ -254,6 +255,8 @@ PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "kv_grouping": kv_grouping,
     "non_finite_masked": lambda b: dc.contract_non_finite(b, _measured),
     "decode_bitwise": lambda b: dc.contract_decode(b, _measured),
+    "batch_bitwise": lambda b: iv.contract_batch(b, _measured),
+    "layout_bitwise": lambda b: iv.contract_layouts(b, _measured),
     "window": contract_window,
     "softcap": contract_softcap,
     "padded_query_rows": fp.padded_query_rows,

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from conformance.semantics.invariance import LaysOut
 from spec.config import AttentionConfig, numpy_dtype
 
 
@@ -39,7 +40,7 @@ def _differs(a: Any, b: Any) -> bool:
     return not np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
 
 
-class SpecSteps:
+class SpecSteps(LaysOut):
     """numpy / torch: the in-house backends' steps 7-9 (the spec's decisions, by design)."""
 
     def __init__(self, name: str, dist: str):
@@ -67,7 +68,7 @@ class SpecSteps:
                              f"(declared: {', '.join(b.capabilities.dtypes)})")
         H, hd = q.shape[1], q.shape[-1]
         cfg = AttentionConfig(d_in=H * hd, d_out=H * hd, n_heads=H, causal=causal, dropout_p=p)
-        Q, K, V = (b.from_numpy(a.astype(numpy_dtype(dtype)), dtype) for a in (q, k, v))
+        Q, K, V = (self._laid(a.astype(numpy_dtype(dtype)), lambda a: b.from_numpy(a, dtype)) for a in (q, k, v))
         kpm = None if mask is None else b.from_numpy(mask)
         keep = None if dropout_mask is None else b.from_numpy(dropout_mask)
         w = b.attn_weights(b.attn_scores(Q, K), cfg, key_padding_mask=kpm, dropout_mask=keep)
@@ -106,7 +107,7 @@ class SpecSteps:
                 else "a keep mask was accepted but did not give weights * keep / (1-p)")
 
 
-class TorchSdpa:
+class TorchSdpa(LaysOut):
     name, dist = "torch-sdpa", "torch"
     library = property(lambda self: f"torch {version('torch')}: torch.nn.functional.scaled_dot_product_attention")
 
@@ -116,10 +117,14 @@ class TorchSdpa:
         return torch_missing()
 
     def _t(self, a, dtype):
+        import warnings
+
         import torch
 
-        return torch.from_numpy(a.astype(np.float32 if dtype == "bfloat16" else numpy_dtype(dtype))).to(
-            getattr(torch, dtype))
+        with warnings.catch_warnings():  # a stride-0 view is read-only: torch warns, and only reads it here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return self._laid(a.astype(np.float32 if dtype == "bfloat16" else numpy_dtype(dtype)),
+                              lambda a: torch.from_numpy(a).to(getattr(torch, dtype)))  # from_numpy keeps strides
 
     def _run(self, q, k, v, mask=None, causal=False, dtype="float32", **kw):
         import torch

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from conformance.semantics.invariance import LaysOut
 from conformance.semantics.libraries import _differs, _no_argument, _no_kv_heads_argument, version
 from spec.config import numpy_dtype
 
 
-class Jax:
+class Jax(LaysOut):
     name, dist = "jax", "jax"
     library = property(lambda self: f"jax {version('jax')}: jax.nn.dot_product_attention")
 
@@ -30,7 +31,7 @@ class Jax:
     def _j(self, a, dtype):
         import jax.numpy as jnp
 
-        return jnp.asarray(a.astype(numpy_dtype(dtype)))
+        return self._laid(a.astype(numpy_dtype(dtype)), jnp.asarray)  # JAX arrays have no strides: the profile says so
 
     def _run(self, q, k, v, mask=None, causal=False, dtype="float32", jit=False, **kw):
         import jax
@@ -165,7 +166,7 @@ class Flax(Jax):
                    if shared else "masks differ across batch rows and heads by default"))
 
 
-class OnnxRuntime:
+class OnnxRuntime(LaysOut):
     """A graph holding one standard ONNX Attention node (opset 23), run on the CPU provider."""
 
     name, dist = "onnxruntime", "onnxruntime"
@@ -190,7 +191,8 @@ class OnnxRuntime:
         model = helper.make_model(helper.make_graph([node], "probe", ins, [vi("Y", t, None)]),
                                   opset_imports=[helper.make_opsetid("", OPSET)])
         sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-        feeds = {n: a.astype(numpy_dtype(dtype)) for n, a in zip("QKV", (q, k, v))}  # (B, H, T, hd)
+        feeds = {n: self._laid(a.astype(numpy_dtype(dtype)), lambda a: a, ort.OrtValue.ortvalue_from_numpy)
+                 for n, a in zip("QKV", (q, k, v))}  # (B, H, T, hd); the layout's strides read from an OrtValue
         if mask is not None:  # (B, 1, Tq, Tk): ONNX Runtime refuses a broadcast query dimension
             feeds["M"] = np.ascontiguousarray(np.broadcast_to(mask[:, None, None, :], (q.shape[0], 1, q.shape[2], k.shape[2])))
         return sess.run(["Y"], feeds)[0]

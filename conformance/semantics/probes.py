@@ -12,7 +12,9 @@ float16 and bfloat16 inputs, the dtypes that run, grouped K/V heads (the query-t
 head mapping and the groups accepted), the sliding window's keys covered and the softcap's
 position (a raw's `attend_modified`, or `no_modifier` saying why it has none), and two
 promises a backend may declare, measured (`declarations.py`): whether NaN and +-inf in
-masked positions stay out of the other rows, and whether a decode step gives the forward's bits.
+masked positions stay out of the other rows, and whether a decode step gives the forward's bits;
+and two more (`invariance.py`): whether a sequence's bits depend on the rest of its batch, and
+on its inputs' memory layout.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("softcap", "softcap position"),
     ("non_finite_masked", "non-finite masked inputs"),
     ("decode_bitwise", "decoding = forward, bitwise"),
+    # two more promises, measured (invariance.py)
+    ("batch_bitwise", "batch invariant, bitwise"),
+    ("layout_bitwise", "layout invariant, bitwise"),
 )
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 #: How close a float32 output must be to a candidate's float64 value to be called a match:
@@ -325,10 +330,13 @@ def profile(raw: Any) -> dict[str, dict[str, str]]:
     out["window"] = _guard(lambda: window_convention(raw))
     out["softcap"] = _guard(lambda: softcap_position(raw))
     from conformance.semantics import declarations as dc  # lazily: it loads the suite's checks
+    from conformance.semantics import invariance as iv
 
     polarity = out["mask_polarity"]["value"]
     out["non_finite_masked"] = _guard(lambda: entry(*dc.library_non_finite(raw, polarity, inputs, _call)))
     out["decode_bitwise"] = _guard(lambda: entry(*dc.library_decode(raw, inputs, _call)))
+    out["batch_bitwise"] = _guard(lambda: entry(*iv.library_batch(raw, inputs, _call)))
+    out["layout_bitwise"] = _guard(lambda: entry(*iv.library_layouts(raw, inputs, _call)))
     return {key: out[key] for key, _ in COLUMNS}
 
 
