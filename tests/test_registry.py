@@ -96,6 +96,13 @@ def test_builtins_resolve(name):
     assert info.skip_reason is None or (isinstance(info.skip_reason, str) and info.skip_reason)
 
 
+def test_flex_is_a_builtin_that_runs_only_when_named():
+    from impls.registry import DEFAULT_BACKENDS, OPT_IN
+
+    assert "torch-flex" in BUILTINS and "torch-flex" in OPT_IN and "torch-flex" not in DEFAULT_BACKENDS
+    assert set(DEFAULT_BACKENDS) | set(OPT_IN) == set(BUILTINS)
+
+
 def test_numpy_runs_everywhere_and_cupy_skips_here():
     assert resolve("numpy").skip_reason is None
     cupy = resolve("cupy")

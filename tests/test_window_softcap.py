@@ -32,7 +32,7 @@ def _problem(config: AttentionConfig, B: int = 2, T: int = 7, seed: int = 0):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-@pytest.mark.parametrize("backend", ["numpy", "torch", "torch-sdpa"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "torch-sdpa", "torch-flex"])
 def test_backends_forward_and_decode_give_the_spec_with_the_modifiers(backend, name):
     pytest.importorskip("torch") if backend.startswith("torch") else None
     import importlib
