@@ -26,12 +26,13 @@ a new shape for nearly every example. Run it by name: `python -m conformance -b 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from impls.array_cache import ArrayKV
-from impls.base import Capabilities
-from impls.torch_backend import CPU_DTYPES, TorchEdges, TorchLinearSteps
+from impls.torch_backend import TorchEdges, TorchLinearSteps
 from impls.torch_cache import TorchCache
+from impls.torch_sdpa import TorchSdpaBackend
 from spec.config import AttentionConfig
 from spec.params import Params
 
@@ -63,16 +64,10 @@ def mask_mod_for(config: AttentionConfig, Tq: int, Tk: int, key_padding_mask: An
 class TorchFlexBackend(TorchCache, TorchEdges, TorchLinearSteps):
     name = "torch-flex"
     device = "cpu"
-    capabilities = Capabilities(
-        dtypes=CPU_DTYPES,
-        device="cpu",
-        key_padding_mask=True,
-        qkv_bias=True,
+    capabilities = replace(  # SDPA's declarations (padding, grouped K/V, cache, window), less autograd and dropout
+        TorchSdpaBackend.capabilities,
         dropout="none",
-        kv_cache=True,
-        cache_arrays=True,
-        grouped_kv=True,  # flex's enable_gqa
-        window=True,  # mask_mod, bottom-right
+        gradients=False,  # torch 2.13: "FlexAttention does not support backward on CPU"
         softcap=True,  # score_mod, on the scaled scores
         notes="torch.nn.attention.flex_attention (eager, unfused on the CPU) for steps 7-9; padding, "
               "causal and the window as one mask_mod (bottom-right); the softcap as score_mod (flex "
