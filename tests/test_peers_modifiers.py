@@ -74,3 +74,16 @@ def test_a_modifier_the_library_lacks_reads_not_offered_with_its_arguments(name,
     probe = probes.window_convention if kind == "window" else probes.softcap_position
     e = probe(_raw(name))
     assert e["value"] == "not offered" and "is_causal" in e["detail"], e  # the arguments it does have, listed
+
+
+def test_jax_zeroes_a_row_whose_window_holds_only_padded_keys():
+    _skip_without("jax")
+    config = spec.AttentionConfig(4, 4, 2, causal=True, window=(1, 0))
+    params = spec.init_params(config, seed=2)
+    x = np.random.default_rng(3).standard_normal((1, 5, 4))
+    kpm = np.array([[True, True, False, False, False]])  # queries 3 and 4 see keys 2..3, 3..4: all padded
+    b = resolve("jax").backend
+    got = b.to_numpy(b.forward(b.from_numpy(x, "float32"), b.prepare(params, "float32"), config,
+                               key_padding_mask=b.from_numpy(kpm)))
+    np.testing.assert_allclose(got[0, 3:], np.broadcast_to(params.b_o, (2, 4)), rtol=0, atol=1e-6)  # zero context
+    np.testing.assert_allclose(got, spec.forward(x, params, config, kpm), rtol=0, atol=1e-5)
