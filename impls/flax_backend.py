@@ -122,6 +122,9 @@ class FlaxBackend(JaxEdges):
         if dropout_mask is not None:
             raise ValueError(f"backend {self.name!r} cannot replay a dropout mask (flax draws its own; "
                              f"dropout='rng'); pass dropout_mask=None and training=True")
+        if config.window is not None or config.softcap is not None:  # refused by name, never dropped silently
+            raise ValueError(f"backend {self.name!r} has no sliding window or softcap (window={config.window}, "
+                             f"softcap={config.softcap}): nnx.MultiHeadAttention takes neither; valid: None")
         mha = self.module(weights, config)
         training = bool(training and config.dropout_p > 0)
         fn = _call

@@ -198,6 +198,9 @@ class JaxBackend(JaxEdges):
         if dropout_mask is not None or (training and config.dropout_p > 0):
             raise ValueError(f"backend {self.name!r} has no dropout (jax.nn.dot_product_attention takes "
                              f"no dropout argument); use training=False or dropout_p=0")
+        if config.softcap is not None:  # never dropped silently (transformers #32309 dropped a softcap so)
+            raise ValueError(f"backend {self.name!r} cannot softcap (softcap={config.softcap}): "
+                             f"jax.nn.dot_product_attention has no softcap argument; valid: softcap=None")
         dtype = dtype_name(x.dtype)
         fn = _forward
         if dtype not in EAGER_DTYPES:

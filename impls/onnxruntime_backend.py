@@ -180,6 +180,9 @@ class OnnxRuntimeBackend(Backend):
         if dropout_mask is not None or (training and config.dropout_p > 0):
             raise ValueError(f"backend {self.name!r} has no dropout (the ONNX Attention operator has "
                              f"none); use training=False or dropout_p=0")
+        if config.window is not None:  # never dropped silently (transformers #32309 dropped a softcap so)
+            raise ValueError(f"backend {self.name!r} has no sliding window (window={config.window}): the ONNX "
+                             f"Attention operator has no window attribute; valid: window=None")
         dtype = dtype_name(x.dtype)
         sess = self.session(dtype, config, "b_q" in weights, key_padding_mask is not None)
         feeds = {"x": x, **weights}

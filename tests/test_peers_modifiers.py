@@ -38,6 +38,9 @@ def test_declared_modifiers_give_the_spec(name, config_name):
     config = CONFIGS[config_name]
     if b.capabilities.unsupported(config):
         assert (config.window is not None and name != "jax") or (config.softcap is not None and name != "onnxruntime")
+        with pytest.raises(ValueError, match="window|softcap"):  # refused by name, never dropped silently
+            b.forward(b.from_numpy(np.zeros((1, 3, 8)), "float32"), b.prepare(spec.init_params(config, 0), "float32"),
+                      config)
         return
     rng = np.random.default_rng(0)
     params = spec.init_params(config, seed=1).map(lambda a: a * 3)  # peaked rows: a wrong key shows
