@@ -7,7 +7,9 @@ set to the identity where the library has them built in (nn.MultiheadAttention, 
 MultiHeadAttention), so that the output is the attention's context itself.
 
 `numpy` and `torch` are this project's own code written to the spec; their rows probe the
-backends' steps 7-9 (`attn_scores`, `attn_weights`, `context`) in the same way.
+backends' steps 7-9 (`attn_scores`, `attn_weights`, `context`) in the same way. The peers'
+libraries (JAX, flax, ONNX Runtime) are in `peer_libraries.py`; the helpers both share in
+`raw_common.py`.
 
 Interface: `attend(q, k, v, *, mask=None, causal=False, dtype="float32")` with q [B, H, Tq, hd],
 k and v [B, H, Tk, hd] (float64 NumPy) and mask a boolean [B, Tk] passed to the library as it
@@ -20,24 +22,14 @@ read from its own signature. Frameworks are imported inside methods only.
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
 from conformance.semantics.invariance import LaysOut
+from conformance.semantics.peer_libraries import Flax, Jax, OnnxRuntime
+from conformance.semantics.raw_common import _differs, _no_argument, _no_kv_heads_argument, version  # noqa: F401
 from spec.config import AttentionConfig, numpy_dtype
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _differs(a: Any, b: Any) -> bool:
-    return not np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
 
 
 class SpecSteps(LaysOut):
@@ -210,37 +202,7 @@ class TorchMha(TorchSdpa):
                 "dropout= in train mode draws from torch's RNG (repeated calls differ); no keep-mask argument")
 
 
-def _no_kv_heads_argument(cls: type, title: str, why: str) -> str | None:
-    """None when `cls`'s constructor has an argument naming K/V heads (then it can group), else the reason."""
-    import inspect
-
-    names = list(inspect.signature(cls.__init__).parameters)[1:]
-    if any("kv" in n.lower() and "head" in n.lower() for n in names):
-        return None
-    return f"{title} has no argument for fewer K/V heads ({why}); its arguments: {', '.join(names)}"
-
-
-def _no_argument(fn: Any, title: str, kind: str) -> str | None:
-    """None when `fn` has an argument naming the modifier (window / softcap), else the reason, read
-    from its signature."""
-    import inspect
-
-    try:
-        names = list(inspect.signature(fn).parameters)
-    except ValueError:  # a builtin (SDPA): its docstring's first line is its signature
-        import re
-
-        head = re.search(r"\((.*?)\)", fn.__doc__ or "", re.S)
-        names = [a.split("=")[0].strip(" *\n") for a in head.group(1).split(",")] if head else []
-    words = {"window": ("window",), "softcap": ("softcap", "cap")}[kind]
-    if any(w in n.lower() for n in names for w in words):
-        return None
-    return f"{title} has no {kind} argument (an explicit attn_mask{' can carry a window' if kind == 'window' else ' cannot cap scores'}); its arguments: {', '.join(names)}"
-
-
 def all_raw() -> list[Any]:
     """The CPU backends' libraries, in the order of the profile table."""
-    from conformance.semantics.peer_libraries import Flax, Jax, OnnxRuntime
-
     return [SpecSteps("numpy", "numpy"), SpecSteps("torch", "torch"), TorchSdpa(), TorchMha(), Jax(), Flax(),
             OnnxRuntime()]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from conformance.semantics.invariance import LaysOut
-from conformance.semantics.libraries import _differs, _no_argument, _no_kv_heads_argument, version
+from conformance.semantics.raw_common import _differs, _no_argument, _no_kv_heads_argument, version
 from spec.config import numpy_dtype
 
 
