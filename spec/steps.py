@@ -16,6 +16,7 @@ import numpy as np
 from spec.config import AttentionConfig, validate_input, validate_key_padding_mask
 from spec.masks import causal_mask, softcap, visible
 from spec.params import Params
+from spec.precise import matmul_longdouble
 from spec.params import init_params as _init_params
 
 __all__ = ["matmul", "heads", "merge_heads", "causal_mask", "visible", "softcap", "input_matrix", "head_dim",
@@ -24,7 +25,17 @@ __all__ = ["matmul", "heads", "merge_heads", "causal_mask", "visible", "softcap"
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b in a's dtype: ml_dtypes' bfloat16 matmul would otherwise return float32."""
+    """a @ b in a's dtype: ml_dtypes' bfloat16 matmul would otherwise return float32.
+
+    float16 goes through float32 BLAS and is rounded once: NumPy's own float16 matmul also
+    accumulates in float32 and rounds once (the same numbers), in an unblocked loop 10x slower.
+    Long double (the float64 golden) goes through float64 BLAS too, split so that it is at least
+    as accurate as NumPy's loop (spec/precise.py).
+    """
+    if a.dtype == np.float16 and b.dtype == np.float16:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
+    if a.dtype == np.longdouble and b.dtype == np.longdouble:  # the float64 golden's: no BLAS either
+        return matmul_longdouble(a, b)
     return np.matmul(a, b).astype(a.dtype, copy=False)
 
 
