@@ -15,10 +15,12 @@ instead, at least as accurately (Ozaki's error-free splitting):
    2^-(53 + bits) of sum |a| |b|; the last (2^-(53 + bits)) is left out. The two parts are added
    in long double. The unblocked loop's own rounding is about sqrt(k) * 2^-64 of sum |a| |b|: for
    k up to 2^12 (bits >= 20) this is as accurate or better (tests/test_precise.py measures both
-   against exact rational arithmetic).
+   against exact rational arithmetic). The split's bound is relative to the row's and column's
+   largest entries rather than to each term: an entry 2^-73 below its row's largest counts for
+   nothing, which no comparison sees (they scale by the output's largest value).
 
-Non-finite inputs (a poisoned position's NaN) take NumPy's loop: their products are not
-finite either way, and the loop gives IEEE's answer without this module's splitting.
+Non-finite inputs (a poisoned position's NaN), and lines whose largest entry is outside float64's
+comfortable range (long double reaches past 1e308 and below 1e-308), take NumPy's loop.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ WIDER = np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant
 #: output the split took 3x the loop's time (its passes over the output dominate); at k = 16
 #: they were even (one BLAS thread, 2-core machine, 2026-12-06).
 MIN_K = 24
+#: The split's range: line maxima between these keep a, its parts and k of their products
+#: normal and finite in float64 (2^-900: a unit 2^-bits below stays normal; 2^500: k products
+#: of two such maxima stay finite).
+SAFE_MIN, SAFE_MAX = np.longdouble(2.0 ** -900), np.longdouble(2.0 ** 500)
 
 
 def _split(a: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,11 +50,19 @@ def _split(a: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np.ndarray]
     return a1, a - a1  # the difference is exact: both are on unit's grid or finer
 
 
+def _in_range(a: np.ndarray, axis: int) -> bool:
+    """Every line's largest |a| is 0 or inside float64's comfortable range: long double's wider
+    exponents (an exp far past 1e308, a product far below 1e-308) would overflow the split to
+    inf, or its unit to 0 or a subnormal (then inexact)."""
+    top = np.max(np.abs(a), axis=axis)
+    return bool(np.isfinite(top).all() and ((top == 0) | ((top > SAFE_MIN) & (top < SAFE_MAX))).all())
+
+
 def matmul_longdouble(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for long-double a [..., m, k] and b [..., k, n], in long double (module docstring)."""
     k = a.shape[-1]
-    if not WIDER or k < MIN_K or not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return np.matmul(a, b)
+    if not WIDER or k < MIN_K or not (_in_range(a, -1) and _in_range(b, -2)):
+        return np.matmul(a, b)  # also non-finite inputs: IEEE's answer, from NumPy's loop
     bits = (53 - (k - 1).bit_length()) // 2  # k * 2^(2 * bits) <= 2^53
     ah, bh = a.astype(np.float64), b.astype(np.float64)
     al, bl = (a - ah).astype(np.float64), (b - bh).astype(np.float64)  # exact: at most 11 bits each

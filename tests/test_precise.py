@@ -60,6 +60,12 @@ def test_long_double_matmul_batched_and_non_finite():
     assert np.isnan(got[0, 1, 2]).all() and np.isfinite(got[0, 1, :2]).all()
     zeros = matmul(np.zeros((4, 30), np.longdouble), b[0, 0, :30])  # an all-zero row splits to zeros
     assert not zeros.any()
+    # past float64's range (long double's exp goes on past 1e308): NumPy's loop, not inf or NaN
+    huge = rng.standard_normal((3, 40)).astype(np.longdouble) * np.exp(np.longdouble(800))
+    tiny = rng.standard_normal((3, 40)).astype(np.longdouble) * np.exp(np.longdouble(-800))
+    for a_ in (huge, tiny):
+        got = matmul(a_, b[0, 0])
+        assert np.isfinite(got).all() and np.array_equal(got, np.matmul(a_, b[0, 0]))
 
 
 def test_float16_matmul_gives_numpys_numbers():

@@ -136,3 +136,24 @@ def forward_golden_and_plain(case: Case, **overrides: Any) -> tuple[np.ndarray, 
         rounded = round_to(values, d)
     golden = np.where(rows[..., None], values, golden)
     return golden, Plain(tuple(np.where(rows[..., None], rounded, r) for r in plain.runs))
+
+
+def leading_golden_and_plain(case: Case, batch: int | None = None, tokens: int | None = None
+                             ) -> tuple[np.ndarray, Plain]:
+    """`forward_golden_and_plain` of the first `batch` batch elements and `tokens` tokens only.
+
+    For a property that compares only those rows (causality and prefix consistency the first
+    tokens of a causal case, batch independence batch element 0), the spec's outputs there do
+    not depend on the rest: the golden is the same, and each plain run is the same correct
+    order in D on the same numbers, without the rows nobody compares (the references were most
+    of these checks' time). `tokens` needs a causal case: a later key is visible otherwise.
+    """
+    if tokens is not None and not case.config.causal:
+        raise ValueError(f"tokens={tokens}: only a causal case's first outputs are independent of later tokens")
+    b = case.B if batch is None else batch
+    t = case.T if tokens is None else tokens
+    kpm, dmask = case.key_padding_mask, case.dropout_mask
+    return forward_golden_and_plain(case.with_(
+        x=case.x[:b, :t],
+        key_padding_mask=None if kpm is None else kpm[:b, :t],
+        dropout_mask=None if dmask is None else dmask[:b, :, :t, :t]))  # (b, H, t, t)
