@@ -36,10 +36,16 @@ class TorchAutograd:
     def forward_for_grad(self, x: Any, weights: Params, config: AttentionConfig, *,
                          key_padding_mask: Any = None, dropout_mask: Any = None,
                          training: bool = False) -> tuple[Any, Any]:
+        import torch
+
         leaves = {"x": _leaf(x), **{k: _leaf(v) for k, v in weights.arrays().items()}}
-        params = Params(**{k: v for k, v in leaves.items() if k != "x"})
+        params = Params(**{k: v for k, v in leaves.items() if k not in ("x", "sinks")})
+        extra = {}
+        if config.sinks is not None:  # the sink logits live in the config: a leaf of x's dtype for dsinks
+            leaves["sinks"] = _leaf(torch.tensor(config.sinks, dtype=x.dtype, device=x.device))
+            extra["sinks"] = leaves["sinks"]
         out = self.forward(leaves["x"], params, config, key_padding_mask=key_padding_mask,
-                           dropout_mask=dropout_mask, training=training)
+                           dropout_mask=dropout_mask, training=training, **extra)
         return out.detach(), (out, leaves)
 
     def backward(self, saved: Any, grad_out: Any) -> dict[str, Any]:
