@@ -51,7 +51,7 @@ class ArrayVJPs:
                          dropout_mask=None):
         dt = attn_scores.dtype
         work = work_dtype(dt)  # the row sums in float32 for float16, as the forward's
-        P = self.attn_weights(attn_scores, config, key_padding_mask).astype(work)  # recomputed, before dropout
+        P, _ = self.backward_weights(attn_scores, config, key_padding_mask)  # recomputed, before dropout
         dP = d_weights.astype(work)
         if dropout_mask is not None:
             dP = self.dropout(dP, dropout_mask, config.dropout_p)
@@ -72,11 +72,7 @@ class ArrayVJPs:
                   dropout_mask=None):
         """The sink logits' gradient [H]: -sum over b, i of w_sink * rowsum(P * dP) (spec.backward)."""
         work = work_dtype(attn_scores.dtype)
-        B, _, Tq, Tk = attn_scores.shape
-        s = attn_scores.astype(work) * work.type(self.scale(config))
-        s = self.add_bias(self.softcap(s, config.softcap), config)
-        full = self.softmax(*self.with_sinks(s, self.mask(config, B, Tq, Tk, key_padding_mask), config))
-        P, w_sink = full[..., :Tk], full[..., Tk:]  # (B, H, Tq, Tk), (B, H, Tq, 1)
+        P, w_sink = self.backward_weights(attn_scores, config, key_padding_mask)  # (B, H, Tq, Tk), (.., 1)
         dP = d_weights.astype(work)
         if dropout_mask is not None:
             dP = self.dropout(dP, dropout_mask, config.dropout_p)
@@ -97,6 +93,19 @@ class ArrayVJPs:
         return d_out @ p.W_o, {"W_o": _flat(d_out).T @ _flat(context_concat), "b_o": d_out.sum(axis=(0, 1))}
 
     # -- hooks a mutant may override ----------------------------------------------------------
+    def backward_weights(self, attn_scores, config: AttentionConfig, key_padding_mask=None):
+        """The backward's recomputed step 8, before dropout, in the work dtype: the weights
+        [B, H, Tq, Tk] and each row's sink weight [B, H, Tq, 1] (zeros without sinks)."""
+        work = work_dtype(attn_scores.dtype)
+        B, H, Tq, Tk = attn_scores.shape
+        if config.sinks is None:  # step 8 itself (a mutant's step 8 reaches its backward too)
+            P = self.attn_weights(attn_scores, config, key_padding_mask).astype(work)
+            return P, self.xp().zeros((B, H, Tq, 1), dtype=work)
+        s = attn_scores.astype(work) * work.type(self.scale(config))
+        s = self.add_bias(self.softcap(s, config.softcap), config)
+        full = self.softmax(*self.with_sinks(s, self.mask(config, B, Tq, Tk, key_padding_mask), config))
+        return full[..., :Tk], full[..., Tk:]  # (B, H, Tq, Tk), (B, H, Tq, 1)
+
     def backward_dropout_mask(self, keep: Any, config: AttentionConfig) -> Any:
         """The keep mask the backward applies: the forward's (replayed)."""
         return keep

@@ -237,11 +237,14 @@ def grads_head_permutation_invariant(run, case):
     idx_of = lambda k: q_idx if k[-1] in "qo" else kv_idx  # noqa: E731  W_q, b_q (and W_o's columns): query heads
     rows = {k: getattr(p, k)[idx_of(k)] for k in ("W_q", "W_k", "W_v", "b_q", "b_k", "b_v") if getattr(p, k) is not None}
     g = grad_out_for(case)
-    got = run.grads(case.with_(params=replace(p, W_o=p.W_o[:, q_idx], **rows)), g)
+    config = cs.permuted_sinks(case.config, q_idx)  # each head's sink moves with its head
+    got = run.grads(case.with_(params=replace(p, W_o=p.W_o[:, q_idx], **rows), config=config), g)
     # undo the permutation on the backend's gradients, then compare with the unpermuted spec
     inv = {k: np.argsort(idx_of(k)) for k in ("W_q", "W_k", "W_v", "W_o")}
     back = {k: (a[inv["W_" + k[-1]]] if k[1:] in rows else a[:, inv["W_o"]] if k == "dW_o" else a)
             for k, a in got.items()}
+    if "dsinks" in back:
+        back["dsinks"] = got["dsinks"][np.argsort(cs.head_order(case.config, q_idx))]
     assert_grads_close(run, case, back, g, f"gradients with heads permuted {case.extra['head_perm']}, permuted back")
 
 
