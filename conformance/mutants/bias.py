@@ -90,7 +90,7 @@ class SinkIgnoredEmptyRowGrad(ScoredPlain):
         empty = ~(~self.mask(config, B, Tq, Tk, key_padding_mask)).any(-1, keepdims=True)  # (B, 1, Tq, 1)
         work = work_dtype(attn_scores.dtype)
         raw = self.softmax(attn_scores.astype(work) * work.type(self.scale(config)), np.zeros((1, 1, 1, 1), bool))
-        return np.where(empty, raw, P).astype(work), np.where(empty, 0, w_sink).astype(work)
+        return np.where(empty, raw, P).astype(work), w_sink
 
 
 #: The bias and sink mutants (the kill table runs them all).
