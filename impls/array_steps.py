@@ -23,6 +23,7 @@ import numpy as np
 
 from spec.config import AttentionConfig
 from spec.params import Params
+from spec.scores import BiasArray
 
 
 def work_dtype(dt: Any) -> np.dtype:
@@ -94,10 +95,13 @@ class ArraySteps:
         return np.array(powers(n) + powers(2 * n)[0::2][: H - n])  # (H,)
 
     def bias(self, config: AttentionConfig, Tq: int, Tk: int):
-        """The score bias [H, Tq, Tk] (float64) or None: ALiBi's slope_h * (j - p), p = i + Tk - Tq."""
+        """The score bias (float64) or None: ALiBi's slope_h * (j - p), p = i + Tk - Tq, [H, Tq, Tk];
+        or a bias array as given (broadcastable to [B, H, Tq, Tk])."""
         if config.bias is None:
             return None
         xp = self.xp()
+        if isinstance(config.bias, BiasArray):
+            return xp.asarray(config.bias.array)
         p = xp.arange(Tq)[:, None] + (Tk - Tq)  # (Tq, 1): the query's position
         j = xp.arange(Tk)[None, :]  # (1, Tk)
         return xp.asarray(self.alibi_slopes(config.n_heads))[:, None, None] * (j - p)[None]  # (H, Tq, Tk)
@@ -106,6 +110,13 @@ class ArraySteps:
         """The scaled (capped) scores [B, H, Tq, Tk] plus the bias, before the masks."""
         b = self.bias(config, *s.shape[2:])
         return s if b is None else (s + b.astype(s.dtype)).astype(s.dtype)
+
+    def reduce_bias(self, dS, shape: tuple[int, ...]):
+        """A bias array's gradient: dS [B, H, Tq, Tk] summed over the axes the bias was broadcast on."""
+        lead = dS.ndim - len(shape)
+        out = dS.sum(axis=tuple(range(lead))) if lead else dS  # axes the bias does not have
+        axes = tuple(i for i, n in enumerate(shape) if n == 1 and out.shape[i] != 1)  # size-1 axes stretched
+        return (out.sum(axis=axes, keepdims=True) if axes else out).reshape(shape)
 
     def with_sinks(self, s, masked, config: AttentionConfig):
         """The sinks as one more key per row: scores [B, H, Tq, Tk + 1] with head h's sink logit last,

@@ -15,6 +15,7 @@ from typing import Any
 
 from impls.array_steps import work_dtype
 from spec.config import AttentionConfig
+from spec.scores import BiasArray
 
 
 def _flat(a: Any) -> Any:
@@ -77,6 +78,18 @@ class ArrayVJPs:
         if dropout_mask is not None:
             dP = self.dropout(dP, dropout_mask, config.dropout_p)
         return (-(w_sink * self.row_term(P, dP)).sum(axis=(0, 2, 3))).astype(attn_scores.dtype)  # (H,)
+
+    def bias_vjp(self, d_weights, attn_scores, config: AttentionConfig, key_padding_mask=None,
+                 dropout_mask=None):
+        """A bias array's gradient, in its shape: the softmax's dS (before the softcap's derivative and
+        the scale: the bias is added after both) summed over its broadcast axes (`reduce_bias`)."""
+        work = work_dtype(attn_scores.dtype)
+        P, _ = self.backward_weights(attn_scores, config, key_padding_mask)
+        dP = d_weights.astype(work)
+        if dropout_mask is not None:
+            dP = self.dropout(dP, dropout_mask, config.dropout_p)
+        dS = P * (dP - self.row_term(P, dP))  # (B, H, Tq, Tk)
+        return self.reduce_bias(dS, config.bias.shape).astype(attn_scores.dtype)
 
     def context_vjp(self, d_context, attn_weights, v):
         dv = self.sum_groups(attn_weights.swapaxes(-1, -2) @ d_context, v.shape[1])  # (B, Hkv, Tk, hd)
@@ -146,6 +159,7 @@ class ArrayVJPs:
         keep = self.backward_dropout_mask(saved["keep"], config)
         d_scores = self.attn_weights_vjp(d_weights, scores, config, kpm, keep)             # step 8
         d_sinks = None if config.sinks is None else self.sinks_vjp(d_weights, scores, config, kpm, keep)
+        d_bias = self.bias_vjp(d_weights, scores, config, kpm, keep) if isinstance(config.bias, BiasArray) else None
         dq, dk = self.attn_scores_vjp(d_scores, q, k)                                      # step 7
         dQ, dK, dV = (self.split_heads_vjp(self.group_by_heads_vjp(d, s), a, h)            # steps 6, 5
                       for d, s, a, h in ((dq, Qs, Q, H), (dk, Ks, K, Hkv), (dv, Vs, V, Hkv)))
@@ -153,4 +167,6 @@ class ArrayVJPs:
         grads = {"dx": dx, **{"d" + n: a for n, a in {**d_in_params, **d_out_params}.items()}}
         if d_sinks is not None:
             grads["dsinks"] = d_sinks
+        if d_bias is not None:
+            grads["dbias"] = d_bias
         return self.finish_grads({n: a.astype(dt) for n, a in grads.items()})

@@ -296,7 +296,7 @@ def library_versions(*dists: str) -> dict[str, str]:
 
 
 #: The block's gradients by name, as `backward` returns them (spec.block.Grads' fields).
-GRAD_NAMES = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v", "dsinks")
+GRAD_NAMES = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v", "dsinks", "dbias")
 
 
 def exposed_vjps(backend: object) -> tuple[int, ...]:

@@ -192,8 +192,9 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
 
     def attn_weights(self, attn_scores: torch.Tensor, config: AttentionConfig,
                      key_padding_mask: torch.Tensor | None = None,
-                     dropout_mask: torch.Tensor | None = None, *, sinks: Any = None) -> torch.Tensor:
-        """Step 8; `sinks`: a [H] tensor for config.sinks' values (autograd's leaf), else read from config."""
+                     dropout_mask: torch.Tensor | None = None, *, sinks: Any = None, bias: Any = None) -> torch.Tensor:
+        """Step 8; `sinks`, `bias`: tensors for config.sinks' values and a config's bias array
+        (autograd's leaves), else read from the config."""
         import torch
 
         B, H, Tq, Tk = attn_scores.shape
@@ -201,8 +202,8 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         attn_scores = attn_scores / math.sqrt(config.head_dim)
         if config.softcap is not None:  # Gemma 2's attn_logit_softcapping
             attn_scores = config.softcap * torch.tanh(attn_scores / config.softcap)
-        if config.bias is not None:  # ALiBi: slope_h * (j - p), bottom-right positions
-            attn_scores = attn_scores + alibi(config, Tq, Tk, attn_scores.device, attn_scores.dtype)
+        if config.bias is not None:  # ALiBi (slope_h * (j - p), bottom-right positions) or a bias array
+            attn_scores = attn_scores + alibi(config, Tq, Tk, attn_scores.device, attn_scores.dtype, bias)
         ok = allowed_keys(config, Tq, Tk, attn_scores.device)  # (Tq, Tk) causal and window, bottom-right
         mask = None if ok is None else ~ok
         if key_padding_mask is not None:
@@ -230,12 +231,13 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
 
     def forward(self, x: torch.Tensor, weights: Params, config: AttentionConfig, *,
                 key_padding_mask: Any = None, dropout_mask: Any = None,
-                training: bool = False, sinks: Any = None) -> torch.Tensor:
+                training: bool = False, sinks: Any = None, bias: Any = None) -> torch.Tensor:
         import torch.nn.functional as F
 
         Q, K, V = self.heads(x, weights, config)  # steps 4-6: (B, H, T, hd), K and V (B, Hkv, T, hd)
         attn_scores = self.attn_scores(Q, K)  # (B, H, T, T)
-        attn_weights = self.attn_weights(attn_scores, config, key_padding_mask, dropout_mask, sinks=sinks)
+        attn_weights = self.attn_weights(attn_scores, config, key_padding_mask, dropout_mask, sinks=sinks,
+                                         bias=bias)
         if training and dropout_mask is None and config.dropout_p > 0:
             attn_weights = F.dropout(attn_weights, config.dropout_p, training=True)  # torch's own RNG
         context = self.context(attn_weights, V)  # (B, H, T, hd)

@@ -76,18 +76,19 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
 
     def forward(self, x: torch.Tensor, weights: Params, config: AttentionConfig, *,
                 key_padding_mask: Any = None, dropout_mask: Any = None,
-                training: bool = False, sinks: Any = None) -> torch.Tensor:
+                training: bool = False, sinks: Any = None, bias: Any = None) -> torch.Tensor:
         if dropout_mask is not None:
             raise ValueError(f"backend {self.name!r} cannot replay a dropout mask (SDPA draws its own; "
                              f"dropout='rng'); pass dropout_mask=None and training=True")
         Q, K, V = self.heads(x, weights, config)  # steps 4-6: (B, H, T, hd), K and V (B, Hkv, T, hd)
         dropout_p = config.dropout_p if training else 0.0
-        context = self.sdpa(Q, K, V, config, key_padding_mask, dropout_p, sinks)  # (B, H, T, hd)
+        context = self.sdpa(Q, K, V, config, key_padding_mask, dropout_p, sinks, bias)  # (B, H, T, hd)
         context = self.concat_heads(self.permute_back(context))  # (B, T, d_out)
         return self.out_proj(context, weights)  # (B, T, d_out)
 
     def sdpa(self, Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, config: AttentionConfig,
-             key_padding_mask: Any = None, dropout_p: float = 0.0, sinks: Any = None) -> torch.Tensor:
+             key_padding_mask: Any = None, dropout_p: float = 0.0, sinks: Any = None,
+             bias: Any = None) -> torch.Tensor:
         """Steps 7-9 in one SDPA call, Tq <= Tk queries, causal aligned bottom-right: (B, H, Tq, hd)."""
         import torch
         import torch.nn.functional as F
@@ -99,7 +100,7 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
             raise ValueError(f"backend {self.name!r} cannot softcap (softcap={config.softcap}): SDPA takes no "
                              f"score modifier; valid: softcap=None")
         if config.bias is not None or config.sinks is not None:
-            return self.sdpa_float_mask(Q, K, V, config, key_padding_mask, dropout_p, sinks)
+            return self.sdpa_float_mask(Q, K, V, config, key_padding_mask, dropout_p, sinks, bias)
         if config.window is not None:  # no window argument in SDPA: the band as an explicit mask
             allowed = allowed_keys(config, Tq, Tk, Q.device)  # (Tq, Tk), True = may attend
             if key_padding_mask is None:  # a window alone never empties a row
@@ -123,9 +124,9 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         return context.masked_fill(empty, 0.0)  # spec: no attendable key -> zero context
 
     def sdpa_float_mask(self, Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, config: AttentionConfig,
-                        key_padding_mask: Any, dropout_p: float, sinks: Any) -> torch.Tensor:
-        """SDPA with a float attn_mask: the bias (ALiBi), -inf where masked, and a sink key (k = v = 0)
-        whose mask column is the sink logit: (B, H, Tq, hd)."""
+                        key_padding_mask: Any, dropout_p: float, sinks: Any, bias: Any = None) -> torch.Tensor:
+        """SDPA with a float attn_mask: the bias (ALiBi or an array), -inf where masked, and a sink key
+        (k = v = 0) whose mask column is the sink logit: (B, H, Tq, hd)."""
         import torch
         import torch.nn.functional as F
 
@@ -138,8 +139,10 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
             allowed = allowed & key_padding_mask[:, None, None, :]  # (B, 1, Tq, Tk)
         zero = torch.zeros((), dtype=Q.dtype, device=Q.device)
         fmask = torch.where(allowed, zero, torch.full((), float("-inf"), dtype=Q.dtype, device=Q.device))
-        bias = alibi(config, Tq, Tk, Q.device, Q.dtype)  # (H, Tq, Tk) or None
-        fmask = fmask.expand(-1, H, -1, -1) if bias is None else fmask + bias[None]  # (B or 1, H, Tq, Tk)
+        bias = alibi(config, Tq, Tk, Q.device, Q.dtype, bias)  # ALiBi (H, Tq, Tk), an array, or None
+        if bias is not None:
+            fmask = fmask + bias  # broadcast as numpy does: aligned on the right
+        fmask = fmask.expand(fmask.shape[0], H, Tq, Tk)  # (B or 1, H, Tq, Tk)
         sink = sink_logits(config, sinks, Q.device, Q.dtype)  # (H,) or None
         if sink is not None:  # a key with k = v = 0 per K/V head; its mask column is the sink logit
             pad = torch.zeros(B, K.shape[1], 1, K.shape[3], dtype=K.dtype, device=K.device)  # (B, Hkv, 1, hd)

@@ -25,16 +25,63 @@ import math
 
 import numpy as np
 
-#: The biases the spec knows: None (no bias) or ALiBi's per-head linear penalty.
+#: The named biases the spec knows: ALiBi's per-head linear penalty (beside None and a BiasArray).
 BIASES = ("alibi",)
 
 
-def check_bias(bias: object) -> str | None:
-    """The bias as one of BIASES, or None; ValueError naming the bad value."""
-    if bias is None or bias in BIASES:
+class BiasArray:
+    """A general float bias: a finite float64 array broadcastable to [B, H, Tq, Tk] (numpy's rules,
+    aligned on the right: [H, 1, Tk], [B, 1, Tq, Tk], ...), added to the scaled (capped) scores
+    before the masks. Immutable, compared and hashed by value, so a config holding it stays a value.
+    Its gradient (`Grads.dbias`) has its shape: summed over the axes it was broadcast on."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: object):
+        a = np.array(array, dtype=np.float64)  # a copy: the caller's array may change, this may not
+        if a.ndim < 1 or a.ndim > 4 or not np.isfinite(a).all():
+            raise ValueError(f"a bias array must be finite with 1 to 4 axes broadcasting to [B, H, Tq, Tk], "
+                             f"got shape {a.shape}" + ("" if np.isfinite(a).all() else " with non-finite values"))
+        a.setflags(write=False)
+        object.__setattr__(self, "array", a)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("BiasArray is immutable")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BiasArray) and self.shape == other.shape and np.array_equal(self.array, other.array)
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self.array.tobytes()))
+
+    def __repr__(self) -> str:
+        return f"BiasArray({'x'.join(map(str, self.shape))})"
+
+
+def check_bias(bias: object) -> str | BiasArray | None:
+    """The bias as one of BIASES, a BiasArray (an array is wrapped), or None; ValueError naming the bad value."""
+    if bias is None or isinstance(bias, BiasArray):
+        return bias
+    if isinstance(bias, np.ndarray):
+        return BiasArray(bias)
+    if bias in BIASES:
         return bias  # type: ignore[return-value]
-    raise ValueError(f"bias={bias!r}: must be None or one of {', '.join(map(repr, BIASES))} "
-                     f"('alibi': slope_h * (j - p) added to the scaled scores)")
+    raise ValueError(f"bias={bias!r}: must be None, one of {', '.join(map(repr, BIASES))} "
+                     f"('alibi': slope_h * (j - p) added to the scaled scores) or a float array "
+                     f"broadcastable to [B, H, Tq, Tk]")
+
+
+def reduce_to(d: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """d [B, H, Tq, Tk] summed over the axes an array of `shape` was broadcast on: the gradient of a
+    bias of that shape (numpy's broadcasting: aligned on the right, size-1 axes stretched)."""
+    lead = d.ndim - len(shape)
+    out = d.sum(axis=tuple(range(lead))) if lead else d  # axes the bias does not have
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and out.shape[i] != 1)  # size-1 axes stretched
+    return (out.sum(axis=axes, keepdims=True) if axes else out).reshape(shape)
 
 
 def check_sinks(sinks: object, n_heads: int) -> tuple[float, ...] | None:
@@ -76,13 +123,31 @@ def alibi_bias(H: int, Tq: int, Tk: int) -> np.ndarray:
     return alibi_slopes(H)[:, None, None] * (j - p)[None].astype(np.float64)  # (H, Tq, Tk)
 
 
-def add_bias(scaled: np.ndarray, bias: str | None) -> np.ndarray:
+def bias_values(bias: str | BiasArray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The bias for scores of `shape` [B, H, Tq, Tk], float64, broadcastable to it; None: no bias.
+    ValueError naming both shapes when a bias array does not broadcast."""
+    if bias is None:
+        return None
+    if isinstance(bias, BiasArray):
+        try:
+            np.broadcast_shapes(bias.shape, shape)
+        except ValueError:
+            raise ValueError(f"the bias array of shape {bias.shape} does not broadcast to the scores' "
+                             f"[B, H, Tq, Tk] = {shape}") from None
+        if np.broadcast_shapes(bias.shape, shape) != tuple(shape):
+            raise ValueError(f"the bias array of shape {bias.shape} would widen the scores' {shape}")
+        return bias.array
+    _, H, Tq, Tk = shape
+    return alibi_bias(H, Tq, Tk)  # (H, Tq, Tk)
+
+
+def add_bias(scaled: np.ndarray, bias: str | BiasArray | None) -> np.ndarray:
     """The scaled (and capped) scores [B, H, Tq, Tk] plus the bias, in their dtype (the bias
     rounded to it once); None: unchanged."""
-    if bias is None:
+    b = bias_values(bias, scaled.shape)
+    if b is None:
         return scaled
-    _, H, Tq, Tk = scaled.shape
-    return (scaled + alibi_bias(H, Tq, Tk).astype(scaled.dtype)).astype(scaled.dtype, copy=False)
+    return (scaled + b.astype(scaled.dtype)).astype(scaled.dtype, copy=False)
 
 
 def sink_logits(sinks: tuple[float, ...] | None, dtype: np.dtype) -> np.ndarray | None:

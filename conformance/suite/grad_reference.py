@@ -35,10 +35,11 @@ from spec.block import intermediates
 from spec.block import grads as spec_grads
 from spec.config import AttentionConfig
 from spec.params import Params
-from spec.scores import add_bias, sink_logits
+from spec.scores import BiasArray, add_bias, reduce_to, sink_logits
 
-#: The gradients in a fixed order; the bias ones only when qkv_bias, dsinks only with sinks.
-ORDER = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v", "dsinks")
+#: The gradients in a fixed order; the bias ones only when qkv_bias, dsinks only with sinks,
+#: dbias only with a bias array.
+ORDER = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v", "dsinks", "dbias")
 
 
 def grad_shapes(case: Case) -> dict[str, tuple[int, ...]]:
@@ -50,12 +51,15 @@ def grad_shapes(case: Case) -> dict[str, tuple[int, ...]]:
         shapes.update(db_q=(c.d_out,), db_k=(c.d_kv,), db_v=(c.d_kv,))
     if c.sinks is not None:
         shapes["dsinks"] = (c.n_heads,)
+    if isinstance(c.bias, BiasArray):
+        shapes["dbias"] = c.bias.shape
     return shapes
 
 
 def _names(params: Params, config: AttentionConfig) -> tuple[str, ...]:
     names = ORDER[:9] if params.b_q is not None else ORDER[:6]
-    return names + (("dsinks",) if config.sinks is not None else ())
+    return (names + (("dsinks",) if config.sinks is not None else ())
+            + (("dbias",) if isinstance(config.bias, BiasArray) else ()))
 
 
 def spec_order(x, params, config, grad_out, key_padding_mask=None, dropout_mask=None) -> tuple:
@@ -119,6 +123,7 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     dP = dPd if dropout_mask is None else np.where(dropout_mask, dPd * keep, dt(0)).astype(x.dtype)
     D = (dO * O).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1): FA2's row term, rowsum(dO * O)
     dS = (P * (dP - D)).astype(x.dtype)
+    d_bias = reduce_to(dS, config.bias.shape).astype(x.dtype) if isinstance(config.bias, BiasArray) else None
     d_sinks = None
     if sink is not None:  # d sink_h = -sum w_sink * D, the sink's weight exp(sink - lse)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -131,7 +136,7 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     dk = S.matmul(dS.swapaxes(-2, -1), q) * scale  # (B, H, Tk, hd)
     dk, dv = BW.sum_groups(dk, Hkv), BW.sum_groups(dv, Hkv)  # (B, Hkv, T, hd): summed over each group
     dx, d_in = BW.project_qkv_vjp(S.merge_heads(dq), S.merge_heads(dk), S.merge_heads(dv), x, params)
-    g = {"dx": dx, **{"d" + n: a for n, a in {**d_in, **d_p}.items()}, "dsinks": d_sinks}
+    g = {"dx": dx, **{"d" + n: a for n, a in {**d_in, **d_p}.items()}, "dsinks": d_sinks, "dbias": d_bias}
     return tuple(np.asarray(g[n]).astype(x.dtype, copy=False) for n in _names(params, config))
 
 
@@ -170,10 +175,13 @@ def sizes(case: Case, grad_out: np.ndarray, dropout: bool = False) -> dict[str, 
     P = S.attn_weights(tr["attn_scores"], c, case.key_padding_mask)  # before dropout
     dP = d_w if dmask is None else np.where(dmask, d_w / (1.0 - c.dropout_p), 0.0)
     dS = P * (dP + (P * dP).sum(axis=-1, keepdims=True)) / np.sqrt(c.head_dim)
+    d_bias = reduce_to(dS * np.sqrt(c.head_dim), c.bias.shape) if isinstance(c.bias, BiasArray) else None
     dq, dk = BW.attn_scores_vjp(dS, a["q"], a["k"])  # dk, dv (B, Hkv, Tk, hd): |terms| summed over each group
     dx, d_in = BW.project_qkv_vjp(S.merge_heads(dq), S.merge_heads(dk), S.merge_heads(dv), a["x"], p)
     out = {"dx": dx, **{"d" + k: v for k, v in {**d_in, **d_o}.items()}}
     if c.sinks is not None:  # d sink_h sums w_sink * rowsum(P * dP) over b and i: its terms' magnitudes
         w_sink = S.sink_weight(tr["attn_scores"], c, case.key_padding_mask)  # (B, H, Tq, 1)
         out["dsinks"] = (w_sink * (P * dP).sum(axis=-1, keepdims=True)).sum(axis=(0, 2, 3))  # (H,)
+    if d_bias is not None:  # a bias array's gradient sums the unscaled dS over its broadcast axes
+        out["dbias"] = d_bias
     return {n: float(np.max(out[n], initial=0.0)) for n in _names(case.params, c)}

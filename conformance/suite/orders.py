@@ -20,7 +20,7 @@ import numpy as np
 from spec import steps as S
 from spec.config import AttentionConfig
 from spec.params import Params
-from spec.scores import alibi_bias, sink_logits
+from spec.scores import bias_values, sink_logits
 
 
 def _NEG_INF(a: np.ndarray):
@@ -46,9 +46,11 @@ def _masked(config: AttentionConfig, Tq: int, Tk: int, kpm: np.ndarray | None) -
 
 def _biased(s: np.ndarray, config: AttentionConfig, Tq: int, Tk: int, keys: slice = slice(None)) -> np.ndarray:
     """s [B, H, Tq, blk] plus the spec's bias on keys `keys` of Tk, in s's dtype (None: s)."""
-    if config.bias is None:
+    b = bias_values(config.bias, (s.shape[0], config.n_heads, Tq, Tk))  # float64, broadcastable, or None
+    if b is None:
         return s
-    return (s + alibi_bias(config.n_heads, Tq, Tk)[..., keys].astype(s.dtype)).astype(s.dtype, copy=False)
+    b = np.broadcast_to(b, (*b.shape[:-1], Tk) if b.shape[-1] == 1 else b.shape)[..., keys]
+    return (s + b.astype(s.dtype)).astype(s.dtype, copy=False)
 
 
 def _row_max(s: np.ndarray, config: AttentionConfig) -> np.ndarray:
