@@ -19,13 +19,17 @@ from spec import steps as S
 from spec.block import forward, grads
 from spec.config import AttentionConfig
 from spec.params import init_params
-from spec.scores import alibi_bias, alibi_slopes
+from spec.scores import BiasArray, alibi_bias, alibi_slopes, reduce_to
+
+#: A bias array per head, broadcast over the batch (shape [1, H, Tq, Tk]), for the array tests.
+BIAS = np.random.default_rng(9).standard_normal((1, 4, 7, 7))
 
 CONFIGS = {
     "causal_alibi_sinks_gqa": AttentionConfig(8, 8, 4, n_kv_heads=2, causal=True, bias="alibi",
                                               sinks=(0.5, -1.0, 2.0, -math.inf)),
     "non_causal_alibi_window": AttentionConfig(8, 8, 4, causal=False, qkv_bias=True, bias="alibi", window=(1, 2)),
     "causal_sinks_softcap": AttentionConfig(8, 8, 2, causal=True, sinks=(1.0, -0.25), softcap=3.0),
+    "bias_array_sinks_gqa": AttentionConfig(8, 8, 4, n_kv_heads=1, causal=True, bias=BIAS, sinks=(0.0, 1.0, -2.0, 3.0)),
 }
 
 
@@ -108,16 +112,47 @@ def test_backends_forward_decode_and_gradients_give_the_spec(backend, name):
     X = b.from_numpy(x, "float64")
     got = b.to_numpy(b.forward(X, w, config, key_padding_mask=mask))
     np.testing.assert_allclose(got, forward(x, params, config, kpm), rtol=0, atol=1e-12)
-    cache = b.prefill(b.from_numpy(x[:, :3], "float64"), w, config, key_padding_mask=mask[:, :3])
-    y, _ = b.decode(b.from_numpy(x[:, 3:], "float64"), cache, w, config, key_padding_mask=mask[:, 3:])
-    np.testing.assert_allclose(b.to_numpy(y), decoded(x, params, config, kpm, 3, (4,)), rtol=0, atol=1e-12)
+    if not isinstance(config.bias, BiasArray):  # an array covers one call's T: no cache
+        cache = b.prefill(b.from_numpy(x[:, :3], "float64"), w, config, key_padding_mask=mask[:, :3])
+        y, _ = b.decode(b.from_numpy(x[:, 3:], "float64"), cache, w, config, key_padding_mask=mask[:, 3:])
+        np.testing.assert_allclose(b.to_numpy(y), decoded(x, params, config, kpm, 3, (4,)), rtol=0, atol=1e-12)
     g = np.random.default_rng(5).standard_normal(got.shape)
     _, saved = b.forward_for_grad(X, w, config, key_padding_mask=mask)
     mine = b.backward(saved, b.from_numpy(g, "float64"))
     want = grads(x, params, config, g, kpm).arrays()
     assert set(want) == set(mine) and ("dsinks" in want) == (config.sinks is not None)
+    assert ("dbias" in want) == isinstance(config.bias, BiasArray)
     for k, v in want.items():
         np.testing.assert_allclose(b.to_numpy(mine[k]), v, rtol=0, atol=1e-11, err_msg=k)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 7, 7), (2, 1, 7, 7), (4, 1, 7), (7,), (2, 4, 7, 1), (1, 1, 1, 1)])
+def test_dbias_is_the_derivative_summed_over_the_broadcast_axes(shape):
+    config = dataclasses.replace(CONFIGS["causal_sinks_softcap"], n_heads=4, sinks=None,
+                                 bias=np.random.default_rng(2).standard_normal(shape))
+    params, x, kpm = _problem(config)
+    g = np.random.default_rng(5).standard_normal((2, 7, config.d_out))
+    d = grads(x, params, config, g, kpm).dbias
+    assert d.shape == shape
+    idx = tuple(n - 1 for n in shape)  # the last query's last key: visible in every row shape
+    up, down = (config.bias.array.copy() for _ in range(2))
+    up[idx] += 1e-6
+    down[idx] -= 1e-6
+    fd = ((forward(x, params, dataclasses.replace(config, bias=up), kpm)
+           - forward(x, params, dataclasses.replace(config, bias=down), kpm)) * g).sum() / 2e-6
+    assert abs(fd - d[idx]) < 1e-7 * max(1.0, abs(fd))
+
+
+def test_reduce_to_sums_what_was_broadcast():
+    d = np.arange(2 * 3 * 4 * 5, dtype=float).reshape(2, 3, 4, 5)
+    np.testing.assert_array_equal(reduce_to(d, (3, 1, 5)), d.sum(axis=(0, 2))[:, None, :])
+    np.testing.assert_array_equal(reduce_to(d, (2, 1, 4, 5)), d.sum(axis=1, keepdims=True))
+
+
+def test_a_bias_array_that_does_not_broadcast_is_named():
+    config = AttentionConfig(4, 4, 2, bias=np.zeros((3, 5, 5)))
+    with pytest.raises(ValueError, match=r"\(3, 5, 5\)"):
+        S.attn_weights(np.zeros((1, 2, 5, 5)), config)
 
 
 def test_the_capability_gate_names_the_field():
@@ -127,10 +162,10 @@ def test_the_capability_gate_names_the_field():
     assert Capabilities(bias=True, sinks=True).unsupported(AttentionConfig(4, 4, 2, bias="alibi", sinks=(0, 1))) is None
 
 
-@pytest.mark.parametrize("bad", [{"bias": "rope"}, {"sinks": (0.0,)}, {"sinks": (0.0, math.nan)},
+@pytest.mark.parametrize("bad", [{"bias": "rope"}, {"bias": np.array([np.nan])}, {"sinks": (0.0,)}, {"sinks": (0.0, math.nan)},
                                  {"sinks": (0.0, math.inf)}, {"sinks": "0 0"}])
 def test_bad_values_are_refused_by_name(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    with pytest.raises(ValueError, match=next(iter(bad))[:4]):
         AttentionConfig(4, 4, 2, **bad)
 
 
@@ -165,7 +200,12 @@ def test_each_mutant_is_wrong_where_it_says(mutant):
     b = mutant()
     w = b.prepare(params, "float64")
     fwd = np.abs(b.forward(x, w, config, key_padding_mask=kpm) - forward(x, params, config, kpm)).max()
-    if mutant.name == "mutant-sink-ignored-empty-row-grad":  # its forward is right; the backward is not
+    if mutant.name == "mutant-dbias-wrong-axes":  # its forward is right; a head-shared bias's gradient is not
+        shared = dataclasses.replace(config, bias=np.random.default_rng(3).standard_normal((1, 1, 7, 7)))
+        g = np.random.default_rng(5).standard_normal((2, 7, config.d_out))
+        mine = b.backward(b.forward_for_grad(x, w, shared, key_padding_mask=kpm)[1], g)
+        assert np.abs(mine["dbias"] - grads(x, params, shared, g, kpm).dbias).max() > 1e-3
+    elif mutant.name == "mutant-sink-ignored-empty-row-grad":  # its forward is right; the backward is not
         assert fwd < 1e-12
         g = np.random.default_rng(5).standard_normal((2, 7, config.d_out))
         mine = b.backward(b.forward_for_grad(x, w, config, key_padding_mask=kpm)[1], g)

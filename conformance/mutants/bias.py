@@ -93,6 +93,18 @@ class SinkIgnoredEmptyRowGrad(ScoredPlain):
         return np.where(empty, raw, P).astype(work), w_sink
 
 
+class DBiasWrongAxes(ScoredPlain):
+    """A bias array shared across heads (size 1 on the head axis) gets the first head's gradient: the
+    batch axis summed, the head axis sliced instead of summed."""
+
+    name = "mutant-dbias-wrong-axes"
+
+    def reduce_bias(self, dS, shape):
+        if len(shape) >= 3 and shape[-3] == 1 and dS.shape[1] > 1:
+            dS = dS[:, :1]  # (B, 1, Tq, Tk): head 0 only, where every head's share belongs
+        return super().reduce_bias(dS, shape)
+
+
 #: The bias and sink mutants (the kill table runs them all).
 BIAS_MUTANTS: list[type[PlainBackend]] = [AlibiSlopesReversed, BiasWrongAxis, BiasAfterMask, SinkInNumerator,
-                                          SinkIgnoredEmptyRowGrad]
+                                          SinkIgnoredEmptyRowGrad, DBiasWrongAxes]

@@ -32,7 +32,7 @@ def _rows(run, case) -> np.ndarray:
 
 
 def _sized_cases(caps, dtype):
-    return cs.cases(caps, dtype, large=True)
+    return cs.cases(caps, dtype, large=True, bias_array=True)
 
 
 @check(step=None, strategy=_sized_cases, examples=cs.class_representatives)

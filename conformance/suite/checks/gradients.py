@@ -76,7 +76,7 @@ GRAD_BUDGET_SCALE = 1 / 16
 @st.composite
 def _sized_grad_cases(draw, caps, dtype):
     return _with_grad_seed(draw, draw(cs.cases(caps, dtype, large=True, budget_scale=GRAD_BUDGET_SCALE,
-                                                       grads=True)))
+                                                       grads=True, bias_array=True)))
 
 
 def _grouped_grad_cases(caps, dtype) -> list:
