@@ -69,7 +69,9 @@ class Capabilities:
     to (-50, 50)). Without them the suite draws neither.
     bias: `AttentionConfig.bias = "alibi"`: slope_h * (j - p) added to the scaled (capped) scores
     before the masks, ALiBi's standard slopes (8 heads: 1/2, 1/4, ..., 1/256); query 5 of a causal
-    row then scores key 3 with -2 * slope_h more than without (spec/scores.py).
+    row then scores key 3 with -2 * slope_h more than without (spec/scores.py); and a bias array
+    (`spec.scores.BiasArray`, broadcastable to [B, H, Tq, Tk]) added there, with gradients
+    `backward` returning dbias in its shape (summed over the axes it was broadcast on).
     sinks: `AttentionConfig.sinks = (s_0, ..., s_{H-1})`: one logit per head in the softmax's
     denominator only (gpt-oss); a row whose scores are all 0 over 3 keys with sink log(3) gets
     weights 1/6 each; a row with no visible key gets 0. With gradients, backward returns dsinks [H].

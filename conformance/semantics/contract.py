@@ -279,7 +279,8 @@ PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "decode_bitwise": lambda b: dc.contract_decode(b, _measured),
     "window": contract_window,
     "softcap": contract_softcap,
-    "bias_masked_row": lambda b: ("n/a", "the contract's bias is ALiBi (AttentionConfig.bias): no float bias to pass"),
+    "bias_masked_row": lambda b: ("n/a", "measured on the library rows only (through the contract the answer is "
+                                         "the dtype's rounding of -1e9 + s, not a convention)"),
     "sink_masked_row": lambda b: contract_sink_masked_row(b),
     "alibi": lambda b: score_terms.contract_alibi(b),
     "padded_query_rows": fp.padded_query_rows,

@@ -7,8 +7,8 @@ adapter corrects), and one through the contract:
   bias of -1e9 (the additive masks Hugging Face builds from finfo.min, and SDPA's float
   `attn_mask`) instead of masked. A finite bias is a score: the softmax is uniform over the row,
   so the row gets the mean of V, where a boolean mask gives the spec's zeros. SDPA and
-  nn.MultiheadAttention take the float mask; the spec's own bias is ALiBi (`AttentionConfig.bias`),
-  so its rows measure step 8 on scores lowered by -1e9 (the same arithmetic a float bias is).
+  nn.MultiheadAttention take the float mask; the spec's rows measure step 8 on scores lowered by
+  -1e9 (the arithmetic a bias array in `AttentionConfig.bias` is).
 - "fully masked row with a sink": every key padded, sinks of 0 in each head: the spec gives
   zeros (the sink takes the row's whole weight and has no value). Libraries whose signature has no
   sink argument are "not offered".
@@ -66,7 +66,7 @@ def bias_masked_row(raw: Any) -> dict[str, str]:
         scores = b.attn_scores(Q, K)
         lowered = scores + b.from_numpy(np.full((1, 2, 1, 4), BIG * 2.0, np.float32), "float32")  # * sqrt(hd): -1e9 scaled
         out, err = probes._call(lambda: b.to_numpy(b.context(b.attn_weights(lowered, cfg), V)))
-        how = "step 8 on scores lowered by 1e9 after the scale (the spec's bias is ALiBi; a float bias is this arithmetic)"
+        how = "step 8 on scores lowered by 1e9 after the scale (what a bias array of -1e9 adds)"
     elif name in ("torch-sdpa", "torch-mha"):
         out, err = probes._call(lambda: _torch_float_mask(raw, q, k, v))
         how = "a float attn_mask of -1e9 on every key"
