@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import errors, find
 
-from conformance.mutants.bias import BIAS_MUTANTS, ScoredPlain
+from conformance.mutants.bias import BIAS_GRAD_MUTANTS, BIAS_MUTANTS, ScoredPlain
 from conformance.suite import strategies as cs
 from conformance.suite.cache_reference import decoded
 from impls.base import Capabilities
@@ -193,7 +193,7 @@ def test_the_mutants_declare_both_and_the_control_is_right():
     np.testing.assert_allclose(got, forward(x, params, config, kpm), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("mutant", BIAS_MUTANTS, ids=lambda m: m.name)
+@pytest.mark.parametrize("mutant", BIAS_MUTANTS + BIAS_GRAD_MUTANTS, ids=lambda m: m.name)
 def test_each_mutant_is_wrong_where_it_says(mutant):
     config = CONFIGS["causal_alibi_sinks_gqa"]
     params, x, kpm = _problem(config)
@@ -201,7 +201,7 @@ def test_each_mutant_is_wrong_where_it_says(mutant):
     w = b.prepare(params, "float64")
     fwd = np.abs(b.forward(x, w, config, key_padding_mask=kpm) - forward(x, params, config, kpm)).max()
     if mutant.name == "mutant-dbias-wrong-axes":  # its forward is right; a head-shared bias's gradient is not
-        shared = dataclasses.replace(config, bias=np.random.default_rng(3).standard_normal((1, 1, 7, 7)))
+        shared = dataclasses.replace(config, bias=np.random.default_rng(3).standard_normal((1, 4, 7, 7)))
         g = np.random.default_rng(5).standard_normal((2, 7, config.d_out))
         mine = b.backward(b.forward_for_grad(x, w, shared, key_padding_mask=kpm)[1], g)
         assert np.abs(mine["dbias"] - grads(x, params, shared, g, kpm).dbias).max() > 1e-3
@@ -213,3 +213,21 @@ def test_each_mutant_is_wrong_where_it_says(mutant):
         assert np.abs(mine["dsinks"] - want.dsinks).max() > 1e-3 and np.abs(mine["dW_k"] - want.dW_k).max() > 1e-3
     else:
         assert fwd > 1e-3
+
+
+@pytest.mark.parametrize("mutant", [ScoredPlain, *BIAS_GRAD_MUTANTS], ids=lambda m: m.__name__)
+def test_the_gradient_checks_kill_each_gradient_mutant_and_pass_the_control(mutant, dtype="float32"):
+    """Their forward is right, so the kill table reaches them only after every forward check (minutes
+    each): here grads_match_spec and grads_padded_and_empty_rows alone, at float32 and the quick
+    profile (`nox -s mutants` kills them at float16 too)."""
+    from conformance.suite import profiles
+    from conformance.suite.checks import get
+    from conformance.suite.engine import run_check
+
+    profiles.load("quick")  # a suite profile (no deadline); tests/conftest.py puts the previous one back
+    outcomes = {name: run_check(get(name), mutant(), dtype, seed=3)
+                for name in ("grads_match_spec", "grads_padded_and_empty_rows")}
+    if mutant is ScoredPlain:
+        assert all(r.outcome == "passed" for r in outcomes.values()), {n: r.reason for n, r in outcomes.items()}
+    else:
+        assert any(r.outcome == "failed" for r in outcomes.values()), f"{mutant.name} survived the gradient checks"

@@ -94,17 +94,21 @@ class SinkIgnoredEmptyRowGrad(ScoredPlain):
 
 
 class DBiasWrongAxes(ScoredPlain):
-    """A bias array shared across heads (size 1 on the head axis) gets the first head's gradient: the
-    batch axis summed, the head axis sliced instead of summed."""
+    """A bias array's gradient summed only over the query and key axes it was broadcast on: a batch
+    or head axis it was broadcast on gets the first batch row's or head's gradient, not the sum."""
 
     name = "mutant-dbias-wrong-axes"
 
     def reduce_bias(self, dS, shape):
-        if len(shape) >= 3 and shape[-3] == 1 and dS.shape[1] > 1:
-            dS = dS[:, :1]  # (B, 1, Tq, Tk): head 0 only, where every head's share belongs
+        lead = dS.ndim - len(shape)
+        full = (1,) * lead + tuple(shape)  # the bias's shape with every missing axis as size 1
+        for axis in (0, 1):  # batch and heads: sliced at 0 where they were broadcast
+            if full[axis] == 1 and dS.shape[axis] > 1:
+                dS = dS[(slice(None),) * axis + (slice(0, 1),)]
         return super().reduce_bias(dS, shape)
 
 
-#: The bias and sink mutants (the kill table runs them all).
-BIAS_MUTANTS: list[type[PlainBackend]] = [AlibiSlopesReversed, BiasWrongAxis, BiasAfterMask, SinkInNumerator,
-                                          SinkIgnoredEmptyRowGrad, DBiasWrongAxes]
+#: The bias and sink mutants whose forward is wrong (the kill table runs them all).
+BIAS_MUTANTS: list[type[PlainBackend]] = [AlibiSlopesReversed, BiasWrongAxis, BiasAfterMask, SinkInNumerator]
+#: Their forward is right: only a gradient check kills them (the kill table runs them too).
+BIAS_GRAD_MUTANTS: list[type[PlainBackend]] = [SinkIgnoredEmptyRowGrad, DBiasWrongAxes]
