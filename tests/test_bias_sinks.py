@@ -235,15 +235,16 @@ def test_the_gradient_checks_kill_each_gradient_mutant_and_pass_the_control(muta
 
 def test_the_profile_columns_measure_the_library_and_the_contract():
     from conformance.mutants.bias import AlibiSlopesReversed
-    from conformance.semantics import score_terms
-    from conformance.semantics.contract import ALL_COLUMNS, PROBES
+    from conformance.semantics import probes, score_terms
+    from conformance.semantics.contract import ALL_COLUMNS, PROBES, _measured
     from conformance.semantics.libraries import SpecSteps
     from conformance.semantics.probes import COLUMNS
 
     for key in ("bias_masked_row", "sink_masked_row"):
         assert key in dict(COLUMNS) and key in dict(ALL_COLUMNS) and key in PROBES
     numpy_raw = SpecSteps("numpy", "numpy")
-    assert score_terms.sink_masked_row(numpy_raw)["value"] == "zeros"
-    assert score_terms.bias_masked_row(numpy_raw)["value"] == "mean of V (uniform weights)"  # float32: -1e9 + s = -1e9
-    assert score_terms.contract_alibi(ScoredPlain())[0] == "standard (the spec)"
-    assert score_terms.contract_alibi(AlibiSlopesReversed())[0] == "slopes in reverse head order"
+    assert score_terms.sink_masked_row(numpy_raw, probes)["value"] == "zeros"
+    # float32: -1e9 + s rounds to -1e9, so the row is uniform
+    assert score_terms.bias_masked_row(numpy_raw, probes)["value"] == "mean of V (uniform weights)"
+    assert score_terms.contract_alibi(ScoredPlain(), _measured)[0] == "standard (the spec)"
+    assert score_terms.contract_alibi(AlibiSlopesReversed(), _measured)[0] == "slopes in reverse head order"

@@ -282,7 +282,7 @@ PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "bias_masked_row": lambda b: ("n/a", "measured on the library rows only (through the contract the answer is "
                                          "the dtype's rounding of -1e9 + s, not a convention)"),
     "sink_masked_row": lambda b: contract_sink_masked_row(b),
-    "alibi": lambda b: score_terms.contract_alibi(b),
+    "alibi": lambda b: score_terms.contract_alibi(b, _measured),
     "padded_query_rows": fp.padded_query_rows,
     "float64_compute": fp.float64_compute,
 }

@@ -18,6 +18,7 @@ masked positions stay out of the other rows, and whether a decode step gives the
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -326,10 +327,11 @@ def profile(raw: Any) -> dict[str, dict[str, str]]:
     out["kv_grouping"] = _guard(lambda: kv_grouping(raw))
     out["window"] = _guard(lambda: window_convention(raw))
     out["softcap"] = _guard(lambda: softcap_position(raw))
-    from conformance.semantics import score_terms as st  # lazily: it imports this module's helpers
+    from conformance.semantics import score_terms as st  # it takes this module's helpers as an argument
 
-    out["bias_masked_row"] = _guard(lambda: st.bias_masked_row(raw))
-    out["sink_masked_row"] = _guard(lambda: st.sink_masked_row(raw))
+    helpers = sys.modules[__name__]
+    out["bias_masked_row"] = _guard(lambda: st.bias_masked_row(raw, helpers))
+    out["sink_masked_row"] = _guard(lambda: st.sink_masked_row(raw, helpers))
     from conformance.semantics import declarations as dc  # lazily: it loads the suite's checks
 
     polarity = out["mask_polarity"]["value"]
