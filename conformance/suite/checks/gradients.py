@@ -25,6 +25,7 @@ from conformance.suite.tolerance import compare, largest_finite
 from conformance.suite.judgement import active
 from spec import invariants as inv
 from spec.block import sample_dropout_mask
+from spec.config import AttentionConfig
 
 GROUP = "gradients"
 
@@ -95,7 +96,26 @@ def grad_representatives(caps, dtype) -> list:
     and the longest T that fits. Run before the drawn examples, as `matches_spec`'s are."""
     reps = cs.class_representatives(caps, dtype, budget_scale=GRAD_BUDGET_SCALE, first_edges=True,
                                     long_past=GRAD_LONG_PAST)
-    return [c.with_(extra={**c.extra, "grad_seed": c.T * 7 + c.config.d_out}) for c in reps] + _grouped_grad_cases(caps, dtype)
+    return ([c.with_(extra={**c.extra, "grad_seed": c.T * 7 + c.config.d_out}) for c in reps]
+            + _grouped_grad_cases(caps, dtype) + _score_term_grad_cases(caps, dtype))
+
+
+def _score_term_grad_cases(caps, dtype) -> list:
+    """Fixed examples for a backend declaring a bias or sinks, B = 3, 4 heads, T = 9: a bias array per
+    head (its batch axis broadcast, so dbias sums over the 3 rows); and the sinks with batch row 1's
+    first keys padded (its early causal queries see nothing: the sink takes their rows)."""
+    param_scale = cs.value_scales(dtype)[1][0]
+    out = []
+    if caps.bias:
+        bias = round_to(np.random.default_rng(27).standard_normal((1, 4, 9, 9)) * 2.0, dtype)  # (1, H, T, T)
+        config = AttentionConfig(d_in=8, d_out=16, n_heads=4, causal=caps.causal, bias=bias)
+        out.append(cs.case_from(config, 3, 9, dtype, seed=27, param_scale=param_scale))
+    if caps.sinks and caps.key_padding_mask:
+        config = AttentionConfig(d_in=8, d_out=16, n_heads=4, causal=caps.causal, sinks=(0.5, -1.0, 2.0, 0.0))
+        kpm = np.ones((3, 9), dtype=bool)
+        kpm[1, :3] = False
+        out.append(cs.case_from(config, 3, 9, dtype, seed=28, param_scale=param_scale).with_(key_padding_mask=kpm))
+    return [c.with_(extra={**c.extra, "grad_seed": c.seed}) for c in out]
 
 
 @check(step=None, strategy=_sized_grad_cases, needs=("gradients",), group=GROUP,
