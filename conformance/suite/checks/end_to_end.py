@@ -32,7 +32,7 @@ def _rows(run, case) -> np.ndarray:
 
 
 def _sized_cases(caps, dtype):
-    return cs.cases(caps, dtype, large=True)
+    return cs.cases(caps, dtype, large=True, bias_array=True)
 
 
 @check(step=None, strategy=_sized_cases, examples=cs.class_representatives)
@@ -132,6 +132,8 @@ def _perm_cases(draw, caps, dtype):
     case = draw(cs.cases(caps, dtype, causal=False))
     if case.config.window is not None:  # a window is positional: permuting the tokens changes who sees whom
         case = case.with_(config=replace(case.config, window=None))
+    if case.config.bias is not None:  # so is ALiBi: it changes how far each key is
+        case = case.with_(config=replace(case.config, bias=None))
     perm = draw(st.permutations(range(case.T)))
     return case.with_(extra={**case.extra, "perm": list(perm)})
 
@@ -160,7 +162,8 @@ def head_permutation_invariance(run, case):
     rows = {k: getattr(p, k)[q_idx if k[-1] == "q" else kv_idx] for k in ("W_q", "W_k", "W_v", "b_q", "b_k", "b_v")
             if getattr(p, k) is not None}
     permuted = replace(p, W_o=p.W_o[:, q_idx], **rows)  # W_o's columns are the concatenated heads
-    y, got = run.forward(case), run.forward(case.with_(params=permuted))
+    config = cs.permuted_sinks(case.config, q_idx)  # each head's sink moves with its head
+    y, got = run.forward(case), run.forward(case.with_(params=permuted, config=config))
     golden, plain = forward_golden_and_plain(case)
     run.assert_same(f"forward with heads permuted {case.extra['head_perm']} vs unpermuted", got, y, golden, plain,
                     _rows(run, case))
@@ -169,6 +172,8 @@ def head_permutation_invariance(run, case):
 @check(step=None, strategy=everyday_cases)
 def zero_wq_uniform_attention(run, case):
     """With W_q = 0 every score is 0: causal output is the running mean of V, projected."""
+    if case.config.bias is not None or case.config.sinks is not None:  # the oracle is for plain scores
+        case = case.with_(config=replace(case.config, bias=None, sinks=None))
     p = replace(case.params, W_q=np.zeros_like(case.params.W_q),
                 b_q=None if case.params.b_q is None else np.zeros_like(case.params.b_q))
     got = run.forward(case.with_(params=p))
