@@ -72,3 +72,16 @@ def test_least_recently_used_go_first_past_the_budget(monkeypatch):
     golden_and_plain(S.out_proj, "float32", xs[4], params, orders=())  # the newest is still there
     golden_and_plain(S.out_proj, "float32", xs[0], params, orders=())  # the oldest went first
     assert memo.stats()["hits"] == 1
+
+
+def test_a_bias_array_is_part_of_the_key():
+    from spec.scores import BiasArray
+
+    case = _case()
+    bias = np.zeros((2, 1, 9))  # [H, 1, Tk]
+    g0, _ = forward_golden_and_plain(case.with_(config=replace(case.config, bias=BiasArray(bias))))
+    bias[1, 0, 3] = 2.0
+    g1, _ = forward_golden_and_plain(case.with_(config=replace(case.config, bias=BiasArray(bias))))
+    assert memo.stats()["hits"] == 0 and not np.array_equal(g0, g1)
+    forward_golden_and_plain(case.with_(config=replace(case.config, bias=BiasArray(bias))))
+    assert memo.stats()["hits"] == 1

@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from spec.scores import BiasArray
+
 #: Bytes of remembered references per worker process: the largest example's golden and plain
 #: runs (an output of [B, T, d_out] in float64, five times) are a few MB, the suite's memory
 #: budget per example 1 GiB (conformance.suite.sizes.BUDGET_BYTES).
@@ -50,6 +52,9 @@ def _feed(h: Any, a: Any) -> None:
         h.update(np.ascontiguousarray(a).tobytes())
     elif a is None or isinstance(a, (bool, int, float, str)):
         h.update(f"{type(a).__name__} {a!r}|".encode())
+    elif isinstance(a, BiasArray):  # AttentionConfig.bias as an array
+        h.update(b"bias ")
+        _feed(h, a.array)
     elif isinstance(a, tuple):
         h.update(f"tuple {len(a)}|".encode())
         for v in a:

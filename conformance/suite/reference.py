@@ -15,6 +15,7 @@ from spec import block as spec_forward
 from spec import conventions as conv
 from spec.config import numpy_dtype
 from spec.params import Params
+from spec.scores import BiasArray
 from spec.table import Trace
 
 
@@ -160,6 +161,9 @@ def leading_golden_and_plain(case: Case, batch: int | None = None, tokens: int |
         raise ValueError(f"tokens={tokens}: only a causal case's first outputs are independent of later tokens")
     b = case.B if batch is None else batch
     t = case.T if tokens is None else tokens
+    if isinstance(case.config.bias, BiasArray):  # its axes may be the batch's and tokens': cut from the whole
+        golden, plain = forward_golden_and_plain(case)
+        return golden[:b, :t], plain[:b, :t]  # (b, t, d_out)
     kpm, dmask = case.key_padding_mask, case.dropout_mask
     return forward_golden_and_plain(case.with_(
         x=case.x[:b, :t],
