@@ -28,9 +28,11 @@ from spec.config import AttentionConfig
 
 
 def modified(config: AttentionConfig) -> bool:
-    """True when the scores carry a sliding window or a softcap: the fast blocked paths do not take
-    them (yet), so the forward and backward are the ones composed of the steps and their VJPs."""
-    return config.window is not None or config.softcap is not None
+    """True when the scores carry a sliding window, a softcap, a bias or sinks: the fast blocked
+    paths do not take them (yet), so the forward and backward are the ones composed of the steps
+    and their VJPs."""
+    return (config.window is not None or config.softcap is not None or config.bias is not None
+            or config.sinks is not None)
 
 _BLOCK = 128  # query rows per block, as the forward's
 _BUDGET = 2 << 20  # bytes of one block's scores over all heads of a group: about one core's L2

@@ -4,7 +4,8 @@ The one array-generic implementation of the steps: the NumPy and CuPy backends e
 for step-by-step checking (their fast forward stays their own), and the mutants' plain backend
 (`conformance.mutants.base.PlainBackend`) is this class with NumPy arrays, its forward composed
 of the steps. Each step is built from small pieces (`linear`, `scale`, `causal_mask`,
-`window_mask`, `softcap`, `padding`, `mask`, `softmax`, `dropout`, `kv_head_of`), so a mutant overrides one piece by a
+`window_mask`, `softcap`, `alibi_slopes`, `bias`, `with_sinks`, `padding`, `mask`, `softmax`, `dropout`,
+`kv_head_of`), so a mutant overrides one piece by a
 few lines and the bug reaches every path that uses it: the forward, the steps, the backward
 (`impls.array_vjps`) and the KV cache (`impls.array_cache`).
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from spec.config import AttentionConfig
 from spec.params import Params
+from spec.scores import BiasArray
 
 
 def work_dtype(dt: Any) -> np.dtype:
@@ -82,6 +84,52 @@ class ArraySteps:
             return s
         xp = self.xp()
         return (c * xp.tanh(s / c)).astype(s.dtype)
+
+    def alibi_slopes(self, H: int):
+        """ALiBi's standard slopes for H heads, [H] float64: 2^(-8/n)^(h+1) for n a power of two;
+        otherwise the n = 2^floor(log2 H) slopes, then every other slope of 2n (Press et al., BLOOM)."""
+        def powers(n: int) -> list[float]:
+            return [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
+
+        n = 1 << (H.bit_length() - 1)
+        return np.array(powers(n) + powers(2 * n)[0::2][: H - n])  # (H,)
+
+    def bias(self, config: AttentionConfig, Tq: int, Tk: int):
+        """The score bias (float64) or None: ALiBi's slope_h * (j - p), p = i + Tk - Tq, [H, Tq, Tk];
+        or a bias array as given (broadcastable to [B, H, Tq, Tk])."""
+        if config.bias is None:
+            return None
+        xp = self.xp()
+        if isinstance(config.bias, BiasArray):
+            return xp.asarray(config.bias.array)
+        p = xp.arange(Tq)[:, None] + (Tk - Tq)  # (Tq, 1): the query's position
+        j = xp.arange(Tk)[None, :]  # (1, Tk)
+        return xp.asarray(self.alibi_slopes(config.n_heads))[:, None, None] * (j - p)[None]  # (H, Tq, Tk)
+
+    def add_bias(self, s, config: AttentionConfig):
+        """The scaled (capped) scores [B, H, Tq, Tk] plus the bias, before the masks."""
+        b = self.bias(config, *s.shape[2:])
+        return s if b is None else (s + b.astype(s.dtype)).astype(s.dtype)
+
+    def reduce_bias(self, dS, shape: tuple[int, ...]):
+        """A bias array's gradient: dS [B, H, Tq, Tk] summed over the axes the bias was broadcast on."""
+        lead = dS.ndim - len(shape)
+        out = dS.sum(axis=tuple(range(lead))) if lead else dS  # axes the bias does not have
+        axes = tuple(i for i, n in enumerate(shape) if n == 1 and out.shape[i] != 1)  # size-1 axes stretched
+        return (out.sum(axis=axes, keepdims=True) if axes else out).reshape(shape)
+
+    def with_sinks(self, s, masked, config: AttentionConfig):
+        """The sinks as one more key per row: scores [B, H, Tq, Tk + 1] with head h's sink logit last,
+        never masked, and the mask widened to match; the softmax's weight on it is the sink's share,
+        and it has no value (attn_weights drops the column). Unchanged without sinks."""
+        if config.sinks is None:
+            return s, masked
+        xp = self.xp()
+        B, H, Tq, _ = s.shape
+        sink = xp.broadcast_to(xp.asarray(config.sinks, dtype=s.dtype)[None, :, None, None], (B, H, Tq, 1))
+        masked = xp.broadcast_to(masked, (B, H, Tq, s.shape[-1]))
+        return (xp.concatenate([s, sink], axis=-1),  # (B, H, Tq, Tk + 1)
+                xp.concatenate([masked, xp.zeros((B, H, Tq, 1), dtype=bool)], axis=-1))
 
     def padding(self, key_padding_mask):
         """Masked keys from a key padding mask (True = may attend): [B, Tk] -> [B, 1, 1, Tk]."""
@@ -182,8 +230,10 @@ class ArraySteps:
         dt = attn_scores.dtype
         s = attn_scores.astype(work_dtype(dt))
         s = s * s.dtype.type(self.scale(config))
-        s = self.softcap(s, config.softcap)  # the spec's order: scale, softcap, then the masks
-        w = self.softmax(s, self.mask(config, B, Tq, Tk, key_padding_mask))
+        s = self.softcap(s, config.softcap)  # the spec's order: scale, softcap, bias, then the masks
+        s = self.add_bias(s, config)
+        w = self.softmax(*self.with_sinks(s, self.mask(config, B, Tq, Tk, key_padding_mask), config))
+        w = w[..., :Tk]  # (B, H, Tq, Tk): a sink's column, if any, has no value
         if dropout_mask is not None:
             w = self.dropout(w, dropout_mask, config.dropout_p)
         return w.astype(dt)

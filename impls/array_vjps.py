@@ -15,6 +15,7 @@ from typing import Any
 
 from impls.array_steps import work_dtype
 from spec.config import AttentionConfig
+from spec.scores import BiasArray
 
 
 def _flat(a: Any) -> Any:
@@ -51,7 +52,7 @@ class ArrayVJPs:
                          dropout_mask=None):
         dt = attn_scores.dtype
         work = work_dtype(dt)  # the row sums in float32 for float16, as the forward's
-        P = self.attn_weights(attn_scores, config, key_padding_mask).astype(work)  # recomputed, before dropout
+        P, _ = self.backward_weights(attn_scores, config, key_padding_mask)  # recomputed, before dropout
         dP = d_weights.astype(work)
         if dropout_mask is not None:
             dP = self.dropout(dP, dropout_mask, config.dropout_p)
@@ -68,6 +69,28 @@ class ArrayVJPs:
         t = xp.tanh(s / c)
         return xp.where(P == 0, 0, dS * (1 - t * t)).astype(dS.dtype)
 
+    def sinks_vjp(self, d_weights, attn_scores, config: AttentionConfig, key_padding_mask=None,
+                  dropout_mask=None):
+        """The sink logits' gradient [H]: -sum over b, i of w_sink * rowsum(P * dP) (spec.backward)."""
+        work = work_dtype(attn_scores.dtype)
+        P, w_sink = self.backward_weights(attn_scores, config, key_padding_mask)  # (B, H, Tq, Tk), (.., 1)
+        dP = d_weights.astype(work)
+        if dropout_mask is not None:
+            dP = self.dropout(dP, dropout_mask, config.dropout_p)
+        return (-(w_sink * self.row_term(P, dP)).sum(axis=(0, 2, 3))).astype(attn_scores.dtype)  # (H,)
+
+    def bias_vjp(self, d_weights, attn_scores, config: AttentionConfig, key_padding_mask=None,
+                 dropout_mask=None):
+        """A bias array's gradient, in its shape: the softmax's dS (before the softcap's derivative and
+        the scale: the bias is added after both) summed over its broadcast axes (`reduce_bias`)."""
+        work = work_dtype(attn_scores.dtype)
+        P, _ = self.backward_weights(attn_scores, config, key_padding_mask)
+        dP = d_weights.astype(work)
+        if dropout_mask is not None:
+            dP = self.dropout(dP, dropout_mask, config.dropout_p)
+        dS = P * (dP - self.row_term(P, dP))  # (B, H, Tq, Tk)
+        return self.reduce_bias(dS, config.bias.shape).astype(attn_scores.dtype)
+
     def context_vjp(self, d_context, attn_weights, v):
         dv = self.sum_groups(attn_weights.swapaxes(-1, -2) @ d_context, v.shape[1])  # (B, Hkv, Tk, hd)
         return d_context @ self.repeat_kv(v, d_context.shape[1]).swapaxes(-1, -2), dv
@@ -83,6 +106,19 @@ class ArrayVJPs:
         return d_out @ p.W_o, {"W_o": _flat(d_out).T @ _flat(context_concat), "b_o": d_out.sum(axis=(0, 1))}
 
     # -- hooks a mutant may override ----------------------------------------------------------
+    def backward_weights(self, attn_scores, config: AttentionConfig, key_padding_mask=None):
+        """The backward's recomputed step 8, before dropout, in the work dtype: the weights
+        [B, H, Tq, Tk] and each row's sink weight [B, H, Tq, 1] (zeros without sinks)."""
+        work = work_dtype(attn_scores.dtype)
+        B, H, Tq, Tk = attn_scores.shape
+        if config.sinks is None:  # step 8 itself (a mutant's step 8 reaches its backward too)
+            P = self.attn_weights(attn_scores, config, key_padding_mask).astype(work)
+            return P, self.xp().zeros((B, H, Tq, 1), dtype=work)
+        s = attn_scores.astype(work) * work.type(self.scale(config))
+        s = self.add_bias(self.softcap(s, config.softcap), config)
+        full = self.softmax(*self.with_sinks(s, self.mask(config, B, Tq, Tk, key_padding_mask), config))
+        return full[..., :Tk], full[..., Tk:]  # (B, H, Tq, Tk), (B, H, Tq, 1)
+
     def backward_dropout_mask(self, keep: Any, config: AttentionConfig) -> Any:
         """The keep mask the backward applies: the forward's (replayed)."""
         return keep
@@ -120,11 +156,17 @@ class ArrayVJPs:
         d_concat, d_out_params = self.out_proj_vjp(grad_out.astype(xw.dtype), concat, w)    # step 12
         d_context = self.permute_back_vjp(self.concat_heads_vjp(d_concat, tokens), context)  # 11, 10
         d_weights, dv = self.context_vjp(d_context, weights, v)                            # step 9
-        d_scores = self.attn_weights_vjp(d_weights, scores, config, kpm,
-                                         self.backward_dropout_mask(saved["keep"], config))  # step 8
+        keep = self.backward_dropout_mask(saved["keep"], config)
+        d_scores = self.attn_weights_vjp(d_weights, scores, config, kpm, keep)             # step 8
+        d_sinks = None if config.sinks is None else self.sinks_vjp(d_weights, scores, config, kpm, keep)
+        d_bias = self.bias_vjp(d_weights, scores, config, kpm, keep) if isinstance(config.bias, BiasArray) else None
         dq, dk = self.attn_scores_vjp(d_scores, q, k)                                      # step 7
         dQ, dK, dV = (self.split_heads_vjp(self.group_by_heads_vjp(d, s), a, h)            # steps 6, 5
                       for d, s, a, h in ((dq, Qs, Q, H), (dk, Ks, K, Hkv), (dv, Vs, V, Hkv)))
         dx, d_in_params = self.project_qkv_vjp(*self.qkv_cotangents(dQ, dK, dV), xw, w)    # step 4
         grads = {"dx": dx, **{"d" + n: a for n, a in {**d_in_params, **d_out_params}.items()}}
+        if d_sinks is not None:
+            grads["dsinks"] = d_sinks
+        if d_bias is not None:
+            grads["dbias"] = d_bias
         return self.finish_grads({n: a.astype(dt) for n, a in grads.items()})

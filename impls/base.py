@@ -67,6 +67,15 @@ class Capabilities:
     softcap: `AttentionConfig.softcap = c`: the scaled scores s become c * tanh(s / c) before any
     mask (Gemma 2's attn_logit_softcapping, FlashAttention's softcap; c = 50 bounds every score
     to (-50, 50)). Without them the suite draws neither.
+    bias: `AttentionConfig.bias = "alibi"`: slope_h * (j - p) added to the scaled (capped) scores
+    before the masks, ALiBi's standard slopes (8 heads: 1/2, 1/4, ..., 1/256); query 5 of a causal
+    row then scores key 3 with -2 * slope_h more than without (spec/scores.py); and a bias array
+    (`spec.scores.BiasArray`, broadcastable to [B, H, Tq, Tk]) added there, with gradients
+    `backward` returning dbias in its shape (summed over the axes it was broadcast on).
+    sinks: `AttentionConfig.sinks = (s_0, ..., s_{H-1})`: one logit per head in the softmax's
+    denominator only (gpt-oss); a row whose scores are all 0 over 3 keys with sink log(3) gets
+    weights 1/6 each; a row with no visible key gets 0. With gradients, backward returns dsinks [H].
+    Without them the suite draws neither.
     """
 
     dtypes: tuple[str, ...] = ("float64", "float32")
@@ -85,6 +94,8 @@ class Capabilities:
     grouped_kv: bool = False
     window: bool = False
     softcap: bool = False
+    bias: bool = False
+    sinks: bool = False
     batch_invariant: bool = False
     layout_invariant: bool = False
     non_finite_masked_inputs: bool = False
@@ -123,6 +134,10 @@ class Capabilities:
             return f"sliding windows are not supported (window={config.window}; declare Capabilities.window)"
         if config.softcap is not None and not self.softcap:
             return f"logit softcapping is not supported (softcap={config.softcap}; declare Capabilities.softcap)"
+        if config.bias is not None and not self.bias:
+            return f"score biases are not supported (bias={config.bias!r}; declare Capabilities.bias)"
+        if config.sinks is not None and not self.sinks:
+            return f"attention sinks are not supported (sinks={config.sinks}; declare Capabilities.sinks)"
         if key_padding_mask and not self.key_padding_mask:
             return "key padding masks are not supported"
         if dropout and self.dropout == "none":
@@ -174,6 +189,8 @@ NEEDS: dict[str, tuple[Any, Any]] = {
                          "from the forward in the last bits, as most kernels' does"),
     "window": (lambda c: c.window, "sliding windows not declared (Capabilities.window)"),
     "softcap": (lambda c: c.softcap, "logit softcapping not declared (Capabilities.softcap)"),
+    "bias": (lambda c: c.bias, "score biases (ALiBi) not declared (Capabilities.bias)"),
+    "sinks": (lambda c: c.sinks, "attention sinks not declared (Capabilities.sinks)"),
     "kv_cache": (lambda c: c.kv_cache, "KV-cache decoding not declared (Capabilities.kv_cache)"),
     "cache_arrays": (lambda c: c.cache_arrays, "cache not exposed (Capabilities.cache_arrays)"),
 }
@@ -258,7 +275,8 @@ class Backend:
         """The gradients of sum(grad_out * out) for the `saved` of one forward_for_grad call.
 
         Returns a `spec.block.Grads`, or a mapping with its field names (dx, dW_q, dW_k, dW_v,
-        dW_o, db_o; db_q, db_k, db_v when qkv_bias), native arrays in x's dtype, in the spec's
+        dW_o, db_o; db_q, db_k, db_v when qkv_bias; dsinks [H] when config.sinks), native arrays in
+        x's dtype, in the spec's
         parameter layout (W_q as [d_out, d_in], ...) whatever the backend packs internally.
         Step VJPs (optional) are named as in the step table, `<step>_vjp` (spec.backward).
         """
@@ -280,7 +298,7 @@ def library_versions(*dists: str) -> dict[str, str]:
 
 
 #: The block's gradients by name, as `backward` returns them (spec.block.Grads' fields).
-GRAD_NAMES = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v")
+GRAD_NAMES = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v", "dsinks", "dbias")
 
 
 def exposed_vjps(backend: object) -> tuple[int, ...]:

@@ -59,6 +59,8 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
               "decode concatenates past keys and values (impls.array_cache, shared with NumPy).",
         window=True,  # sliding windows and softcap: forward and backward composed of the steps
         softcap=True,  # (impls.array_steps window_mask / softcap), not the blocked fast paths
+        bias=True,  # ALiBi and sinks: the same composed paths (impls.array_steps bias / with_sinks),
+        sinks=True,  # dsinks from impls.array_vjps sinks_vjp
     )
 
     def availability(self) -> str | None:

@@ -50,6 +50,8 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
               "decode concatenates past keys and values (impls.array_cache).",
         window=True,  # sliding windows and softcap: forward and backward composed of the steps
         softcap=True,  # (impls.array_steps window_mask / softcap), not the blocked fast paths
+        bias=True,  # ALiBi and sinks: the same composed paths (impls.array_steps bias / with_sinks),
+        sinks=True,  # dsinks from impls.array_vjps sinks_vjp
     )
 
     def versions(self) -> dict[str, str]:

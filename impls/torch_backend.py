@@ -23,7 +23,7 @@ from impls.base import Backend, Capabilities, library_versions
 from impls.strided import copy_keeping_strides
 from impls.torch_cache import TorchCache
 from impls.torch_grad import TorchAutograd
-from impls.torch_masks import allowed_keys, query_has_key  # noqa: F401  (query_has_key re-exported: torch_mha, peers)
+from impls.torch_masks import alibi, allowed_keys, query_has_key, sink_logits  # noqa: F401  (query_has_key re-exported: torch_mha, peers)
 from spec.config import AttentionConfig, dtype_name, numpy_dtype
 from spec.params import Params
 
@@ -164,6 +164,8 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
               "decode concatenates past keys and values (torch.cat).",
         window=True,  # an explicit bottom-right (Tq, Tk) mask (impls.torch_masks.allowed_keys)
         softcap=True,  # c * tanh(s / c) after the scale, before the masks
+        bias=True,  # ALiBi added after the softcap, before the masks (impls.torch_masks.alibi)
+        sinks=True,  # one more logit column per row, dropped after the softmax; dsinks through autograd
     )
 
     def init_params(self, config: AttentionConfig, seed: int = 0) -> Params:
@@ -190,14 +192,18 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
 
     def attn_weights(self, attn_scores: torch.Tensor, config: AttentionConfig,
                      key_padding_mask: torch.Tensor | None = None,
-                     dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     dropout_mask: torch.Tensor | None = None, *, sinks: Any = None, bias: Any = None) -> torch.Tensor:
+        """Step 8; `sinks`, `bias`: tensors for config.sinks' values and a config's bias array
+        (autograd's leaves), else read from the config."""
         import torch
 
-        Tq, Tk = attn_scores.shape[-2:]
-        # the spec's order: scale, softcap, then the masks (a masked score is -inf whatever it was)
+        B, H, Tq, Tk = attn_scores.shape
+        # the spec's order: scale, softcap, bias, then the masks (a masked score is -inf whatever it was)
         attn_scores = attn_scores / math.sqrt(config.head_dim)
         if config.softcap is not None:  # Gemma 2's attn_logit_softcapping
             attn_scores = config.softcap * torch.tanh(attn_scores / config.softcap)
+        if config.bias is not None:  # ALiBi (slope_h * (j - p), bottom-right positions) or a bias array
+            attn_scores = attn_scores + alibi(config, Tq, Tk, attn_scores.device, attn_scores.dtype, bias)
         ok = allowed_keys(config, Tq, Tk, attn_scores.device)  # (Tq, Tk) causal and window, bottom-right
         mask = None if ok is None else ~ok
         if key_padding_mask is not None:
@@ -205,7 +211,15 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
             mask = pad if mask is None else mask | pad  # (B, 1, Tq, Tk)
         if mask is not None:
             attn_scores = attn_scores.masked_fill(mask, float("-inf"))
-        attn_weights = torch.softmax(attn_scores, dim=-1)
+        sink = sink_logits(config, sinks, attn_scores.device, attn_scores.dtype)  # (H,) or None
+        if sink is not None:  # gpt-oss: the sink as one more logit per row, dropped after the softmax
+            # a -inf sink held at the lowest finite logit: a row with no key and no sink would be
+            # NaN, and its NaN would reach dsinks (the masked_fill after stops it for the scores only)
+            sink = sink.clamp(min=torch.finfo(sink.dtype).min)
+            column = sink[None, :, None, None].expand(B, H, Tq, 1)  # (B, H, Tq, 1)
+            attn_weights = torch.softmax(torch.cat([attn_scores, column], dim=-1), dim=-1)[..., :Tk]
+        else:
+            attn_weights = torch.softmax(attn_scores, dim=-1)
         if key_padding_mask is not None:  # a row with every key masked is NaN: the spec says 0
             attn_weights = attn_weights.masked_fill(mask, 0.0)
         if dropout_mask is not None:  # replay: inverted dropout with the given keep mask
@@ -217,12 +231,13 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
 
     def forward(self, x: torch.Tensor, weights: Params, config: AttentionConfig, *,
                 key_padding_mask: Any = None, dropout_mask: Any = None,
-                training: bool = False) -> torch.Tensor:
+                training: bool = False, sinks: Any = None, bias: Any = None) -> torch.Tensor:
         import torch.nn.functional as F
 
         Q, K, V = self.heads(x, weights, config)  # steps 4-6: (B, H, T, hd), K and V (B, Hkv, T, hd)
         attn_scores = self.attn_scores(Q, K)  # (B, H, T, T)
-        attn_weights = self.attn_weights(attn_scores, config, key_padding_mask, dropout_mask)
+        attn_weights = self.attn_weights(attn_scores, config, key_padding_mask, dropout_mask, sinks=sinks,
+                                         bias=bias)
         if training and dropout_mask is None and config.dropout_p > 0:
             attn_weights = F.dropout(attn_weights, config.dropout_p, training=True)  # torch's own RNG
         context = self.context(attn_weights, V)  # (B, H, T, hd)

@@ -15,6 +15,7 @@ from typing import Any
 from impls.torch_masks import query_has_key
 from spec.config import AttentionConfig
 from spec.params import Params
+from spec.scores import BiasArray
 
 
 def _leaf(t: Any) -> Any:
@@ -36,10 +37,19 @@ class TorchAutograd:
     def forward_for_grad(self, x: Any, weights: Params, config: AttentionConfig, *,
                          key_padding_mask: Any = None, dropout_mask: Any = None,
                          training: bool = False) -> tuple[Any, Any]:
+        import torch
+
         leaves = {"x": _leaf(x), **{k: _leaf(v) for k, v in weights.arrays().items()}}
-        params = Params(**{k: v for k, v in leaves.items() if k != "x"})
+        params = Params(**{k: v for k, v in leaves.items() if k not in ("x", "sinks", "bias")})
+        extra = {}
+        if config.sinks is not None:  # the sink logits live in the config: a leaf of x's dtype for dsinks
+            leaves["sinks"] = _leaf(torch.tensor(config.sinks, dtype=x.dtype, device=x.device))
+            extra["sinks"] = leaves["sinks"]
+        if isinstance(config.bias, BiasArray):  # so does a bias array: a leaf in its shape for dbias
+            leaves["bias"] = _leaf(torch.tensor(config.bias.array, dtype=x.dtype, device=x.device))
+            extra["bias"] = leaves["bias"]
         out = self.forward(leaves["x"], params, config, key_padding_mask=key_padding_mask,
-                           dropout_mask=dropout_mask, training=training)
+                           dropout_mask=dropout_mask, training=training, **extra)
         return out.detach(), (out, leaves)
 
     def backward(self, saved: Any, grad_out: Any) -> dict[str, Any]:

@@ -27,6 +27,34 @@ def allowed_keys(config: AttentionConfig, Tq: int, Tk: int, device: Any) -> Any:
     return ok  # (Tq, Tk)
 
 
+def alibi(config: AttentionConfig, Tq: int, Tk: int, device: Any, dtype: Any, bias: Any = None) -> Any:
+    """The score bias in dtype, or None without one: ALiBi's [H, Tq, Tk], slope_h * (j - p) with
+    p = i + Tk - Tq (spec/scores.py's slopes, computed by the spec's recipe in float64 and rounded
+    once); or a bias array, `bias` (autograd's leaf) when given, else the config's."""
+    import torch
+
+    from spec.scores import BiasArray, alibi_slopes  # the slope recipe: pure arithmetic, no spec step
+
+    if config.bias is None:
+        return None
+    if isinstance(config.bias, BiasArray):
+        return bias.to(dtype) if bias is not None else torch.tensor(config.bias.array, dtype=dtype, device=device)
+    p = torch.arange(Tq, device=device)[:, None] + (Tk - Tq)  # (Tq, 1): each query's position
+    j = torch.arange(Tk, device=device)[None, :]  # (1, Tk)
+    slopes = torch.tensor(alibi_slopes(config.n_heads), dtype=torch.float64, device=device)  # (H,)
+    return (slopes[:, None, None] * (j - p)[None].to(torch.float64)).to(dtype)  # (H, Tq, Tk)
+
+
+def sink_logits(config: AttentionConfig, sinks: Any, device: Any, dtype: Any) -> Any:
+    """Head h's sink logit as a [H] tensor in dtype: `sinks` (a leaf autograd differentiates) or
+    config.sinks; None without sinks."""
+    import torch
+
+    if config.sinks is None:
+        return None
+    return sinks.to(dtype) if sinks is not None else torch.tensor(config.sinks, dtype=dtype, device=device)
+
+
 def query_has_key(config: AttentionConfig, key_padding_mask: Any, Tq: int) -> Any:
     """Bool [B, Tq]: True where query i has at least one attendable key.
 

@@ -25,6 +25,7 @@ import numpy as np
 from spec import steps as S
 from spec.config import AttentionConfig
 from spec.params import Params
+from spec.scores import BiasArray, reduce_to
 from spec.steps import matmul as _mm
 
 
@@ -107,6 +108,44 @@ def attn_weights_vjp(d_weights: np.ndarray, attn_scores: np.ndarray, config: Att
     return (dS / dt(np.sqrt(config.head_dim))).astype(P.dtype, copy=False)
 
 
+def bias_vjp(d_weights: np.ndarray, attn_scores: np.ndarray, config: AttentionConfig,
+             key_padding_mask: np.ndarray | None = None,
+             dropout_mask: np.ndarray | None = None) -> np.ndarray:
+    """Step 8's gradient with respect to a bias array (config.bias a BiasArray), in its shape.
+
+    The bias is added to the scaled, capped scores, so its gradient is the softmax's
+    dS = P * (dP - rowsum(P * dP)) itself (before the softcap's derivative and the scale), summed
+    over the axes the bias was broadcast on (`spec.scores.reduce_to`); masked entries get 0.
+    """
+    P = S.attn_weights(attn_scores, config, key_padding_mask)  # before dropout
+    dt = P.dtype.type
+    dP = d_weights
+    if dropout_mask is not None:
+        dP = np.where(dropout_mask, d_weights * dt(1.0 / (1.0 - config.dropout_p)), dt(0)).astype(P.dtype)
+    dS = P * (dP - (P * dP).sum(axis=-1, keepdims=True))  # (B, H, Tq, Tk)
+    return reduce_to(dS, config.bias.shape).astype(P.dtype, copy=False)
+
+
+def sinks_vjp(d_weights: np.ndarray, attn_scores: np.ndarray, config: AttentionConfig,
+              key_padding_mask: np.ndarray | None = None,
+              dropout_mask: np.ndarray | None = None) -> np.ndarray:
+    """Step 8's gradient with respect to the sink logits (config.sinks): [H].
+
+    A sink only divides: d w_ij / d sink_h = -w_ij * w_sink, so d sink_h = -sum over b, i of
+    w_sink * rowsum(P * dP), dP the incoming gradient with dropout replayed (as attn_weights_vjp).
+    A row with no attendable key has P = 0, so it adds exactly 0. The bias needs no such term:
+    ALiBi's slopes are fixed, and the scores' gradient is the same with or without it.
+    """
+    P = S.attn_weights(attn_scores, config, key_padding_mask)  # before dropout
+    dt = P.dtype.type
+    dP = d_weights
+    if dropout_mask is not None:
+        dP = np.where(dropout_mask, d_weights * dt(1.0 / (1.0 - config.dropout_p)), dt(0)).astype(P.dtype)
+    row = (P * dP).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1)
+    w_sink = S.sink_weight(attn_scores, config, key_padding_mask)  # (B, H, Tq, 1)
+    return (-(w_sink * row).sum(axis=(0, 2, 3))).astype(P.dtype, copy=False)  # (H,)
+
+
 def context_vjp(d_context: np.ndarray, attn_weights: np.ndarray,
                 v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Step 9 backward: d context [B, H, Tq, hd] -> d attn_weights [B, H, Tq, Tk], dv [B, Hkv, Tk, hd]."""
@@ -146,11 +185,14 @@ class Grads:
     db_q: np.ndarray | None = None  # (d_out,) when qkv_bias
     db_k: np.ndarray | None = None  # (d_kv,)
     db_v: np.ndarray | None = None  # (d_kv,)
+    dsinks: np.ndarray | None = None  # (H,) when config.sinks: the sink logits' gradient
+    dbias: np.ndarray | None = None  # the bias array's shape, when config.bias is one
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The gradients that are present, by name."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     @classmethod
-    def from_cotangents(cls, dx: np.ndarray, d_params: dict[str, np.ndarray]) -> "Grads":
-        return cls(dx=dx, **{"d" + k: v for k, v in d_params.items()})
+    def from_cotangents(cls, dx: np.ndarray, d_params: dict[str, np.ndarray],
+                        dsinks: np.ndarray | None = None, dbias: np.ndarray | None = None) -> "Grads":
+        return cls(dx=dx, **{"d" + k: v for k, v in d_params.items()}, dsinks=dsinks, dbias=dbias)

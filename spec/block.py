@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from spec import steps
+from spec import backward as BW
 from spec.backward import Grads
 from spec.config import AttentionConfig
 from spec.params import Params
+from spec.scores import BiasArray
 from spec.table import STEPS, Trace, call_args, vjp_call_args
 
 
@@ -78,13 +80,16 @@ def grads(
     """The block's backward: the gradients of sum(grad_out * forward(x, ...)).
 
     grad_out [B, T, d_out] is the loss's gradient with respect to the output. Returns dx and
-    dW_q, dW_k, dW_v, dW_o, db_o (and db_q, db_k, db_v when qkv_bias), in the dtype of x.
+    dW_q, dW_k, dW_v, dW_o, db_o (and db_q, db_k, db_v when qkv_bias; dsinks [H] when config.sinks;
+    dbias in the bias array's shape when config.bias is one),
+    in the dtype of x.
     Driven by the step table (spec/table.py): the forward trace is computed, then each step's
     VJP from 12 down to 4 maps its outputs' cotangents to its inputs'. Dropout is replayed with
     the same `dropout_mask` as the forward's.
     """
     cotangents = backward_trace(x, params, config, grad_out, key_padding_mask, dropout_mask)
-    return Grads.from_cotangents(cotangents["x"], cotangents["params"])
+    return Grads.from_cotangents(cotangents["x"], cotangents["params"], cotangents.get("sinks"),
+                                 cotangents.get("bias"))
 
 
 def backward_trace(
@@ -96,7 +101,8 @@ def backward_trace(
     dropout_mask: np.ndarray | None = None,
 ) -> dict:
     """Every trace entry's cotangent by name (`cot["attn_scores"]`, `cot["params"]` a dict by
-    field name), as `grads` computes them: what the backward's step-by-step checks compare."""
+    field name, `cot["sinks"]` the sink logits' when config.sinks, `cot["bias"]` a bias array's), as `grads` computes them: what
+    the backward's step-by-step checks compare."""
     trace = intermediates(x, params, config, key_padding_mask, dropout_mask)
     out = trace["out"]
     if getattr(grad_out, "shape", None) != out.shape:
@@ -111,6 +117,12 @@ def backward_trace(
             result = s.vjp(*args, **kw)
             for name, value in zip(names, result if len(names) > 1 else (result,)):
                 _accumulate(cotangents, name, value)
+        if n == 8 and config.sinks is not None:  # the sinks live in the config: their VJP beside step 8's
+            cotangents["sinks"] = BW.sinks_vjp(cotangents["attn_weights"], trace["attn_scores"], config,
+                                               key_padding_mask, dropout_mask)
+        if n == 8 and isinstance(config.bias, BiasArray):  # a bias array's gradient, in its shape
+            cotangents["bias"] = BW.bias_vjp(cotangents["attn_weights"], trace["attn_scores"], config,
+                                             key_padding_mask, dropout_mask)
     return cotangents
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spec.masks import check_window
+from spec.scores import BiasArray, check_bias, check_sinks
 
 #: Float dtypes the spec knows, by name. bfloat16 comes from ml_dtypes in NumPy.
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -42,6 +43,13 @@ class AttentionConfig:
     the queries are the last Tq positions) sees keys p - left <= j <= p + right; left = w covers
     w + 1 keys; None (the default) is no window (spec/masks.py). softcap: c > 0 applies
     c * tanh(s / c) to the scaled scores before any mask (Gemma 2); None (the default) is none.
+    bias: "alibi" adds slope_h * (j - p) to the scaled (capped) scores before the masks, with
+    ALiBi's standard slopes for n_heads heads (spec/scores.py); a float array broadcastable to
+    [B, H, Tq, Tk] (kept as a `spec.scores.BiasArray`) is added there as it is, and its gradient
+    is Grads.dbias (no KV cache: it covers one call's Tq, Tk); None (the default) is none.
+    sinks: one logit per head (n_heads floats, each finite or -inf), an extra term in the softmax's
+    denominator with no value (gpt-oss): a row's weights then sum to less than one; None (the
+    default) is none. docs/bias-and-sinks.md has worked examples.
     """
 
     d_in: int
@@ -53,6 +61,8 @@ class AttentionConfig:
     n_kv_heads: int | None = None
     window: tuple[int, int] | None = None
     softcap: float | None = None
+    bias: str | BiasArray | None = None
+    sinks: tuple[float, ...] | None = None
     head_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +99,8 @@ class AttentionConfig:
             if isinstance(c, bool) or not isinstance(c, (int, float, np.floating)) or not (0 < c < math.inf):
                 raise ValueError(f"softcap must be a finite number > 0 (scores become c * tanh(s / c)) or None, got {c!r}")
             object.__setattr__(self, "softcap", float(c))
+        object.__setattr__(self, "bias", check_bias(self.bias))
+        object.__setattr__(self, "sinks", check_sinks(self.sinks, self.n_heads))
 
     @property
     def kv_heads(self) -> int:
@@ -117,13 +129,26 @@ class AttentionConfig:
             **({"n_kv_heads": self.n_kv_heads} if self.n_kv_heads is not None else {}),
             **({"window": list(self.window)} if self.window is not None else {}),
             **({"softcap": self.softcap} if self.softcap is not None else {}),
+            **({"bias": self.bias if isinstance(self.bias, str) else
+                {"shape": list(self.bias.shape), "values": self.bias.array.ravel().tolist()}}
+               if self.bias is not None else {}),
+            # -inf as a string: results.json is strict JSON
+            **({"sinks": [s if math.isfinite(s) else "-inf" for s in self.sinks]} if self.sinks is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "AttentionConfig":
         return cls(**{k: d[k] for k in ("d_in", "d_out", "n_heads", "causal", "qkv_bias", "dropout_p")},
                    n_kv_heads=d.get("n_kv_heads"),
-                   window=None if d.get("window") is None else tuple(d["window"]), softcap=d.get("softcap"))
+                   window=None if d.get("window") is None else tuple(d["window"]), softcap=d.get("softcap"),
+                   bias=_bias_from(d.get("bias")), sinks=None if d.get("sinks") is None else tuple(float(s) for s in d["sinks"]))
+
+
+def _bias_from(b: object) -> object:
+    """to_dict's bias back: a name, None, or {"shape", "values"} as a BiasArray."""
+    if isinstance(b, dict):
+        return BiasArray(np.asarray(b["values"], dtype=np.float64).reshape(b["shape"]))
+    return b
 
 
 def numpy_dtype(name: str) -> np.dtype:

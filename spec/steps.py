@@ -16,15 +16,27 @@ import numpy as np
 from spec.config import AttentionConfig, validate_input, validate_key_padding_mask
 from spec.masks import causal_mask, softcap, visible
 from spec.params import Params
+from spec.precise import matmul_longdouble
+from spec.scores import add_bias, sink_logits
 from spec.params import init_params as _init_params
 
 __all__ = ["matmul", "heads", "merge_heads", "causal_mask", "visible", "softcap", "input_matrix", "head_dim",
            "init_params", "project_qkv", "split_heads", "group_by_heads", "repeat_kv", "attn_scores",
-           "attn_weights", "context", "permute_back", "concat_heads", "out_proj"]
+           "attn_weights", "sink_weight", "context", "permute_back", "concat_heads", "out_proj"]
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b in a's dtype: ml_dtypes' bfloat16 matmul would otherwise return float32."""
+    """a @ b in a's dtype: ml_dtypes' bfloat16 matmul would otherwise return float32.
+
+    float16 goes through float32 BLAS and is rounded once: NumPy's own float16 matmul also
+    accumulates in float32 and rounds once (the same numbers), in an unblocked loop 10x slower.
+    Long double (the float64 golden) goes through float64 BLAS too, split so that it is at least
+    as accurate as NumPy's loop (spec/precise.py).
+    """
+    if a.dtype == np.float16 and b.dtype == np.float16:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
+    if a.dtype == np.longdouble and b.dtype == np.longdouble:  # the float64 golden's: no BLAS either
+        return matmul_longdouble(a, b)
     return np.matmul(a, b).astype(a.dtype, copy=False)
 
 
@@ -111,39 +123,67 @@ def attn_weights(
     key_padding_mask: np.ndarray | None = None,
     dropout_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Step 8. Scale, softcap, mask, softmax (and dropout): [B, H, Tq, Tk] -> [B, H, Tq, Tk].
+    """Step 8. Scale, softcap, bias, mask, softmax with sinks (and dropout): [B, H, Tq, Tk] -> [B, H, Tq, Tk].
 
     The score modifiers apply here, in this order (docs/spec-decisions.md, "Score modifiers"):
     1. scale by 1/sqrt(head_dim);
     2. softcap c * tanh(s / c) when config.softcap (Gemma 2), on the scaled scores;
-    3. the masks: causal (j > p), the sliding window (config.window, spec/masks.py) and padding
+    3. the bias when config.bias ("alibi": slope_h * (j - p), spec/scores.py), on the capped scores;
+    4. the masks: causal (j > p), the sliding window (config.window, spec/masks.py) and padding
        (key_padding_mask[b, j] False): masked positions get weight exactly 0;
-    4. the softmax, the row maximum subtracted before exp, so finite scores give finite weights.
+    5. the softmax, the row maximum subtracted before exp, so finite scores give finite weights;
+       with config.sinks, head h's sink logit joins the maximum and the denominator only:
+       w_ij = exp(s_ij - m) / (sum_k exp(s_ik - m) + exp(sink_h - m)), m = max(max_k s_ik, sink_h).
     A row with no attendable key is all zeros (as SDPA and FlashAttention decide; the naive -inf
-    softmax gives NaN). dropout_mask [B, H, Tq, Tk], True = kept, applies inverted dropout: kept
-    weights are scaled by 1/(1 - dropout_p).
+    softmax gives NaN; with a sink, the sink takes all the weight). dropout_mask [B, H, Tq, Tk],
+    True = kept, applies inverted dropout: kept weights are scaled by 1/(1 - dropout_p).
     The mask is a select (`np.where`), not an added -1e9 nor a product with 0: a masked score
     that is NaN or +-inf (a padded or future token's non-finite input) becomes -inf and its
     weight exactly 0, as any other masked score; step 9 keeps that key's value out likewise.
     """
-    B, H, Tq, Tk = attn_scores.shape
-    if key_padding_mask is not None:
-        validate_key_padding_mask(key_padding_mask, B, Tk)
-    attn_scores = attn_scores / attn_scores.dtype.type(np.sqrt(config.head_dim))  # 1. scale
-    attn_scores = softcap(attn_scores, config.softcap)  # 2. softcap (no-op when None)
-    masked = ~visible(Tq, Tk, config.causal, key_padding_mask, config.window)  # 3. (B or 1, 1, Tq, Tk)
-    # a typed -inf: a Python float would promote ml_dtypes' bfloat16 to float64
-    attn_scores = np.where(masked, attn_scores.dtype.type(-np.inf), attn_scores)
-    row_max = attn_scores.max(axis=-1, keepdims=True)
-    row_max = np.where(np.isfinite(row_max), row_max, 0)  # fully masked rows: avoid -inf - -inf
-    with np.errstate(over="ignore"):  # s - max may round to -inf in float16; exp gives 0, as it should
-        e = np.exp(attn_scores - row_max)  # masked entries are exp(-inf) = 0 exactly
-    total = e.sum(axis=-1, keepdims=True)
+    e, sink_e, total = _softmax_terms(attn_scores, config, key_padding_mask)
     attn_weights = e / np.where(total > 0, total, 1)  # fully masked rows stay 0
     if dropout_mask is not None:
         keep = attn_weights.dtype.type(1.0 / (1.0 - config.dropout_p))
         attn_weights = np.where(dropout_mask, attn_weights * keep, 0).astype(attn_weights.dtype)
     return attn_weights.astype(attn_scores.dtype, copy=False)
+
+
+def sink_weight(attn_scores: np.ndarray, config: AttentionConfig,
+                key_padding_mask: np.ndarray | None = None) -> np.ndarray:
+    """Step 8's weight on each head's sink, [B, H, Tq, 1]: exp(sink_h - m) / denominator (1 in a
+    row with no attendable key, 0 without sinks). The row's key weights sum to 1 minus this."""
+    _, sink_e, total = _softmax_terms(attn_scores, config, key_padding_mask)
+    if sink_e is None:
+        return np.zeros(total.shape, dtype=attn_scores.dtype)
+    return (sink_e / np.where(total > 0, total, 1)).astype(attn_scores.dtype, copy=False)
+
+
+def _softmax_terms(attn_scores: np.ndarray, config: AttentionConfig, key_padding_mask: np.ndarray | None):
+    """Step 8 up to the division: (exp(s - m) [B, H, Tq, Tk], the sink's exp(sink - m) [.., 1] or
+    None, the denominator [B, H, Tq, 1]), in the scores' dtype."""
+    B, H, Tq, Tk = attn_scores.shape
+    if key_padding_mask is not None:
+        validate_key_padding_mask(key_padding_mask, B, Tk)
+    attn_scores = attn_scores / attn_scores.dtype.type(np.sqrt(config.head_dim))  # 1. scale
+    attn_scores = softcap(attn_scores, config.softcap)  # 2. softcap (no-op when None)
+    attn_scores = add_bias(attn_scores, config.bias)  # 3. bias (no-op when None)
+    masked = ~visible(Tq, Tk, config.causal, key_padding_mask, config.window)  # 4. (B or 1, 1, Tq, Tk)
+    # a typed -inf: a Python float would promote ml_dtypes' bfloat16 to float64
+    attn_scores = np.where(masked, attn_scores.dtype.type(-np.inf), attn_scores)
+    sink = sink_logits(config.sinks, attn_scores.dtype)  # (1, H, 1, 1) or None
+    row_max = attn_scores.max(axis=-1, keepdims=True)
+    if sink is not None:
+        row_max = np.maximum(row_max, sink)  # (B, H, Tq, 1): the sink is one more logit of the row
+    row_max = np.where(np.isfinite(row_max), row_max, 0)  # fully masked rows: avoid -inf - -inf
+    with np.errstate(over="ignore"):  # s - max may round to -inf in float16; exp gives 0, as it should
+        e = np.exp(attn_scores - row_max)  # masked entries are exp(-inf) = 0 exactly
+        total = e.sum(axis=-1, keepdims=True)  # (B, H, Tq, 1)
+        sink_e = None
+        if sink is not None:  # 5. the sink's term, in the denominator only
+            sink_e = np.exp(sink - row_max)  # (B, H, Tq, 1)
+            total = total + sink_e
+    return e, sink_e, total
 
 
 def context(attn_weights: np.ndarray, V: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from conformance.suite.checks import catalogue
 from conformance.mutants import kill
 from conformance.mutants.__main__ import main
 from conformance.mutants.base import PlainBackend
+from conformance.mutants.bias import BIAS_GRAD_MUTANTS
 from conformance.mutants.bitwise import BITWISE_MUTANTS
 from conformance.mutants.cache import CACHE_MUTANTS
 from conformance.mutants.grouped import GROUPED_CACHE_MUTANTS
@@ -27,9 +28,10 @@ SEED = 0
 #: kills them with the cache checks alone, and this run takes the rest of the catalogue.
 #: So are the bitwise mutants (right values, only the promised bits differ): tests/test_bitwise.py and
 #: tests/test_declarations.py; the non-finite ones (right on finite inputs): tests/test_declarations.py;
-#: and the window's decode mutants (right when Tq = Tk): tests/test_window_softcap.py.
+#: the window's decode mutants (right when Tq = Tk): tests/test_window_softcap.py; and the bias and
+#: sink gradient mutants (right forward): tests/test_bias_sinks.py.
 RUN = [m for m in MUTANTS if m not in CACHE_MUTANTS + GROUPED_CACHE_MUTANTS + BITWISE_MUTANTS + NON_FINITE_MUTANTS
-       + WINDOW_DECODE_MUTANTS]
+       + WINDOW_DECODE_MUTANTS + BIAS_GRAD_MUTANTS]
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +60,13 @@ def test_plain_backend_passes_every_check(report, dtype):
     assert v.outcome == "survived", f"PlainBackend fails {v.check} at {dtype}: {v.reason}"
     supported = [c for c in catalogue() if not c.unsupported(PlainBackend(), dtype)]
     # the promises it does not make are checked on their controls (tests/test_bitwise.py, test_declarations.py);
-    # it declares no window (the window mutants' base does, checked in tests/test_window_softcap.py)
+    # it declares no window (the window mutants' base does, checked in tests/test_window_softcap.py), nor a
+    # bias or sinks (the bias mutants' base does, checked in tests/test_bias_sinks.py)
     assert {c.name for c in catalogue()} - {c.name for c in supported} == {"batch_invariant_bitwise",
                                                                              "decode_invariant_bitwise",
-                                                                             "window_ignores_outside_keys"}
+                                                                             "window_ignores_outside_keys",
+                                                                             "sinks_at_minus_infinity_are_none",
+                                                                             "bias_row_constant_changes_nothing"}
     assert v.passed == len(supported), f"only {v.passed} of {len(supported)} checks passed (others unsupported?)"
     assert not report.control_failures() and not report.survivors()
 

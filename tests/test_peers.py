@@ -212,6 +212,7 @@ def test_probes_see_the_spec_decisions_in_numpy():
         "low_precision_output": "float16 → float16, bfloat16: raises",  # bfloat16 is not declared
         "dtypes": "float64, float32, float16", "kv_grouping": "consecutive; groups 2, 3, 4, multi-query",
         "window": "w + 1 keys, bottom-right", "softcap": "before the mask",
+        "bias_masked_row": "mean of V (uniform weights)", "sink_masked_row": "zeros",
         "non_finite_masked": "leaks (causal, padding)", "decode_bitwise": "differs (float64, float32)",
         "batch_bitwise": "equal", "layout_bitwise": "equal"}
 

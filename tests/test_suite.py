@@ -77,14 +77,17 @@ def test_missing_libraries_and_devices_are_skipped_with_reasons(default_run):
 
 
 BROKEN = textwrap.dedent('''
+    from dataclasses import replace
+
     from impls.numpy_backend import NumpyBackend
 
     class Backend(NumpyBackend):
         """Scales the scores by 1/sqrt(d_out) instead of 1/sqrt(head_dim)."""
         name = "broken-scale"
+        # no sinks: one per head, they cannot follow the config to one head
+        capabilities = replace(NumpyBackend.capabilities, sinks=False)
 
         def attn_weights(self, attn_scores, config, key_padding_mask=None, dropout_mask=None):
-            from dataclasses import replace
             one_head = replace(config, n_heads=1, n_kv_heads=None)  # head_dim becomes d_out: the wrong scale
             return super().attn_weights(attn_scores, one_head, key_padding_mask, dropout_mask)
 ''')

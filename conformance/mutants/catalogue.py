@@ -22,6 +22,7 @@ from conformance.mutants.layouts import LAYOUT_MUTANTS
 from conformance.mutants.inputs import INPUT_MUTANTS
 from conformance.mutants.sized import SIZE_MUTANTS
 from conformance.mutants.windows import WINDOW_DECODE_MUTANTS, WINDOW_MUTANTS
+from conformance.mutants.bias import BIAS_GRAD_MUTANTS, BIAS_MUTANTS
 from spec.config import AttentionConfig
 from spec.params import Params
 
@@ -365,7 +366,7 @@ MUTANTS: list[type[PlainBackend]] = [
     Float16Scores, MutatesInput, CachedMask, PaddingAddsSentinel, PaddingZeroedAfterExp, *SIZE_MUTANTS,
     *CACHE_MUTANTS, *BACKWARD_MUTANTS, *BACKWARD_SIZE_MUTANTS, *GROUPED_MUTANTS, *GROUPED_CACHE_MUTANTS,
     *BITWISE_MUTANTS, *LAYOUT_MUTANTS, *NON_FINITE_MUTANTS, *INPUT_MUTANTS, *WINDOW_MUTANTS,
-    *WINDOW_DECODE_MUTANTS,
+    *WINDOW_DECODE_MUTANTS, *BIAS_MUTANTS, *BIAS_GRAD_MUTANTS,
 ]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from conformance.findings import probes as fp
 from conformance.semantics import declarations as dc
 from conformance.semantics import invariance as iv
+from conformance.semantics import score_terms
 from conformance.suite.calls import Runner
 from conformance.suite.checks import CheckFailure
 from conformance.suite.judgement import Judgement, judged_under
@@ -35,6 +36,7 @@ from spec.config import AttentionConfig
 CONTRACT_ONLY: tuple[tuple[str, str], ...] = (
     ("padded_query_rows", "padded query rows"),
     ("float64_compute", "float64 computed in"),
+    ("alibi", "ALiBi slopes, through the contract"),
 )
 ALL_COLUMNS = COLUMNS + CONTRACT_ONLY
 SPEC_SCALE = "matches the spec's 1/sqrt(head_dim)"
@@ -226,6 +228,27 @@ def contract_softcap(backend: Any) -> tuple[str, str]:
                                           "on unscaled scores": 2.0 / 2})  # head_dim 4
 
 
+def contract_sink_masked_row(backend: Any) -> tuple[str, str]:
+    """Declared sinks: batch row 0 fully padded, sinks of 0, through the forward: zeros (b_o) or not."""
+    caps = backend.capabilities
+    if not caps.sinks or not caps.key_padding_mask:
+        return "n/a", "sinks or key padding masks not declared (Capabilities.sinks, .key_padding_mask)"
+    from conformance.suite.strategies import case_from
+
+    dtype = fp.probe_dtype(backend)
+    config = AttentionConfig(d_in=8, d_out=8, n_heads=2, causal=caps.causal, sinks=(0.0, 0.0))
+    kpm = np.ones((2, 5), dtype=bool)
+    kpm[0] = False  # batch row 0: no key at all
+    case = case_from(config, 2, 5, dtype, seed=43).with_(key_padding_mask=kpm)
+    got, err = _measured(backend, "sink probe", lambda r: r.forward(case), dtype)
+    if err:
+        return "raises", err
+    if np.isnan(got[0]).any():
+        return "NaN", "sinks of 0, batch row 0 fully padded: NaN in its outputs"
+    ok = fp._match(got[:1], {"zeros (the spec)": np.broadcast_to(case.params.b_o, got[:1].shape)}, dtype)
+    return ok or "other", f"sinks of 0, batch row 0 fully padded: {ok or 'not b_o (a zero context)'}"
+
+
 def _contract(backend: Any, field: str, candidates: dict[str, Any]) -> tuple[str, str]:
     from conformance.suite.strategies import case_from
 
@@ -259,6 +282,10 @@ PROBES: dict[str, Callable[[Any], tuple[str, str]]] = {
     "layout_bitwise": lambda b: iv.contract_layouts(b, _measured),
     "window": contract_window,
     "softcap": contract_softcap,
+    "bias_masked_row": lambda b: ("n/a", "measured on the library rows only (through the contract the answer is "
+                                         "the dtype's rounding of -1e9 + s, not a convention)"),
+    "sink_masked_row": lambda b: contract_sink_masked_row(b),
+    "alibi": lambda b: score_terms.contract_alibi(b, _measured),
     "padded_query_rows": fp.padded_query_rows,
     "float64_compute": fp.float64_compute,
 }

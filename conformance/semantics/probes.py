@@ -20,6 +20,7 @@ on its inputs' memory layout.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -36,6 +37,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     # the score modifiers' conventions (conformance/semantics/modifiers.py)
     ("window", "sliding window w: keys covered, Tq < Tk"),
     ("softcap", "softcap position"),
+    # the bias's and the sinks' fully masked rows (conformance/semantics/score_terms.py)
+    ("bias_masked_row", "fully masked row, float bias -1e9"),
+    ("sink_masked_row", "fully masked row with a sink"),
     ("non_finite_masked", "non-finite masked inputs"),
     ("decode_bitwise", "decoding = forward, bitwise"),
     # two more promises, measured (invariance.py)
@@ -329,6 +333,11 @@ def profile(raw: Any) -> dict[str, dict[str, str]]:
     out["kv_grouping"] = _guard(lambda: kv_grouping(raw))
     out["window"] = _guard(lambda: window_convention(raw))
     out["softcap"] = _guard(lambda: softcap_position(raw))
+    from conformance.semantics import score_terms as st  # it takes this module's helpers as an argument
+
+    helpers = sys.modules[__name__]
+    out["bias_masked_row"] = _guard(lambda: st.bias_masked_row(raw, helpers))
+    out["sink_masked_row"] = _guard(lambda: st.sink_masked_row(raw, helpers))
     from conformance.semantics import declarations as dc  # lazily: it loads the suite's checks
     from conformance.semantics import invariance as iv
 

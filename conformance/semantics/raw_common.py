@@ -33,7 +33,7 @@ def _no_kv_heads_argument(cls: type, title: str, why: str) -> str | None:
 
 
 def _no_argument(fn: Any, title: str, kind: str) -> str | None:
-    """None when `fn` has an argument naming the modifier (window / softcap), else the reason, read
+    """None when `fn` has an argument naming the modifier (window / softcap / sink), else the reason, read
     from its signature."""
     import inspect
 
@@ -44,7 +44,9 @@ def _no_argument(fn: Any, title: str, kind: str) -> str | None:
 
         head = re.search(r"\((.*?)\)", fn.__doc__ or "", re.S)
         names = [a.split("=")[0].strip(" *\n") for a in head.group(1).split(",")] if head else []
-    words = {"window": ("window",), "softcap": ("softcap", "cap")}[kind]
+    words = {"window": ("window",), "softcap": ("softcap", "cap"), "sink": ("sink",)}[kind]
     if any(w in n.lower() for n in names for w in words):
         return None
-    return f"{title} has no {kind} argument (an explicit attn_mask{' can carry a window' if kind == 'window' else ' cannot cap scores'}); its arguments: {', '.join(names)}"
+    mask = {"window": "can carry a window", "softcap": "cannot cap scores",
+            "sink": "adds to scores, not to the denominator"}[kind]
+    return f"{title} has no {kind} argument (an explicit attn_mask {mask}); its arguments: {', '.join(names)}"

@@ -65,6 +65,10 @@ class Case:
             parts.append(f"window=({c.window[0]}, {c.window[1]})")
         if c.softcap is not None:
             parts.append(f"softcap={c.softcap:g}")
+        if c.bias is not None:  # "alibi", or an array's shape (its values are in the saved .npz's config)
+            parts.append(f"bias={c.bias if isinstance(c.bias, str) else 'x'.join(map(str, c.bias.shape))}")
+        if c.sinks is not None:
+            parts.append(f"sinks=({', '.join(f'{s:g}' for s in c.sinks)})")
         if self.key_padding_mask is not None and self.key_padding_mask.size <= 256:
             rows = ["".join("1" if v else "0" for v in row) for row in self.key_padding_mask]
             parts.append(f"key_padding_mask=[{', '.join(rows)}]")

@@ -11,7 +11,9 @@ require every row, decided or not, to be finite.
 The rounding is bounded by MARGIN units of eps(D) of the score's magnitude bound
 sum_d |q_d| |k_d| (after |x| @ |W|.T for the forward), which covers the roundings of the
 projections, the dot product and the scale; a row is decided when its leader, pushed down
-by that bound, still beats every other attendable key pushed up by its own.
+by that bound, still beats every other attendable key pushed up by its own. A bias (ALiBi) moves
+the scores and adds its own magnitude to the bound; a sink is an exact logit with no rounding of
+its own, and at the logits these checks draw no leader ties with it, so it is not counted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from spec import invariants as inv
 from spec import steps as S
 from spec.config import AttentionConfig
 from spec.params import Params
+from spec.scores import add_bias
 
 #: eps(D) units a correct implementation may move a scaled score by (a few roundings:
 #: projection, dot product, scale; measured: conformance.calibrate finds no failure with 4).
@@ -50,7 +53,9 @@ def decided_step8_rows(scores: np.ndarray, config: AttentionConfig, key_padding_
     """decided_rows for step 8, whose input scores are given (rounded to D)."""
     B, _, Tq, Tk = scores.shape
     scaled = S.softcap(scores / np.sqrt(config.head_dim), config.softcap)  # |capped| <= |scaled|: still a bound
-    return decided_rows(scaled, scaled, inv.attendable(config, B, Tq, Tk, key_padding_mask), dtype)
+    biased = add_bias(scaled, config.bias)  # the bias (exact in float64) moves the scores, and its rounding
+    bound = np.abs(scaled) + np.abs(biased - scaled)  # counts by its own size
+    return decided_rows(biased, bound, inv.attendable(config, B, Tq, Tk, key_padding_mask), dtype)
 
 
 def decided_output_rows(x: np.ndarray, params: Params, config: AttentionConfig,
@@ -64,6 +69,8 @@ def decided_output_rows(x: np.ndarray, params: Params, config: AttentionConfig,
     scale = 1.0 / np.sqrt(config.head_dim)
     scaled = S.softcap(S.attn_scores(Q, K) * scale, config.softcap)  # (B, H, T, T), capped as the spec
     bound = S.attn_scores(Qa, Ka) * scale  # (B, H, T, T), >= |scaled|
+    biased = add_bias(scaled, config.bias)  # ALiBi: slope_h * (j - p), rounded by its own size
+    bound, scaled = bound + np.abs(biased - scaled), biased
     B, T = x.shape[:2]
     ok = inv.attendable(config, B, T, T, key_padding_mask)
     return decided_rows(scaled, bound, ok, dtype).all(axis=1)  # (B, T)

@@ -35,9 +35,11 @@ from spec.block import intermediates
 from spec.block import grads as spec_grads
 from spec.config import AttentionConfig
 from spec.params import Params
+from spec.scores import BiasArray, add_bias, reduce_to, sink_logits
 
-#: The gradients in a fixed order; the bias ones only when qkv_bias.
-ORDER = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v")
+#: The gradients in a fixed order; the bias ones only when qkv_bias, dsinks only with sinks,
+#: dbias only with a bias array.
+ORDER = ("dx", "dW_q", "dW_k", "dW_v", "dW_o", "db_o", "db_q", "db_k", "db_v", "dsinks", "dbias")
 
 
 def grad_shapes(case: Case) -> dict[str, tuple[int, ...]]:
@@ -47,17 +49,23 @@ def grad_shapes(case: Case) -> dict[str, tuple[int, ...]]:
               "dW_v": (c.d_kv, c.d_in), "dW_o": (c.d_out, c.d_out), "db_o": (c.d_out,)}
     if case.params.b_q is not None:
         shapes.update(db_q=(c.d_out,), db_k=(c.d_kv,), db_v=(c.d_kv,))
+    if c.sinks is not None:
+        shapes["dsinks"] = (c.n_heads,)
+    if isinstance(c.bias, BiasArray):
+        shapes["dbias"] = c.bias.shape
     return shapes
 
 
-def _names(params: Params) -> tuple[str, ...]:
-    return ORDER if params.b_q is not None else ORDER[:6]
+def _names(params: Params, config: AttentionConfig) -> tuple[str, ...]:
+    names = ORDER[:9] if params.b_q is not None else ORDER[:6]
+    return (names + (("dsinks",) if config.sinks is not None else ())
+            + (("dbias",) if isinstance(config.bias, BiasArray) else ()))
 
 
 def spec_order(x, params, config, grad_out, key_padding_mask=None, dropout_mask=None) -> tuple:
     """spec.block.grads as a tuple in ORDER (what golden_and_plain compares run by run)."""
     g = spec_grads(x, params, config, grad_out, key_padding_mask, dropout_mask).arrays()
-    return tuple(g[k] for k in _names(params))
+    return tuple(g[k] for k in _names(params, config))
 
 
 def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out: np.ndarray,
@@ -79,11 +87,18 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     scale = dt(1.0 / np.sqrt(hd))
     s = S.matmul(q, k.swapaxes(-2, -1)) * scale  # (B, H, Tq, Tk): FA2 scales the product
     s = S.softcap(s, config.softcap)  # (B, H, Tq, Tk): capped before the mask, as the spec
+    capped = s
+    s = add_bias(s, config.bias)  # (B, H, Tq, Tk): the bias after the cap, before the mask
     s = np.where(~S.visible(*s.shape[2:], config.causal, key_padding_mask, config.window), dt(-np.inf), s)  # the spec's mask
+    sink = sink_logits(config.sinks, x.dtype)  # (1, H, 1, 1) or None: one more logit of each row
     m = s.max(axis=-1, keepdims=True)
+    if sink is not None:
+        m = np.maximum(m, sink)
     m = np.where(np.isfinite(m), m, dt(0))
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         total = np.exp(s - m).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1)
+        if sink is not None:
+            total = total + np.exp(sink - m)
         lse = (m + np.log(total)).astype(x.dtype)  # the row statistic FA2 saves
         if rescored:  # the backward's own rounding of each score and of each row's lse: an ulp either way
             rng = np.random.default_rng(1)
@@ -108,15 +123,21 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
     dP = dPd if dropout_mask is None else np.where(dropout_mask, dPd * keep, dt(0)).astype(x.dtype)
     D = (dO * O).sum(axis=-1, keepdims=True)  # (B, H, Tq, 1): FA2's row term, rowsum(dO * O)
     dS = (P * (dP - D)).astype(x.dtype)
+    d_bias = reduce_to(dS, config.bias.shape).astype(x.dtype) if isinstance(config.bias, BiasArray) else None
+    d_sinks = None
+    if sink is not None:  # d sink_h = -sum w_sink * D, the sink's weight exp(sink - lse)
+        with np.errstate(over="ignore", invalid="ignore"):
+            w_sink = np.where(total > 0, np.exp(sink - np.where(total > 0, lse, dt(0))), dt(0)).astype(x.dtype)
+        d_sinks = (-(w_sink * D).sum(axis=(0, 2, 3))).astype(x.dtype)  # (H,)
     if config.softcap is not None:  # the softcap's derivative 1 - tanh^2 = 1 - (s / c)^2 at the capped s
-        t = np.where(P == 0, dt(0), s / dt(config.softcap))  # masked (P = 0, s = -inf): no gradient
+        t = np.where(P == 0, dt(0), capped / dt(config.softcap))  # masked (P = 0, s = -inf): no gradient
         dS = (dS * (dt(1) - t * t)).astype(x.dtype)
     dq = S.matmul(dS, k) * scale  # (B, H, Tq, hd)
     dk = S.matmul(dS.swapaxes(-2, -1), q) * scale  # (B, H, Tk, hd)
     dk, dv = BW.sum_groups(dk, Hkv), BW.sum_groups(dv, Hkv)  # (B, Hkv, T, hd): summed over each group
     dx, d_in = BW.project_qkv_vjp(S.merge_heads(dq), S.merge_heads(dk), S.merge_heads(dv), x, params)
-    g = {"dx": dx, **{"d" + n: a for n, a in {**d_in, **d_p}.items()}}
-    return tuple(np.asarray(g[n]).astype(x.dtype, copy=False) for n in _names(params))
+    g = {"dx": dx, **{"d" + n: a for n, a in {**d_in, **d_p}.items()}, "dsinks": d_sinks, "dbias": d_bias}
+    return tuple(np.asarray(g[n]).astype(x.dtype, copy=False) for n in _names(params, config))
 
 
 def grads_flash_rescored(*args, **kwargs) -> tuple:
@@ -133,7 +154,7 @@ def golden_and_plain_grads(case: Case, grad_out: np.ndarray, dropout: bool = Fal
     dmask = case.dropout_mask if dropout else None
     golden, plain = golden_and_plain(spec_order, case.dtype, case.x, case.params, case.config, grad_out,
                                      case.key_padding_mask, dmask, orders=ORDERS)
-    names = _names(case.params)
+    names = _names(case.params, case.config)
     return dict(zip(names, golden)), dict(zip(names, plain))
 
 
@@ -154,7 +175,13 @@ def sizes(case: Case, grad_out: np.ndarray, dropout: bool = False) -> dict[str, 
     P = S.attn_weights(tr["attn_scores"], c, case.key_padding_mask)  # before dropout
     dP = d_w if dmask is None else np.where(dmask, d_w / (1.0 - c.dropout_p), 0.0)
     dS = P * (dP + (P * dP).sum(axis=-1, keepdims=True)) / np.sqrt(c.head_dim)
+    d_bias = reduce_to(dS * np.sqrt(c.head_dim), c.bias.shape) if isinstance(c.bias, BiasArray) else None
     dq, dk = BW.attn_scores_vjp(dS, a["q"], a["k"])  # dk, dv (B, Hkv, Tk, hd): |terms| summed over each group
     dx, d_in = BW.project_qkv_vjp(S.merge_heads(dq), S.merge_heads(dk), S.merge_heads(dv), a["x"], p)
     out = {"dx": dx, **{"d" + k: v for k, v in {**d_in, **d_o}.items()}}
-    return {n: float(np.max(out[n], initial=0.0)) for n in _names(case.params)}
+    if c.sinks is not None:  # d sink_h sums w_sink * rowsum(P * dP) over b and i: its terms' magnitudes
+        w_sink = S.sink_weight(tr["attn_scores"], c, case.key_padding_mask)  # (B, H, Tq, 1)
+        out["dsinks"] = (w_sink * (P * dP).sum(axis=-1, keepdims=True)).sum(axis=(0, 2, 3))  # (H,)
+    if d_bias is not None:  # a bias array's gradient sums the unscaled dS over its broadcast axes
+        out["dbias"] = d_bias
+    return {n: float(np.max(out[n], initial=0.0)) for n in _names(case.params, c)}

@@ -20,6 +20,7 @@ import numpy as np
 from spec import steps as S
 from spec.config import AttentionConfig
 from spec.params import Params
+from spec.scores import bias_values, sink_logits
 
 
 def _NEG_INF(a: np.ndarray):
@@ -41,6 +42,33 @@ _mm = S.matmul  # every matmul in the inputs' dtype, as the spec's
 
 def _masked(config: AttentionConfig, Tq: int, Tk: int, kpm: np.ndarray | None) -> np.ndarray:
     return ~S.visible(Tq, Tk, config.causal, kpm, config.window)  # (B or 1, 1, Tq, Tk): the spec's mask
+
+
+def _biased(s: np.ndarray, config: AttentionConfig, Tq: int, Tk: int, keys: slice = slice(None)) -> np.ndarray:
+    """s [B, H, Tq, blk] plus the spec's bias on keys `keys` of Tk, in s's dtype (None: s)."""
+    b = bias_values(config.bias, (s.shape[0], config.n_heads, Tq, Tk))  # float64, broadcastable, or None
+    if b is None:
+        return s
+    b = np.broadcast_to(b, (*b.shape[:-1], Tk) if b.shape[-1] == 1 else b.shape)[..., keys]
+    return (s + b.astype(s.dtype)).astype(s.dtype, copy=False)
+
+
+def _row_max(s: np.ndarray, config: AttentionConfig) -> np.ndarray:
+    """Each row's maximum over its scores and its head's sink (the spec's), 0 where -inf."""
+    m = s.max(axis=-1, keepdims=True)
+    sink = sink_logits(config.sinks, s.dtype)
+    if sink is not None:
+        m = np.maximum(m, sink)  # (B, H, Tq, 1)
+    return np.where(np.isfinite(m), m, 0)
+
+
+def _sink_term(config: AttentionConfig, m: np.ndarray):
+    """exp(sink_h - m) [B, H, Tq, 1], the sink's share of a denominator; 0 without sinks."""
+    sink = sink_logits(config.sinks, m.dtype)
+    if sink is None:
+        return m.dtype.type(0)
+    with np.errstate(over="ignore"):
+        return np.exp(sink - m)
 
 
 def _qkv_heads(x: np.ndarray, params: Params, config: AttentionConfig) -> tuple[np.ndarray, ...]:
@@ -75,12 +103,12 @@ def context_scale_on_q_late_norm(Q: np.ndarray, K: np.ndarray, V: np.ndarray, co
     K, V = S.repeat_kv(K, Q.shape[1]), S.repeat_kv(V, Q.shape[1])  # grouped K/V: (B, H, Tk, hd)
     q = Q * Q.dtype.type(1.0 / np.sqrt(config.head_dim))
     s = S.softcap(_mm(q, K.swapaxes(-2, -1)), config.softcap)  # (B, H, Tq, Tk), capped after the scale
+    s = _biased(s, config, *s.shape[2:])  # the bias after the cap, before the mask
     s = np.where(_masked(config, *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
-    m = s.max(axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0)
+    m = _row_max(s, config)
     with np.errstate(over="ignore"):
         e = np.exp(s - m)
-    total = e.sum(axis=-1, keepdims=True)
+    total = e.sum(axis=-1, keepdims=True) + _sink_term(config, m)
     ctx = _mm(_keep(config, dropout_mask, e), V) / np.where(total > 0, total, 1)  # (B, H, Tq, hd)
     return ctx.astype(Q.dtype, copy=False)
 
@@ -127,6 +155,7 @@ def context_online_softmax(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config: 
     for j in range(0, Tk, block):
         sl = slice(j, j + block)
         s = S.softcap(_mm(q, k[:, :, sl].swapaxes(-2, -1)), config.softcap)  # (B, H, Tq, blk), scaled, capped
+        s = _biased(s, config, Tq, Tk, sl)
         s = np.where(masked[..., sl], dt(-np.inf), s)
         m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
         base = np.where(np.isfinite(m_new), m_new, 0)
@@ -137,6 +166,14 @@ def context_online_softmax(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config: 
         total = (total * rescale + e.sum(axis=-1, keepdims=True)).astype(Q.dtype)
         acc = (acc * rescale + _mm(_keep(config, keep, e), V[:, :, sl])).astype(Q.dtype)
         m = m_new
+    sink = sink_logits(config.sinks, Q.dtype)
+    if sink is not None:  # the sink joins last, as one more block of one logit with no value
+        m_new = np.maximum(m, sink)
+        base = np.where(np.isfinite(m_new), m_new, 0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            rescale = np.where(np.isfinite(m), np.exp(m - base), 0).astype(Q.dtype)
+            total = (total * rescale + np.exp(sink - base)).astype(Q.dtype)
+        acc = (acc * rescale).astype(Q.dtype)
     ctx = acc / np.where(total > 0, total, 1)  # (B, H, Tq, hd); rows with no key stay 0
     return ctx.astype(Q.dtype, copy=False)
 
@@ -147,11 +184,12 @@ def attn_weights_scale_first(attn_scores: np.ndarray, config: AttentionConfig,
     """Scores multiplied by the rounded 1/sqrt(hd), then masked; max subtracted after."""
     s = attn_scores * attn_scores.dtype.type(1.0 / np.sqrt(config.head_dim))
     s = S.softcap(s, config.softcap)
+    s = _biased(s, config, *s.shape[2:])
     s = np.where(_masked(config, *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
-    m = s.max(axis=-1, keepdims=True)
+    m = _row_max(s, config)
     with np.errstate(over="ignore"):
-        e = np.exp(s - np.where(np.isfinite(m), m, 0))
-    w = e / np.where((t := e.sum(axis=-1, keepdims=True)) > 0, t, 1)
+        e = np.exp(s - m)
+    w = e / np.where((t := e.sum(axis=-1, keepdims=True) + _sink_term(config, m)) > 0, t, 1)
     if dropout_mask is not None:
         w = _keep(config, dropout_mask, w)
     return w.astype(attn_scores.dtype, copy=False)
@@ -161,17 +199,20 @@ def attn_weights_max_first(attn_scores: np.ndarray, config: AttentionConfig,
                            key_padding_mask: np.ndarray | None = None,
                            dropout_mask: np.ndarray | None = None) -> np.ndarray:
     """The row maximum of the raw scores subtracted first, the scale applied to the difference.
-    With a softcap (not linear, so the scale cannot follow the max): the capped scaled scores' maximum."""
+    With a softcap, a bias or sinks (the scale cannot follow the max: the cap is not linear, the
+    bias and the sink are not scaled): the scaled, capped, biased scores' maximum, sinks included."""
     scale = attn_scores.dtype.type(1.0 / np.sqrt(config.head_dim))
-    capped = config.softcap is not None
-    s = S.softcap(attn_scores * scale, config.softcap) if capped else attn_scores
+    scaled_first = config.softcap is not None or config.bias is not None or config.sinks is not None
+    s = _biased(S.softcap(attn_scores * scale, config.softcap), config, *attn_scores.shape[2:]) \
+        if scaled_first else attn_scores
     s = np.where(_masked(config, *attn_scores.shape[2:], key_padding_mask), _NEG_INF(s), s)
-    m = s.max(axis=-1, keepdims=True)
+    m = _row_max(s, config) if scaled_first else np.where(np.isfinite(m := s.max(axis=-1, keepdims=True)), m, 0)
     with np.errstate(over="ignore", invalid="ignore"):
-        d = s - np.where(np.isfinite(m), m, 0)
-        d = d if capped else d * scale
+        d = s - m
+        d = d if scaled_first else d * scale
         e = np.exp(d)
-    w = e / np.where((t := e.sum(axis=-1, keepdims=True)) > 0, t, 1)
+    sink = _sink_term(config, m) if scaled_first else 0
+    w = e / np.where((t := e.sum(axis=-1, keepdims=True) + sink) > 0, t, 1)
     if dropout_mask is not None:
         w = _keep(config, dropout_mask, w)
     return w.astype(attn_scores.dtype, copy=False)

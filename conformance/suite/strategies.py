@@ -10,6 +10,8 @@ share of examples at the sizes real kernels run at, each within a cost budget.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -20,6 +22,7 @@ from conformance.suite.case import Case, round_to
 from impls.base import Capabilities
 from spec.config import AttentionConfig
 from spec.params import init_params
+from spec.scores import BiasArray
 
 #: Token counts past the small range: primes and block-size edges (64/128 +- 1).
 EDGE_TOKENS = (17, 31, 33, 63, 64, 65, 127, 128, 129)
@@ -72,7 +75,8 @@ def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: flo
     n_kv = draw(kv_heads(H)) if caps.grouped_kv else H
     return AttentionConfig(d_in=d_in, d_out=d_out, n_heads=H, causal=causal, qkv_bias=qkv_bias,
                            dropout_p=dropout_p, n_kv_heads=n_kv, window=draw(windows(caps, causal)),
-                           softcap=draw(softcaps(caps, shape)))
+                           softcap=draw(softcaps(caps, shape)), bias=draw(biases(caps, shape)),
+                           sinks=draw(sinks(caps, H, shape)))
 
 
 #: Window sides drawn: 0 (none on that side), the narrow ones where an off-by-one shows, a few wider.
@@ -111,6 +115,69 @@ def softcaps(draw, caps: Capabilities, shape: sz.Sizes | None = None) -> float |
     if not caps.softcap or draw(st.integers(0, 2)) != 0:
         return None
     return draw(st.sampled_from(SOFTCAPS))
+
+
+#: Bias and sinks only on shapes of at most this many scores (B x H x T x T): either sends NumPy's
+#: forward and backward to the paths composed of the steps (whole score matrices), which on the
+#: size regime's largest draws would cost more than the whole default run may grow by.
+SCORE_TERMS_MAX_SCORES = 1 << 16
+#: One drawn config in SCORE_TERMS_ODDS gets a bias, and independently one in SCORE_TERMS_ODDS sinks.
+SCORE_TERMS_ODDS = 4
+
+
+def _small(shape: sz.Sizes | None) -> bool:
+    return shape is None or shape.B * shape.H * shape.T * shape.T <= SCORE_TERMS_MAX_SCORES
+
+
+@st.composite
+def biases(draw, caps: Capabilities, shape: sz.Sizes | None = None) -> str | None:
+    """ALiBi for a backend declaring a bias, one draw in SCORE_TERMS_ODDS on shapes up to
+    SCORE_TERMS_MAX_SCORES scores; None (shrinks there) otherwise."""
+    if not caps.bias or not _small(shape) or draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
+        return None
+    return "alibi"
+
+
+#: The broadcast shapes a drawn bias array takes, by name, from (B, H, T): shared by every batch row
+#: and head, per head (ALiBi-like), per batch row (a float padding mask), whole, per key, 3-D
+#: (no batch axis: numpy's broadcasting aligns on the right), per query row (a row constant).
+BIAS_SHAPES = {"shared": lambda B, H, T: (1, 1, T, T), "per head": lambda B, H, T: (1, H, T, T),
+               "per batch": lambda B, H, T: (B, 1, T, T), "whole": lambda B, H, T: (B, H, T, T),
+               "per key": lambda B, H, T: (1, H, 1, T), "3-D": lambda B, H, T: (H, T, T),
+               "per row": lambda B, H, T: (B, H, T, 1)}
+
+
+@st.composite
+def bias_arrays(draw, caps: Capabilities, config: AttentionConfig, B: int, T: int, dtype: str,
+                always: bool = False) -> AttentionConfig:
+    """config with a drawn bias array (one of BIAS_SHAPES, values N(0, 2^2) rounded to dtype) for a
+    backend declaring a bias, one draw in SCORE_TERMS_ODDS (every draw when `always`) on shapes up
+    to SCORE_TERMS_MAX_SCORES scores, in place of no bias; config unchanged otherwise. Only the
+    checks of one forward or backward call draw it: an array covers one call's T."""
+    if not caps.bias or config.bias is not None or B * config.n_heads * T * T > SCORE_TERMS_MAX_SCORES:
+        return config
+    if not always and draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
+        return config
+    shape = BIAS_SHAPES[draw(st.sampled_from(sorted(BIAS_SHAPES)))](B, config.n_heads, T)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return replace(config, bias=BiasArray(round_to(rng.standard_normal(shape) * 2.0, dtype)))
+
+
+#: Sink logits are multiples of 1/4 in [-2, 3]: exact in every dtype (bfloat16 included), so the
+#: backend, the golden and the plain reference see the same logits; comparable to the scaled
+#: scores the value scales give, so the sink takes anything from a little to most of a row.
+SINK_STEPS = (-8, 12)
+
+
+@st.composite
+def sinks(draw, caps: Capabilities, H: int, shape: sz.Sizes | None = None) -> tuple[float, ...] | None:
+    """One sink logit per head for a backend declaring sinks, one draw in SCORE_TERMS_ODDS on shapes
+    up to SCORE_TERMS_MAX_SCORES scores; None (shrinks there) otherwise. The H logits come from one
+    drawn seed (H may be hundreds)."""
+    if not caps.sinks or not _small(shape) or draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
+        return None
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    return tuple(float(k) / 4 for k in rng.integers(SINK_STEPS[0], SINK_STEPS[1] + 1, H))
 
 
 @st.composite
@@ -205,14 +272,15 @@ def grouped_representatives(caps: Capabilities, dtype: str, B: int = 1, T: int =
 def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
           padding: bool = True, min_tokens: int = 1, max_batch: int = 3, min_batch: int = 1,
           large: bool = False, budget_scale: float = 1.0, values: str | None = None,
-          grads: bool = False) -> Case:
+          grads: bool = False, bias_array: bool = False) -> Case:
     """A Case with moderate values: the everyday input of the equality properties.
 
     `large`: shapes from the size regime, the profile's share of them at large sizes, each within
     the profile's forward budget times `budget_scale` (a check doing more per example scales it down).
     `values`: one of activations.DISTRIBUTIONS, or None to draw it (shrinking to "gaussian"; see
     `FORCED_VALUES`); an activation-like case says so in extra["values"]. `grads`: the case feeds a
-    backward, which bounds an activation-like x lower (activations.GRAD_X_MAX).
+    backward, which bounds an activation-like x lower (activations.GRAD_X_MAX). `bias_array`: a
+    bias array may be drawn (`bias_arrays`), for checks that make one call of this case's shape.
     """
     if large:
         share, budget = profiles.large_regime()
@@ -225,6 +293,8 @@ def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
         config = draw(configs(caps, causal=causal))
         B = draw(st.integers(min_batch, max(min_batch, max_batch)))
         T = draw(tokens(caps.max_tokens).filter(lambda t: t >= min_tokens))
+    if bias_array:
+        config = draw(bias_arrays(caps, config, B, T, dtype))
     kind = draw(st.sampled_from(PADDING_KINDS)) if padding and caps.key_padding_mask else "none"
     seed = draw(st.integers(0, 2**32 - 1))
     x_scales, param_scales = value_scales(dtype)
@@ -304,4 +374,18 @@ def head_perm_cases(draw, caps: Capabilities, dtype: str, base=None) -> Case:
     """An everyday case (or one of `base`, a strategy of cases) with more than one head and a
     grouping-preserving head permutation under extra["head_perm"]."""
     case = draw((cases(caps, dtype) if base is None else base).filter(lambda c: c.config.n_heads > 1))
+    if case.config.bias is not None:  # ALiBi's slopes go by head index: they do not move with the heads
+        case = case.with_(config=replace(case.config, bias=None))
     return case.with_(extra={**case.extra, "head_perm": draw(head_permutations(case.config))})
+
+
+def head_order(config: AttentionConfig, q_idx: np.ndarray) -> list[int]:
+    """The query heads in a `head_perm_indices` feature order: which head sits at each place."""
+    return [int(h) for h in q_idx[::config.head_dim] // config.head_dim]
+
+
+def permuted_sinks(config: AttentionConfig, q_idx: np.ndarray) -> AttentionConfig:
+    """config with each head's sink moved with its head (unchanged without sinks)."""
+    if config.sinks is None:
+        return config
+    return replace(config, sinks=tuple(config.sinks[h] for h in head_order(config, q_idx)))

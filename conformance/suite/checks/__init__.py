@@ -103,6 +103,7 @@ def catalogue() -> list[Check]:
     from conformance.suite.checks import bitwise, poison  # noqa: F401  (registration)
     from conformance.suite.checks import layouts  # noqa: F401  (registration)
     from conformance.suite.checks import windows  # noqa: F401  (registration)
+    from conformance.suite.checks import scores  # noqa: F401  (registration)
     from conformance.suite.checks import gradients  # noqa: F401  (registration)
     from conformance.suite.checks import cache  # noqa: F401, I001  (registered last: run after the forward's checks)
 

@@ -20,7 +20,7 @@ from conformance.suite.checks import CheckFailure, check, everyday_cases
 from conformance.suite.checks.localize import first_wrong_step
 from conformance.suite.conditioning import decided_output_rows
 from conformance.suite.judgement import active
-from conformance.suite.reference import forward_golden_and_plain
+from conformance.suite.reference import forward_golden_and_plain, leading_golden_and_plain
 from spec import conventions as conv
 from spec import invariants as inv
 from spec.config import AttentionConfig
@@ -32,7 +32,7 @@ def _rows(run, case) -> np.ndarray:
 
 
 def _sized_cases(caps, dtype):
-    return cs.cases(caps, dtype, large=True)
+    return cs.cases(caps, dtype, large=True, bias_array=True)
 
 
 @check(step=None, strategy=_sized_cases, examples=cs.class_representatives)
@@ -97,10 +97,11 @@ def causality(run, case):
     t = case.extra["t"]
     x2 = _perturbed(case, np.s_[:, t + 1:])
     y1, y2 = run.forward(case), run.forward(case.with_(x=x2))
-    golden, plain = forward_golden_and_plain(case)  # the allowance's scale; agreement is matches_spec's job
+    # the allowance's scale, on the compared rows; agreement is matches_spec's job
+    golden, plain = leading_golden_and_plain(case, tokens=t + 1)  # (B, t + 1, d_out)
     rows = _rows(run, case)[:, : t + 1]
     run.assert_same(f"outputs 0..{t} after changing tokens {t + 1}.. vs before", y2[:, : t + 1], y1[:, : t + 1],
-                    golden[:, : t + 1], plain[:, : t + 1], rows)
+                    golden, plain, rows)
 
 
 @check(step=None, strategy=lambda caps, dtype: _split_cases(caps, dtype, causal=True),
@@ -111,8 +112,8 @@ def prefix_consistency(run, case):
     kpm = None if case.key_padding_mask is None else case.key_padding_mask[:, :t]
     y_full = run.forward(case)
     y_pre = run.forward(case.with_(x=case.x[:, :t], key_padding_mask=kpm))
-    golden, plain = forward_golden_and_plain(case)
-    run.assert_same(f"forward(x[:, :{t}]) vs forward(x)[:, :{t}]", y_pre, y_full[:, :t], golden[:, :t], plain[:, :t],
+    golden, plain = leading_golden_and_plain(case, tokens=t)  # (B, t, d_out)
+    run.assert_same(f"forward(x[:, :{t}]) vs forward(x)[:, :{t}]", y_pre, y_full[:, :t], golden, plain,
                     _rows(run, case)[:, :t])
 
 
@@ -121,9 +122,9 @@ def batch_independence(run, case):
     """Changing batch elements 1.. leaves the output of batch element 0 unchanged."""
     x2 = _perturbed(case, np.s_[1:])
     y1, y2 = run.forward(case), run.forward(case.with_(x=x2))
-    golden, plain = forward_golden_and_plain(case)
-    run.assert_same("output of batch element 0 after changing the others vs before", y2[:1], y1[:1], golden[:1],
-                    plain[:1], _rows(run, case)[:1])
+    golden, plain = leading_golden_and_plain(case, batch=1)  # (1, T, d_out)
+    run.assert_same("output of batch element 0 after changing the others vs before", y2[:1], y1[:1], golden,
+                    plain, _rows(run, case)[:1])
 
 
 @st.composite
@@ -131,6 +132,8 @@ def _perm_cases(draw, caps, dtype):
     case = draw(cs.cases(caps, dtype, causal=False))
     if case.config.window is not None:  # a window is positional: permuting the tokens changes who sees whom
         case = case.with_(config=replace(case.config, window=None))
+    if case.config.bias is not None:  # so is ALiBi: it changes how far each key is
+        case = case.with_(config=replace(case.config, bias=None))
     perm = draw(st.permutations(range(case.T)))
     return case.with_(extra={**case.extra, "perm": list(perm)})
 
@@ -159,7 +162,8 @@ def head_permutation_invariance(run, case):
     rows = {k: getattr(p, k)[q_idx if k[-1] == "q" else kv_idx] for k in ("W_q", "W_k", "W_v", "b_q", "b_k", "b_v")
             if getattr(p, k) is not None}
     permuted = replace(p, W_o=p.W_o[:, q_idx], **rows)  # W_o's columns are the concatenated heads
-    y, got = run.forward(case), run.forward(case.with_(params=permuted))
+    config = cs.permuted_sinks(case.config, q_idx)  # each head's sink moves with its head
+    y, got = run.forward(case), run.forward(case.with_(params=permuted, config=config))
     golden, plain = forward_golden_and_plain(case)
     run.assert_same(f"forward with heads permuted {case.extra['head_perm']} vs unpermuted", got, y, golden, plain,
                     _rows(run, case))
@@ -168,6 +172,8 @@ def head_permutation_invariance(run, case):
 @check(step=None, strategy=everyday_cases)
 def zero_wq_uniform_attention(run, case):
     """With W_q = 0 every score is 0: causal output is the running mean of V, projected."""
+    if case.config.bias is not None or case.config.sinks is not None:  # the oracle is for plain scores
+        case = case.with_(config=replace(case.config, bias=None, sinks=None))
     p = replace(case.params, W_q=np.zeros_like(case.params.W_q),
                 b_q=None if case.params.b_q is None else np.zeros_like(case.params.b_q))
     got = run.forward(case.with_(params=p))

@@ -25,6 +25,7 @@ from conformance.suite.tolerance import compare, largest_finite
 from conformance.suite.judgement import active
 from spec import invariants as inv
 from spec.block import sample_dropout_mask
+from spec.config import AttentionConfig
 
 GROUP = "gradients"
 
@@ -76,7 +77,7 @@ GRAD_BUDGET_SCALE = 1 / 16
 @st.composite
 def _sized_grad_cases(draw, caps, dtype):
     return _with_grad_seed(draw, draw(cs.cases(caps, dtype, large=True, budget_scale=GRAD_BUDGET_SCALE,
-                                                       grads=True)))
+                                                       grads=True, bias_array=True)))
 
 
 def _grouped_grad_cases(caps, dtype) -> list:
@@ -95,7 +96,26 @@ def grad_representatives(caps, dtype) -> list:
     and the longest T that fits. Run before the drawn examples, as `matches_spec`'s are."""
     reps = cs.class_representatives(caps, dtype, budget_scale=GRAD_BUDGET_SCALE, first_edges=True,
                                     long_past=GRAD_LONG_PAST)
-    return [c.with_(extra={**c.extra, "grad_seed": c.T * 7 + c.config.d_out}) for c in reps] + _grouped_grad_cases(caps, dtype)
+    return ([c.with_(extra={**c.extra, "grad_seed": c.T * 7 + c.config.d_out}) for c in reps]
+            + _grouped_grad_cases(caps, dtype) + _score_term_grad_cases(caps, dtype))
+
+
+def _score_term_grad_cases(caps, dtype) -> list:
+    """Fixed examples for a backend declaring a bias or sinks, B = 3, 4 heads, T = 9: a bias array per
+    head (its batch axis broadcast, so dbias sums over the 3 rows); and the sinks with batch row 1's
+    first keys padded (its early causal queries see nothing: the sink takes their rows)."""
+    param_scale = cs.value_scales(dtype)[1][0]
+    out = []
+    if caps.bias:
+        bias = round_to(np.random.default_rng(27).standard_normal((1, 4, 9, 9)) * 2.0, dtype)  # (1, H, T, T)
+        config = AttentionConfig(d_in=8, d_out=16, n_heads=4, causal=caps.causal, bias=bias)
+        out.append(cs.case_from(config, 3, 9, dtype, seed=27, param_scale=param_scale))
+    if caps.sinks and caps.key_padding_mask:
+        config = AttentionConfig(d_in=8, d_out=16, n_heads=4, causal=caps.causal, sinks=(0.5, -1.0, 2.0, 0.0))
+        kpm = np.ones((3, 9), dtype=bool)
+        kpm[1, :3] = False
+        out.append(cs.case_from(config, 3, 9, dtype, seed=28, param_scale=param_scale).with_(key_padding_mask=kpm))
+    return [c.with_(extra={**c.extra, "grad_seed": c.seed}) for c in out]
 
 
 @check(step=None, strategy=_sized_grad_cases, needs=("gradients",), group=GROUP,
@@ -237,11 +257,14 @@ def grads_head_permutation_invariant(run, case):
     idx_of = lambda k: q_idx if k[-1] in "qo" else kv_idx  # noqa: E731  W_q, b_q (and W_o's columns): query heads
     rows = {k: getattr(p, k)[idx_of(k)] for k in ("W_q", "W_k", "W_v", "b_q", "b_k", "b_v") if getattr(p, k) is not None}
     g = grad_out_for(case)
-    got = run.grads(case.with_(params=replace(p, W_o=p.W_o[:, q_idx], **rows)), g)
+    config = cs.permuted_sinks(case.config, q_idx)  # each head's sink moves with its head
+    got = run.grads(case.with_(params=replace(p, W_o=p.W_o[:, q_idx], **rows), config=config), g)
     # undo the permutation on the backend's gradients, then compare with the unpermuted spec
     inv = {k: np.argsort(idx_of(k)) for k in ("W_q", "W_k", "W_v", "W_o")}
     back = {k: (a[inv["W_" + k[-1]]] if k[1:] in rows else a[:, inv["W_o"]] if k == "dW_o" else a)
             for k, a in got.items()}
+    if "dsinks" in back:
+        back["dsinks"] = got["dsinks"][np.argsort(cs.head_order(case.config, q_idx))]
     assert_grads_close(run, case, back, g, f"gradients with heads permuted {case.extra['head_perm']}, permuted back")
 
 

@@ -178,12 +178,21 @@ def masked_weights_are_zero(run, case):
     run.assert_exact("step 8 weights >= 0", inv.weights_nonnegative(got))
 
 
+def _row_sums(case, scores: np.ndarray) -> np.ndarray:
+    """[B, H, Tq]: what each row of step 8's weights sums to: 1 with an attendable key, 0 without;
+    with sinks, 1 minus the sink's share (float64, from the spec's sink weight)."""
+    has_key = np.broadcast_to(_ok_mask(case).any(-1), scores.shape[:-1])  # (B, H, Tq)
+    sink = S.sink_weight(scores, case.config, case.key_padding_mask)[..., 0]  # (B, H, Tq); 0 without sinks
+    return np.where(has_key, 1.0 - sink, 0.0)
+
+
 @check(step=8, strategy=everyday_cases)
 def rows_sum_to_one(run, case):
-    """Each query row with an attendable key sums to 1; a row with none sums to 0."""
+    """Each query row with an attendable key sums to 1 (with sinks: 1 minus the sink's share); a row
+    with none sums to 0."""
     scores = step_inputs(case)[7]
     got = _weights(run, case, scores)
-    target = np.broadcast_to(_ok_mask(case).any(-1).astype(np.float64), got.shape[:-1])
+    target = _row_sums(case, scores)
     _, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask)
     run.assert_close("step 8 row sums", got.sum(-1), target, plain.sum(-1), floor_scale=2.0)
 
@@ -193,6 +202,8 @@ def _shift_cases(draw, caps, dtype):
     case = draw(cs.cases(caps, dtype))
     if case.config.softcap is not None:  # tanh is not shift-invariant: the property holds without a softcap only
         case = case.with_(config=replace(case.config, softcap=None))
+    if case.config.sinks is not None:  # a sink is a logit the shift does not move: without sinks only
+        case = case.with_(config=replace(case.config, sinks=None))
     return case.with_(extra={"shift": draw(st.sampled_from((100.0, -100.0, 1000.0, 20000.0)))})
 
 
@@ -223,7 +234,7 @@ def softmax_finite_for_large_logits(run, case):
     scores = round_to(rng.uniform(-1, 1, (B, H, T, T)) * case.extra["score_magnitude"], case.dtype)
     got = _weights(run, case, scores)
     run.assert_exact("step 8 finite weights", inv.all_finite(got))
-    target = np.broadcast_to(_ok_mask(case).any(-1).astype(np.float64), got.shape[:-1])
+    target = _row_sums(case, scores)
     golden, plain = golden_and_plain(S.attn_weights, case.dtype, scores, case.config, case.key_padding_mask)
     run.assert_close("step 8 row sums at large logits", got.sum(-1), target, plain.sum(-1), floor_scale=2.0)
     # a near tie at the top is decided by one rounding: compare the rows that D decides
@@ -241,14 +252,20 @@ def context_matches_spec(run, case):
 
 @check(step=9, strategy=everyday_cases)
 def context_in_convex_hull(run, case):
-    """Each context vector lies in the convex hull of the value rows it may attend to."""
+    """Each context vector lies in the convex hull of the value rows it may attend to (with sinks: and
+    of 0, the sink's value)."""
     trace = step_inputs(case)
     w, V, got = trace["attn_weights"], trace["v"], run.table_step(9, case, trace)
     _, plain = golden_and_plain(S.context, case.dtype, w, V)
     V = S.repeat_kv(V, case.config.n_heads)  # (B, H, Tk, hd): the value rows each query head reads
-    excursion = inv.context_in_convex_hull(got, V, _ok_mask(case))
+    ok = _ok_mask(case)
+    if case.config.sinks is not None:  # the sink is one more row, of zeros, that every query sees
+        V = np.concatenate([V, np.zeros_like(V[:, :, :1])], axis=2)  # (B, H, Tk + 1, hd)
+        ok = np.concatenate([np.broadcast_to(ok, (*ok.shape[:3], ok.shape[-1])),
+                             np.ones((*ok.shape[:3], 1), dtype=bool)], axis=-1)  # (B, 1, Tq, Tk + 1)
+    excursion = inv.context_in_convex_hull(got, V, ok)
     # the plain reference's own excursion, worst of its runs
-    allowed = max(inv.context_in_convex_hull(r, V, _ok_mask(case)) for r in plain.runs)
+    allowed = max(inv.context_in_convex_hull(r, V, ok) for r in plain.runs)
     scale = max(float(np.max(np.abs(V), initial=0.0)), 1.0)
     # golden excursion is 0: compare the backend's with K x the plain reference's, plus the floor
     run.assert_close("step 9 excursion outside the value rows' range", np.array([excursion / scale]),
@@ -257,10 +274,17 @@ def context_in_convex_hull(run, case):
 
 @check(step=9, strategy=_causal_cases, needs=("causal",))
 def first_causal_row_equals_first_value(run, case):
-    """With the causal mask, query 0 sees only key 0: context[:, :, 0] == V[:, :, 0]."""
+    """With the causal mask, query 0 sees only key 0: context[:, :, 0] == V[:, :, 0] (with sinks:
+    times key 0's weight, 1 minus the sink's share)."""
     trace = step_inputs(case)
     V, got = S.repeat_kv(trace["v"], case.config.n_heads), run.table_step(9, case, trace)  # V per query head
-    run.assert_close("step 9 first causal row", got[:, :, 0], V[:, :, 0], V[:, :, 0])
+    if case.config.sinks is None:
+        run.assert_close("step 9 first causal row", got[:, :, 0], V[:, :, 0], V[:, :, 0])
+        return
+    # with sinks: key 0's weight times V[0], the weight 1 minus the sink's share, rounded in D
+    golden, plain = golden_and_plain(S.context, case.dtype, trace["attn_weights"], trace["v"])
+    run.assert_close("step 9 first causal row (key 0's weight beside the sink)", got[:, :, 0], golden[:, :, 0],
+                     plain[:, :, 0])
 
 
 # -- step 12 --------------------------------------------------------------------------------
