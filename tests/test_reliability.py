@@ -253,7 +253,7 @@ def test_memory_a_backend_keeps_alive_is_charged_to_it(tmp_path):  # 9
     proc = subprocess.run([sys.executable, "-m", "conformance", *quick(
         out, [f"{H}:LeaksMemory", "numpy"], checks, "--dtype", "float32", "-n", "1")], cwd=ROOT,
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONHASHSEED": "0", "MHA_LEAK_LIMIT_MB": "64"})  # 8 MB a call
+        env={**os.environ, "PYTHONHASHSEED": "0", "MHA_LEAK_LIMIT_MB": "64"})  # 16 MB a call
     sec = section(out)
     assert proc.returncode == 1 and sec["status"] == "complete", proc.stdout[-3000:]
     mine = [r for r in sec["records"] if r["backend"] == hb.LeaksMemory.name]
