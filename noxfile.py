@@ -65,9 +65,7 @@ def tests(session: nox.Session) -> None:
     """Run the project's own tests (spec, backends, suite, mutants, speed harness, reports, the install)."""
     install(session)
     session.install("--disable-pip-version-check", "-q", "--no-compile", *BUILD)
-    # one worker more than cores: much of the run waits (subprocess start-up, hang and crash
-    # tests' timeouts, worker restarts), and a third worker fills those waits on 2 cores
-    session.run("python", "-m", "pytest", "-n", str((os.cpu_count() or 1) + 1), *session.posargs)
+    session.run("python", "-m", "pytest", "-n", "auto", *session.posargs)
 
 
 @nox.session
