@@ -29,7 +29,8 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b in a's dtype: ml_dtypes' bfloat16 matmul would otherwise return float32.
 
     float16 goes through float32 BLAS and is rounded once: NumPy's own float16 matmul also
-    accumulates in float32 and rounds once (the same numbers), in an unblocked loop 10x slower.
+    accumulates in float32 and rounds once, in an unblocked loop 10x slower (the same numbers but
+    where the other order of the float32 sums tips a near-tie: one float16 ulp, rarely).
     Long double (the float64 golden) goes through float64 BLAS too, split so that it is at least
     as accurate as NumPy's loop (spec/precise.py).
     """
