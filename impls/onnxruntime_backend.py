@@ -233,5 +233,7 @@ class OnnxRuntimeBackend(Backend):
             bias = ps.with_sink_column(bias, config, T, T)  # (b, H, T, T + 1)
             ok = np.concatenate([ok, np.ones(ok.shape[:3] + (1,), dtype=bool)], axis=-1)  # the sink is never masked
         b = np.zeros((), numpy_dtype(dtype)) if bias is None else bias.astype(numpy_dtype(dtype))
-        fmask = np.where(ok, b, np.array(-np.inf, numpy_dtype(dtype)))  # broadcast: (b, H or 1, T, T (+ 1))
+        # (b, H or 1, T, T (+ 1)): ok's last two axes are whole, as ONNX Runtime wants with 3-D Q/K/V (a bias's
+        # [.., 1, Tk] or [.., Tq, 1] is refused there: "inconsistent q_sequence_length"); b and H may be 1
+        fmask = np.where(ok, b, np.array(-np.inf, numpy_dtype(dtype)))
         return np.ascontiguousarray(fmask, dtype=numpy_dtype(dtype))
