@@ -250,6 +250,5 @@ class JaxBackend(JaxEdges):
         if config.sinks is None:
             return (None if bias is None else self.from_numpy(bias, dtype)), None
         kpm = None if key_padding_mask is None else np.asarray(key_padding_mask)
-        ok = ps.allowed(config, T, T, kpm)  # (b, 1, T, T)
-        ok = np.concatenate([ok, np.ones(ok.shape[:3] + (1,), dtype=bool)], axis=-1)  # (b, 1, T, T + 1): the sink's key
+        ok = ps.allowed(config, T, T, kpm)  # (b, 1, T, T + 1): the sink's key last, never masked
         return self.from_numpy(ps.with_sink_column(bias, config, T, T), dtype), self.from_numpy(ok)

@@ -228,10 +228,9 @@ class OnnxRuntimeBackend(Backend):
         from impls import peer_scores as ps
 
         bias = ps.bias_4d(config, T, T)  # (b, H or 1, T or 1, T or 1), float64, or None
-        ok = ps.allowed(config, T, T, key_padding_mask)  # (b, 1, T, T)
+        ok = ps.allowed(config, T, T, key_padding_mask)  # (b, 1, T, T), with sinks (b, 1, T, T + 1): never masked
         if config.sinks is not None:
             bias = ps.with_sink_column(bias, config, T, T)  # (b, H, T, T + 1)
-            ok = np.concatenate([ok, np.ones(ok.shape[:3] + (1,), dtype=bool)], axis=-1)  # the sink is never masked
         b = np.zeros((), numpy_dtype(dtype)) if bias is None else bias.astype(numpy_dtype(dtype))
         # (b, H or 1, T, T (+ 1)): ok's last two axes are whole, as ONNX Runtime wants with 3-D Q/K/V (a bias's
         # [.., 1, Tk] or [.., Tq, 1] is refused there: "inconsistent q_sequence_length"); b and H may be 1

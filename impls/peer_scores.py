@@ -33,7 +33,7 @@ def bias_4d(config: AttentionConfig, Tq: int, Tk: int) -> np.ndarray | None:
 
 def allowed(config: AttentionConfig, Tq: int, Tk: int, key_padding_mask: np.ndarray | None) -> np.ndarray:
     """Bool [B or 1, 1, Tq, Tk], True = may attend: causal, the window (bottom-right, as the spec) and
-    key padding."""
+    key padding; with sinks [B or 1, 1, Tq, Tk + 1], the sink key's column last and True (never masked)."""
     p = np.arange(Tq)[:, None] + (Tk - Tq)  # (Tq, 1)
     j = np.arange(Tk)[None, :]  # (1, Tk)
     ok = np.ones((Tq, Tk), dtype=bool)
@@ -45,6 +45,8 @@ def allowed(config: AttentionConfig, Tq: int, Tk: int, key_padding_mask: np.ndar
     ok = ok[None, None]  # (1, 1, Tq, Tk)
     if key_padding_mask is not None:
         ok = ok & np.asarray(key_padding_mask, dtype=bool)[:, None, None, :]  # (B, 1, Tq, Tk)
+    if config.sinks is not None:
+        ok = np.concatenate([ok, np.ones(ok.shape[:3] + (1,), dtype=bool)], axis=-1)  # (B or 1, 1, Tq, Tk + 1)
     return ok
 
 
