@@ -69,7 +69,10 @@ class FlaxBackend(JaxEdges):
               "biases without qkv_bias); mask passed as is (its True = take part); rows with no "
               "attendable key set to b_o after the call (flax gives them the mean of V); dropout is "
               "flax's own RNG with broadcast_dropout=False; softmax in float32 for every dtype "
-              "(jax.nn.dot_product_attention); float16/bfloat16 run op by op, float64/float32 under nnx.jit.",
+              "(jax.nn.dot_product_attention); float16/bfloat16 run op by op, float64/float32 under nnx.jit; "
+              "no score bias or sinks: nnx.MultiHeadAttention.__call__ takes a boolean mask only (its bias "
+              "arguments are the projections'; its attention_fn, nnx.dot_product_attention, has a bias= the module "
+              "never passes), and neither has a sink argument.",
     )
 
     def __init__(self) -> None:
@@ -125,6 +128,10 @@ class FlaxBackend(JaxEdges):
         if config.window is not None or config.softcap is not None:  # refused by name, never dropped silently
             raise ValueError(f"backend {self.name!r} has no sliding window or softcap (window={config.window}, "
                              f"softcap={config.softcap}): nnx.MultiHeadAttention takes neither; valid: None")
+        if config.bias is not None or config.sinks is not None:  # refused by name, never dropped silently
+            raise ValueError(f"backend {self.name!r} takes no score bias or sinks (bias={config.bias!r}, "
+                             f"sinks={config.sinks}): nnx.MultiHeadAttention.__call__ takes a boolean mask only and "
+                             f"has no sink argument; valid: bias=None, sinks=None")
         mha = self.module(weights, config)
         training = bool(training and config.dropout_p > 0)
         fn = _call

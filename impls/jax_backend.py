@@ -18,12 +18,21 @@ How the spec's decisions are expressed with JAX's own options:
   the spec's window when Tq == Tk (JAX aligns it top-left when Tq < Tk, as `is_causal`;
   the profile measures both); no softcap: `dot_product_attention` has no such argument;
 - grouped K/V heads: K and V go in with their n_kv_heads heads ([B, T, Hkv, hd]); JAX reads
-  query head h against K/V head h // group, the spec's consecutive groups (the profile measures it).
+  query head h against K/V head h // group, the spec's consecutive groups (the profile measures it);
+- score bias (ALiBi or a bias array): `bias=`, 4-D in the dtype under test, added to the scaled
+  scores before the masks (the spec's order; JAX's head axis must be 1 or H, as the spec's is);
+- sinks: no sink argument. One more key with k = v = 0 whose `bias=` column is the sink logit
+  (`impls.peer_scores`): its score is the logit, it joins the denominator, adds nothing to the
+  context. With Tk = Tq + 1 JAX's is_causal and local_window_size align top-left, so the causal,
+  window and padding masks go in as one explicit boolean `mask=` (bottom-right, the sink's column
+  True). A bias of -inf would make a fully masked row NaN in JAX's softmax (its masked logits are
+  finite), so masking stays boolean and only the sink logit (possibly -inf) rides in the bias.
 
 Corrected here, openly (see `Capabilities.notes`): a query with no attendable key. JAX's XLA
 implementation gives it a uniform average of V (the masked logits are a large finite
 negative number, not -inf); the spec says a zero context, so those rows are zeroed after the
-call. No dropout: `dot_product_attention` has no dropout argument.
+call (with sinks they are already zero: the sink takes the row). No dropout and no gradients:
+`dot_product_attention` has no dropout argument, and no backward is declared here.
 
 Process-global state stays scoped: float64 needs JAX's x64 mode, switched on only inside
 `jax.enable_x64(True)` around each conversion and call, so float32 work elsewhere in the
@@ -144,9 +153,15 @@ class JaxEdges(Backend):
         return params.map(lambda a: self.from_numpy(a, dtype))
 
 
-def _forward(x, W_q, W_k, W_v, W_o, b_o, b_q, b_k, b_v, kpm, *, n_heads: int, causal: bool,
-             window: tuple[int, int] | None = None):
-    """Steps 4-12 on jnp arrays; jitted per shape, dtype and static options."""
+def _forward(x, W_q, W_k, W_v, W_o, b_o, b_q, b_k, b_v, kpm, bias=None, allowed=None, *, n_heads: int,
+             causal: bool, window: tuple[int, int] | None = None, sink: bool = False):
+    """Steps 4-12 on jnp arrays; jitted per shape, dtype and static options.
+
+    bias: None or [b, H or 1, T, T] in x's dtype, JAX's `bias=` (ALiBi or a bias array). With sinks
+    (`sink`): K and V get one more key of zeros, bias is [b, H, T, T + 1] with the sink logits as its
+    last column, and `allowed` the explicit bool mask [b, 1, T, T + 1] (causal, window and padding,
+    the sink's column True): JAX's is_causal and local_window_size align top-left when Tq != Tk, so
+    with the extra key they are spelt out here, bottom-right as the spec."""
     import jax
     import jax.numpy as jnp
 
@@ -157,10 +172,16 @@ def _forward(x, W_q, W_k, W_v, W_o, b_o, b_q, b_k, b_v, kpm, *, n_heads: int, ca
         q, k, v = q + b_q, k + b_k, v + b_v
     q = q.reshape(B, T, n_heads, hd)  # (B, T, H, hd): JAX's BTNH
     k, v = (a.reshape(B, T, a.shape[-1] // hd, hd) for a in (k, v))  # (B, T, Hkv, hd): JAX groups consecutively
-    mask = None if kpm is None else kpm[:, None, None, :]  # (B, 1, 1, Tk): True = take part
-    # local_window_size=(left, right): query i sees keys i - left .. i + right, the spec's (left, right)
-    # when Tq == Tk, as here (JAX aligns it top-left when Tq < Tk: the semantic profile measures it)
-    ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, local_window_size=window)  # (B, T, H, hd)
+    if sink:  # the sink key: k = v = 0, its logit the bias's last column
+        zero = jnp.zeros((B, 1) + k.shape[2:], k.dtype)  # (B, 1, Hkv, hd)
+        k, v = jnp.concatenate([k, zero], 1), jnp.concatenate([v, zero], 1)  # (B, T + 1, Hkv, hd)
+        ctx = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=allowed)  # (B, T, H, hd)
+    else:
+        mask = None if kpm is None else kpm[:, None, None, :]  # (B, 1, 1, Tk): True = take part
+        # local_window_size=(left, right): query i sees keys i - left .. i + right, the spec's (left, right)
+        # when Tq == Tk, as here (JAX aligns it top-left when Tq < Tk: the semantic profile measures it)
+        ctx = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal,
+                                           local_window_size=window)  # (B, T, H, hd)
     if kpm is not None:  # JAX: uniform average of V on a row with no key; spec: zero context
         ctx = jnp.where(has_key(kpm, T, causal, window)[:, :, None, None], ctx, jnp.zeros((), ctx.dtype))
     ctx = ctx.reshape(B, T, n_heads * hd)  # (B, T, d_out)
@@ -179,12 +200,17 @@ class JaxBackend(JaxEdges):
         # local_window_size=(left, right) is the spec's window when Tq == Tk (the forward's only case: no
         # KV cache here); no softcap argument (jax 0.10.2's dot_product_attention has none)
         window=True,
+        bias=True,  # dot_product_attention's bias= (impls.peer_scores.bias_4d): added to the scaled scores
+        sinks=True,  # a zero key and value, its bias column the sink logit; the masks then spelt out bottom-right
         notes="jax.nn.dot_product_attention (XLA) for steps 7-9; mask passed as is "
               "(its True = take part); rows with no attendable key zeroed after the call (JAX gives "
               "them the mean of V); its softmax runs in float32 for every dtype, float64 included; "
               "float16/bfloat16 run op by op (under jit XLA's CPU compiler rejects the F16_F16_F32 / "
               "BF16_BF16_F32 dots it asks for); float64/float32 under jax.jit; float64 inside a scoped jax.enable_x64; no dropout argument; "
-              "the window as local_window_size=(left, right) (top-left when Tq < Tk, never sent: no KV cache); no softcap argument.",
+              "the window as local_window_size=(left, right) (top-left when Tq < Tk, never sent: no KV cache); no softcap argument; "
+              "ALiBi or a bias array as its bias= (4-D, in the dtype under test); no sink argument: sinks as one more "
+              "key with k = v = 0 whose bias column is the sink logit, causal, window and padding then an explicit "
+              "bool mask (is_causal aligns top-left once Tk = Tq + 1); no gradients (no backward declared).",
     )
 
     def __init__(self) -> None:
@@ -205,11 +231,24 @@ class JaxBackend(JaxEdges):
         fn = _forward
         if dtype not in EAGER_DTYPES:
             if "jit" not in self._jitted:
-                self._jitted["jit"] = jax.jit(_forward, static_argnames=("n_heads", "causal", "window"))
+                self._jitted["jit"] = jax.jit(_forward, static_argnames=("n_heads", "causal", "window", "sink"))
             fn = self._jitted["jit"]
+        bias, allowed = self.score_terms(config, x.shape[1], key_padding_mask, dtype)
         w = weights
         with x64(dtype):
             out = fn(x, w.W_q, w.W_k, w.W_v, w.W_o, w.b_o, w.b_q, w.b_k, w.b_v,
-                     key_padding_mask, n_heads=config.n_heads, causal=config.causal,
-                     window=None if config.window is None else tuple(config.window))
+                     key_padding_mask, bias, allowed, n_heads=config.n_heads, causal=config.causal,
+                     window=None if config.window is None else tuple(config.window), sink=config.sinks is not None)
             return out.block_until_ready()
+
+    def score_terms(self, config: AttentionConfig, T: int, key_padding_mask: Any, dtype: str) -> tuple[Any, Any]:
+        """JAX's bias= in dtype (None without bias or sinks) and, with sinks, the explicit bool mask
+        [b, 1, T, T + 1] (None without sinks): see `_forward`."""
+        from impls import peer_scores as ps
+
+        bias = ps.bias_4d(config, T, T)  # (b, H or 1, T or 1, T or 1), float64, or None
+        if config.sinks is None:
+            return (None if bias is None else self.from_numpy(bias, dtype)), None
+        kpm = None if key_padding_mask is None else np.asarray(key_padding_mask)
+        ok = ps.allowed(config, T, T, kpm)  # (b, 1, T, T + 1): the sink's key last, never masked
+        return self.from_numpy(ps.with_sink_column(bias, config, T, T), dtype), self.from_numpy(ok)

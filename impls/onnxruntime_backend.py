@@ -20,8 +20,16 @@ How the spec's decisions are expressed with the operator's own options:
   added (the operator's definition and the spec's order; the semantic profile measures it on
   ONNX Runtime itself). One session per cap value (an attribute is fixed in the graph). No
   sliding window: the operator has no window attribute;
+- score bias (ALiBi or a bias array): a float `attn_mask` instead of the boolean one, the bias
+  (rounded once to the dtype) where a key may be seen and -inf where causal, the window or padding
+  masks it, with `is_causal` 0. The operator adds it after the softcap (its definition; measured on
+  ONNX Runtime 1.32: the spec's order, so bias and softcap are declared together);
+- sinks: Attention-23 (and 24, 25) has no sink input. The graph appends one more key and value of
+  zeros (the input `kv0`), and the float mask's column for it holds the sink logit: its score is
+  the logit, it joins the denominator and adds nothing to the context (as torch-sdpa);
 - a query with no attendable key: ONNX Runtime returns a zero context, as the spec says
-  (measured by the semantic profile), so nothing is corrected.
+  (measured by the semantic profile), so nothing is corrected; a float mask row of -inf only gives
+  zeros too (the operator's definition, measured).
 
 dtypes: float64, float32 and float16. ONNX Runtime 1.32's CPU provider has no bfloat16
 kernel for the nodes the operator expands into ("Could not find an implementation for
@@ -77,8 +85,14 @@ def elem_type(dtype: str) -> int:
 
 
 def attention_graph(dtype: str, n_heads: int, causal: bool, qkv_bias: bool, mask: bool,
-                    n_kv_heads: int | None = None, softcap: float | None = None) -> bytes:
-    """The block as a serialized ONNX model: inputs x, W_q^T, W_k^T, W_v^T, W_o^T, b_o (+ biases, mask)."""
+                    n_kv_heads: int | None = None, softcap: float | None = None, float_mask: bool = False,
+                    sink: bool = False) -> bytes:
+    """The block as a serialized ONNX model: inputs x, W_q^T, W_k^T, W_v^T, W_o^T, b_o (+ biases, mask).
+
+    float_mask: the attn_mask is the float input `fmask` [b, H, Tq, Tk (+ 1)] (the bias, -inf where
+    masked: `OnnxRuntimeBackend.float_mask`), is_causal 0 (the causal part is in fmask), no `kpm`.
+    sink: K and V get one more key, the zeros of the input `kv0` [B, 1, d_kv] (fmask's last column is
+    the sink logit)."""
     from onnx import TensorProto, helper
 
     t = elem_type(dtype)
@@ -93,7 +107,14 @@ def attention_graph(dtype: str, n_heads: int, causal: bool, qkv_bias: bool, mask
             inputs.append(vi(f"b_{n}", t, ["d_out" if n == "q" else "d_kv"]))
             nodes.append(helper.make_node("Add", [f"{n}0", f"b_{n}"], [n]))
     attn_in = ["q", "k", "v"]
-    if mask:
+    if sink:  # the sink key: k = v = 0, one more position of the K/V sequence
+        inputs.append(vi("kv0", t, ["B", 1, "d_kv"]))
+        nodes += [helper.make_node("Concat", [n, "kv0"], [f"{n}s"], axis=1) for n in "kv"]  # (B, T + 1, d_kv)
+        attn_in = ["q", "ks", "vs"]
+    if float_mask:
+        inputs.append(vi("fmask", t, ["Bm", "Hm", "Tq", "Tk"]))
+        attn_in.append("fmask")
+    elif mask:
         inputs.append(vi("kpm", TensorProto.BOOL, ["B", "T"]))
         nodes.append(helper.make_node("Constant", [], ["axes"], value=helper.make_tensor(
             "axes", TensorProto.INT64, [2], [1, 2])))
@@ -107,8 +128,8 @@ def attention_graph(dtype: str, n_heads: int, causal: bool, qkv_bias: bool, mask
         nodes.append(helper.make_node("Expand", ["kpm4", "shape4"], ["attn_mask"]))  # (B, 1, Tq, Tk)
         attn_in.append("attn_mask")
     cap = {} if softcap is None else {"softcap": float(softcap)}  # the operator's 0 (default) is no cap
-    nodes.append(helper.make_node("Attention", attn_in, ["ctx"], q_num_heads=n_heads,
-                                  kv_num_heads=n_kv_heads or n_heads, is_causal=int(causal), **cap))  # (B, T, d_out)
+    nodes.append(helper.make_node("Attention", attn_in, ["ctx"], q_num_heads=n_heads, kv_num_heads=n_kv_heads or n_heads,
+                                  is_causal=int(causal and not float_mask), **cap))  # (B, T, d_out)
     nodes.append(helper.make_node("MatMul", ["ctx", "W_oT"], ["y0"]))
     nodes.append(helper.make_node("Add", ["y0", "b_o"], ["y"]))  # (B, T, d_out)
     graph = helper.make_graph(nodes, "mha", inputs, [vi("y", t, ["B", "T", "d_out"])])
@@ -126,10 +147,14 @@ class OnnxRuntimeBackend(Backend):
         dropout="none",
         grouped_kv=True,  # kv_num_heads = n_kv_heads on the Attention node; K/V projections of d_kv columns
         softcap=True,  # the operator's softcap attribute: on the scaled scores, before the mask (the spec's order)
+        bias=True,  # ALiBi or a bias array in a float attn_mask (-inf where masked), added after the softcap (measured)
+        sinks=True,  # no sink input in Attention-23..25: one more key with k = v = 0, its float-mask column the sink logit
         notes="ONNX Attention operator (opset 23) on ONNX Runtime's CPU execution provider, one graph for "
               "the block; mask passed as is (its True = take part); no correction needed (fully masked "
               "rows already zero); no bfloat16 CPU kernel; the operator has no dropout; softcap as the "
-              "operator's softcap attribute; no window attribute.",
+              "operator's softcap attribute; no window attribute; ALiBi or a bias array in a float attn_mask (the bias, "
+              "-inf where masked, is_causal 0); no sink input: sinks as one more key of zeros whose float-mask "
+              "column is the sink logit.",
     )
 
     def __init__(self) -> None:
@@ -166,10 +191,11 @@ class OnnxRuntimeBackend(Backend):
     def session(self, dtype: str, config: AttentionConfig, qkv_bias: bool, mask: bool) -> Any:
         import onnxruntime as ort
 
-        key = (dtype, config.n_heads, config.kv_heads, config.causal, qkv_bias, mask, config.softcap)
+        float_mask, sink = config.bias is not None or config.sinks is not None, config.sinks is not None
+        key = (dtype, config.n_heads, config.kv_heads, config.causal, qkv_bias, mask, config.softcap, float_mask, sink)
         if key not in self._sessions:
             model = attention_graph(dtype, config.n_heads, config.causal, qkv_bias, mask, config.kv_heads,
-                                    config.softcap)
+                                    config.softcap, float_mask, sink)
             self._sessions[key] = ort.InferenceSession(model, session_options(),
                                                        providers=["CPUExecutionProvider"])
         return self._sessions[key]
@@ -186,6 +212,27 @@ class OnnxRuntimeBackend(Backend):
         dtype = dtype_name(x.dtype)
         sess = self.session(dtype, config, "b_q" in weights, key_padding_mask is not None)
         feeds = {"x": x, **weights}
-        if key_padding_mask is not None:
+        if config.bias is not None or config.sinks is not None:
+            feeds["fmask"] = self.float_mask(config, x.shape[1], key_padding_mask, dtype)
+            if config.sinks is not None:
+                feeds["kv0"] = np.zeros((x.shape[0], 1, weights["W_kT"].shape[1]), dtype=x.dtype)  # (B, 1, d_kv)
+        elif key_padding_mask is not None:
             feeds["kpm"] = key_padding_mask
         return sess.run(["y"], feeds)[0]
+
+    def float_mask(self, config: AttentionConfig, T: int, key_padding_mask: Any, dtype: str) -> np.ndarray:
+        """The float attn_mask in dtype, [b, H, T, T] ([b, H, T, T + 1] with sinks, the sink logit last):
+        the bias (ALiBi or an array, rounded to dtype once) and -inf where causal, padding or the window
+        mask a key. A row with no visible key is all -inf: the operator gives it zeros (its definition,
+        measured on ONNX Runtime 1.32), the spec's answer; with sinks the sink takes the whole row."""
+        from impls import peer_scores as ps
+
+        bias = ps.bias_4d(config, T, T)  # (b, H or 1, T or 1, T or 1), float64, or None
+        ok = ps.allowed(config, T, T, key_padding_mask)  # (b, 1, T, T), with sinks (b, 1, T, T + 1): never masked
+        if config.sinks is not None:
+            bias = ps.with_sink_column(bias, config, T, T)  # (b, H, T, T + 1)
+        b = np.zeros((), numpy_dtype(dtype)) if bias is None else bias.astype(numpy_dtype(dtype))
+        # (b, H or 1, T, T (+ 1)): ok's last two axes are whole, as ONNX Runtime wants with 3-D Q/K/V (a bias's
+        # [.., 1, Tk] or [.., Tq, 1] is refused there: "inconsistent q_sequence_length"); b and H may be 1
+        fmask = np.where(ok, b, np.array(-np.inf, numpy_dtype(dtype)))
+        return np.ascontiguousarray(fmask, dtype=numpy_dtype(dtype))

@@ -5,7 +5,9 @@ imported inside methods only.
 
 Score modifiers (`attend_modified`, `no_modifier`): JAX takes a window as `local_window_size`
 and no softcap; the ONNX operator a `softcap` attribute and no window; flax's module neither
-(its signature is read, as SDPA's is).
+(its signature is read, as SDPA's is). Score terms (`float_bias`, `no_bias`; sinks through
+`no_modifier("sink")`): JAX takes a float bias as `bias=`, the ONNX operator as a float
+`attn_mask`; flax's module call takes neither; none of the three has a sink argument.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class Jax(LaysOut):
 
         return _no_argument(jax.nn.dot_product_attention, "jax.nn.dot_product_attention", kind)
 
+    def float_bias(self, q, k, v, bias):
+        """bias [B, H, Tq, Tk] float32 added to the scaled scores: dot_product_attention's bias=."""
+        return self._run(q, k, v, bias=np.asarray(bias, dtype=np.float32))
+
+    float_bias_how = "dot_product_attention's bias= of -1e9 on every key"
+
     def attend_modified(self, q, k, v, *, window=None, softcap=None, mask=None):
         """A window of `window` keys back: local_window_size=(window, 0) with is_causal, float64."""
         if softcap is not None:
@@ -103,6 +111,20 @@ class Flax(Jax):
         from impls.jax_backend import jax_missing
 
         return jax_missing(FLAX_PINS, "flax")
+
+    float_bias = None  # the module's call takes no bias: `no_bias`
+
+    def no_bias(self) -> str | None:
+        """None when nnx.MultiHeadAttention.__call__ takes a score bias, else the reason (its signature)."""
+        import inspect
+
+        from flax import nnx
+
+        names = list(inspect.signature(nnx.MultiHeadAttention.__call__).parameters)[1:]
+        if "bias" in names:
+            return None
+        return (f"nnx.MultiHeadAttention.__call__ has no bias argument (a boolean mask only; use_bias and bias_init "
+                f"are the projections'); its arguments: {', '.join(names)}")
 
     def no_modifier(self, kind: str) -> str | None:
         from flax import nnx
@@ -178,15 +200,16 @@ class OnnxRuntime(LaysOut):
 
         return ort_missing()
 
-    def _run(self, q, k, v, mask=None, causal=False, dtype="float32", **attrs):
+    def _run(self, q, k, v, mask=None, causal=False, dtype="float32", fmask=None, **attrs):
+        """mask: bool [B, Tk] (True = take part); fmask: a float attn_mask [B, H, Tq, Tk] instead."""
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
         from impls.onnxruntime_backend import OPSET, elem_type, session_options
 
         t, vi = elem_type(dtype), helper.make_tensor_value_info
-        names = ["Q", "K", "V"] + ([] if mask is None else ["M"])
-        ins = [vi(n, t, None) for n in names[:3]] + [vi("M", TensorProto.BOOL, None)] * (mask is not None)
+        names = ["Q", "K", "V"] + ([] if mask is None and fmask is None else ["M"])
+        ins = [vi(n, t, None) for n in names[:3]] + [vi("M", TensorProto.BOOL if fmask is None else t, None)] * (len(names) > 3)
         node = helper.make_node("Attention", names, ["Y"], is_causal=int(causal), **attrs)
         model = helper.make_model(helper.make_graph([node], "probe", ins, [vi("Y", t, None)]),
                                   opset_imports=[helper.make_opsetid("", OPSET)])
@@ -195,7 +218,15 @@ class OnnxRuntime(LaysOut):
                  for n, a in zip("QKV", (q, k, v))}  # (B, H, T, hd); the layout's strides read from an OrtValue
         if mask is not None:  # (B, 1, Tq, Tk): ONNX Runtime refuses a broadcast query dimension
             feeds["M"] = np.ascontiguousarray(np.broadcast_to(mask[:, None, None, :], (q.shape[0], 1, q.shape[2], k.shape[2])))
+        if fmask is not None:
+            feeds["M"] = np.ascontiguousarray(fmask, dtype=numpy_dtype(dtype))
         return sess.run(["Y"], feeds)[0]
+
+    def float_bias(self, q, k, v, bias):
+        """bias [B, H, Tq, Tk] float32 added to the scaled scores: the operator's float attn_mask."""
+        return self._run(q, k, v, fmask=bias)
+
+    float_bias_how = "a float attn_mask of -1e9 on every key"
 
     def attend(self, q, k, v, *, mask=None, causal=False, dtype="float32"):
         return self._run(q, k, v, mask, causal, dtype)
@@ -214,7 +245,9 @@ class OnnxRuntime(LaysOut):
         names = [i.name for i in s.inputs] + list(s.attributes)
         if any(kind in n.lower() for n in names):  # window, softcap, sink
             return None
-        return (f"Attention-{s.since_version} has no {kind} attribute (an explicit attn_mask can carry a window); "
+        mask = {"window": "can carry a window", "softcap": "cannot cap scores",
+                "sink": "adds to scores, not to the denominator"}.get(kind, "adds to scores")
+        return (f"Attention-{s.since_version} has no {kind} attribute (an explicit attn_mask {mask}); "
                 f"its inputs and attributes: {', '.join(names)}")
 
     def attend_modified(self, q, k, v, *, window=None, softcap=None, mask=None):

@@ -15,7 +15,11 @@ adapter corrects), and one through the contract:
 - through the contract ("ALiBi slopes", contract only): a declared bias, 4 heads through the
   forward, against the standard slopes, the slopes reversed and no bias.
 
-jax, flax and onnxruntime are not probed this round (their adapters are another branch's work).
+The peers (`peer_libraries.py`): JAX's `bias=` and the ONNX operator's float `attn_mask` take the
+-1e9 bias (`float_bias`); flax's module call has no bias argument (`no_bias`, read from its
+signature); none of the three has a sink argument (`no_modifier("sink")`, read from the signature
+or the operator's schema), so their sink rows read "not offered" (the jax and onnxruntime adapters
+emulate a sink as a zero key: the contract's row measures that).
 The library probes take the probes module's helpers as an argument (`h`: inputs, reference,
 _call, _closest, entry), and the contract probe the contract's `measured`: no import circle.
 """
@@ -70,6 +74,11 @@ def bias_masked_row(raw: Any, h: Any) -> dict[str, str]:
     elif name in ("torch-sdpa", "torch-mha"):
         out, err = h._call(lambda: _torch_float_mask(raw, q, k, v))
         how = "a float attn_mask of -1e9 on every key"
+    elif callable(getattr(raw, "float_bias", None)):  # the peers: JAX's bias=, ONNX's float attn_mask
+        out, err = h._call(lambda: raw.float_bias(q, k, v, np.full((1, 2, 1, 4), BIG, np.float32)))  # (B, H, Tq, Tk)
+        how = raw.float_bias_how
+    elif callable(getattr(raw, "no_bias", None)) and raw.no_bias():
+        return h.entry("not offered", raw.no_bias())
     else:
         return h.entry("not probed", f"no float-bias probe for {name or 'this library'} this round")
     if err:
@@ -111,8 +120,8 @@ def sink_masked_row(raw: Any, h: Any) -> dict[str, str]:
             return h.entry("raises", f"sinks of 0, every key padded: {err}")
         found = _found(out, q, k, v, h)
         return h.entry(found, f"sinks of 0 (AttentionConfig.sinks), every key padded: {found} (the spec: zeros)")
-    if name in ("torch-sdpa", "torch-mha"):
-        why = raw.no_modifier("sink")  # read from the library's signature
+    if callable(getattr(raw, "no_modifier", None)):  # torch-sdpa, torch-mha and the peers
+        why = raw.no_modifier("sink")  # read from the library's signature (the ONNX operator's schema)
         if why:
             return h.entry("not offered", why)
     return h.entry("not probed", f"no sink probe for {name or 'this library'} this round")
