@@ -196,3 +196,25 @@ def test_nan_only_in_rows_without_keys_is_a_convention_not_a_leak(tmp_path):
     rec = _saved_failure(tmp_path, cb.NanRows(), kpm)
     [finding] = Diagnosis(tmp_path, budget_s=60).run([rec], {"conv-nan-rows": cb.NanRows()})
     assert finding["cause"] == "fully_masked_rows"
+
+
+def test_a_backend_that_hung_is_not_probed_by_the_diagnosis(tmp_path):
+    """Its later checks read "not run: ... hung earlier": one crash finding, and no call into it
+    (the probes would hang as the run did: 70 s more for three hung backends)."""
+    from conformance.findings.diagnose import Diagnosis
+
+    class Spy(cb.NanRows):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            Spy.calls += 1
+            return super().forward(*args, **kwargs)
+
+    kpm = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=bool)
+    later = _saved_failure(tmp_path, Spy(), kpm)  # a saved example the diagnosis could re-run
+    later["check"], later["reason"] = "causality", f"not run: {Spy.name} hung earlier in this run (during matches_spec)"
+    hang = {"backend": Spy.name, "check": "matches_spec", "dtype": "float32", "step": None, "outcome": "failed",
+            "reason": f"hang: matches_spec on {Spy.name} (float32) used no CPU for 2 s (sleeping or blocked)"}
+    [finding] = Diagnosis(tmp_path, budget_s=60).run([hang, later], {Spy.name: Spy()})
+    assert finding["cause"] == "crash" and len(finding["checks"]) == 2
+    assert Spy.calls == 0

@@ -93,6 +93,17 @@ def test_catalogue_is_well_formed():
         assert issubclass(m, PlainBackend) and m.name.startswith("mutant-")
         assert kill.bug(m), f"{m.__name__} needs a docstring naming its bug"
         assert m.float16_na is None or (isinstance(m.float16_na, str) and m.float16_na)
+        first = getattr(m, "checks_first", None)  # a group, or check names that exist
+        checks = {c.name: c for c in catalogue()}
+        assert first is None or first in {c.group for c in checks.values()} or set(first) <= set(checks), first
+
+
+def test_checks_first_runs_the_named_checks_then_the_rest_in_catalogue_order():
+    from conformance.mutants.inputs import KeyIndex16
+
+    order = sorted(catalogue(), key=lambda c: kill.first_rank(KeyIndex16(), c))
+    assert order[0].name == "decode_long_cache"
+    assert [c.name for c in order[1:]] == [c.name for c in catalogue() if c.name != "decode_long_cache"]
 
 
 @pytest.mark.parametrize("argv, message", [

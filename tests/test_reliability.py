@@ -132,6 +132,13 @@ def test_a_backend_deaf_to_sigalrm_is_ended_by_the_hard_limit(hangs, cls):  # 2
     assert sum("hung earlier in this run" in r["reason"] for r in recs) == 2
 
 
+def test_a_hung_backend_is_one_finding_and_never_probed_again(hangs):  # 2
+    """The diagnosis does not call a backend that hung (it would hang there too: 70 s more here)."""
+    findings = {f["backend"]: f for f in hangs["sec"]["findings"]}
+    for name in ("misbehaving-hangs", hb.BlocksAlarm.name, hb.IgnoresAlarm.name):
+        assert findings[name]["cause"] == "crash" and len(findings[name]["checks"]) == 3, findings[name]
+
+
 def test_hangs_leave_numpy_alone(hangs):  # 2
     numpy = [r["outcome"] for r in hangs["sec"]["records"] if r["backend"] == "numpy"]
     assert numpy == ["passed"] * 3

@@ -62,7 +62,8 @@ class Group:
 def _text_cause(rec: dict[str, Any]) -> tuple[str, str, str] | None:
     """(cause, title, detail) when the failure's words name the cause."""
     reason = rec.get("reason") or ""
-    if "crashed a worker" in reason or reason.startswith("hang") or "worker process" in reason:
+    if ("crashed a worker" in reason or reason.startswith("hang") or "worker process" in reason
+            or "hung earlier in this run" in reason):
         return ("crash", "the backend crashed or hung a worker process",
                 "later checks of this backend were not run; see the first record's output")
     m = re.search(r"returned dtype (\w+), expected (\w+)", reason)
@@ -193,6 +194,8 @@ class Diagnosis:
                 rest.append(r)
         if not rest:
             return
+        if any(g.backend == name and g.cause == "crash" for g in self.groups.values()):
+            backend = None  # it crashed or hung in the run: probing it would only do that again (text only)
         base = declared(backend) if backend is not None else Judgement()
         hyps: list[Hypothesis] = []
         if backend is not None and time.monotonic() < self.deadline:

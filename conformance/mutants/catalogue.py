@@ -350,6 +350,7 @@ class MutatesInput(PlainBackend):
     """
 
     name = "mutant-mutates-input"
+    checks_first = ("inputs_not_mutated",)  # the checks before it pass: the kill run starts here
 
     def qkv(self, x, weights):
         x /= 3  # in place: the caller's array

@@ -51,6 +51,7 @@ class KeyIndex16(PlainBackend):
     """
 
     name = "mutant-key-index-16"
+    checks_first = ("decode_long_cache",)  # the checks before it pass: the kill run starts here
 
     def mask(self, config, B, Tq, Tk, key_padding_mask):
         masked = super().mask(config, B, Tq, Tk, key_padding_mask)  # (B, 1, Tq, Tk)

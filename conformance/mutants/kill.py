@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -118,15 +119,25 @@ def run_backend(backend: object, dtype: str, seed: int, stop_at_first: bool = Tr
     # quiet: no "Falsifying example" prints or repr-size warnings between the table's rows
     with with_reporter(lambda text: None), warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", HypothesisWarning)
-        # a mutant may name the group of checks that can kill it (`checks_first`, e.g. the
-        # backward mutants: "gradients"), run first so the early stop comes without the rest
-        first = getattr(backend, "checks_first", None)
-        for check in sorted(catalogue(), key=lambda c: first is not None and c.group != first):
+        # a mutant may name the checks that can kill it (`checks_first`: a group, e.g. the backward
+        # mutants' "gradients", or a tuple of check names), run first so the early stop comes
+        # without the rest; the rest still run, in catalogue order, if those pass
+        for check in sorted(catalogue(), key=lambda c: first_rank(backend, c)):
             result = run_check(check, backend, dtype, seed=seed)
             out.append((check, result))
             if stop_at_first and result.outcome == "failed":
                 break
     return out
+
+
+def first_rank(backend: object, check: Any) -> int:
+    """Where `check` goes in the mutant's order: its `checks_first` (group or names) before the rest."""
+    first = getattr(backend, "checks_first", None)
+    if first is None:
+        return 0
+    if isinstance(first, str):
+        return 0 if check.group == first else 1
+    return first.index(check.name) if check.name in first else len(first)
 
 
 def run_mutant(cls: type[PlainBackend], dtype: str, seed: int = DEFAULT_SEED, every: bool = False) -> Verdict:

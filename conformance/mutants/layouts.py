@@ -90,6 +90,7 @@ class BroadcastReadFull(ReadsAsContiguous):
     """
 
     name = "mutant-broadcast-read-full"
+    checks_first = ("layouts_match_contiguous",)  # the checks before it pass: the kill run starts here
 
     def misread(self, a: Any) -> Any:
         return read_as_contiguous(a) if has_stride0(a) else a
