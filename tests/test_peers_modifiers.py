@@ -38,20 +38,34 @@ def test_declared_modifiers_give_the_spec(name, config_name):
     config = CONFIGS[config_name]
     if b.capabilities.unsupported(config):
         assert (config.window is not None and name != "jax") or (config.softcap is not None and name != "onnxruntime")
-        with pytest.raises(ValueError, match="window|softcap"):  # refused by name, never dropped silently
-            b.forward(b.from_numpy(np.zeros((1, 3, 8)), "float32"), b.prepare(spec.init_params(config, 0), "float32"),
-                      config)
+        refuses_by_name(b, config, "window|softcap")
         return
+    gives_the_spec(b, config, f"{name} {config_name}", masks=("kpm",))
+
+
+def refuses_by_name(b, config: spec.AttentionConfig, match: str) -> None:
+    """The adapter raises a ValueError naming what it does not take: never dropped silently."""
+    with pytest.raises(ValueError, match=match):
+        b.forward(b.from_numpy(np.zeros((1, 3, 8)), "float32"), b.prepare(spec.init_params(config, 0), "float32"),
+                  config)
+
+
+def gives_the_spec(b, config: spec.AttentionConfig, label: str, masks: tuple[str, ...] = (None, "kpm")) -> None:
+    """b's forward equals the spec's at float64 and float32 (within TOL of the output's scale) on
+    peaked rows (weights x3: a wrong key or term shows), without a padding mask and/or with one
+    under which batch 1's first queries see no key (a zero context, with or without sinks)."""
     rng = np.random.default_rng(0)
-    params = spec.init_params(config, seed=1).map(lambda a: a * 3)  # peaked rows: a wrong key shows
+    params = spec.init_params(config, seed=1).map(lambda a: a * 3)
     x = rng.standard_normal((2, 7, config.d_in))
     kpm = rng.random((2, 7)) > 0.3
-    kpm[1, :3] = False  # with a window, batch 1's early queries see no key: a zero context
-    golden = spec.forward(x, params, config, key_padding_mask=kpm)
-    for dtype in ("float64", "float32"):
-        got = b.to_numpy(b.forward(b.from_numpy(x, dtype), b.prepare(params, dtype), config,
-                                   key_padding_mask=b.from_numpy(kpm)))
-        np.testing.assert_allclose(got.astype(np.float64), golden, rtol=0, atol=TOL * np.abs(golden).max())
+    kpm[1, :3] = False
+    for mask in (None if m is None else kpm for m in masks):
+        golden = spec.forward(x, params, config, key_padding_mask=mask)
+        for dtype in ("float64", "float32"):
+            got = b.to_numpy(b.forward(b.from_numpy(x, dtype), b.prepare(params, dtype), config,
+                                       key_padding_mask=None if mask is None else b.from_numpy(mask)))
+            np.testing.assert_allclose(got.astype(np.float64), golden, rtol=0, atol=TOL * np.abs(golden).max(),
+                                       err_msg=f"{label} {dtype} padding={mask is not None}")
 
 
 def _raw(name: str):

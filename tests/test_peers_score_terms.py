@@ -18,11 +18,8 @@ from conformance.semantics import probes
 from conformance.semantics import score_terms as st
 from impls.registry import resolve
 from spec.scores import BiasArray
+from tests.test_peers_modifiers import PEERS, _skip_without, gives_the_spec, refuses_by_name
 
-PEERS = {"jax": "jax", "flax": "flax", "onnxruntime": "onnxruntime"}  # backend -> package it needs
-#: float64 is float32-level for the peers (their softmax runs in float32, measured ~1e-7 relative),
-#: so both dtypes are held to float32's rounding of these O(1) outputs; 16-bit ones are not compared.
-TOL = 1e-5
 _rng = np.random.default_rng(5)
 SINKS = (0.5, -1.0, 2.0, -math.inf)  # one head without a sink
 CONFIGS = {  # each term alone and combined, with grouped heads, padding (empty rows) and either mask
@@ -37,10 +34,6 @@ CONFIGS = {  # each term alone and combined, with grouped heads, padding (empty 
                                               bias=BiasArray(_rng.standard_normal((4, 7, 7)) * 2)),
     "softcap_alibi_sinks": spec.AttentionConfig(8, 8, 4, causal=True, softcap=1.5, bias="alibi", sinks=SINKS),
 }
-
-
-def _skip_without(name: str) -> None:
-    pytest.importorskip(PEERS[name], reason=f"{PEERS[name]} is not installed (MHA_WITH_PEERS=1 nox -s tests installs it)")
 
 
 @pytest.mark.parametrize("name", ["jax", "onnxruntime"])
@@ -60,22 +53,9 @@ def test_score_terms_give_the_spec(name, config_name):
     why = b.capabilities.unsupported(config)
     if why:  # jax: no softcap; onnxruntime: no window; each refused by name, never dropped silently
         assert (name, config.softcap is None) in (("jax", False), ("onnxruntime", True)), why
-        with pytest.raises(ValueError, match="softcap" if name == "jax" else "window"):
-            b.forward(b.from_numpy(np.zeros((2, 7, 8)), "float32"), b.prepare(spec.init_params(config, 0), "float32"),
-                      config)
+        refuses_by_name(b, config, "softcap" if name == "jax" else "window")
         return
-    rng = np.random.default_rng(0)
-    params = spec.init_params(config, seed=1).map(lambda a: a * 3)  # peaked rows: a wrong term shows
-    x = rng.standard_normal((2, 7, config.d_in))
-    kpm = rng.random((2, 7)) > 0.3
-    kpm[1, :3] = False  # batch 1's early causal queries see no key: zeros, with or without sinks
-    for mask in (None, kpm):
-        golden = spec.forward(x, params, config, key_padding_mask=mask)
-        for dtype in ("float64", "float32"):
-            got = b.to_numpy(b.forward(b.from_numpy(x, dtype), b.prepare(params, dtype), config,
-                                       key_padding_mask=None if mask is None else b.from_numpy(mask)))
-            np.testing.assert_allclose(got.astype(np.float64), golden, rtol=0, atol=TOL * np.abs(golden).max(),
-                                       err_msg=f"{name} {config_name} {dtype} padding={mask is not None}")
+    gives_the_spec(b, config, f"{name} {config_name}")
 
 
 def test_flax_refuses_a_bias_and_sinks_by_name():
@@ -83,9 +63,7 @@ def test_flax_refuses_a_bias_and_sinks_by_name():
     b = resolve("flax").backend
     for config in (CONFIGS["alibi_causal_grouped"], spec.AttentionConfig(8, 8, 4, sinks=SINKS)):
         assert b.capabilities.unsupported(config)
-        with pytest.raises(ValueError, match=r"bias=.*sinks=.*valid: bias=None, sinks=None"):
-            b.forward(b.from_numpy(np.zeros((1, 3, 8)), "float32"), b.prepare(spec.init_params(config, 0), "float32"),
-                      config)
+        refuses_by_name(b, config, r"bias=.*sinks=.*valid: bias=None, sinks=None")
 
 
 def _raw(name: str):
