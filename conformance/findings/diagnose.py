@@ -185,17 +185,18 @@ class Diagnosis:
                 del self.groups[key]
 
     def _backend(self, name: str, backend: Any, recs: list[dict[str, Any]]) -> None:
-        rest = []
+        rest, crashed = [], False
         for r in recs:
             found = _text_cause(r)
             if found:
                 self._add(name, (found[0],), r, cause=found[0], title=found[1], detail=found[2])
+                crashed = crashed or found[0] == "crash"
             else:
                 rest.append(r)
         if not rest:
             return
-        if any(g.backend == name and g.cause == "crash" for g in self.groups.values()):
-            backend = None  # it crashed or hung in the run: probing it would only do that again (text only)
+        if crashed:  # it crashed or hung in the run: probing it would only do that again (text only)
+            backend = None
         base = declared(backend) if backend is not None else Judgement()
         hyps: list[Hypothesis] = []
         if backend is not None and time.monotonic() < self.deadline:
