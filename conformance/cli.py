@@ -339,7 +339,7 @@ def run(args, infos, states: dict, out: Path) -> int:
     dtypes = args.dtype or list(FLOAT_DTYPES)
     checks = args.check or [c.name for c in catalogue()]
     whole = plan.whole_plan([(i.spec, i.backend.name) for i in infos], dtypes, checks)
-    keys = plan.shard_of(whole, args.shard_kn)
+    keys = plan.run_order(plan.shard_of(whole, args.shard_kn))
     pid = plan.plan_id(whole, args.profile, seed, args.shard_kn[1])
     plan_path = plan.write(out, keys)
     shard = f", shard {args.shard_kn[0]}/{args.shard_kn[1]} ({len(keys)} of {len(whole)} planned)" if args.shard else ""

@@ -72,3 +72,21 @@ def test_a_blocked_alarm_does_not_outlive_the_example():
     with pytest.raises(BackendHang, match="used no CPU"):  # the next example is still caught
         with time_limit(5, "sleeper", idle=0.3):
             time.sleep(60)
+
+
+def test_c_code_holding_the_gil_is_ended_by_the_last_resort():
+    # a libc sleep called through PyDLL keeps the GIL: neither the signal handlers nor the
+    # watchdog thread run, so only faulthandler's timer (armed with a horizon of twice the wall
+    # limit plus 2 x GRACE_S) can end it
+    code = ("import ctypes, time\n"
+            "from conformance.suite import watchdog as w\n"
+            "w.GRACE_S = 0.5\n"
+            "for _ in range(3):\n    with w.time_limit(0.05, 'quick'):\n        pass\n"
+            "t0 = time.monotonic()\n"
+            "with w.time_limit(0.1, 'holds the GIL', idle=60):\n    ctypes.PyDLL(None).sleep(600)\n")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert proc.returncode == 1 and "Timeout" in proc.stderr, (proc.returncode, proc.stderr[-2000:])
+    need = 0.1 * WALL_FACTOR + 2 * 0.5  # the wall limit plus 2 x GRACE_S
+    assert need <= took < 2 * need + 30, took  # + 30: the interpreter's start on a loaded machine

@@ -65,6 +65,21 @@ def whole_plan(backends: list[tuple[str, str]], dtypes: list[str], checks: list[
     return [Key(i, *k) for i, k in enumerate(keys)]
 
 
+def run_order(keys: list[Key]) -> list[Key]:
+    """The keys in the order the workers run them: by dtype, then check, then backend.
+
+    The same check at the same dtype on each backend runs side by side, mostly in one worker
+    (pytest-xdist hands out consecutive tests), so backends that draw the same examples (those
+    declaring the same capabilities) find the references already computed in the worker's memo
+    (`conformance.suite.memo`). Indices, and so shards and test ids, are the plan's own.
+    """
+    first: dict[tuple[int, str], int] = {}
+    for k in keys:
+        first.setdefault((0, k.dtype), len(first))
+        first.setdefault((1, k.check), len(first))
+    return sorted(keys, key=lambda k: (first[(0, k.dtype)], first[(1, k.check)], k.index))
+
+
 def shard_of(keys: list[Key], shard: tuple[int, int]) -> list[Key]:
     k, n = shard
     return [key for key in keys if key.index % n == k - 1]

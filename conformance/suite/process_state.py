@@ -51,13 +51,25 @@ def _snapshot(full: bool) -> dict[str, Any]:
     return snap
 
 
+#: threadpoolctl's view of the loaded BLAS/OpenMP libraries, with len(sys.modules) when it was
+#: taken: finding the libraries costs ~1 ms (twice a test), asking each its thread count ~1 us.
+_POOLS: tuple[int, Any] | None = None
+
+
 def _blas_threads() -> dict[str, int] | None:
-    """Thread count of every loaded BLAS/OpenMP library, by prefix (threadpoolctl; ~1-2 ms)."""
+    """Thread count of every loaded BLAS/OpenMP library, by prefix (threadpoolctl).
+
+    The libraries are looked for again when a module was imported since the last look (that is
+    how numpy, torch, scipy and jax bring theirs); one loaded through ctypes alone is found at
+    the next import of any module."""
+    global _POOLS
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
-    return {i["prefix"]: i["num_threads"] for i in threadpool_info()}
+    if _POOLS is None or _POOLS[0] != len(sys.modules):
+        _POOLS = len(sys.modules), ThreadpoolController()
+    return {c.prefix: c.get_num_threads() for c in _POOLS[1].lib_controllers}
 
 
 def _restore_blas(before: dict[str, int]) -> None:

@@ -22,6 +22,8 @@ from typing import Callable
 
 from hypothesis import strategies as st
 
+from conformance.suite.reused import reused
+
 #: T at every tile edge 2^k - 1, 2^k, 2^k + 1 for k = 4..11, and the longest, 4095 and 4096.
 TILE_EDGES = tuple(sorted({2**k + d for k in range(4, 12) for d in (-1, 0, 1)} | {4095, 4096}))
 MAX_TOKENS = 4096
@@ -310,6 +312,7 @@ def class_names(dtype: str, budget_s: float, equal_d: bool = False, min_tokens: 
     return list(dict.fromkeys(name for name, _ in reps))
 
 
+@reused
 @st.composite
 def sizes(draw, dtype: str, large_share: float, budget_s: float, *, equal_d: bool = False,
           min_tokens: int = 1, min_batch: int = 1, max_batch: int = 3, max_tokens: int | None = None,

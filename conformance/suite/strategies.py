@@ -19,6 +19,7 @@ from conformance.suite import activations as act
 from conformance.suite import profiles
 from conformance.suite import sizes as sz
 from conformance.suite.case import Case, round_to
+from conformance.suite.reused import reused
 from impls.base import Capabilities
 from spec.config import AttentionConfig
 from spec.params import init_params
@@ -43,12 +44,16 @@ def value_scales(dtype: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 PADDING_KINDS = ("none", "random", "left", "one-row-empty")
 
 
-def tokens(max_tokens: int | None = None) -> st.SearchStrategy[int]:
-    """T: mostly small, sometimes a prime or a block-size edge."""
+@reused
+def tokens(max_tokens: int | None = None, min_tokens: int = 1) -> st.SearchStrategy[int]:
+    """T: mostly small, sometimes a prime or a block-size edge; within [min_tokens, max_tokens]."""
     s = st.one_of(st.integers(1, 12), st.sampled_from(EDGE_TOKENS))
-    return s if max_tokens is None else s.filter(lambda t: t <= max_tokens)
+    if max_tokens is not None:
+        s = s.filter(lambda t: t <= max_tokens)
+    return s if min_tokens <= 1 else s.filter(lambda t: t >= min_tokens)
 
 
+@reused
 @st.composite
 def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: float = 0.0,
             max_d: int = 24, shape: sz.Sizes | None = None) -> AttentionConfig:
@@ -69,7 +74,7 @@ def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: flo
     else:
         d_in = draw(st.integers(1, max_d)) if shape is None else shape.d_in
     if causal is None:
-        modes = [m for m, ok in ((True, caps.causal), (False, caps.non_causal)) if ok]
+        modes = tuple(m for m, ok in ((True, caps.causal), (False, caps.non_causal)) if ok)
         causal = draw(st.sampled_from(modes))
     qkv_bias = draw(st.booleans()) if caps.qkv_bias else False
     n_kv = draw(kv_heads(H)) if caps.grouped_kv else H
@@ -79,6 +84,12 @@ def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: flo
                            sinks=draw(sinks(caps, H, shape)))
 
 
+#: ALIGNED: a window, a softcap, a bias or sinks is drawn whether or not the backend declares it,
+#: and dropped when it does not: Hypothesis's choices then run the same course for two backends
+#: that differ only in one of these (numpy and torch-sdpa, which has no softcap), so they draw
+#: the same examples wherever the first's has none of it, and share the references computed for
+#: them (`conformance.suite.memo`). A choice sequence that diverged once would differ for the
+#: rest of the run.
 #: Window sides drawn: 0 (none on that side), the narrow ones where an off-by-one shows, a few wider.
 WINDOW_SIDES = (0, 1, 2, 3, 5, 8, 17)
 #: Softcaps drawn: Gemma 2's 50 and 30 (tanh far from saturated at moderate scores), and small
@@ -87,16 +98,17 @@ WINDOW_SIDES = (0, 1, 2, 3, 5, 8, 17)
 SOFTCAPS = (50.0, 30.0, 5.0, 1.0)
 
 
+@reused
 @st.composite
 def windows(draw, caps: Capabilities, causal: bool) -> tuple[int, int] | None:
     """A sliding window (left, right) for a backend declaring windows, a third of the time
     (the default run is near its 3-minute budget); None (shrinks there) otherwise. Causal: right = 0 mostly, as causal kernels take it (a wider right
     side is cut by the causal mask anyway, and checks that the backend intersects the two)."""
-    if not caps.window or draw(st.integers(0, 2)) != 0:
+    if draw(st.integers(0, 2)) != 0:
         return None
     left = draw(st.sampled_from(WINDOW_SIDES))
     right = draw(st.sampled_from((0, 0, 0, 1))) if causal else draw(st.sampled_from(WINDOW_SIDES))
-    return left, right
+    return (left, right) if caps.window else None  # drawn either way: see ALIGNED
 
 
 #: Softcap only on shapes of at most this many scores (B x H x T x T): the float64 golden's tanh
@@ -106,15 +118,17 @@ def windows(draw, caps: Capabilities, causal: bool) -> tuple[int, int] | None:
 SOFTCAP_MAX_SCORES = 1 << 16
 
 
+@reused
 @st.composite
 def softcaps(draw, caps: Capabilities, shape: sz.Sizes | None = None) -> float | None:
     """A logit softcap for a backend declaring it, a third of the time, on shapes up to
     SOFTCAP_MAX_SCORES scores; None (shrinks there) otherwise."""
     if shape is not None and shape.B * shape.H * shape.T * shape.T > SOFTCAP_MAX_SCORES:
         return None
-    if not caps.softcap or draw(st.integers(0, 2)) != 0:
+    if draw(st.integers(0, 2)) != 0:
         return None
-    return draw(st.sampled_from(SOFTCAPS))
+    cap = draw(st.sampled_from(SOFTCAPS))
+    return cap if caps.softcap else None  # drawn either way: see ALIGNED
 
 
 #: Bias and sinks only on shapes of at most this many scores (B x H x T x T): either sends NumPy's
@@ -129,13 +143,14 @@ def _small(shape: sz.Sizes | None) -> bool:
     return shape is None or shape.B * shape.H * shape.T * shape.T <= SCORE_TERMS_MAX_SCORES
 
 
+@reused
 @st.composite
 def biases(draw, caps: Capabilities, shape: sz.Sizes | None = None) -> str | None:
     """ALiBi for a backend declaring a bias, one draw in SCORE_TERMS_ODDS on shapes up to
     SCORE_TERMS_MAX_SCORES scores; None (shrinks there) otherwise."""
-    if not caps.bias or not _small(shape) or draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
+    if not _small(shape) or draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
         return None
-    return "alibi"
+    return "alibi" if caps.bias else None  # drawn either way: see ALIGNED
 
 
 #: The broadcast shapes a drawn bias array takes, by name, from (B, H, T): shared by every batch row
@@ -169,17 +184,21 @@ def bias_arrays(draw, caps: Capabilities, config: AttentionConfig, B: int, T: in
 SINK_STEPS = (-8, 12)
 
 
+@reused
 @st.composite
 def sinks(draw, caps: Capabilities, H: int, shape: sz.Sizes | None = None) -> tuple[float, ...] | None:
     """One sink logit per head for a backend declaring sinks, one draw in SCORE_TERMS_ODDS on shapes
     up to SCORE_TERMS_MAX_SCORES scores; None (shrinks there) otherwise. The H logits come from one
     drawn seed (H may be hundreds)."""
-    if not caps.sinks or not _small(shape) or draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
+    if not _small(shape) or draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
         return None
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    if not caps.sinks:  # drawn either way: see ALIGNED
+        return None
     return tuple(float(k) / 4 for k in rng.integers(SINK_STEPS[0], SINK_STEPS[1] + 1, H))
 
 
+@reused
 @st.composite
 def kv_heads(draw, H: int) -> int:
     """n_kv_heads for H query heads (grouped-query attention): H, or twice as often a proper
@@ -268,6 +287,7 @@ def grouped_representatives(caps: Capabilities, dtype: str, B: int = 1, T: int =
     return out
 
 
+@reused
 @st.composite
 def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
           padding: bool = True, min_tokens: int = 1, max_batch: int = 3, min_batch: int = 1,
@@ -292,7 +312,7 @@ def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
     else:
         config = draw(configs(caps, causal=causal))
         B = draw(st.integers(min_batch, max(min_batch, max_batch)))
-        T = draw(tokens(caps.max_tokens).filter(lambda t: t >= min_tokens))
+        T = draw(tokens(caps.max_tokens, min_tokens))
     if bias_array:
         config = draw(bias_arrays(caps, config, B, T, dtype))
     kind = draw(st.sampled_from(PADDING_KINDS)) if padding and caps.key_padding_mask else "none"
@@ -327,6 +347,7 @@ def large_logit_target(dtype: str) -> float:
     return 2e4 if dtype == "float16" else 1e11
 
 
+@reused
 @st.composite
 def large_logit_cases(draw, caps: Capabilities, dtype: str, target: float | None = None) -> Case:
     """A Case whose scores reach `target` (default large_logit_target(dtype)): naive softmax overflows to NaN."""
@@ -351,6 +372,7 @@ def kv_to_query_heads(K: np.ndarray, config: AttentionConfig) -> np.ndarray:
     return np.repeat(heads, config.group, axis=2).reshape(B, T, config.d_out)  # (B, T, H * hd)
 
 
+@reused
 @st.composite
 def head_permutations(draw, config: AttentionConfig) -> dict:
     """A head permutation that keeps grouping: the K/V heads in a new order (`kv`), each carrying
@@ -369,6 +391,7 @@ def head_perm_indices(config: AttentionConfig, perm: dict) -> tuple[np.ndarray, 
     return block(q_heads), block(perm["kv"])
 
 
+@reused
 @st.composite
 def head_perm_cases(draw, caps: Capabilities, dtype: str, base=None) -> Case:
     """An everyday case (or one of `base`, a strategy of cases) with more than one head and a

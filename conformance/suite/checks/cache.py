@@ -37,6 +37,7 @@ from conformance.suite.cache_reference import (
 from conformance.suite.case import round_to
 from conformance.suite.checks import CheckFailure, check
 from conformance.suite.reference import golden_and_plain
+from conformance.suite.reused import reused
 from impls.base import exposed_steps
 from spec.block import intermediates
 from spec.config import AttentionConfig
@@ -49,6 +50,7 @@ MAX_STEPS = 8
 LONG_DECODE = 3
 
 
+@reused
 @st.composite
 def chunking(draw, T: int, one_by_one: bool) -> tuple[int, list[int]]:
     """(t, chunk sizes): a prefill of t >= 1 tokens, then at most MAX_STEPS chunks up to T."""

@@ -23,6 +23,7 @@ from conformance.suite.conditioning import decided_output_rows
 from conformance.suite.grad_reference import golden_and_plain_grads, sizes
 from conformance.suite.tolerance import compare, largest_finite
 from conformance.suite.judgement import active
+from conformance.suite.reused import reused
 from spec import invariants as inv
 from spec.block import sample_dropout_mask
 from spec.config import AttentionConfig
@@ -44,6 +45,7 @@ def _with_grad_seed(draw, case):
     return case.with_(extra={**case.extra, "grad_seed": draw(st.integers(0, 2**31 - 1))})
 
 
+@reused
 @st.composite
 def grad_cases(draw, caps, dtype, causal=None, min_tokens=1):
     """An everyday case and the seed of its grad_out."""
