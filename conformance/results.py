@@ -47,13 +47,16 @@ def empty_document() -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "runs": []}
 
 
-def atomic_write_json(path: Path, doc: Any) -> None:
+def atomic_write_json(path: Path, doc: Any, compact: bool = False) -> None:
+    """Write doc to path as JSON, replacing it in one step; `compact`: on one line, for the
+    writes made while a run is going (Python's JSON encoder is C only without an indent: a
+    default run's results, 2,320 records, took 25 ms indented and 6 ms on one line)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, default=str)
+            json.dump(doc, f, indent=None if compact else 1, default=str)
             f.write("\n")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is meant to be shared
         os.replace(tmp, path)
@@ -103,12 +106,14 @@ def load(path: Path) -> dict[str, Any]:
 SECTIONS = ("conformance", "speed", "semantics")
 
 
-def update_section(path: Path, machine: str, environment: dict | None, section: str, data: dict) -> None:
+def update_section(path: Path, machine: str, environment: dict | None, section: str, data: dict,
+                   compact: bool = False) -> None:
     """Set one section ("conformance", "speed" or "semantics") of this machine's run in results.json.
 
     The other sections of the same machine's run are kept; runs of other machines are kept too.
     `environment` replaces the run's environment block (None keeps the one there). An
     unreadable existing file is replaced (the new data matters more than a broken file).
+    `compact`: written on one line (`atomic_write_json`).
     """
     if section not in SECTIONS:
         raise ValueError(f"section must be one of {', '.join(SECTIONS)}, got {section!r}")
@@ -126,7 +131,7 @@ def update_section(path: Path, machine: str, environment: dict | None, section: 
     if environment is not None:
         run["environment"] = environment
     run[section] = data
-    atomic_write_json(path, doc)
+    atomic_write_json(path, doc, compact)
 
 
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:

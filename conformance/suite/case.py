@@ -52,6 +52,11 @@ class Case:
     def __repr__(self) -> str:
         return f"Case({self.describe()})"
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """Hypothesis prints a dataclass field by field, the arrays' every value included (tens
+        of kB for each explicit example it runs); it prints this one line instead."""
+        p.text(repr(self))
+
     def describe(self) -> str:
         """A one-line, readable description: what a failure message shows as the example."""
         c = self.config

@@ -7,12 +7,14 @@ to `SearchStrategy.validate` and `recursive_property` on strategies built inside
 strategy object is immutable and can be drawn from any number of times, so the factories the
 draws call are wrapped in `reused`: the same arguments give the same object, already validated.
 
-Arguments that cannot be hashed (a backend's Capabilities holding a list, an array) build a new
-strategy as before; nothing is shared between arguments that merely compare equal by identity.
+Arguments are compared by value: a dataclass, dict or list that cannot be hashed (Capabilities
+holds a dict of conventions) is keyed by its contents. An argument that has no such form (an
+array) builds a new strategy each time, as without the cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import OrderedDict
 from typing import Any, Callable, TypeVar
@@ -24,16 +26,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 KEEP = 4096
 
 
+def _frozen(a: Any) -> Any:
+    """a, or a hashable stand-in equal exactly when the values are; TypeError if there is none."""
+    try:
+        hash(a)
+        return a
+    except TypeError:
+        pass
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return type(a), tuple(_frozen(getattr(a, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, dict):
+        return dict, tuple(sorted(((_frozen(k), _frozen(v)) for k, v in a.items()), key=repr))
+    if isinstance(a, (list, tuple)):
+        return type(a), tuple(_frozen(v) for v in a)
+    raise TypeError(f"no hashable form for {type(a).__name__}")
+
+
 def reused(factory: F) -> F:
     """`factory` (a strategy-returning function) with its results kept by argument value."""
     kept: OrderedDict[Any, Any] = OrderedDict()
 
     @functools.wraps(factory)
     def build(*args: Any, **kwargs: Any) -> Any:
-        key = (args, tuple(sorted(kwargs.items())))
         try:
+            key = _frozen(args), _frozen(tuple(sorted(kwargs.items())))
             strategy = kept.get(key)
-        except TypeError:  # an unhashable argument: built fresh, as without the cache
+        except TypeError:  # an argument with no hashable form: built fresh, as without the cache
             return factory(*args, **kwargs)
         if strategy is None:
             strategy = kept[key] = factory(*args, **kwargs)
