@@ -92,7 +92,6 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         """Steps 7-9 in one SDPA call, Tq <= Tk queries, causal aligned bottom-right: (B, H, Tq, hd)."""
         import torch
         import torch.nn.functional as F
-        from torch.nn.attention.bias import causal_lower_right
 
         Tq, Tk = Q.shape[2], K.shape[2]
         gqa = K.shape[1] != Q.shape[1]  # grouped K/V heads: SDPA maps query head h to h // group
@@ -114,6 +113,9 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
             if not config.causal or Tq == Tk:  # is_causal aligns top-left: the spec's only when Tq == Tk
                 return F.scaled_dot_product_attention(Q, K, V, dropout_p=dropout_p, is_causal=config.causal,
                                                       enable_gqa=gqa)
+            # imported here only: torch.nn.attention.bias brings in torch._dynamo (2 s of start-up)
+            from torch.nn.attention.bias import causal_lower_right
+
             return F.scaled_dot_product_attention(Q, K, V, attn_mask=causal_lower_right(Tq, Tk),
                                                   dropout_p=dropout_p, enable_gqa=gqa)
         allowed = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk): True = may attend
