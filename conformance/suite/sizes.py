@@ -17,6 +17,7 @@ that cost again on this machine and prints it beside the model's estimate.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -103,6 +104,12 @@ def affordable(dtype: str, s: Sizes, budget_s: float) -> bool:
     return reference_cost_s(dtype, s) <= budget_s and memory_bytes(dtype, s) <= BUDGET_BYTES
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _fits(dtype: str, budget_s: float, max_tokens: int, B: int, T: int, d_in: int, H: int, head_dim: int) -> bool:
+    """`_Draw.fits`, remembered: the same few thousand sizes are asked on every draw."""
+    return T <= max_tokens and affordable(dtype, Sizes(B=B, T=T, d_in=d_in, H=H, head_dim=head_dim), budget_s)
+
+
 #: The size classes every dtype draws, and the property that puts an example in each.
 SIZE_CLASSES: dict[str, Callable[[Sizes], bool]] = {
     "H>8": lambda s: s.H > 8,
@@ -133,8 +140,11 @@ class _Draw:
         return replace(s, d_in=s.d_out) if self.equal_d else s
 
     def fits(self, **kw: int) -> bool:
-        s = self.with_(**kw)
-        return s.T <= self.max_tokens and affordable(self.dtype, s, self.budget_s)
+        s = self.s  # the dimensions as plain ints: a draw asks this some 50 times
+        dims = {"B": s.B, "T": s.T, "d_in": s.d_in, "H": s.H, "head_dim": s.head_dim, **kw}
+        if self.equal_d:
+            dims["d_in"] = dims["H"] * dims["head_dim"]
+        return _fits(self.dtype, self.budget_s, self.max_tokens, **dims)
 
     def max_fit(self, dim: str, hi: int) -> int:
         """Largest value of dim in [its minimum, hi] that fits (cost grows with every dimension)."""
@@ -308,8 +318,15 @@ def index_representatives(dtype: str, budget_s: float, equal_d: bool = False, mi
 def class_names(dtype: str, budget_s: float, equal_d: bool = False, min_tokens: int = 1,
                 min_batch: int = 1, max_tokens: int | None = None) -> list[str]:
     """The classes drawn at dtype: those with a representative that fits the budget."""
+    return list(_class_names(dtype, budget_s, equal_d, min_tokens, min_batch, max_tokens))
+
+
+@functools.lru_cache(maxsize=256)
+def _class_names(dtype: str, budget_s: float, equal_d: bool, min_tokens: int, min_batch: int,
+                 max_tokens: int | None) -> tuple[str, ...]:
+    """`class_names`, remembered (every large draw asks it; 1 ms each)."""
     reps = representatives(dtype, budget_s, equal_d, min_tokens, min_batch, max_tokens)
-    return list(dict.fromkeys(name for name, _ in reps))
+    return tuple(dict.fromkeys(name for name, _ in reps))
 
 
 @reused
