@@ -27,9 +27,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from conformance import INSTALLED, completeness
 from conformance.same_machine import combine
@@ -118,6 +119,29 @@ def update_section(path: Path, machine: str, environment: dict | None, section: 
     if section not in SECTIONS:
         raise ValueError(f"section must be one of {', '.join(SECTIONS)}, got {section!r}")
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _directory_lock(path.parent):  # the semantic profile and the suite may write at once
+        _update(path, machine, environment, section, data, compact)
+
+
+@contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the directory itself (flock; no lock file left in a report's folder);
+    nothing where the platform has no flock."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _update(path: Path, machine: str, environment: dict | None, section: str, data: dict, compact: bool) -> None:
     try:
         doc = json.loads(path.read_text())
         if doc.get("kind") != KIND or not isinstance(doc.get("runs"), list):
