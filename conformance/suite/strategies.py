@@ -36,6 +36,11 @@ X_SCALES = (1.0, 0.01, 10.0)
 LOW_PRECISION_SCALES = {"x": (1.0, 0.01, 3.0), "param": (2.0, 0.5, 3.0)}
 
 
+#: st.sampled_from, one strategy per sequence of values: a draw that builds its own has it
+#: validated anew each example (conformance/suite/reused.py).
+sampled_from = reused(st.sampled_from)
+
+
 def value_scales(dtype: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(x scales, weight scales) drawn for dtype; the first of each is where shrinking ends."""
     if dtype in ("float16", "bfloat16"):
@@ -75,7 +80,7 @@ def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: flo
         d_in = draw(st.integers(1, max_d)) if shape is None else shape.d_in
     if causal is None:
         modes = tuple(m for m, ok in ((True, caps.causal), (False, caps.non_causal)) if ok)
-        causal = draw(st.sampled_from(modes))
+        causal = draw(sampled_from(modes))
     qkv_bias = draw(st.booleans()) if caps.qkv_bias else False
     n_kv = draw(kv_heads(H)) if caps.grouped_kv else H
     return AttentionConfig(d_in=d_in, d_out=d_out, n_heads=H, causal=causal, qkv_bias=qkv_bias,
@@ -106,8 +111,8 @@ def windows(draw, caps: Capabilities, causal: bool) -> tuple[int, int] | None:
     side is cut by the causal mask anyway, and checks that the backend intersects the two)."""
     if draw(st.integers(0, 2)) != 0:
         return None
-    left = draw(st.sampled_from(WINDOW_SIDES))
-    right = draw(st.sampled_from((0, 0, 0, 1))) if causal else draw(st.sampled_from(WINDOW_SIDES))
+    left = draw(sampled_from(WINDOW_SIDES))
+    right = draw(sampled_from((0, 0, 0, 1))) if causal else draw(sampled_from(WINDOW_SIDES))
     return (left, right) if caps.window else None  # drawn either way: see ALIGNED
 
 
@@ -127,7 +132,7 @@ def softcaps(draw, caps: Capabilities, shape: sz.Sizes | None = None) -> float |
         return None
     if draw(st.integers(0, 2)) != 0:
         return None
-    cap = draw(st.sampled_from(SOFTCAPS))
+    cap = draw(sampled_from(SOFTCAPS))
     return cap if caps.softcap else None  # drawn either way: see ALIGNED
 
 
@@ -173,7 +178,7 @@ def bias_arrays(draw, caps: Capabilities, config: AttentionConfig, B: int, T: in
         return config
     if not always and draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
         return config
-    shape = BIAS_SHAPES[draw(st.sampled_from(sorted(BIAS_SHAPES)))](B, config.n_heads, T)
+    shape = BIAS_SHAPES[draw(sampled_from(sorted(BIAS_SHAPES)))](B, config.n_heads, T)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     return replace(config, bias=BiasArray(round_to(rng.standard_normal(shape) * 2.0, dtype)))
 
@@ -207,7 +212,7 @@ def kv_heads(draw, H: int) -> int:
     proper = [d for d in range(1, H) if H % d == 0]
     if not proper or draw(st.integers(0, 5)) == 0:
         return H
-    return draw(st.sampled_from(proper))
+    return draw(sampled_from(proper))
 
 
 def padding_mask(kind: str, B: int, T: int, rng: np.random.Generator) -> np.ndarray | None:
@@ -315,11 +320,11 @@ def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
         T = draw(tokens(caps.max_tokens, min_tokens))
     if bias_array:
         config = draw(bias_arrays(caps, config, B, T, dtype))
-    kind = draw(st.sampled_from(PADDING_KINDS)) if padding and caps.key_padding_mask else "none"
+    kind = draw(sampled_from(PADDING_KINDS)) if padding and caps.key_padding_mask else "none"
     seed = draw(st.integers(0, 2**32 - 1))
     x_scales, param_scales = value_scales(dtype)
-    x_scale = draw(st.sampled_from(x_scales))
-    param_scale = draw(st.sampled_from(param_scales))
+    x_scale = draw(sampled_from(x_scales))
+    param_scale = draw(sampled_from(param_scales))
     if values is None:
         values = FORCED_VALUES or act.DISTRIBUTIONS[draw(st.integers(0, VALUES_ODDS - 1)) == VALUES_ODDS - 1]
     rng, x, params = _values(config, B, T, dtype, seed, x_scale, param_scale, values, grads)
