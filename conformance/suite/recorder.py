@@ -84,6 +84,7 @@ class Recorder:
     def __init__(self, out_dir: Path, header: dict[str, Any], keys: list[Key], machine: str | None = None):
         self.out_dir = Path(out_dir)
         self.keys = keys
+        self.run_keys = keys  # what the workers run (`skip_unavailable` takes some out)
         self.by_nodeid: dict[str, Key] = {}  # filled from the workers' collection, in plan order
         self.done: set[int] = set()
         self.errors: dict[int, str] = {}  # setup/call/teardown errors of a test without a record
@@ -127,6 +128,21 @@ class Recorder:
                            compact=not final)
             self.last_write = time.monotonic()
 
+    def skip_unavailable(self, states: dict[str, tuple[str | None, str | None]]) -> None:
+        """Record here, as skipped, every key of a backend this machine cannot run (its library
+        or device missing: `states[spec]` = (skip reason, error) from the run's one availability
+        check); the workers run the rest (`run_keys`). A backend whose check failed is run, and
+        fails, in the workers as before."""
+        from conformance.suite.checks import get
+
+        self.run_keys = []
+        for key in self.keys:
+            skip, error = states.get(key.spec, (None, None))
+            if skip and not error:
+                self.add(key, {"step": get(key.check).step, "outcome": "skipped", "reason": skip})
+            else:
+                self.run_keys.append(key)
+
     def add(self, key: Key, rec: dict[str, Any]) -> None:
         """Record `key` once; a second record for the same key is ignored."""
         if key.index in self.done:
@@ -165,14 +181,14 @@ class Recorder:
     def pytest_configure_node(self, node: Any) -> None:
         """pytest-xdist: each worker (a replacement too) gets the plan and the markers directory
         from this process, not from files in --out that a backend could have changed."""
-        node.workerinput["mha_plan"] = [asdict(k) for k in self.keys]
+        node.workerinput["mha_plan"] = [asdict(k) for k in self.run_keys]
         node.workerinput["mha_markers"] = str(self.markers)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """pytest-xdist: a worker collected the plan; its node ids come in plan order."""
-        if len(ids) == len(self.keys) and all(i.endswith(f"[{k.test_id}]") for i, k in zip(ids, self.keys)):
-            self.by_nodeid = dict(zip(ids, self.keys))
+        if len(ids) == len(self.run_keys) and all(i.endswith(f"[{k.test_id}]") for i, k in zip(ids, self.run_keys)):
+            self.by_nodeid = dict(zip(ids, self.run_keys))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
