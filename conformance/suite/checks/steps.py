@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import numpy as np
 from hypothesis import strategies as st
-from scipy import stats
 
 from conformance.suite import strategies as cs
 from conformance.suite.case import round_to
@@ -53,6 +52,8 @@ def init_follows_nn_linear(run, case):
         p.check(cfg)
     except (ValueError, AttributeError) as e:
         raise CheckFailure(f"init_params returned the wrong layout: {e}") from None
+    from scipy import stats  # here: importing scipy.stats takes 1.4 s, which every process paid at start
+
     for name, a in p.arrays().items():
         fan_in = cfg.d_out if name in ("W_o", "b_o") else cfg.d_in
         bound = 1.0 / np.sqrt(fan_in)
