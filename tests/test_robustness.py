@@ -95,12 +95,14 @@ def test_killed_run_leaves_partial_results(tmp_path):
     try:
         deadline = time.monotonic() + 90
         records: list = []
-        while time.monotonic() < deadline and len(records) < len(CHECKS):  # numpy done, Hangs hanging
+        # check by check: numpy's first check, then Hangs' (hanging for its idle limit, 4 s)
+        while time.monotonic() < deadline and len(records) < 1:
             time.sleep(0.2)
             try:
                 records = json.loads((out / "results.json").read_text())["runs"][0]["conformance"]["records"]
             except (OSError, ValueError, KeyError, IndexError):
                 continue
+        time.sleep(0.5)  # Hangs' first check starts as numpy's record arrives
         assert proc.poll() is None, "the run ended before it could be killed"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -108,7 +110,7 @@ def test_killed_run_leaves_partial_results(tmp_path):
     section = _section(out)  # loads and validates against the schema
     assert section["status"] == "running"
     finished = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(section["records"]) >= len(CHECKS)
+    assert len(section["records"]) >= 1
     assert section["records"] == finished, "results.json lost records that had finished"
     assert {r["backend"] for r in finished} <= {"numpy", Hangs.name}
 

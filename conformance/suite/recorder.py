@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -142,6 +143,12 @@ class Recorder:
                 self.add(key, {"step": get(key.check).step, "outcome": "skipped", "reason": skip})
             else:
                 self.run_keys.append(key)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """pytest's last line counts the keys recorded here as skipped, as when workers ran them."""
+        here = len(self.keys) - len(self.run_keys)
+        terminalreporter.stats.setdefault("skipped", []).extend(SimpleNamespace() for _ in range(here))
 
     def add(self, key: Key, rec: dict[str, Any]) -> None:
         """Record `key` once; a second record for the same key is ignored."""
