@@ -92,8 +92,11 @@ def conformance(session: nox.Session) -> None:
     # printed when the suite ends, and results.json takes both sections (written under a lock)
     with tempfile.TemporaryFile("w+") as log:
         env = {**os.environ, "PATH": session.bin + os.pathsep + os.environ.get("PATH", "")}
-        for name, value in session.env.items():  # None: nox unsets it (PYTHONHOME in a venv)
-            env.pop(name, None) if value is None else env.__setitem__(name, value)
+        for name, value in session.env.items():
+            if value is None:  # nox unsets it (PYTHONHOME in a venv)
+                env.pop(name, None)
+            else:
+                env[name] = value
         semantics = subprocess.Popen([os.path.join(session.bin, "python"), "-m", "conformance", "semantics",
                                       *session.posargs], stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
