@@ -107,9 +107,15 @@ def grads_flash(x: np.ndarray, params: Params, config: AttentionConfig, grad_out
             terms = S.matmul(np.abs(q).astype(np.float64), np.abs(k).astype(np.float64).swapaxes(-2, -1))
             ulp = 2 * np.maximum(np.abs(s).astype(np.float64), terms / np.sqrt(hd)) * eps(x.dtype.name)
             moved = rng.choice([-1.0, 1.0], s.shape) * np.where(np.isfinite(s), ulp, 0)
+            # the lse moves against its row's largest score, whose weight (most of the row's, often
+            # nearly 1) then moves by both roundings: with a random sign the two cancelled half the
+            # time, and a row whose weight is all on one key kept it exact in every plain run while
+            # nn.MultiheadAttention's float64 backward has it an ulp of that score away (dV 500 ulps)
+            top = np.argmax(np.where(np.isfinite(s), s, -np.inf), axis=-1)[..., None]  # (B, H, Tq, 1)
+            against = -np.where(np.take_along_axis(moved, top, axis=-1) < 0, -1.0, 1.0)  # (B, H, Tq, 1)
             s = (s + moved.astype(x.dtype)).astype(x.dtype)
             big = np.max(np.where(np.isfinite(ulp), ulp, 0), axis=-1, keepdims=True)  # (B, H, Tq, 1)
-            row = rng.choice([-1.0, 1.0], lse.shape) * np.maximum(np.abs(lse).astype(np.float64) * eps(x.dtype.name), big)
+            row = against * np.maximum(np.abs(lse).astype(np.float64) * eps(x.dtype.name), big)
             lse = (lse + np.where(np.isfinite(lse), row, 0).astype(x.dtype)).astype(x.dtype)
         P = np.where(total > 0, np.exp(s - np.where(total > 0, lse, dt(0))), dt(0)).astype(x.dtype)
     keep = dt(1.0 / (1.0 - config.dropout_p))
