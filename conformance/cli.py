@@ -41,6 +41,11 @@ from conformance.verdict import EXPECTED, UNEXPECTED_PASS, verdict_text
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "plugin"  # the pytest side of a run: conftest.py and the one test
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: glibc's allocator in the workers: arrays up to 32 MiB (its largest mmap threshold) come from the
+#: heap, and freed memory stays there for the next example instead of going back to the system,
+#: which handed it out again zero-filled, page by page (measured on 4 checks of numpy float32: system
+#: time 1.4 s -> 0.6 s, the checks 7.6 s -> 6.7 s). Other C libraries ignore these variables.
+ALLOCATOR_VARS = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
 PROG = COMMAND
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
@@ -385,6 +390,8 @@ def run(args, infos, states: dict, out: Path) -> int:
     # on top oversubscribe the cores (torch bfloat16 ran 7x slower that way)
     for var in THREAD_VARS:
         os.environ.setdefault(var, "1")
+    for var, value in ALLOCATOR_VARS.items():  # the workers inherit them; this process has its allocator
+        os.environ.setdefault(var, value)
     # "interrupted" means the user's Ctrl-C (or a SIGTERM: `timeout`, a CI cancel, `kill`) reached
     # this process, not merely that pytest says so (pytest-xdist also reports a worker that exited
     # with KeyboardInterrupt as an interruption); both stop the run the same way
