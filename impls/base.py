@@ -10,7 +10,7 @@ module import time: a missing library is a skip, not a crash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,14 @@ from spec.params import Params
 from spec.table import STEPS
 
 DROPOUT_MODES = ("none", "replay", "rng")
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(a)) for k, a in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(a) for a in v)
+    return v
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,12 @@ class Capabilities:
             raise ValueError("Capabilities.decode_invariant=True needs kv_cache=True and causal=True "
                              "(it compares causal decoding with the forward)")
         object.__setattr__(self, "conventions", conv.validate(self.conventions or {}))
+        # frozen, but `conventions` is a dict (and a list may stand for a tuple): hashed by value, once,
+        # so the strategies built for these capabilities are found again (conformance.suite.reused)
+        object.__setattr__(self, "_hash", hash(tuple(_hashable(getattr(self, f.name)) for f in fields(self))))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def unsupported(self, config: AttentionConfig, T: int | None = None,
                     key_padding_mask: bool = False, dropout: bool = False) -> str | None:

@@ -61,7 +61,11 @@ def _perturb(a: Any, dtype: str, rng: np.random.Generator) -> Any:
     if isinstance(a, tuple):
         return tuple(_perturb(v, dtype, rng) for v in a)
     if isinstance(a, np.ndarray) and a.dtype.kind == "f":
-        return a * (1 + eps(dtype) * rng.uniform(-1, 1, a.shape))
+        moved = rng.uniform(-1, 1, a.shape)  # a * (1 + eps * u), in place: a large example's
+        moved *= eps(dtype)                  # weights are tens of MB, each temporary as much
+        moved += 1
+        moved *= a
+        return moved
     return a
 
 

@@ -10,8 +10,8 @@ the reverse. Every class can be drawn at every dtype (a member of each fits ever
 budget; `tests/test_sizes.py` checks it), and `representatives` gives fixed cases at each
 class's edges that `matches_spec` runs first, so every class is reached on every run.
 
-The budget is the CPU time and memory of `forward_golden_and_plain` on one example,
-estimated by `reference_cost_s` from measured rates. `python -m conformance.tools.size_costs` measures
+The budget is the CPU time and memory of drawing one example's values and of
+`forward_golden_and_plain` on it, estimated by `reference_cost_s` from measured rates. `python -m conformance.tools.size_costs` measures
 that cost again on this machine and prints it beside the model's estimate.
 """
 
@@ -56,6 +56,15 @@ RATES_NS = {
     "float16": (6.1, 81.0),
     "bfloat16": (0.05, 65.0),
 }
+#: Nanoseconds of CPU time per weight entry (3 x d_out x d_in + d_out^2), whatever B x T is: the
+#: weights are drawn and rounded, hashed for the references' memo, moved by an ulp and cast for
+#: each plain run, and cast again by every matmul in bfloat16 and float16. The two rates above
+#: count none of it: B=6, T=9, d_in = d_out = 1536 (torch-mha's d_in follows d_out) was modelled at
+#: 0.05 s in float32 and bfloat16 and took 0.5 to 0.7 s. Measured with size_costs on four shapes of
+#: B x T <= 54 and d_in 512 to 1536 (the cost above what the other rates model, per weight entry:
+#: float64 62-80, float32 33-41, float16 29-33, bfloat16 45-54 ns; 2026-12-07, idle 2-core AMD EPYC),
+#: rounded up. float64's golden casts the weights to long double; bfloat16's casts go through ml_dtypes.
+RATE_PER_WEIGHT_NS = {"float64": 80.0, "float32": 40.0, "float16": 33.0, "bfloat16": 54.0}
 #: Peak bytes per score element of the golden and plain reference together (tracemalloc,
 #: T = 2048: 65 in float64, whose golden is long double; 33 otherwise), plus 15 for the
 #: check's own (B, T, T) masks and a backend's scores.
@@ -86,18 +95,22 @@ def matmul_flops(s: Sizes) -> float:
     return 2 * s.B * s.T * s.d_in * 3 * s.d_out + 4 * s.B * s.H * s.T * s.T * s.head_dim + 2 * s.B * s.T * s.d_out**2
 
 
+def weight_entries(s: Sizes) -> int:
+    """Entries of W_q, W_k, W_v and W_o."""
+    return 3 * s.d_out * s.d_in + s.d_out**2
+
+
 def reference_cost_s(dtype: str, s: Sizes) -> float:
-    """Estimated CPU seconds of forward_golden_and_plain on one example of these sizes."""
+    """Estimated CPU seconds of one example of these sizes: its values and forward_golden_and_plain."""
     per_flop, per_element = RATES_NS[dtype]
     elements = s.B * s.H * s.T * s.T * (1 + s.head_dim / 16)
-    return (per_flop * matmul_flops(s) + per_element * elements) * 1e-9
+    return (per_flop * matmul_flops(s) + per_element * elements + RATE_PER_WEIGHT_NS[dtype] * weight_entries(s)) * 1e-9
 
 
 def memory_bytes(dtype: str, s: Sizes) -> float:
     """Estimated peak bytes: the scores' copies, the weights' copies, and the activations'
     (x, Q, K, V, context and output in float64, long double and D, with ulp-moved copies)."""
-    weights = 3 * s.d_out * s.d_in + s.d_out**2
-    return BYTES_PER_SCORE[dtype] * s.B * s.H * s.T * s.T + BYTES_PER_WEIGHT * weights + 64 * s.B * s.T * (s.d_in + 4 * s.d_out)
+    return BYTES_PER_SCORE[dtype] * s.B * s.H * s.T * s.T + BYTES_PER_WEIGHT * weight_entries(s) + 64 * s.B * s.T * (s.d_in + 4 * s.d_out)
 
 
 def affordable(dtype: str, s: Sizes, budget_s: float) -> bool:
