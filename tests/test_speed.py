@@ -326,6 +326,28 @@ def test_isolation_flags_cells_off_by_more_than_ten_percent():
     assert lines[-1].startswith("2 of 5 cells within 10% of alone; flagged: slow at B=1 T=8, fast")
 
 
+def test_isolation_cannot_tell_where_the_calls_spread_more_than_the_medians_differ(monkeypatch):
+    shape = (1, 8, 8, 8, 2)
+    wide = [0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5]  # median 1.1, interquartile range 0.4
+    pooled = {(shape, "torch", w): [1.0] * 9 for w in ("harness", "alone")}
+    pooled.update({(shape, "noisy", "harness"): wide, (shape, "noisy", "alone"): [v - 0.1 for v in wide],
+                   (shape, "apart", "harness"): [v + 0.5 for v in wide], (shape, "apart", "alone"): wide})
+    rows = selfcheck._rows([shape], ["torch", "noisy", "apart"], pooled, {})
+    by = {r.backend: r for r in rows}
+    assert by["noisy"].ratio == pytest.approx(1.1 / 1.0) and by["noisy"].cannot_tell and not by["noisy"].flagged
+    assert by["apart"].ratio == pytest.approx(1.6 / 1.1) and by["apart"].flagged and not by["apart"].cannot_tell
+    p = types.SimpleNamespace(dtypes=["float32"], causal=True, in_process=False, budget_s=0.4, min_samples=8)
+    lines = selfcheck.render(rows, p, 2, 1.0, 1.0, 10.0).splitlines()
+    assert "cannot tell (+10%, within the calls' spread)" in by_line(lines, "noisy")
+    assert "OFF by +45%" in by_line(lines, "apart")
+    assert lines[-1].startswith("1 of 3 cells within 10% of alone; 1 cannot tell (off by more than 10%, by less "
+                                "than their calls' interquartile range: not flagged); flagged: apart at B=1 T=8")
+    args = ["--check-isolation", "--backend", "tests.test_speed:FakeBackend", "--shape", "1,8,8,2"]
+    for kept, rc in (([by["torch"], by["noisy"]], 0), (rows, 1)):  # cannot tell passes; apart fails
+        monkeypatch.setattr(selfcheck, "check", lambda plan, out, kept=kept: kept)
+        assert cli.main(args) == rc
+
+
 def by_line(table: list[str], backend: str) -> str:
     (line,) = [ln for ln in table if f"| {backend} |" in ln]
     return line
