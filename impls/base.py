@@ -125,12 +125,11 @@ class Capabilities:
             raise ValueError("Capabilities.decode_invariant=True needs kv_cache=True and causal=True "
                              "(it compares causal decoding with the forward)")
         object.__setattr__(self, "conventions", conv.validate(self.conventions or {}))
-        # frozen, but `conventions` is a dict (and a list may stand for a tuple): hashed by value, once,
-        # so the strategies built for these capabilities are found again (conformance.suite.reused)
-        object.__setattr__(self, "_hash", hash(tuple(_hashable(getattr(self, f.name)) for f in fields(self))))
 
     def __hash__(self) -> int:
-        return self._hash
+        # frozen, but `conventions` is a dict (and a list may stand for a tuple): hashed by value, so
+        # the strategies built for these capabilities are found again (conformance.suite.reused)
+        return hash(tuple(_hashable(getattr(self, f.name)) for f in fields(self)))
 
     def unsupported(self, config: AttentionConfig, T: int | None = None,
                     key_padding_mask: bool = False, dropout: bool = False) -> str | None:
