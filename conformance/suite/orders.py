@@ -100,6 +100,15 @@ def context_scale_on_q_late_norm(Q: np.ndarray, K: np.ndarray, V: np.ndarray, co
                                  key_padding_mask: np.ndarray | None = None,
                                  dropout_mask: np.ndarray | None = None) -> np.ndarray:
     """Steps 7-9 of forward_scale_on_q_late_norm for Tq <= Tk queries: (B, H, Tq, hd)."""
+    w, total, V = _unnormalised(Q, K, V, config, key_padding_mask, dropout_mask)
+    ctx = _mm(w, V) / np.where(total > 0, total, 1)  # (B, H, Tq, hd)
+    return ctx.astype(Q.dtype, copy=False)
+
+
+def _unnormalised(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config: AttentionConfig,
+                  key_padding_mask: np.ndarray | None, dropout_mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """The scale on q, exp(s - max) kept or dropped (B, H, Tq, Tk), each row's total (B, H, Tq, 1)
+    with the sink, and V per query head (B, H, Tk, hd): the late-normalised orders' terms."""
     K, V = S.repeat_kv(K, Q.shape[1]), S.repeat_kv(V, Q.shape[1])  # grouped K/V: (B, H, Tk, hd)
     q = Q * Q.dtype.type(1.0 / np.sqrt(config.head_dim))
     s = S.softcap(_mm(q, K.swapaxes(-2, -1)), config.softcap)  # (B, H, Tq, Tk), capped after the scale
@@ -109,8 +118,7 @@ def context_scale_on_q_late_norm(Q: np.ndarray, K: np.ndarray, V: np.ndarray, co
     with np.errstate(over="ignore"):
         e = np.exp(s - m)
     total = e.sum(axis=-1, keepdims=True) + _sink_term(config, m)
-    ctx = _mm(_keep(config, dropout_mask, e), V) / np.where(total > 0, total, 1)  # (B, H, Tq, hd)
-    return ctx.astype(Q.dtype, copy=False)
+    return _keep(config, dropout_mask, e), total, V
 
 
 #: Queries of a chunk up to which context_keys_in_sequence sums key by key: a decode step's few
@@ -130,16 +138,7 @@ def context_keys_in_sequence(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config
     error, that of this order exactly, against ~6e-7 for every blocked order): (B, H, Tq, hd)."""
     if Q.shape[2] > SEQUENCE_MAX_QUERIES:
         return context_scale_on_q_late_norm(Q, K, V, config, key_padding_mask, dropout_mask)
-    K, V = S.repeat_kv(K, Q.shape[1]), S.repeat_kv(V, Q.shape[1])  # grouped K/V: (B, H, Tk, hd)
-    q = Q * Q.dtype.type(1.0 / np.sqrt(config.head_dim))
-    s = S.softcap(_mm(q, K.swapaxes(-2, -1)), config.softcap)  # (B, H, Tq, Tk), capped after the scale
-    s = _biased(s, config, *s.shape[2:])  # the bias after the cap, before the mask
-    s = np.where(_masked(config, *s.shape[2:], key_padding_mask), _NEG_INF(s), s)
-    m = _row_max(s, config)
-    with np.errstate(over="ignore"):
-        e = np.exp(s - m)
-    total = e.sum(axis=-1, keepdims=True) + _sink_term(config, m)
-    w = _keep(config, dropout_mask, e)  # (B, H, Tq, Tk)
+    w, total, V = _unnormalised(Q, K, V, config, key_padding_mask, dropout_mask)  # w (B, H, Tq, Tk)
     B, H, Tq, Tk = w.shape
     step = max(1, SEQUENCE_BLOCK_ELEMENTS // (B * H * Tq * V.shape[-1] or 1))
     acc = np.zeros((B, H, Tq, V.shape[-1]), dtype=Q.dtype)
