@@ -7,13 +7,16 @@ ones before the scores, as the spec's cache does (`spec.cache`). The causal mask
 methods is aligned bottom-right, so the new queries, the last Tq of the Tk keys, see the
 whole cache and the new tokens up to themselves.
 
-Concatenation copies the whole cache on every step: simple, and what the decode bench
-measures as the past keys and values read per step.
+`ArrayCache.append` concatenates, copying the whole cache on every step: simple, and what the
+mutants (`conformance.mutants`) build on. The built-in backends mix in `InPlaceCache` instead:
+preallocated storage that a step appends into in place (`KVStore`), copied only on growth and
+when two continuations branch from one cache, so a step reads the cache once and writes n tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from spec.config import AttentionConfig
@@ -26,6 +29,7 @@ class ArrayKV:
     k: Any  # (B, Hkv, t, hd): each K/V head once (Hkv = n_kv_heads, H unless grouped)
     v: Any  # (B, Hkv, t, hd)
     key_padding_mask: Any  # (B, t) bool, True = may attend
+    store: KVStore | None = field(default=None, compare=False, repr=False)  # InPlaceCache's storage
 
 
 class ArrayCache:
@@ -69,3 +73,74 @@ class ArrayCache:
 
     def cache_kv(self, cache: ArrayKV) -> tuple[Any, Any]:
         return cache.k, cache.v
+
+
+class KVStore:
+    """Preallocated K, V and padding of one line of decoding; `length` tokens written so far.
+
+    Every ArrayKV on a store views its first t <= length tokens. Tokens past `length` may only
+    be written by a cache whose t equals `length` (the line's tip), so a view never sees a
+    write: a cache passed to `decode` stays what it was, as the contract asks.
+    """
+
+    __slots__ = ("k", "v", "mask", "length", "lock")
+
+    def __init__(self, k: Any, v: Any, mask: Any, length: int) -> None:
+        self.k, self.v, self.mask, self.length = k, v, mask, length  # (B, Hkv, capacity, hd) x2, (B, capacity)
+        self.lock = threading.Lock()  # two threads decoding from one tip: one writes, the other copies
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def claim(self, t: int, n: int) -> bool:
+        """Reserve tokens t..t+n for the cache of length t: only its tip, only while they fit."""
+        with self.lock:
+            if self.length != t or t + n > self.capacity:
+                return False
+            self.length = t + n
+            return True
+
+    def view(self, t: int) -> ArrayKV:
+        return ArrayKV(self.k[:, :, :t], self.v[:, :, :t], self.mask[:, :t], self)  # (B, Hkv, t, hd), (B, t)
+
+
+def capacity_for(n: int) -> int:
+    """Storage for n tokens and the ones likely to follow: half as many again, at least 64.
+
+    Growth by a constant factor keeps appending n tokens one by one O(n) copies in all."""
+    return n + max(n // 2, 64)
+
+
+class InPlaceCache(ArrayCache):
+    """ArrayCache whose append writes in place into a KVStore: no copy of the cache per step.
+
+    A step copies the cache only when its store is full (into one 1.5x larger) or when its
+    cache is not the tip of the store (another continuation has written past it: this one
+    branches off into storage of its own). `empty(like, shape)` allocates in the backend's
+    arrays, on like's device; NumPy and CuPy here, torch in impls.torch_cache.
+    """
+
+    def empty(self, like: Any, shape: tuple[int, ...]) -> Any:
+        return self.xp().empty(shape, dtype=like.dtype)
+
+    def _store(self, cache: ArrayKV, capacity: int) -> KVStore:
+        """New storage holding cache's t tokens, room for `capacity`."""
+        B, Hkv, t, hd = cache.k.shape
+        k, v = self.empty(cache.k, (B, Hkv, capacity, hd)), self.empty(cache.v, (B, Hkv, capacity, hd))
+        mask = self.empty(cache.key_padding_mask, (B, capacity))  # (B, capacity)
+        k[:, :, :t], v[:, :, :t], mask[:, :t] = cache.k, cache.v, cache.key_padding_mask
+        return KVStore(k, v, mask, t)
+
+    def prefill(self, x: Any, weights: Any, config: AttentionConfig, *, key_padding_mask: Any = None) -> ArrayKV:
+        cache = super().prefill(x, weights, config, key_padding_mask=key_padding_mask)
+        return self._store(cache, capacity_for(cache.k.shape[2])).view(cache.k.shape[2])
+
+    def append(self, cache: ArrayKV, k: Any, v: Any, key_padding_mask: Any) -> ArrayKV:
+        t, n = cache.k.shape[2], k.shape[2]
+        s = cache.store
+        if s is None or not s.claim(t, n):  # a cache of other making, a branch, or a full store: copy once
+            s = self._store(cache, capacity_for(t + n))
+            s.length = t + n
+        s.k[:, :, t:t + n], s.v[:, :, t:t + n], s.mask[:, t:t + n] = k, v, key_padding_mask
+        return s.view(t + n)

@@ -223,7 +223,8 @@ class ArraySteps:
     def attn_scores(self, Q, K):
         work = work_dtype(Q.dtype)
         K = self.repeat_kv(K, Q.shape[1])  # (B, H, Tk, hd): grouped K per query head
-        return (Q.astype(work) @ K.astype(work).swapaxes(-1, -2)).astype(Q.dtype)  # (B, H, Tq, Tk)
+        q, k = Q.astype(work, copy=False), K.astype(work, copy=False)  # no copy if already work: a decode step reads K once
+        return (q @ k.swapaxes(-1, -2)).astype(Q.dtype, copy=False)  # (B, H, Tq, Tk)
 
     def attn_weights(self, attn_scores, config: AttentionConfig, key_padding_mask=None, dropout_mask=None):
         B, _, Tq, Tk = attn_scores.shape
@@ -241,7 +242,8 @@ class ArraySteps:
     def context(self, attn_weights, V):
         work = work_dtype(V.dtype)
         V = self.repeat_kv(V, attn_weights.shape[1])  # (B, H, Tk, hd): grouped V per query head
-        return (attn_weights.astype(work) @ V.astype(work)).astype(V.dtype)  # (B, H, Tq, hd)
+        w, v = attn_weights.astype(work, copy=False), V.astype(work, copy=False)  # no copy if already work
+        return (w @ v).astype(V.dtype, copy=False)  # (B, H, Tq, hd)
 
     def permute_back(self, context):
         return context.transpose(0, 2, 1, 3)  # (B, T, H, hd)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from impls.array_cache import ArrayCache
+from impls.array_cache import InPlaceCache
 from impls.array_backward import ArrayBackward, modified
 from impls.array_steps import ArraySteps, fused_qkv_heads
 from impls.array_vjps import ArrayVJPs
@@ -43,7 +43,7 @@ def cupy_missing() -> str | None:
     return None
 
 
-class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
+class CupyBackend(InPlaceCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
     name = "cupy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),
@@ -56,7 +56,7 @@ class CupyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         kv_cache=True,
         cache_arrays=True,
         notes="float16 inputs are computed in float32 and rounded back, as the NumPy backend; "
-              "decode concatenates past keys and values (impls.array_cache, shared with NumPy).",
+              "decode appends in place into preallocated storage, as the NumPy backend (impls.array_cache).",
         window=True,  # sliding windows and softcap: forward and backward composed of the steps
         softcap=True,  # (impls.array_steps window_mask / softcap), not the blocked fast paths
         bias=True,  # ALiBi and sinks: the same composed paths (impls.array_steps bias / with_sinks),

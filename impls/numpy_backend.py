@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from impls.array_cache import ArrayCache
+from impls.array_cache import InPlaceCache
 from impls.array_backward import ArrayBackward, modified
 from impls.array_steps import ArraySteps, fused_qkv_heads
 from impls.array_vjps import ArrayVJPs
@@ -34,7 +34,7 @@ _BLOCK = 128  # query rows per block (causal skipping granularity): 64 and 256 m
 _BUDGET = 2 << 20  # bytes of the scores of all heads of one block: about one core's L2
 
 
-class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
+class NumpyBackend(InPlaceCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
     name = "numpy"
     capabilities = Capabilities(
         dtypes=("float64", "float32", "float16"),
@@ -47,7 +47,7 @@ class NumpyBackend(ArrayCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         kv_cache=True,
         cache_arrays=True,
         notes="float16 inputs are computed in float32 and rounded back (NumPy has no float16 BLAS); "
-              "decode concatenates past keys and values (impls.array_cache).",
+              "decode appends in place into preallocated storage, copied on growth and on branching (impls.array_cache).",
         window=True,  # sliding windows and softcap: forward and backward composed of the steps
         softcap=True,  # (impls.array_steps window_mask / softcap), not the blocked fast paths
         bias=True,  # ALiBi and sinks: the same composed paths (impls.array_steps bias / with_sinks),

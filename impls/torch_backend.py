@@ -161,7 +161,7 @@ class TorchBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         grouped_kv=True,  # K/V heads repeat_interleave'd to their query heads
         notes="PyTorch eager, the source document's code; fully masked rows give weight 0 "
               "(softmax NaN replaced); to_numpy returns bfloat16 as ml_dtypes.bfloat16; "
-              "decode concatenates past keys and values (torch.cat).",
+              "decode appends in place into preallocated storage, copied on growth and on branching (impls.torch_cache).",
         window=True,  # an explicit bottom-right (Tq, Tk) mask (impls.torch_masks.allowed_keys)
         softcap=True,  # c * tanh(s / c) after the scale, before the masks
         bias=True,  # ALiBi added after the softcap, before the masks (impls.torch_masks.alibi)

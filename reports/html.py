@@ -13,7 +13,7 @@ from reports import markdown as md
 from reports import expected, layouts, semantic
 from reports.environment import backend_rows
 from reports.model import Failure, Report, backend_verdict, conformance_summary, sig, step_title, totals_text
-from reports.speed_model import DECODE_INTRO, decode_head
+from reports.speed_model import DECODE_INTRO, FIT_INTRO, decode_head
 from reports.svg import speed_figures
 
 CSS = """
@@ -284,6 +284,8 @@ def _speed(report: Report) -> str:
         out.append(f"<h3>{esc(d.machine)}: decode, {esc(d.dtype)}</h3><p>{esc(DECODE_INTRO)}</p>"
                    f"<p>{esc(md.bandwidth_line(d))}</p>"
                    f'<table class="speed"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        if d.fits:
+            out.append(f"<p>{esc(FIT_INTRO)}</p><ul>" + "".join(f"<li>{esc(f)}</li>" for f in d.fits) + "</ul>")
     return "\n".join(out) + "</section>"
 
 

@@ -15,7 +15,7 @@ from reports import expected, layouts, semantic
 from reports.environment import backend_rows
 from reports.model import (BACKEND_VERDICT, VERDICT, Failure, Report, backend_verdict, conformance_summary, sig, step_title,
                            totals_text)
-from reports.speed_model import DECODE_INTRO, SpeedRow, SpeedTable, decode_head
+from reports.speed_model import DECODE_INTRO, FIT_INTRO, SpeedRow, SpeedTable, decode_head
 
 _SPECIAL = re.compile(r"([\\`*_\[\]])")
 
@@ -341,6 +341,8 @@ def _speed(report: Report) -> list[str]:
         out += [f"### {text(d.machine)}: decode, {text(d.dtype)}", "", text(DECODE_INTRO),
                 "", text(bandwidth_line(d)), ""]
         out += _table(decode_head(), [[code(c) if i == 1 else text(c) for i, c in enumerate(r)] for r in d.rows]) + [""]
+        if d.fits:
+            out += [text(FIT_INTRO), "", *(f"- {text(f)}" for f in d.fits), ""]
     return out
 
 

@@ -92,6 +92,7 @@ class DecodeTable:
     bandwidth_source: str
     rows: list[list[str]]  # decode_head()'s columns, as text
     load: str = ""  # the load average during the run, when recorded
+    fits: list[str] = field(default_factory=list)  # time = t0 + bytes / bandwidth per backend and B
 
 
 @dataclass
@@ -142,8 +143,22 @@ def _decode_tables(machine: str, dec: dict[str, Any]) -> list[DecodeTable]:
         la = dec.get("load_average") or {}
         load = (f"1-minute load average {sig(la['start'])} at start, {sig(la.get('end') or 0)} at the end"
                 if number(la.get("start")) is not None else "")
-        out.append(DecodeTable(machine, dtype, gbs, source, [_decode_row(c) for c in cells], load))
+        fits = [_fit_text(f) for f in dec.get("fits") or [] if f.get("dtype") == dtype]
+        out.append(DecodeTable(machine, dtype, gbs, source, [_decode_row(c) for c in cells], load, fits))
     return out
+
+
+#: What the fit lines under a decode table say (conformance/speed/decode.py fit).
+FIT_INTRO = ("Fitted over the cache lengths, per backend and batch: time = t0 + bytes / bandwidth (least "
+             "squares on the medians), the fixed cost of a step apart from the bandwidth a long cache is read at.")
+
+
+def _fit_text(f: dict[str, Any]) -> str:
+    gbs, frac, t0 = number(f.get("gb_per_s")), number(f.get("bandwidth_fraction")), number(f.get("t0_s"))
+    bw = "no positive slope" if gbs is None else f"{sig(gbs)} GB/s" + (f" ({frac * 100:.0f}% of copy)" if frac else "")
+    worst = number(f.get("worst_residual"))
+    return (f"{f.get('backend')} B={f.get('B')}: t0 {'—' if t0 is None else sig(t0 * 1e3)} ms, {bw}"
+            + ("" if worst is None else f"; worst cell {worst * 100:.0f}% off the fit"))
 
 
 def shape_text(c: dict[str, Any]) -> str:

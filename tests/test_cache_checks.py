@@ -15,6 +15,7 @@ from conformance.suite import profiles
 from conformance.suite.cache_reference import DECODE_ORDERS, decoded, decoded_top_left
 from conformance.suite.checks import catalogue, get
 from conformance.suite.engine import run_check
+from conformance.speed.worker import decode_line_steps
 from impls.base import Capabilities
 from impls.registry import resolve
 from tests.test_backends import numpy_as_cupy  # noqa: F401  (the fixture: a NumPy stand-in for cupy)
@@ -170,7 +171,8 @@ def test_decode_bench_quick_writes_its_figures_beside_the_forward_and_the_report
     assert {(c["B"], c["L"]) for c in dec["cells"]} == {(B, L) for B in (1, 8) for L in (128, 1024, 8192)}
     for c in dec["cells"]:
         assert c["backend"] == "numpy" and c["error"] is None
-        assert c["kv_bytes"] == 2 * c["B"] * 512 * (c["L"] + 1) * 4  # d_out = 512, float32
+        line = decode_line_steps(c["L"])  # a line of steps from L reads L + 1 + (line - 1) / 2 tokens on average
+        assert c["kv_bytes"] == 2 * c["B"] * 512 * (c["L"] + 1 + (line - 1) / 2) * 4  # d_out = 512, float32
         assert c["gb_per_s"] == pytest.approx(c["kv_bytes"] / c["median_s"] / 1e9)
         assert c["bandwidth_fraction"] == pytest.approx(c["gb_per_s"] / dec["bandwidth"]["gb_per_s"])
     assert dec["skipped"] == [{"backend": "torch-mha", "reason": "KV-cache decoding not declared (Capabilities.kv_cache)"}]
@@ -178,6 +180,9 @@ def test_decode_bench_quick_writes_its_figures_beside_the_forward_and_the_report
     md = markdown.render(report)
     assert "decode, float32" in html.render(report)
     assert "### here: decode, float32" in md and "% of copy bandwidth" in md and "B=8 L=8192" in md
+    assert [(f["backend"], f["B"], f["lengths"]) for f in dec["fits"]] == [("numpy", 1, [128, 1024, 8192]),
+                                                                         ("numpy", 8, [128, 1024, 8192])]
+    assert "time = t0 + bytes / bandwidth" in md and "- numpy B=8: t0 " in md
 
 
 def test_a_decode_writing_into_its_input_cache_passes_single_use_and_fails_branching():
@@ -187,3 +192,45 @@ def test_a_decode_writing_into_its_input_cache_passes_single_use_and_fails_branc
         assert run_check(get(check), CacheWrittenInPlace(), "float32", seed=1).outcome == "passed", check
     r = run_check(get("decode_branches_from_one_cache"), CacheWrittenInPlace(), "float32", seed=1)
     assert r.outcome == "failed" and "branch A" in r.reason and "from the same cache" in r.reason, r.reason
+
+
+@pytest.mark.parametrize("name", (*DECODERS, "cupy"))
+def test_two_continuations_from_one_cache_each_decode_as_the_spec(name, request):
+    """The built-in caches append in place (impls.array_cache.InPlaceCache): a cache given to
+    decode must stay what it was, so a second continuation from it copies instead of writing
+    over the first's tokens; a line of single steps within the storage never copies."""
+    if name == "cupy":  # its array code on a NumPy stand-in (no GPU here)
+        be = request.getfixturevalue("numpy_as_cupy")
+    else:
+        info = resolve(name)
+        if info.skip_reason:
+            pytest.skip(info.skip_reason)
+        be = info.backend
+    cfg, params, x, kpm = _case(5, T=12)
+    _, _, x_b, _ = _case(6, T=12)  # branch B's tokens differ from A's after the prompt
+    x_b = np.concatenate([x[:, :4], x_b[:, 4:]], axis=1)  # (2, 12, 5): A's prompt, B's own tokens
+    w = be.prepare(params, "float64")
+    prompt = be.prefill(be.from_numpy(x[:, :4], "float64"), w, cfg, key_padding_mask=be.from_numpy(kpm[:, :4]))
+    k0, v0 = (be.to_numpy(a).copy() for a in be.cache_kv(prompt))
+
+    def line(xs, cache, a, b):  # one token at a time from position a to b
+        ys = []
+        for i in range(a, b):
+            y, cache = be.decode(be.from_numpy(xs[:, i:i + 1], "float64"), cache, w, cfg,
+                                 key_padding_mask=be.from_numpy(kpm[:, i:i + 1]))
+            ys.append(be.to_numpy(y))
+        return np.concatenate(ys, axis=1), cache
+
+    ya1, ca = line(x, prompt, 4, 6)  # A's first two tokens, written in place after the prompt
+    yb1, cb = line(x_b, prompt, 4, 6)  # B from the same prompt cache: must not overwrite A's
+    ya2, ca = line(x, ca, 6, 12)
+    yb2, cb = line(x_b, cb, 6, 12)
+    for xs, got in ((x, np.concatenate([ya1, ya2], axis=1)), (x_b, np.concatenate([yb1, yb2], axis=1))):
+        np.testing.assert_allclose(got, decoded(xs, params, cfg, kpm, 4, (1,) * 8), rtol=0, atol=1e-12)
+    k, v = (be.to_numpy(a) for a in be.cache_kv(prompt))
+    assert np.array_equal(k, k0) and np.array_equal(v, v0), f"{name}: the prompt's cache changed"
+    assert ca.store is not None and ca.store is not cb.store  # B branched off into storage of its own
+    x1 = be.from_numpy(x[:, :1], "float64")
+    first = be.decode(x1, ca, w, cfg)[1]
+    again = be.decode(x1, first, w, cfg)[1]
+    assert again.store is first.store and again.k.shape[2] == first.k.shape[2] + 1  # in place, no copy

@@ -33,7 +33,9 @@ def test_decode_cells_alternate_prefill_once_and_judge_the_ratio_to_torch():
     assert np_cell["time_vs_torch"] > 0 and np_cell["ratio_verdict"] in ("faster", "slower", "level", "undecided")
     assert len(np_cell["round_ratios"]) == len(np_cell["round_medians_s"])
     assert "ratio_verdict" not in torch_cell and torch_cell["time_vs_torch"] == 1.0
-    assert np_cell["kv_bytes"] == 2 * 1 * decode.HEADS * 17 * (decode.D_OUT // decode.HEADS) * 4
+    # a line of 8 steps from L=16: 17 to 24 tokens read, 20.5 on average
+    assert decode.decode_line_steps(16) == 8
+    assert np_cell["kv_bytes"] == 2 * 1 * decode.HEADS * 20.5 * (decode.D_OUT // decode.HEADS) * 4
     line = decode._line(np_cell)
     assert "t/torch" in line and "of copy bandwidth" in line and "t/torch" not in decode._line(torch_cell)
 
@@ -86,3 +88,46 @@ def test_reports_show_the_decode_and_forward_backward_ratios():
             "fwd_bwd_ratio_verdict": "undecided", "fwd_bwd_ratio_interval": [0.9, 1.6]}
     r = _row(cell, None, None)
     assert r.fwd_bwd_ratio == 1.3 and any("forward + backward ratio to torch undecided" in n for n in r.notes)
+
+
+def test_the_fit_separates_a_fixed_cost_from_the_bandwidth_and_reports_show_it():
+    from reports.speed_model import _decode_tables
+
+    cells = [{"backend": "numpy", "dtype": "float32", "B": 8, "L": L, "kv_bytes": 2**20 * L // 128,
+              "median_s": 50e-6 + (2**20 * L // 128) / 20e9, "error": None} for L in (128, 1024, 8192)]
+    cells.append({**cells[0], "backend": "torch", "L": 128})  # one length only: no fit
+    (f,) = decode.fit(cells, bandwidth=40.0)
+    assert f["backend"] == "numpy" and f["B"] == 8 and f["lengths"] == [128, 1024, 8192]
+    assert abs(f["t0_s"] - 50e-6) < 1e-9 and abs(f["gb_per_s"] - 20.0) < 1e-6
+    assert abs(f["bandwidth_fraction"] - 0.5) < 1e-9 and f["worst_residual"] < 1e-6
+    assert "t0 0.050 ms + bytes at 20.0 GB/s (50% of copy)" in decode.fit_line(f)
+    (table,) = _decode_tables("m", {"bandwidth": {"gb_per_s": 40.0}, "cells": [
+        {**c, "gb_per_s": 1.0, "bandwidth_fraction": 0.1} for c in cells], "fits": [f]})
+    assert table.fits == ["numpy B=8: t0 0.0500 ms, 20.0 GB/s (50% of copy); worst cell 0% off the fit"]
+
+
+class DecodeLog(NumpyBackend):
+    """Records the length of each cache decode is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.given: list[int] = []
+
+    def decode(self, x_new, cache, *a, **kw):
+        self.given.append(cache.k.shape[2])
+        return super().decode(x_new, cache, *a, **kw)
+
+
+def test_a_decode_cell_times_a_line_of_steps_that_starts_again_from_the_prompt():
+    from conformance.speed.worker import Handler
+
+    b = DecodeLog()
+    h = Handler(b, None)
+    assert h.handle({"op": "prepare_decode", "B": 1, "L": 16, "dtype": "float32", "seed": 0}).get("error") is None
+    b.given.clear()
+    for _ in range(20):
+        h.entry.call()
+    # each step continues the line (16, 17, ...); after 8 steps it starts again from the prompt
+    g = b.given
+    assert all(n == m + 1 or (m == 23 and n == 16) for m, n in zip(g, g[1:])), g
+    assert g.count(16) >= 2 and max(g) == 23, g

@@ -6,12 +6,17 @@ figure is therefore bandwidth, not GFLOP/s: the bytes of K and V read per step, 
 the step's median time, and that as a fraction of this machine's memory bandwidth measured in
 the same run by a copy benchmark (`copy_bandwidth`, as `peak.py` measures the matmul peak).
 
-The built-in backends concatenate past keys and values, so a step also copies the whole cache
-(reads it once more and writes it): they move about 3x the bytes counted here, which is
-where a preallocated cache written in place would gain. Each cell prefills a cache of L
-tokens once (untimed), then times `decode` of one new token on that same cache again and
-again: `decode` must leave the cache it is given usable (the spec's and the built-in
-backends' decode return a new cache and leave the old one as it was).
+Each cell prefills a cache of L tokens once (untimed), then times a line of decoding, as a
+generation loop runs it: each step decodes one new token on the cache the step before returned.
+After `decode_line_steps(L)` steps (L / 32, at least 8) the line starts again from the prompt's
+cache, so the cache stays within a thirty-second of L, and the bytes counted are those of the
+line's mean length. `decode` must leave the cache it is given usable, so a backend whose cache
+appends in place copies it at a restart (a branch: the built-in backends, impls.array_cache);
+that is at most one call in 8, outside the median's middle half. A backend that concatenates
+copies the whole cache on every step instead (about 3x the bytes counted).
+`fit` then fits time = t0 + bytes / bandwidth over the lengths of each backend and batch (least
+squares on the medians, dominated by the long caches), so a fixed cost per step and the
+bandwidth the step reaches on a long cache are seen apart.
 The shape: d_out = 512 in 8 heads (head_dim 64), float32, causal, B = 1 and 8. d_in is 64:
 the input width only sets the new token's projection (a few microseconds) and the prefill's,
 which would dominate the run's time at B = 8, L = 8192 with d_in = 512. Each backend is timed
@@ -36,7 +41,7 @@ from conformance.speed.verdict import paired, round_medians
 from conformance.speed.worker import DECODE_D_IN as D_IN
 from conformance.speed.worker import DECODE_D_OUT as D_OUT
 from conformance.speed.worker import DECODE_HEADS as HEADS
-from conformance.speed.worker import decode_inputs
+from conformance.speed.worker import decode_inputs, decode_line_steps
 from spec.config import AttentionConfig, numpy_dtype
 
 DECODE_LENGTHS = [128 * 2 ** i for i in range(7)]  # 128 ... 8192
@@ -48,8 +53,43 @@ REFERENCE = "torch"  # as the forward bench: every other backend's ratio is to P
 
 
 def kv_bytes(B: int, L: int, config: AttentionConfig, itemsize: int) -> int:
-    """Bytes of K and V one decode step reads: the L cached tokens and the new one."""
-    return 2 * B * config.n_heads * (L + 1) * config.head_dim * itemsize
+    """Bytes of K and V a step of a line from a prompt of L tokens reads, on average: its cached
+    tokens and the new one, L + 1 + j at step j of the line's decode_line_steps(L)."""
+    tokens = L + 1 + (decode_line_steps(L) - 1) / 2
+    return round(2 * B * config.n_heads * tokens * config.head_dim * itemsize)
+
+
+def fit(cells: list[dict[str, Any]], bandwidth: float | None) -> list[dict[str, Any]]:
+    """time = t0 + bytes / bandwidth, fitted by least squares over the cache lengths of each
+    (backend, dtype, B) with at least 3 lengths: t0 the fixed cost of a step, gb_per_s the
+    bandwidth a long cache is read at (the slope dominates where the bytes are largest)."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for c in cells:
+        if c.get("median_s") and not c.get("error"):
+            groups.setdefault((c["backend"], c["dtype"], c["B"]), []).append(c)
+    out = []
+    for (backend, dtype, B), cs in groups.items():
+        if len(cs) < 3:
+            continue
+        x = np.array([c["kv_bytes"] for c in cs], dtype=float)
+        y = np.array([c["median_s"] for c in cs])
+        slope, t0 = np.polyfit(x, y, 1)
+        gbs = 1 / slope / 1e9 if slope > 0 else None
+        resid = y - (t0 + slope * x)
+        out.append({"backend": backend, "dtype": dtype, "B": B, "lengths": [c["L"] for c in cs],
+                    "t0_s": float(t0), "gb_per_s": gbs,
+                    "bandwidth_fraction": gbs / bandwidth if gbs and bandwidth else None,
+                    "worst_residual": float(np.max(np.abs(resid) / y))})  # share of a cell's median
+    return out
+
+
+def fit_line(f: dict[str, Any]) -> str:
+    """One fit as text: `numpy float32 B=8: t0 0.05 ms + bytes at 18.1 GB/s (46% of copy)`."""
+    bw = "no positive slope" if f["gb_per_s"] is None else (
+        f"bytes at {f['gb_per_s']:.1f} GB/s" + (f" ({f['bandwidth_fraction']:.0%} of copy)"
+                                                if f["bandwidth_fraction"] is not None else ""))
+    return (f"{f['backend']} {f['dtype']} B={f['B']}: t0 {f['t0_s'] * 1e3:.3f} ms + {bw}; "
+            f"worst cell off the fit by {f['worst_residual']:.0%}")
 
 
 def copy_bandwidth(megabytes: int = 256, reps: int = _COPY_REPS) -> dict[str, Any]:
@@ -145,7 +185,11 @@ def run_decode(backends: list, dtypes: list[str], quick: bool = False, out: Text
     finally:
         for u in units:
             u.close()
-    return {"dtypes": dtypes, "causal": True, "new_tokens": 1, "bandwidth": bw, "cells": cells, "skipped": skipped,
+    fits = fit(cells, bw["gb_per_s"])
+    for f in fits:
+        _say(out, "decode fit   " + fit_line(f))
+    return {"dtypes": dtypes, "causal": True, "new_tokens": 1, "bandwidth": bw, "cells": cells, "fits": fits,
+            "line_steps": {str(L): decode_line_steps(L) for L in base["lengths"]}, "skipped": skipped,
             "layout": WorkerUnit.layout, "reference": REFERENCE, "duration_s": round(time.perf_counter() - t0, 2),
             "load_average": {"start": load_start, "end": _load()}}  # other processes on the cores
 

@@ -171,15 +171,28 @@ class Handler:
         return self._prepare(build, "preparing inputs")
 
     def op_prepare_decode(self, B: int, L: int, dtype: str, seed: int) -> dict[str, Any]:
-        """Prefill a cache of L tokens (untimed), then time the first decode of one new token."""
+        """Prefill a cache of L tokens (untimed), then time the first step of a line of decoding."""
         b = self.backend
 
         def build() -> tuple[Any, Any]:
             config, params, x = decode_inputs(B, L, dtype, seed)
             w = b.prepare(params, dtype)
-            cache = b.prefill(b.from_numpy(x[:, :L], dtype), w, config)
+            prompt = b.prefill(b.from_numpy(x[:, :L], dtype), w, config)
             x_new = b.from_numpy(x[:, L:], dtype)  # (B, 1, d_in)
-            return (lambda: b.decode(x_new, cache, w, config)), x_new
+            line = {"cache": prompt, "steps": 0}
+            R = decode_line_steps(L)
+
+            def step() -> Any:
+                # each step continues from the cache the last returned, as a generation loop does;
+                # after R steps the line starts again from the prompt's cache (a branch: a cache that
+                # appends in place copies it once there), so the cache stays within R tokens of L
+                if line["steps"] == R:
+                    line["cache"], line["steps"] = prompt, 0
+                y, line["cache"] = b.decode(x_new, line["cache"], w, config)
+                line["steps"] += 1
+                return y
+
+            return step, x_new
 
         return self._prepare(build, "prefill")
 
@@ -281,6 +294,13 @@ def _cell(shape: list[int], causal: bool, seed: int) -> tuple[Any, Any, np.rando
 
 #: The decode cell's shape (`conformance.speed.decode` says why): d_in, d_out, heads.
 DECODE_D_IN, DECODE_D_OUT, DECODE_HEADS = 64, 512, 8
+
+
+def decode_line_steps(L: int) -> int:
+    """Steps in a line of decoding from a prompt of L tokens before it starts again: L / 32, at
+    least 8, so a line's restart (which may copy the cache) is at most 1 call in 8, outside the
+    median's middle half, and the cache grows by at most a thirty-second (8 tokens at L=128)."""
+    return max(8, L // 32)
 
 
 def decode_inputs(B: int, L: int, dtype: str, seed: int = 0) -> tuple[Any, Any, np.ndarray]:
