@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.speed import bench, cells, cli, harness, memory, selfcheck, timers, worker
+from conformance.speed import bench, cells, cli, harness, memory, timers, worker
 from conformance.speed.flops import gflops, useful_flops
 from impls.base import Backend, BackendInfo, Capabilities
 from conformance.results import load, update_section
@@ -299,92 +299,6 @@ def test_a_failing_availability_is_an_error_cell_not_a_skip(tmp_path):
     assert cell["error"] == "availability() raised RuntimeError: probing the device failed" and cell["samples_s"] == []
 
 
-# -- the isolation check ----------------------------------------------------------------------
-
-def _pooled(shape, values: dict[str, tuple[float, float]]) -> dict:
-    return {(shape, n, way): [v] * 5 for n, (h, a) in values.items() for way, v in (("harness", h), ("alone", a))}
-
-
-def test_isolation_flags_cells_off_by_more_than_ten_percent():
-    shape = (1, 8, 8, 8, 2)
-    pooled = _pooled(shape, {"torch": (2.0, 2.0), "numpy": (1.05, 1.0), "slow": (1.2, 1.0), "fast": (0.85, 1.0)})
-    rows = selfcheck._rows([shape], ["torch", "numpy", "slow", "fast", "broken"], pooled,
-                           {(shape, "broken"): "alone: RuntimeError: boom"})
-    by = {r.backend: r for r in rows}
-    assert [by[n].flagged for n in ("torch", "numpy", "slow", "fast", "broken")] == [False, False, True, True, True]
-    assert by["slow"].ratio == pytest.approx(1.2) and by["numpy"].vs_torch_harness == pytest.approx(0.525)
-    assert by["numpy"].vs_torch_alone == pytest.approx(0.5)
-    p = types.SimpleNamespace(dtypes=["float32"], causal=True, in_process=False, budget_s=0.4, min_samples=8)
-    text = selfcheck.render(rows, p, 2, 1.5, 2.5, 60.0)
-    lines = text.splitlines()
-    assert "load average 1.5 at start, 2.5 at the end" in lines[0]
-    table = [ln for ln in lines if ln.startswith("| B=")]
-    assert len(table) == 5 and all(ln.count("|") == 11 for ln in table)
-    assert "| 1.20 |" in by_line(table, "slow") and "OFF by +20%" in by_line(table, "slow")
-    assert "OFF by -15%" in by_line(table, "fast") and by_line(table, "numpy").endswith("| ok | - | - |")
-    assert "ERROR alone: RuntimeError: boom" in by_line(table, "broken")
-    assert lines[-1].startswith("2 of 5 cells within 10% of alone; flagged: slow at B=1 T=8, fast")
-
-
-def test_isolation_cannot_tell_where_the_calls_spread_more_than_the_medians_differ(monkeypatch):
-    shape = (1, 8, 8, 8, 2)
-    wide = [0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5]  # median 1.1, interquartile range 0.4
-    pooled = {(shape, "torch", w): [1.0] * 9 for w in ("harness", "alone")}
-    pooled.update({(shape, "noisy", "harness"): wide, (shape, "noisy", "alone"): [v - 0.1 for v in wide],
-                   (shape, "apart", "harness"): [v + 0.5 for v in wide], (shape, "apart", "alone"): wide})
-    rows = selfcheck._rows([shape], ["torch", "noisy", "apart"], pooled, {})
-    by = {r.backend: r for r in rows}
-    assert by["noisy"].ratio == pytest.approx(1.1 / 1.0) and by["noisy"].cannot_tell and not by["noisy"].flagged
-    assert by["apart"].ratio == pytest.approx(1.6 / 1.1) and by["apart"].flagged and not by["apart"].cannot_tell
-    p = types.SimpleNamespace(dtypes=["float32"], causal=True, in_process=False, budget_s=0.4, min_samples=8)
-    lines = selfcheck.render(rows, p, 2, 1.0, 1.0, 10.0).splitlines()
-    assert "cannot tell (+10%, within the calls' spread)" in by_line(lines, "noisy")
-    assert "OFF by +45%" in by_line(lines, "apart")
-    assert lines[-1].startswith("1 of 3 cells within 10% of alone; 1 cannot tell (off by more than 10%, by less "
-                                "than their calls' interquartile range: not flagged); flagged: apart at B=1 T=8")
-    args = ["--check-isolation", "--backend", "tests.test_speed:FakeBackend", "--shape", "1,8,8,2"]
-    for kept, rc in (([by["torch"], by["noisy"]], 0), (rows, 1)):  # cannot tell passes; apart fails
-        monkeypatch.setattr(selfcheck, "check", lambda plan, out, kept=kept: kept)
-        assert cli.main(args) == rc
-
-
-def by_line(table: list[str], backend: str) -> str:
-    (line,) = [ln for ln in table if f"| {backend} |" in ln]
-    return line
-
-
-def test_isolation_check_times_both_ways_interleaved(tmp_path):
-    p = _worker_plan(tmp_path, ["tests.test_speed:ConformingFake", "tests.test_speed:FakeBackend"],
-                     shapes=[(1, 8, 8, 8, 2)])
-    out = io.StringIO()
-    rows = selfcheck.check(p, out, passes=2, fresh_procs=1)
-    assert [(r.backend, r.shape) for r in rows] == [("fake-good", (1, 8, 8, 8, 2)), ("fake", (1, 8, 8, 8, 2))]
-    for r in rows:
-        assert r.error is None and r.ratio is not None and r.harness["median_s"] and r.alone["median_s"]
-    text = out.getvalue()
-    progress = [ln.split(": ", 1)[1] for ln in text.splitlines() if ": pass " in ln]
-    assert progress == ["pass 1/2, harness", "pass 1/2, alone", "pass 2/2, alone", "pass 2/2, harness"]
-    assert [r.fresh["median_s"] > 0 and len(r.fresh["medians_s"]) == 1 for r in rows] == [True, True]
-    assert "fresh timer, 1 processes per backend" in text and "| t/torch fresh [processes' interval] |" in text
-    assert "| shape | backend | harness ms (spread) | alone ms (spread) | harness / alone |" in text
-    assert "harness layout: worker process per backend" in text
-
-
-def test_check_isolation_exit_status_follows_the_flags(monkeypatch, capsys):
-    flagged = [selfcheck.Row((1, 8, 8, 8, 2), "x", {}, {}, ratio=1.5)]
-    fine = [selfcheck.Row((1, 8, 8, 8, 2), "x", {}, {}, ratio=1.02)]
-    args = ["--check-isolation", "--backend", "tests.test_speed:FakeBackend", "--shape", "1,8,8,2"]
-    for rows, rc in ((flagged, 1), (fine, 0)):
-        monkeypatch.setattr(selfcheck, "check", lambda plan, out, rows=rows: rows)
-        assert cli.main(args) == rc
-    plan_seen = []
-    monkeypatch.setattr(selfcheck, "check", lambda plan, out: plan_seen.append(plan) or fine)
-    cli.main(["--check-isolation"])
-    (p,) = plan_seen  # the defaults: the issue's three shapes and four backends (those available)
-    assert p.shapes == selfcheck.CHECK_SHAPES
-    assert {i.backend.name for i in p.backends} | {s["backend"] for s in p.skipped} == set(selfcheck.CHECK_BACKENDS)
-
-
 # -- timers and memory on CUDA, through fakes -------------------------------------------------
 
 class _FakeEvent:
@@ -624,3 +538,4 @@ def test_gate_does_not_call_an_incomplete_backend_conforming(tmp_path):
     status = conformance_status(tmp_path / "results.json", "m", ["fake-good", "fake-half"])
     assert status["fake-good"][0] is True
     assert status["fake-half"][0] is None and "incomplete" in status["fake-half"][1]
+
