@@ -53,6 +53,10 @@ def test_a_primed_process_reuses_freed_memory_where_a_fresh_one_faults_it_in_aga
     pages = 3 * (30 << 20) // 4096
     assert _faults("dynamic", 30, 3) > pages // 2
     assert _faults("primed", 30, 3) < pages // 10
+    # a block over the threshold's 32 MiB cap: mapped anew on every allocation, unless mapping is off
+    pages = (40 << 20) // 4096
+    assert _faults("dynamic", 40, 1) > pages // 2
+    assert _faults("primed", 40, 1) < pages // 10
 
 
 def test_priming_is_once_per_process(monkeypatch):
