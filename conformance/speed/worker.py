@@ -51,7 +51,11 @@ SETTLE_CAP_S = 2.0  # a pool that never sleeps (OMP_WAIT_POLICY=active) must not
 # So mapping is off too (M_MMAP_MAX = 0): every block comes from the heap, which keeps what is
 # freed, so a warm call faults no pages whatever came before it.
 MMAP_THRESHOLD = 32 << 20  # glibc's cap for the dynamic threshold on 64-bit (HEAP_MAX_SIZE / 2)
-TRIM_THRESHOLD = 1 << 30  # the free top a heap keeps: larger than any cell's temporaries here
+# The heap's free top was kept up to 1 GiB; with mapping off, torch's B=1 T=4096 cell (512 MiB
+# temporaries, 1.6 GiB at its peak) freed more than that, so the top was trimmed and faulted in
+# again: 526 to 2088 ms and ~290,000 faults a call, against 513 to 571 ms and 0 faults once warm
+# with trimming off (3 chunks each way in a worker, idle; 2026-12-07).
+TRIM_THRESHOLD = -1  # mallopt's "never trim": the heap keeps what it freed
 MMAP_MAX = 0  # blocks mapped at a time: none, every block from the heap
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
 _primed: list[bool] = []
