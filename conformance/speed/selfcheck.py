@@ -3,17 +3,18 @@
 Each backend is timed two ways at each cell: inside the harness (its worker among the other
 backends' workers, chunks alternating, exactly as the bench runs) and alone (a fresh process
 that loads only that backend, with no other backend's process beside it, timed by the same
-chunks for the same budget and at least as many calls). What differs between the ways is
-only the company a backend keeps, which is what the bench must not depend on. The two ways alternate, harness first in even passes and
-alone first in odd ones, so drift in the machine's load hits both alike. Samples of all passes
-are pooled per way. A shape where some backend's harness median is off its alone median by
-more than `LIMIT` after `PASSES` passes gets more passes (pooled with the first), up to
-`MAX_PASSES`: two medians of about 20 calls that spread by 20-30% differ by 10% by chance
-alone. A cell still off by more than `LIMIT` then is flagged, and the command exits 1, unless the two medians are closer than the calls'
-own spread (the mean of the two ways' interquartile ranges): then this run cannot tell the two
-ways apart at that noise, and the table says "cannot tell" instead of a confident OFF (a shared
-2-core machine spreads single calls by 14-30% with nothing else running, so a 10% limit on
-their medians alone failed there by construction).
+chunks for the same budget and at least as many calls). What differs between the ways is only
+the company a backend keeps, which is what the bench must not depend on. The two ways
+alternate, harness first in even passes and alone first in odd ones, so drift in the machine's
+load hits both alike. Samples of all passes are pooled per way. A shape where some backend's
+harness median is off its alone median by more than `LIMIT` after `PASSES` passes gets more
+passes (pooled with the first), up to `MAX_PASSES`: two medians of about 20 calls that spread
+by 20-30% differ by 10% by chance alone. A cell still off by more than `LIMIT` then is flagged,
+and the command exits 1, unless the two medians are closer than the calls' own spread (the
+mean of the two ways' interquartile ranges): then this run cannot tell the two ways apart at
+that noise, and the table says "cannot tell" instead of a confident OFF (a shared 2-core
+machine spreads single calls by 14-30% with nothing else running, so a 10% limit on their
+medians alone failed there by construction).
 
 A third way checks "alone" itself: an independent timer (fresh.py: no harness code, fresh
 processes alternating between backends, inputs built twice, warm calls) gives each backend's
