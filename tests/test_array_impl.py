@@ -12,7 +12,7 @@ import pytest
 
 from conformance.mutants.base import PlainBackend
 from conformance.mutants.catalogue import FutureLeak, ScaleByDOut
-from impls.array_cache import ArrayCache
+from impls.array_cache import ArrayCache, InPlaceCache
 from impls.array_steps import ArraySteps
 from impls.array_vjps import ArrayVJPs
 from impls.cupy_backend import CupyBackend
@@ -33,14 +33,17 @@ def _problem(Hkv=2, causal=True, B=2, T=6, seed=3, modifiers=False):
     return config, init_params(config, seed), rng.standard_normal((B, T, 8)), rng.standard_normal((B, T, 8)), kpm
 
 
-@pytest.mark.parametrize("cls", [NumpyBackend, CupyBackend, PlainBackend])
-def test_every_array_backend_takes_its_steps_vjps_and_cache_from_the_one_implementation(cls):
+# the built-in backends append in place (InPlaceCache); the mutants keep ArrayCache's concatenation
+@pytest.mark.parametrize("cls, cache", [(NumpyBackend, InPlaceCache), (CupyBackend, InPlaceCache),
+                                        (PlainBackend, ArrayCache)])
+def test_every_array_backend_takes_its_steps_vjps_and_cache_from_the_one_implementation(cls, cache):
     for name in STEPS:
         assert getattr(cls, name) is getattr(ArraySteps, name), (cls.__name__, name)
     for name in ("project_qkv_vjp", "attn_scores_vjp", "attn_weights_vjp", "context_vjp", "out_proj_vjp"):
         assert getattr(cls, name) is getattr(ArrayVJPs, name), (cls.__name__, name)
-    for name in ("prefill", "decode", "cache_kv"):
-        assert getattr(cls, name) is getattr(ArrayCache, name), (cls.__name__, name)
+    for name in ("prefill", "append", "decode", "attend", "cache_kv"):
+        assert getattr(cls, name) is getattr(cache, name), (cls.__name__, name)
+    assert InPlaceCache.decode is ArrayCache.decode and InPlaceCache.attend is ArrayCache.attend  # one decode
 
 
 @pytest.mark.parametrize("Hkv", [4, 2, 1])
