@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from conformance import COMMAND, text
-from conformance.suite import plan, profiles
+from conformance.suite import plan, profiles, timeshare
 from conformance.suite.checks import catalogue
 from conformance.usage import OneLineParser, UsageError, report
 from impls.base import exposed_steps
@@ -364,6 +364,7 @@ def run(args, infos, states: dict, out: Path) -> int:
 
         recorder.transform = lambda rec: expect.apply(args.expectations, rec)
     t0 = time.monotonic()
+    os.environ[timeshare.RUN_STARTED_VAR] = repr(time.time())  # the workers' start-up share counts from here
     recorder.skip_unavailable(states)  # recorded here: a worker would only say the same, 6 ms a key
     plan_path = plan.write(out, recorder.run_keys)
     workers = _workers(args.workers)

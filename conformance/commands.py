@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "repro": ("conformance.tools.repro", "replay a saved failure (a failures/*.npz bundle)"),
     "report": ("reports.cli", "render results.json as report.md and index.html"),
     "calibrate": ("conformance.tools.calibrate", "measure the tolerance model on the correct backends"),
+    "time-shares": ("conformance.tools.time_shares", "where a run's workers spent their time, by share and dtype"),
     "sweep": ("conformance.tools.sweep", "run the default profile on many seeds; count false failures"),
     "gpu-check": ("conformance.tools.gpu_check", "on a GPU machine: conformance and speed of the GPU backends"),
 }

@@ -128,8 +128,17 @@ class Capabilities:
 
     def __hash__(self) -> int:
         # frozen, but `conventions` is a dict (and a list may stand for a tuple): hashed by value, so
-        # the strategies built for these capabilities are found again (conformance.suite.reused)
-        return hash(tuple(_hashable(getattr(self, f.name)) for f in fields(self)))
+        # the strategies built for these capabilities are found again (conformance.suite.reused);
+        # computed once (each draw looks strategies up by it: 1.4 s of a worker's float32 checks)
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(_hashable(getattr(self, f.name)) for f in fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict[str, Any]:
+        # str hashes differ between processes: a pickled copy computes its own
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
 
     def unsupported(self, config: AttentionConfig, T: int | None = None,
                     key_padding_mask: bool = False, dropout: bool = False) -> str | None:

@@ -29,7 +29,7 @@ from conformance.suite.engine import run_check
 from conformance.suite.leaks import LeakWatch, rss_bytes
 from conformance.suite.process_state import OutputTail, restored_state
 from conformance.suite.plan import Key
-from conformance.suite import watchdog
+from conformance.suite import timeshare, watchdog
 from conformance.suite.recorder import crashed_during, mark, write_record
 from impls.registry import import_path
 
@@ -45,7 +45,8 @@ def _run(key: Key, out_dir: Path, markers: Path, seed: int | None,
          timeouts: dict[str, float] | None) -> dict[str, Any]:
     check = get(key.check)
     rec: dict[str, Any] = {"step": check.step}
-    backend, skip_reason, error = backend_state(key.spec)
+    with timeshare.spent("start-up"):  # its first call in a worker imports and builds the backend
+        backend, skip_reason, error = backend_state(key.spec)
     if error:
         return {**rec, "outcome": "failed", "reason": error}
     if skip_reason:
@@ -91,15 +92,21 @@ def _last_words(key: Key, out_dir: Path, markers: Path):
 
 def test_check(key: Key, out_dir: Path, markers: Path, hypothesis_seed: int | None,
                example_timeouts: dict | None) -> None:
-    watchdog.last_words = _last_words(key, out_dir, markers)
-    before = rss_bytes()
-    with OutputTail() as tail, restored_state(full=True):
-        try:
-            rec = _run(key, out_dir, markers, hypothesis_seed, example_timeouts)
-        except BaseException as e:  # anything the engine did not turn into a result is still recorded
-            rec = {"outcome": "failed", "reason": f"suite error (please report): {first_line(e)}"}
-    watchdog.last_words = None
-    leak = _LEAKS.after_test(key.backend, before) if "examples" in rec else None  # the backend ran
+    start_up = timeshare.start_up()
+    shares = timeshare.totals()
+    with timeshare.spent("harness"):
+        watchdog.last_words = _last_words(key, out_dir, markers)
+        before = rss_bytes()
+        with OutputTail() as tail, restored_state(full=True):
+            try:
+                rec = _run(key, out_dir, markers, hypothesis_seed, example_timeouts)
+            except BaseException as e:  # anything the engine did not turn into a result is still recorded
+                rec = {"outcome": "failed", "reason": f"suite error (please report): {first_line(e)}"}
+        watchdog.last_words = None
+        leak = _LEAKS.after_test(key.backend, before) if "examples" in rec else None  # the backend ran
+    rec["time_s"] = timeshare.since(shares)
+    if start_up is not None:
+        rec["time_s"]["start-up"] = round(start_up, 4)
     if leak:  # charged here, and its other checks not run: the next backend would pay for it
         mark(markers, key.backend, f"kept memory alive earlier in this run (during {key.check})")
         rec.update(outcome="failed", reason=leak if rec["outcome"] == "passed" else f"{rec['reason']}; {leak}")

@@ -18,6 +18,7 @@ from conformance.text import first_line, safe_repr
 from conformance.suite.checks import CheckFailure
 from conformance.suite.grad_reference import grad_shapes
 from conformance.suite.judgement import active
+from conformance.suite.timeshare import spent
 from conformance.suite.tolerance import compare, compare_pair
 from spec.config import numpy_dtype
 from impls.base import GRAD_NAMES
@@ -108,7 +109,8 @@ class Runner:
         error state put back (an np.seterr leak must not hit the spec's arithmetic after it)."""
         err = np.geterr()
         try:
-            return fn(*args, **kwargs)
+            with spent("backend"):
+                return fn(*args, **kwargs)
         except CheckFailure:
             raise
         except Exception as e:

@@ -23,6 +23,7 @@ from conformance.suite.database import for_combination
 from conformance.suite.checks import Check, CheckFailure
 from conformance.suite.process_state import restored_state
 from conformance.suite.profiles import EXAMPLE_TIMEOUT_S
+from conformance.suite.timeshare import spent
 from conformance.suite.calls import Runner
 from conformance.suite.judgement import Judgement, declared, judged_under
 from conformance.suite.watchdog import IDLE_FACTOR, BackendHang, time_limit
@@ -151,7 +152,7 @@ def _run_drawn(check: Check, backend: Any, dtype: str, seed: int | None, timeout
         state["case"] = case  # the last case run: after a failure, the shrunk example
         # each example puts back the process state the backend changed: the spec's own
         # arithmetic and the next backend in this worker see the state the run started with
-        with restored_state(), judged_under(judgement), time_limit(
+        with spent("check"), restored_state(), judged_under(judgement), time_limit(
                 limit, f"{check.name} on {text.name(backend.name)} ({dtype})", idle=idle):
             check.fn(runner, case)
 
@@ -163,7 +164,7 @@ def _run_drawn(check: Check, backend: Any, dtype: str, seed: int | None, timeout
     if seed is not None:
         test = hyp_seed(seed)(test)
     try:
-        with _ctrl_c_noted():
+        with _ctrl_c_noted(), spent("hypothesis"):  # drawing, the engine, shrinking; the bodies are "check"
             test()
     except CheckFailure as e:
         return Result("failed", str(e), e.max_error, e.tolerance, state["case"], state["n"],

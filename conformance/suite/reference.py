@@ -7,6 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 from conformance.suite import memo
+from conformance.suite.timeshare import spent
 from conformance.suite.case import Case, round_to
 from conformance.suite.judgement import active
 from conformance.suite.orders import FORWARD_ORDERS, ORDERS
@@ -84,12 +85,14 @@ def golden_and_plain(fn: Callable, dtype: str, *args: Any, orders: tuple[Callabl
     """
     orders = ORDERS.get(fn, ()) if orders is None else orders
     d = active().plain_dtype(dtype)  # D, or the dtype a declared convention or a hypothesis computes in
-    key = memo.key(fn, dtype, d, orders, PERTURBED_RUNS, args, kwargs)
-    remembered = memo.get(key)  # the same inputs, earlier in this worker (another backend, another check)
+    with spent("memo"):
+        key = memo.key(fn, dtype, d, orders, PERTURBED_RUNS, args, kwargs)
+        remembered = memo.get(key)  # the same inputs, earlier in this worker (another backend, another check)
     if remembered is not None:
         return remembered
-    golden = to_f64(fn(*(_golden_cast(a, dtype) for a in args),
-                       **{k: _golden_cast(v, dtype) for k, v in kwargs.items()}))
+    with spent("golden"):
+        golden = to_f64(fn(*(_golden_cast(a, dtype) for a in args),
+                           **{k: _golden_cast(v, dtype) for k, v in kwargs.items()}))
     rng = np.random.default_rng(0)
 
     def run(f: Callable, moved: bool) -> Any:
@@ -98,12 +101,14 @@ def golden_and_plain(fn: Callable, dtype: str, *args: Any, orders: tuple[Callabl
         with np.errstate(all="ignore"):  # a run that overflows in D counts as no error (see plain_error)
             return to_f64(f(*a_, **kw))
 
-    runs = [run(fn, False)] + [run(fn, True) for _ in range(PERTURBED_RUNS)] + [run(f, True) for f in orders]
+    with spent("plain"):
+        runs = [run(fn, False)] + [run(fn, True) for _ in range(PERTURBED_RUNS)] + [run(f, True) for f in orders]
     if isinstance(golden, tuple):
         result = golden, tuple(Plain(tuple(r[i] for r in runs)) for i in range(len(golden)))
     else:
         result = golden, Plain(tuple(runs))
-    memo.put(key, result)
+    with spent("memo"):
+        memo.put(key, result)
     return result
 
 
@@ -113,9 +118,10 @@ def step_inputs(case: Case) -> Trace:
     A backend's step n is called on these values (`spec.table.call_args`): it then sees the
     numbers an exact implementation of the earlier steps would hand it in dtype D.
     """
-    out = spec_forward.intermediates(case.x, case.params, case.config, case.key_padding_mask,
-                                     case.dropout_mask)
-    return Trace({name: _round(v, case.dtype) for name, v in out.items()})
+    with spent("golden"):
+        out = spec_forward.intermediates(case.x, case.params, case.config, case.key_padding_mask,
+                                         case.dropout_mask)
+        return Trace({name: _round(v, case.dtype) for name, v in out.items()})
 
 
 def _round(v: Any, dtype: str) -> Any:

@@ -10,6 +10,7 @@ share of examples at the sizes real kernels run at, each within a cost budget.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -39,6 +40,9 @@ LOW_PRECISION_SCALES = {"x": (1.0, 0.01, 3.0), "param": (2.0, 0.5, 3.0)}
 #: st.sampled_from, one strategy per sequence of values: a draw that builds its own has it
 #: validated anew each example (conformance/suite/reused.py).
 sampled_from = reused(st.sampled_from)
+#: st.integers, one strategy per bounds: Hypothesis's own cache of it cost 36 us a call, about
+#: 30 calls an example.
+integers = functools.lru_cache(maxsize=1024)(st.integers)
 
 
 def value_scales(dtype: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -52,7 +56,7 @@ PADDING_KINDS = ("none", "random", "left", "one-row-empty")
 @reused
 def tokens(max_tokens: int | None = None, min_tokens: int = 1) -> st.SearchStrategy[int]:
     """T: mostly small, sometimes a prime or a block-size edge; within [min_tokens, max_tokens]."""
-    s = st.one_of(st.integers(1, 12), st.sampled_from(EDGE_TOKENS))
+    s = st.one_of(integers(1, 12), st.sampled_from(EDGE_TOKENS))
     if max_tokens is not None:
         s = s.filter(lambda t: t <= max_tokens)
     return s if min_tokens <= 1 else s.filter(lambda t: t >= min_tokens)
@@ -69,15 +73,15 @@ def configs(draw, caps: Capabilities, causal: bool | None = None, dropout_p: flo
     if shape is not None:
         H = shape.H
     elif caps.grouped_kv:  # H = K/V heads x group size, so most draws are grouped (shrinks to H = 1)
-        H = draw(st.integers(1, 2)) * draw(st.integers(1, 4))
+        H = draw(integers(1, 2)) * draw(integers(1, 4))
     else:
-        H = draw(st.integers(1, 4))
-    head_dim = draw(st.integers(1, 8)) if shape is None else shape.head_dim
+        H = draw(integers(1, 4))
+    head_dim = draw(integers(1, 8)) if shape is None else shape.head_dim
     d_out = H * head_dim
     if caps.d_in_equals_d_out:
         d_in = d_out
     else:
-        d_in = draw(st.integers(1, max_d)) if shape is None else shape.d_in
+        d_in = draw(integers(1, max_d)) if shape is None else shape.d_in
     if causal is None:
         modes = tuple(m for m, ok in ((True, caps.causal), (False, caps.non_causal)) if ok)
         causal = draw(sampled_from(modes))
@@ -109,7 +113,7 @@ def windows(draw, caps: Capabilities, causal: bool) -> tuple[int, int] | None:
     """A sliding window (left, right) for a backend declaring windows, a third of the time
     (the default run is near its 3-minute budget); None (shrinks there) otherwise. Causal: right = 0 mostly, as causal kernels take it (a wider right
     side is cut by the causal mask anyway, and checks that the backend intersects the two)."""
-    if draw(st.integers(0, 2)) != 0:
+    if draw(integers(0, 2)) != 0:
         return None
     left = draw(sampled_from(WINDOW_SIDES))
     right = draw(sampled_from((0, 0, 0, 1))) if causal else draw(sampled_from(WINDOW_SIDES))
@@ -130,7 +134,7 @@ def softcaps(draw, caps: Capabilities, shape: sz.Sizes | None = None) -> float |
     SOFTCAP_MAX_SCORES scores; None (shrinks there) otherwise."""
     if shape is not None and shape.B * shape.H * shape.T * shape.T > SOFTCAP_MAX_SCORES:
         return None
-    if draw(st.integers(0, 2)) != 0:
+    if draw(integers(0, 2)) != 0:
         return None
     cap = draw(sampled_from(SOFTCAPS))
     return cap if caps.softcap else None  # drawn either way: see ALIGNED
@@ -153,7 +157,7 @@ def _small(shape: sz.Sizes | None) -> bool:
 def biases(draw, caps: Capabilities, shape: sz.Sizes | None = None) -> str | None:
     """ALiBi for a backend declaring a bias, one draw in SCORE_TERMS_ODDS on shapes up to
     SCORE_TERMS_MAX_SCORES scores; None (shrinks there) otherwise."""
-    if not _small(shape) or draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
+    if not _small(shape) or draw(integers(0, SCORE_TERMS_ODDS - 1)) != 0:
         return None
     return "alibi" if caps.bias else None  # drawn either way: see ALIGNED
 
@@ -176,10 +180,10 @@ def bias_arrays(draw, caps: Capabilities, config: AttentionConfig, B: int, T: in
     checks of one forward or backward call draw it: an array covers one call's T."""
     if not caps.bias or config.bias is not None or B * config.n_heads * T * T > SCORE_TERMS_MAX_SCORES:
         return config
-    if not always and draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
+    if not always and draw(integers(0, SCORE_TERMS_ODDS - 1)) != 0:
         return config
     shape = BIAS_SHAPES[draw(sampled_from(sorted(BIAS_SHAPES)))](B, config.n_heads, T)
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rng = np.random.default_rng(draw(integers(0, 2**32 - 1)))
     return replace(config, bias=BiasArray(round_to(rng.standard_normal(shape) * 2.0, dtype)))
 
 
@@ -195,9 +199,9 @@ def sinks(draw, caps: Capabilities, H: int, shape: sz.Sizes | None = None) -> tu
     """One sink logit per head for a backend declaring sinks, one draw in SCORE_TERMS_ODDS on shapes
     up to SCORE_TERMS_MAX_SCORES scores; None (shrinks there) otherwise. The H logits come from one
     drawn seed (H may be hundreds)."""
-    if not _small(shape) or draw(st.integers(0, SCORE_TERMS_ODDS - 1)) != 0:
+    if not _small(shape) or draw(integers(0, SCORE_TERMS_ODDS - 1)) != 0:
         return None
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    rng = np.random.default_rng(draw(integers(0, 2**16)))
     if not caps.sinks:  # drawn either way: see ALIGNED
         return None
     return tuple(float(k) / 4 for k in rng.integers(SINK_STEPS[0], SINK_STEPS[1] + 1, H))
@@ -210,7 +214,7 @@ def kv_heads(draw, H: int) -> int:
     divisor of H (1 = multi-query first). Shrinks to H, ordinary attention, so a failure that is
     not about grouping shrinks to a readable ungrouped example."""
     proper = [d for d in range(1, H) if H % d == 0]
-    if not proper or draw(st.integers(0, 5)) == 0:
+    if not proper or draw(integers(0, 5)) == 0:
         return H
     return draw(sampled_from(proper))
 
@@ -316,17 +320,17 @@ def cases(draw, caps: Capabilities, dtype: str, *, causal: bool | None = None,
         B, T = shape.B, shape.T
     else:
         config = draw(configs(caps, causal=causal))
-        B = draw(st.integers(min_batch, max(min_batch, max_batch)))
+        B = draw(integers(min_batch, max(min_batch, max_batch)))
         T = draw(tokens(caps.max_tokens, min_tokens))
     if bias_array:
         config = draw(bias_arrays(caps, config, B, T, dtype))
     kind = draw(sampled_from(PADDING_KINDS)) if padding and caps.key_padding_mask else "none"
-    seed = draw(st.integers(0, 2**32 - 1))
+    seed = draw(integers(0, 2**32 - 1))
     x_scales, param_scales = value_scales(dtype)
     x_scale = draw(sampled_from(x_scales))
     param_scale = draw(sampled_from(param_scales))
     if values is None:
-        values = FORCED_VALUES or act.DISTRIBUTIONS[draw(st.integers(0, VALUES_ODDS - 1)) == VALUES_ODDS - 1]
+        values = FORCED_VALUES or act.DISTRIBUTIONS[draw(integers(0, VALUES_ODDS - 1)) == VALUES_ODDS - 1]
     rng, x, params = _values(config, B, T, dtype, seed, x_scale, param_scale, values, grads)
     if values != "gaussian":
         extra = {"values": values}
