@@ -97,6 +97,8 @@ def _copy(value: Any) -> Any:
         return tuple(_copy(v) for v in value)
     if isinstance(value, Plain):
         return Plain(tuple(r.copy() for r in value.runs))
+    if isinstance(value, dict):  # a step trace (spec.table.Trace): its own type kept
+        return type(value)({k: _copy(v) for k, v in value.items()})
     return value
 
 
@@ -109,6 +111,8 @@ def _size(value: Any) -> int:
         return sum(_size(v) for v in value)
     if isinstance(value, Plain):
         return sum(r.nbytes for r in value.runs)
+    if isinstance(value, dict):
+        return sum(_size(v) for v in value.values())
     return 64
 
 

@@ -55,7 +55,7 @@ def _biased(s: np.ndarray, config: AttentionConfig, Tq: int, Tk: int, keys: slic
 
 def _row_max(s: np.ndarray, config: AttentionConfig) -> np.ndarray:
     """Each row's maximum over its scores and its head's sink (the spec's), 0 where -inf."""
-    m = s.max(axis=-1, keepdims=True)
+    m = S.max_over_keys(s)  # (B, H, Tq, 1)
     sink = sink_logits(config.sinks, s.dtype)
     if sink is not None:
         m = np.maximum(m, sink)  # (B, H, Tq, 1)
@@ -194,7 +194,7 @@ def context_online_softmax(Q: np.ndarray, K: np.ndarray, V: np.ndarray, config: 
         s = S.softcap(_mm(q, k[:, :, sl].swapaxes(-2, -1)), config.softcap)  # (B, H, Tq, blk), scaled, capped
         s = _biased(s, config, Tq, Tk, sl)
         s = np.where(masked[..., sl], dt(-np.inf), s)
-        m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
+        m_new = np.maximum(m, S.max_over_keys(s))
         base = np.where(np.isfinite(m_new), m_new, 0)
         with np.errstate(over="ignore", invalid="ignore"):
             e = np.exp(s - base)
@@ -243,7 +243,7 @@ def attn_weights_max_first(attn_scores: np.ndarray, config: AttentionConfig,
     s = _biased(S.softcap(attn_scores * scale, config.softcap), config, *attn_scores.shape[2:]) \
         if scaled_first else attn_scores
     s = np.where(_masked(config, *attn_scores.shape[2:], key_padding_mask), _NEG_INF(s), s)
-    m = _row_max(s, config) if scaled_first else np.where(np.isfinite(m := s.max(axis=-1, keepdims=True)), m, 0)
+    m = _row_max(s, config) if scaled_first else np.where(np.isfinite(m := S.max_over_keys(s)), m, 0)
     with np.errstate(over="ignore", invalid="ignore"):
         d = s - m
         d = d if scaled_first else d * scale

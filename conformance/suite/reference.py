@@ -118,10 +118,17 @@ def step_inputs(case: Case) -> Trace:
     A backend's step n is called on these values (`spec.table.call_args`): it then sees the
     numbers an exact implementation of the earlier steps would hand it in dtype D.
     """
+    args = (case.x, case.params, case.config, case.key_padding_mask, case.dropout_mask)
+    with spent("memo"):  # the step checks all draw the same cases, and so do backends alike
+        key = memo.key(spec_forward.intermediates, case.dtype, case.dtype, (), 0, args, {})
+        remembered = memo.get(key)
+    if remembered is not None:
+        return remembered
     with spent("golden"):
-        out = spec_forward.intermediates(case.x, case.params, case.config, case.key_padding_mask,
-                                         case.dropout_mask)
-        return Trace({name: _round(v, case.dtype) for name, v in out.items()})
+        trace = Trace({name: _round(v, case.dtype) for name, v in spec_forward.intermediates(*args).items()})
+    with spent("memo"):
+        memo.put(key, trace)
+    return trace
 
 
 def _round(v: Any, dtype: str) -> Any:
