@@ -66,7 +66,7 @@ def _record(dtype: str, examples: int, **seconds: float) -> dict:
 def test_the_table_sums_shares_by_dtype_and_for_the_run():
     records = [_record("float32", 30, golden=1.0, plain=2.0, backend=1.0),
                _record("float32", 30, golden=1.0, hypothesis=3.0, **{"start-up": 2.0}),
-               _record("float16", 10, plain=4.0),
+               _record("float16", 10, plain=4.0, hits=7),  # not a share: left out
                {"backend": "torch", "dtype": "float16", "check": "x", "outcome": "skipped", "reason": "no torch"}]
     lines = time_shares.table(records, wall_s=7.5).splitlines()
     assert lines[0] == "| share | float32 | float16 | all |"
@@ -113,3 +113,24 @@ def test_the_command_names_a_missing_file(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "conformance", "time-shares", str(tmp_path / "nope.json")],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 2 and "nope.json: no such file" in shown.stderr
+
+
+def test_measure_runs_every_check_in_process_and_prints_its_shares():
+    shown = subprocess.run([sys.executable, "-m", "conformance", "time-shares", "--measure", "--backend", "numpy",
+                            "--dtype", "float32", "--profile", "quick", "--seed", "2"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "CI": "true"})
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    line = shown.stdout.strip().splitlines()[-1]
+    examples, shares = line.split("; ")
+    assert int(examples.split()[0]) >= 5 * 40  # quick: 5 examples a check, every check but a few unsupported
+    seconds = dict(s.rsplit(" ", 2)[:2] for s in shares.split(", "))
+    assert set(seconds) == set(timeshare.SHARES[:-2]) and float(seconds["plain"]) > 0, line
+
+
+@pytest.mark.parametrize("args, words", [(["--measure", "--dtype", "float8"], "--dtype 'float8': valid"),
+                                         (["--measure", "--backend", "nosuch"], "unknown backend 'nosuch'"),
+                                         ([], "or --measure")])
+def test_measure_names_a_bad_value(args, words):
+    shown = subprocess.run([sys.executable, "-m", "conformance", "time-shares", *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 2 and words in shown.stderr, shown.stderr
