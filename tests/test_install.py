@@ -172,7 +172,10 @@ def test_pytest_entry_in_an_adopters_project(venv, project: Path):
         '[[expect]]\nbackend = "mypkg-*"\ncheck = "causality"\ndtype = "float64"\nreason = "listed though it passes"\n')
     (project / "pyproject.toml").write_text('[tool.pytest.ini_options]\npythonpath = ["."]\n')
     python = str(bindir / "python")
-    p = run([python, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "--hypothesis-seed=1"], project, env)
+    # a temporary directory of its own: pytest keeps only the newest three of the shared one, and
+    # the other tests' pytest runs beside this one would remove the failure bundle it checks
+    p = run([python, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "--hypothesis-seed=1",
+             f"--basetemp={project / 'pytest-tmp'}"], project, env)
     out = p.stdout
     assert p.returncode == 1, out[-3000:] + p.stderr[-2000:]
     item = "tests/test_mha_conformance.py::"
