@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def clock(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(timeshare.time, "perf_counter", lambda: now[0])
     monkeypatch.setattr(timeshare, "_totals", {})
-    monkeypatch.setattr(timeshare, "_stack", [])
+    monkeypatch.setattr(timeshare, "_local", threading.local())
     return now
 
 
@@ -56,6 +57,24 @@ def test_an_exception_still_closes_the_block(clock):
     with timeshare.spent("check"):
         clock[0] += 1.0
     assert timeshare.totals() == {"backend": 3.0, "check": 1.0}
+
+
+def test_each_thread_nests_its_own_blocks(clock):
+    with timeshare.spent("check"):
+        clock[0] += 1.0
+        seen = []
+
+        def other() -> None:  # opens and closes its block while the main thread's is open
+            with timeshare.spent("backend"):
+                clock[0] += 2.0
+            seen.append(timeshare._open())
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        clock[0] += 4.0
+    assert seen == [[]]  # the other thread's stack, empty again; the main thread's block unaffected
+    assert timeshare.totals() == {"check": 7.0, "backend": 2.0}
 
 
 def _record(dtype: str, examples: int, **seconds: float) -> dict:

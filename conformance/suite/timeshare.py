@@ -16,12 +16,14 @@ Each share is exclusive: time inside a nested `spent` block counts for the inner
 - harness: a planned key's time outside its check (backend state, records, leak watch);
 - start-up: from the run's start to a worker's first key (process start, imports, collection).
 
-Only the worker's main thread is timed; a backend's own threads count as its calls' wall time.
+Each thread keeps its own nesting (a backend's own threads count as its calls' wall time; a
+check run in another thread, as an adopter's pytest plugin might, adds its own time).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -31,33 +33,42 @@ SHARES = ("golden", "plain", "memo", "backend", "check", "hypothesis", "harness"
 RUN_STARTED_VAR = "MHA_RUN_STARTED"
 
 _totals: dict[str, float] = {}
-_stack: list[list] = []  # [share, resumed at]: the innermost block is the one charged
+_local = threading.local()
+
+
+def _open() -> list[list]:
+    """This thread's open blocks, [share, resumed at] each: the innermost is the one charged."""
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
 
 
 @contextmanager
 def spent(share: str) -> Iterator[None]:
     """Charge the block's time, less its nested blocks', to `share`."""
+    stack = _open()
     now = time.perf_counter()
-    if _stack:
-        outer = _stack[-1]
+    if stack:
+        outer = stack[-1]
         _totals[outer[0]] = _totals.get(outer[0], 0.0) + now - outer[1]
-    _stack.append([share, now])
+    stack.append([share, now])
     try:
         yield
     finally:
         now = time.perf_counter()
-        inner = _stack.pop()
+        inner = stack.pop()
         _totals[inner[0]] = _totals.get(inner[0], 0.0) + now - inner[1]
-        if _stack:
-            _stack[-1][1] = now
+        if stack:
+            stack[-1][1] = now
 
 
 def totals() -> dict[str, float]:
     """Seconds charged so far in this process, by share (the open blocks up to now)."""
     out = dict(_totals)
-    if _stack:
+    stack = _open()
+    if stack:
         now = time.perf_counter()
-        out[_stack[-1][0]] = out.get(_stack[-1][0], 0.0) + now - _stack[-1][1]
+        out[stack[-1][0]] = out.get(stack[-1][0], 0.0) + now - stack[-1][1]
     return out
 
 
