@@ -121,13 +121,28 @@ class InPlaceCache(ArrayCache):
     arrays, on like's device; NumPy and CuPy here, torch in impls.torch_cache.
     """
 
+    #: K and V stored token-minor, (B, Hkv, hd, capacity), and seen through swapped views as
+    #: (B, Hkv, t, hd): a decode step's q @ K^T and w @ V then read each head's cache as hd long rows
+    #: of contiguous tokens, which NumPy's OpenBLAS and torch's MKL read faster than t rows of hd
+    #: (measured at B=8, L=8192, H=8, hd=64, float32, 2 cores: NumPy 4.1 -> 3.0 ms and 7.4 -> 4.0
+    #: ms, torch 6.9 -> 5.3 and 5.1 -> 2.6 ms). False (token-major) where a fused kernel wants
+    #: (t, hd) rows: SDPA copies a swapped V, 12 -> 61 ms a step.
+    token_minor: bool = False
+
     def empty(self, like: Any, shape: tuple[int, ...]) -> Any:
         return self.xp().empty(shape, dtype=like.dtype)
+
+    def kv_storage(self, like: Any, shape: tuple[int, ...]) -> Any:
+        """Empty K or V storage seen as `shape` (B, Hkv, capacity, hd), laid out as `token_minor` says."""
+        if not self.token_minor:
+            return self.empty(like, shape)
+        B, Hkv, capacity, hd = shape
+        return self.empty(like, (B, Hkv, hd, capacity)).swapaxes(-1, -2)  # (B, Hkv, capacity, hd) view
 
     def _store(self, cache: ArrayKV, capacity: int) -> KVStore:
         """New storage holding cache's t tokens, room for `capacity`."""
         B, Hkv, t, hd = cache.k.shape
-        k, v = self.empty(cache.k, (B, Hkv, capacity, hd)), self.empty(cache.v, (B, Hkv, capacity, hd))
+        k, v = (self.kv_storage(a, (B, Hkv, capacity, hd)) for a in (cache.k, cache.v))
         mask = self.empty(cache.key_padding_mask, (B, capacity))  # (B, capacity)
         k[:, :, :t], v[:, :, :t], mask[:, :t] = cache.k, cache.v, cache.key_padding_mask
         return KVStore(k, v, mask, t)

@@ -54,6 +54,8 @@ class NumpyBackend(InPlaceCache, ArrayBackward, ArrayVJPs, ArraySteps, Backend):
         sinks=True,  # dsinks from impls.array_vjps sinks_vjp
     )
 
+    token_minor = True  # the cache as (B, Hkv, hd, capacity): faster decode reads (impls.array_cache)
+
     def versions(self) -> dict[str, str]:
         return library_versions("numpy")
 

@@ -234,3 +234,39 @@ def test_two_continuations_from_one_cache_each_decode_as_the_spec(name, request)
     first = be.decode(x1, ca, w, cfg)[1]
     again = be.decode(x1, first, w, cfg)[1]
     assert again.store is first.store and again.k.shape[2] == first.k.shape[2] + 1  # in place, no copy
+
+
+@pytest.mark.parametrize("name, minor", [("numpy", True), ("torch", True), ("torch-sdpa", False), ("cupy", False)])
+def test_the_cache_layout_follows_token_minor_and_decodes_alike_either_way(name, minor, request):
+    """numpy and torch keep K and V token-minor, (B, Hkv, hd, capacity) behind (B, Hkv, t, hd) views,
+    for faster decode reads; SDPA wants token-major rows. Either layout decodes the same tokens."""
+    if name == "cupy":  # its array code on a NumPy stand-in (no GPU here)
+        be = request.getfixturevalue("numpy_as_cupy")
+    else:
+        info = resolve(name)
+        if info.skip_reason:
+            pytest.skip(info.skip_reason)
+        be = info.backend
+    assert be.token_minor is minor
+    cfg, params, x, kpm = _case(7, T=9)
+    w = be.prepare(params, "float64")
+    outs = []
+    for flag in (minor, not minor):
+        be.token_minor = flag
+        try:
+            cache = be.prefill(be.from_numpy(x[:, :5], "float64"), w, cfg, key_padding_mask=be.from_numpy(kpm[:, :5]))
+            ys = []
+            for i in range(5, 9):
+                y, cache = be.decode(be.from_numpy(x[:, i:i + 1], "float64"), cache, w, cfg,
+                                     key_padding_mask=be.from_numpy(kpm[:, i:i + 1]))
+                ys.append(be.to_numpy(y))
+        finally:
+            del be.token_minor  # back to the class's own
+        k = be.to_numpy(be.cache_kv(cache)[0])
+        assert k.shape[2] == 9
+        along_tokens, along_hd = cache.k.stride()[2:] if hasattr(cache.k, "stride") and callable(cache.k.stride) \
+            else (s // cache.k.itemsize for s in cache.k.strides[2:])
+        assert (along_tokens == 1) is flag and (along_hd == 1) is (not flag), (name, flag, along_tokens, along_hd)
+        outs.append(np.concatenate(ys, axis=1))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(outs[0], decoded(x, params, cfg, kpm, 5, (1,) * 4), rtol=0, atol=1e-12)
