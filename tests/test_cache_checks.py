@@ -194,18 +194,22 @@ def test_a_decode_writing_into_its_input_cache_passes_single_use_and_fails_branc
     assert r.outcome == "failed" and "branch A" in r.reason and "from the same cache" in r.reason, r.reason
 
 
+def _decoder(name: str, request):
+    """A built-in backend with a cache, or "cupy": its array code on a NumPy stand-in (no GPU here)."""
+    if name == "cupy":
+        return request.getfixturevalue("numpy_as_cupy")
+    info = resolve(name)
+    if info.skip_reason:
+        pytest.skip(info.skip_reason)
+    return info.backend
+
+
 @pytest.mark.parametrize("name", (*DECODERS, "cupy"))
 def test_two_continuations_from_one_cache_each_decode_as_the_spec(name, request):
     """The built-in caches append in place (impls.array_cache.InPlaceCache): a cache given to
     decode must stay what it was, so a second continuation from it copies instead of writing
     over the first's tokens; a line of single steps within the storage never copies."""
-    if name == "cupy":  # its array code on a NumPy stand-in (no GPU here)
-        be = request.getfixturevalue("numpy_as_cupy")
-    else:
-        info = resolve(name)
-        if info.skip_reason:
-            pytest.skip(info.skip_reason)
-        be = info.backend
+    be = _decoder(name, request)
     cfg, params, x, kpm = _case(5, T=12)
     _, _, x_b, _ = _case(6, T=12)  # branch B's tokens differ from A's after the prompt
     x_b = np.concatenate([x[:, :4], x_b[:, 4:]], axis=1)  # (2, 12, 5): A's prompt, B's own tokens
@@ -240,13 +244,7 @@ def test_two_continuations_from_one_cache_each_decode_as_the_spec(name, request)
 def test_the_cache_layout_follows_token_minor_and_decodes_alike_either_way(name, minor, request):
     """numpy and torch keep K and V token-minor, (B, Hkv, hd, capacity) behind (B, Hkv, t, hd) views,
     for faster decode reads; SDPA wants token-major rows. Either layout decodes the same tokens."""
-    if name == "cupy":  # its array code on a NumPy stand-in (no GPU here)
-        be = request.getfixturevalue("numpy_as_cupy")
-    else:
-        info = resolve(name)
-        if info.skip_reason:
-            pytest.skip(info.skip_reason)
-        be = info.backend
+    be = _decoder(name, request)
     assert be.token_minor is minor
     cfg, params, x, kpm = _case(7, T=9)
     w = be.prepare(params, "float64")
