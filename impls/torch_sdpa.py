@@ -66,7 +66,8 @@ class TorchSdpaBackend(TorchCache, TorchAutograd, TorchEdges, TorchLinearSteps):
         notes="torch.nn.functional.scaled_dot_product_attention for steps 7-9; fully masked "
               "rows zeroed after the call; dropout only with SDPA's own RNG; decode passes "
               "causal_lower_right (or an explicit bottom-right mask) for several new tokens, since "
-              "is_causal aligns top-left when Tq != Tk, and no mask for one (it sees every key); a sliding window is an explicit boolean mask; no softcap: "
+              "is_causal aligns top-left when Tq != Tk, and no mask for one (it sees every key); "
+              "a sliding window is an explicit boolean mask; no softcap: "
               "SDPA takes no score modifier (a softcap needs flex_attention's score_mod); ALiBi as a "
               "float attn_mask; sinks as a zero key and value whose float-mask column is the sink logit.",
         window=True,  # as an explicit bottom-right attn_mask (impls.torch_masks.allowed_keys)
