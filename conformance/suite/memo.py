@@ -73,13 +73,14 @@ def _feed(h: Any, a: Any) -> None:
 
 
 def key(fn: Callable, dtype: str, plain_dtype: str, orders: tuple[Callable, ...], perturbed_runs: int,
-        args: tuple, kwargs: dict[str, Any]) -> bytes | None:
+        args: tuple, kwargs: dict[str, Any], exact_orders: bool = False) -> bytes | None:
     """The digest of one golden_and_plain call (or step trace), or None when it cannot be keyed safely."""
     # SHA-1 (no adversary chooses these inputs): 5 ns per float64 entry here against 16 for BLAKE2b,
     # and a large example's weights are hashed for every reference call (tens of MB)
     h = hashlib.sha1()
     try:
-        h.update(f"{_name(fn)}|{dtype}|{plain_dtype}|{[_name(o) for o in orders]}|{perturbed_runs}|".encode())
+        h.update(f"{_name(fn)}|{dtype}|{plain_dtype}|{[_name(o) for o in orders]}|{perturbed_runs}|"
+                 f"{exact_orders}|".encode())
         _feed(h, tuple(args))
         for k in sorted(kwargs):
             h.update(f"kw {k}|".encode())

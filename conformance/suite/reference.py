@@ -71,7 +71,7 @@ def _perturb(a: Any, dtype: str, rng: np.random.Generator) -> Any:
 
 
 def golden_and_plain(fn: Callable, dtype: str, *args: Any, orders: tuple[Callable, ...] | None = None,
-                     **kwargs: Any) -> tuple[Any, Any]:
+                     exact_orders: bool = False, **kwargs: Any) -> tuple[Any, Any]:
     """fn on the exact arguments (golden) and the plain reference of fn in dtype D.
 
     The golden is computed in float64, or in long double when float64 itself is under test.
@@ -82,11 +82,13 @@ def golden_and_plain(fn: Callable, dtype: str, *args: Any, orders: tuple[Callabl
     (`conformance.suite.orders.ORDERS`, or `orders`) on its own ulp-moved inputs. So a backend is
     allowed what correct implementations in D may do (where they apply the scale, how they
     normalise the softmax, the order of their sums), not only what the spec's order does.
+    `exact_orders`: each other order on the exact inputs too, not only on moved ones (KV-cache
+    decoding, `conformance.suite.cache_reference`).
     """
     orders = ORDERS.get(fn, ()) if orders is None else orders
     d = active().plain_dtype(dtype)  # D, or the dtype a declared convention or a hypothesis computes in
     with spent("memo"):
-        key = memo.key(fn, dtype, d, orders, PERTURBED_RUNS, args, kwargs)
+        key = memo.key(fn, dtype, d, orders, PERTURBED_RUNS, args, kwargs, exact_orders)
         remembered = memo.get(key)  # the same inputs, earlier in this worker (another backend, another check)
     if remembered is not None:
         return remembered
@@ -103,6 +105,7 @@ def golden_and_plain(fn: Callable, dtype: str, *args: Any, orders: tuple[Callabl
 
     with spent("plain"):
         runs = [run(fn, False)] + [run(fn, True) for _ in range(PERTURBED_RUNS)] + [run(f, True) for f in orders]
+        runs += [run(f, False) for f in orders] if exact_orders else []
     if isinstance(golden, tuple):
         result = golden, tuple(Plain(tuple(r[i] for r in runs)) for i in range(len(golden)))
     else:
